@@ -1,0 +1,87 @@
+"""Config -> objects, with every user mistake reported as one sentence naming the key.
+
+Used by the entry points only; the objects built here know nothing of Hydra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from diffusion.training.config import ConfigError
+
+
+def _instantiate(group: str, node: DictConfig, **kwargs):
+    """Instantiate ``node``; a ValueError from the constructor becomes a ConfigError
+    that names ``<group>.<argument>``."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, ValueError | TypeError):
+            message = str(cause)
+            first = message.split(" ", 1)[0].strip("`'\":,")
+            if first in node:
+                message = f"{group}.{message}"
+            raise ConfigError(f"Invalid {group} config: {message}") from None
+        raise
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-group checks that no single constructor can make, before any work starts."""
+    data, model = cfg.data, cfg.model
+    for key in ("image_size", "batch_size", "channels"):
+        value = data.get(key)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"data.{key} must be a positive integer; got {value!r}.")
+    if not isinstance(data.get("num_workers"), int) or data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be an integer >= 0; got {data.num_workers!r}.")
+    if model.get("in_channels") != data.channels:
+        raise ConfigError(
+            f"model.in_channels is {model.get('in_channels')} but data {data.name} has "
+            f"{data.channels} channel(s); drop the model.in_channels override or pick matching "
+            "data.")
+    if model.get("image_size") not in (None, data.image_size):
+        raise ConfigError(
+            f"model.image_size is {model.image_size} but data.image_size is {data.image_size}; "
+            "set data.image_size and leave model.image_size to follow it.")
+    if not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be an integer; got {cfg.seed!r}.")
+
+
+def build_model(cfg: DictConfig):
+    return _instantiate("model", cfg.model)
+
+
+def build_scheduler(cfg: DictConfig):
+    return _instantiate("scheduler", cfg.scheduler)
+
+
+def build_datasets(data: DictConfig):
+    """(train, validation) torchvision datasets scaled to [-1, 1]."""
+    from diffusion.data import build_dataset
+
+    common = dict(name=data.name, root=data.root, image_size=data.image_size,
+                  center_crop=data.center_crop, download=data.download)
+    try:
+        train = build_dataset(split=data.train_split, random_flip=data.random_flip, **common)
+        val = (build_dataset(split=data.val_split, random_flip=False, **common)
+               if data.get("val_split") else None)
+    except ValueError as exc:
+        raise ConfigError(f"Invalid data config: {exc}") from None
+    return train, val
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool):
+    """The configured external logger, or None for ``logger=none``."""
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return None
+    id_file = run_dir / "wandb_id.txt"
+    resume_id = id_file.read_text().strip() if resuming and id_file.is_file() else None
+    return _instantiate("logger", cfg.logger, run_dir=str(run_dir),
+                        name=f"{cfg.name}/{run_dir.name}", resume_id=resume_id)

@@ -1,0 +1,482 @@
+"""torchvision datasets -> image tensors in [-1, 1], and the loaders that batch them.
+
+Two ways to feed a trainer, giving batches from the same distribution:
+
+- ``build_loader(dataset, ...)``: a ``DataLoader`` over ``ImageDataset`` items, each
+  preprocessed (resize, centre crop), randomly flipped and scaled on the fly;
+- ``build_loader(dataset, ..., on_device="cuda")``: the whole split preprocessed once into one
+  uint8 tensor on the device (``DeviceDataset``); ``TensorBatchLoader`` indexes, flips and
+  scales batches there, so small datasets cost no per-step host work.
+
+Both draw their order from the same sampler, so with the same seed they visit the same images
+in the same order; only the flip coin flips come from different generators.
+
+Data lives under ``root`` (argument, else ``$DIFFUSION_DATA``, else ``./data``) in torchvision's
+layout. A read-only root works: whatever torchvision would write (decompressed MNIST files, a
+download) goes to a cache folder (``cache_dir``, else ``$DIFFUSION_CACHE``, else
+``~/.cache/diffusion/data``) that links to the originals, prepared once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from filelock import FileLock
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torchvision import datasets as tvd
+from torchvision.datasets.utils import check_integrity
+
+DOWNLOAD_TIMEOUT_S = 10.0
+"""Socket timeout while torchvision downloads, so that a dead network fails fast."""
+
+
+class DatasetNotFoundError(RuntimeError):
+    """The dataset's files are missing and could not be downloaded."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the files are: one family of torchvision layouts per class
+# ---------------------------------------------------------------------------------------------
+
+
+class _MnistFiles:
+    """``<root>/<Kind>/raw/``: torchvision reads the decompressed idx files, or makes them from
+    the ``.gz`` archives (checking their MD5) when downloading is on."""
+
+    def __init__(self, cls: type[tvd.MNIST]):
+        self.cls = cls
+
+    def folder(self, root: Path) -> Path:
+        return root / self.cls.__name__ / "raw"
+
+    def archives(self) -> list[str]:
+        return [filename for filename, _ in self.cls.resources]
+
+    def is_complete(self, root: Path) -> bool:
+        return all((self.folder(root) / name.removesuffix(".gz")).is_file()
+                   for name in self.archives())
+
+    def link(self, source: Path, cache: Path) -> None:
+        for name in self.archives():
+            _symlink(self.folder(source) / name, self.folder(cache) / name)
+
+    def open(self, root: Path, split: str, download: bool) -> Dataset:
+        return self.cls(str(root), train=split == "train", download=download)
+
+    def missing(self, root: Path) -> str:
+        return (f"{self.cls.__name__} not found under {self.folder(root)}: put "
+                f"{', '.join(self.archives())} there")
+
+
+class _FlowersFiles:
+    """``<root>/flowers-102/``: ``jpg/`` plus the two original ``.mat`` files (MD5-checked)."""
+
+    def folder(self, root: Path) -> Path:
+        return root / "flowers-102"
+
+    def _mat_files(self) -> list[tuple[str, str]]:
+        return [tvd.Flowers102._file_dict[key] for key in ("label", "setid")]
+
+    def is_complete(self, root: Path) -> bool:
+        base = self.folder(root)
+        return (base / "jpg").is_dir() and all(
+            check_integrity(str(base / name), md5) for name, md5 in self._mat_files())
+
+    def link(self, source: Path, cache: Path) -> None:
+        archive = tvd.Flowers102._file_dict["image"][0]
+        for name in ["jpg", archive, *(name for name, _ in self._mat_files())]:
+            _symlink(self.folder(source) / name, self.folder(cache) / name)
+
+    def open(self, root: Path, split: str, download: bool) -> Dataset:
+        if split == "trainval":
+            return ConcatDataset([tvd.Flowers102(str(root), split=s, download=download)
+                                  for s in ("train", "val")])
+        return tvd.Flowers102(str(root), split=split, download=download)
+
+    def missing(self, root: Path) -> str:
+        mats = " and ".join(name for name, _ in self._mat_files())
+        return (f"Flowers102 not found under {self.folder(root)}: put the jpg/ folder "
+                f"(image_00001.jpg to image_08189.jpg) and the original {mats} there")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is, before loading it. ``image_size`` is None where sizes vary."""
+
+    channels: int
+    image_size: int | None
+    num_classes: int
+    splits: tuple[str, ...]
+    train_split: str
+    eval_split: str
+    files: _MnistFiles | _FlowersFiles
+
+
+DATASET_INFO: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(1, 28, 10, ("train", "test"), "train", "test", _MnistFiles(tvd.MNIST)),
+    "fashion_mnist": DatasetInfo(1, 28, 10, ("train", "test"), "train", "test",
+                                 _MnistFiles(tvd.FashionMNIST)),
+    "flowers102": DatasetInfo(3, None, 102, ("train", "val", "test", "trainval"), "trainval",
+                              "test", _FlowersFiles()),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """``DATASET_INFO[name]``, with a clear error for an unknown name."""
+    if name not in DATASET_INFO:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_INFO)}")
+    return DATASET_INFO[name]
+
+
+def resolve_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root``, else ``$DIFFUSION_DATA``, else ``./data`` (made absolute)."""
+    root = root or os.environ.get("DIFFUSION_DATA") or "data"
+    return Path(root).expanduser().absolute()
+
+
+def resolve_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The writable cache: ``cache_dir``, else ``$DIFFUSION_CACHE``, else ``~/.cache/diffusion/data``."""
+    cache = cache_dir or os.environ.get("DIFFUSION_CACHE") or "~/.cache/diffusion/data"
+    return Path(cache).expanduser().absolute()
+
+
+def _symlink(target: Path, link: Path) -> None:
+    """Point ``link`` at ``target`` if the target exists (idempotent)."""
+    if not target.exists() or (link.is_symlink() and link.resolve() == target.resolve()):
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target.resolve(), target_is_directory=target.is_dir())
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` can be written, or created inside its nearest existing ancestor."""
+    while not path.exists():
+        path = path.parent
+    return os.access(path, os.W_OK)
+
+
+@contextmanager
+def _socket_timeout(seconds: float):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _short_reason(error: BaseException) -> str:
+    """The last line of torchvision's (often multi-line, per-mirror) error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__
+    return reason if len(reason) <= 200 else reason[:197] + "..."
+
+
+def _open_source(name: str, root: Path, split: str, download: bool, cache_dir) -> Dataset:
+    """Open the torchvision dataset, preparing a writable cache first if ``root`` is read-only."""
+    files = DATASET_INFO[name].files
+    where = root
+    if not files.is_complete(root) and not _writable(files.folder(root)):
+        tag = hashlib.sha1(str(root).encode()).hexdigest()[:8]
+        where = resolve_cache(cache_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', root.name)}-{tag}"
+        files.link(root, where)
+    if files.is_complete(where):
+        return files.open(where, split, download=False)
+    hint = "(or set data.root / DIFFUSION_DATA to a folder that has them)"
+    if not download:
+        raise DatasetNotFoundError(f"{files.missing(root)} {hint}; downloading is off (download=true "
+                                   "also unpacks archives that are already there).")
+    lock_dir = resolve_cache(cache_dir) / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_dir / (hashlib.sha1(str(files.folder(where)).encode()).hexdigest()[:16] + ".lock")
+    with FileLock(str(lock)), _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        try:
+            return files.open(where, split, download=True)
+        except (RuntimeError, OSError) as error:
+            if files.is_complete(where):
+                raise
+            raise DatasetNotFoundError(
+                f"{files.missing(root)} {hint}; downloading failed: {_short_reason(error)}"
+            ) from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing shared by both loader paths
+# ---------------------------------------------------------------------------------------------
+
+
+class Preprocess:
+    """The deterministic part of the transform: image -> uint8 (C, H, W), or a batch of them.
+
+    Resizes the shorter side to ``image_size`` and centre-crops to a square; runs once per image
+    for the on-device path and per item for the DataLoader path, so both see the same pixels.
+    """
+
+    def __init__(self, image_size: int | None = None, center_crop: bool = False):
+        self.image_size = image_size
+        self.center_crop = center_crop
+
+    def __call__(self, image) -> torch.Tensor:
+        x = image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image)
+        if self.image_size is not None:
+            x = TF.resize(x, [self.image_size], antialias=True)
+        if self.center_crop:
+            side = min(x.shape[-2:])
+            x = TF.center_crop(x, [side, side])
+        return x
+
+
+def to_model_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] -> float32 in [-1, 1]."""
+    return x.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+class ImageDataset(Dataset):
+    """A torchvision dataset whose items are ``(x, label)``, x float32 (C, H, W) in [-1, 1].
+
+    ``source`` is the underlying torchvision dataset (a ``ConcatDataset`` for Flowers
+    ``trainval``); ``random_flip`` flips each item horizontally with probability 1/2 using
+    torch's global generator (seeded per worker by the DataLoader).
+    """
+
+    def __init__(self, source: Dataset, name: str, split: str, preprocess: Preprocess,
+                 random_flip: bool = False):
+        self.source, self.name, self.split = source, name, split
+        self.preprocess, self.random_flip = preprocess, random_flip
+        self.info = DATASET_INFO[name]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.source[index]
+        x = self.preprocess(image)
+        if self.random_flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        return to_model_range(x), int(label)
+
+    @property
+    def channels(self) -> int:
+        return self.info.channels
+
+    @property
+    def image_size(self) -> int | None:
+        """Side of the square images this dataset yields."""
+        return self.preprocess.image_size or self.info.image_size
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    def preprocessed(self, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image through ``preprocess`` once: uint8 (N, C, H, W) and int64 labels."""
+        data, targets = getattr(self.source, "data", None), getattr(self.source, "targets", None)
+        if isinstance(data, torch.Tensor) and isinstance(targets, torch.Tensor):
+            # MNIST-likes hold their images as one uint8 tensor: preprocess it in chunks.
+            chunks = [self.preprocess(data[i:i + 4096].unsqueeze(1))
+                      for i in range(0, len(data), 4096)]
+            return torch.cat(chunks), targets.to(torch.int64)
+        loader = DataLoader(_Preprocessed(self), batch_size=256, num_workers=num_workers)
+        images, labels = zip(*loader, strict=True)
+        return torch.cat(images), torch.cat(labels).to(torch.int64)
+
+
+class _Preprocessed(Dataset):
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset.source[index]
+        return self.dataset.preprocess(image), int(label)
+
+
+def build_dataset(
+    name: str,
+    root: str | os.PathLike | None = None,
+    split: str | None = None,
+    image_size: int | None = None,
+    center_crop: bool = False,
+    random_flip: bool = False,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> ImageDataset:
+    """Load split ``split`` of dataset ``name`` (``DATASET_INFO`` keys) as an ``ImageDataset``.
+
+    ``split=None`` means the dataset's training split (Flowers: ``trainval``). Raises
+    ``DatasetNotFoundError`` naming the files to provide when they are missing and cannot be
+    downloaded.
+    """
+    info = dataset_info(name)
+    split = split or info.train_split
+    if split not in info.splits:
+        raise ValueError(f"{name} has no split {split!r}: choose one of {', '.join(info.splits)}")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+    if info.image_size is None and (image_size is None or not center_crop):
+        raise ValueError(f"{name} images vary in size: set image_size and center_crop=true "
+                         "so that they can be batched")
+    source = _open_source(name, resolve_root(root), split, download, cache_dir)
+    return ImageDataset(source, name, split, Preprocess(image_size, center_crop), random_flip)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------------------------
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``0..n-1``, shuffled by a permutation that depends only on (seed, epoch).
+
+    Like ``DistributedSampler`` for one process: call ``set_epoch`` before each pass (the
+    ``infinite`` helper does). A run resumed at epoch ``e`` sees the same order again.
+    """
+
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0):
+        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        return iter(torch.randperm(self.n, generator=_epoch_generator(self.seed, self.epoch)).tolist())
+
+
+class DeviceDataset:
+    """A whole split as one uint8 tensor (N, C, H, W) and int64 labels on ``device``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, random_flip: bool = False,
+                 device: str | torch.device = "cpu"):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("DeviceDataset needs uint8 images (N, C, H, W) and N labels")
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.random_flip = random_flip
+
+    @classmethod
+    def from_dataset(cls, dataset: ImageDataset, device: str | torch.device = "cpu",
+                     num_workers: int = 0) -> DeviceDataset:
+        images, labels = dataset.preprocessed(num_workers)
+        return cls(images, labels, dataset.random_flip, device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class TensorBatchLoader:
+    """Batches of a ``DeviceDataset``, made on its device: gather, random flip, scale to [-1, 1].
+
+    One pass per ``iter()``, like a ``DataLoader``; ``set_epoch`` reshuffles (the order comes
+    from ``sampler``, by default the same ``EpochSampler`` a ``DataLoader`` gets from
+    ``build_loader``), and the flips are drawn from a generator seeded by (seed, epoch).
+    """
+
+    def __init__(self, data: DeviceDataset, batch_size: int, shuffle: bool = True,
+                 seed: int = 0, drop_last: bool = True, sampler: Sampler | None = None):
+        self.data, self.batch_size, self.drop_last, self.seed = data, batch_size, drop_last, seed
+        self.sampler = sampler if sampler is not None else EpochSampler(len(data), shuffle, seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = self.data.device
+        order = torch.as_tensor(list(self.sampler), dtype=torch.int64)
+        flips = torch.rand(len(order), generator=_epoch_generator(self.seed, self.epoch)) < 0.5
+        order = order.to(device, non_blocking=True)
+        flips = flips.to(device, non_blocking=True)
+        for batch in range(len(self)):
+            index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            x = self.data.images[index]
+            if self.data.random_flip:
+                flip = flips[batch * self.batch_size:(batch + 1) * self.batch_size]
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            yield to_model_range(x), self.data.labels[index]
+
+
+def build_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    seed: int = 0,
+    drop_last: bool = True,
+    on_device: bool | str | torch.device | None = None,
+    device: str | torch.device | None = None,
+    sampler: Sampler | None = None,
+) -> DataLoader | TensorBatchLoader:
+    """An iterable over one epoch of ``(x, y)`` batches; wrap it in ``infinite`` to train.
+
+    ``on_device`` (a device, or True for ``device``) holds the dataset on that device as uint8
+    and batches there (``TensorBatchLoader``); otherwise a ``DataLoader`` whose order and worker
+    seeds come from ``seed``. ``sampler`` replaces the default ``EpochSampler`` (for example a
+    ``DistributedSampler``). ``device`` is the training device, used to decide on pinned memory.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if sampler is None:
+        sampler = EpochSampler(len(dataset), shuffle, seed)
+    if len(sampler) < batch_size and drop_last:
+        raise ValueError(f"batch_size {batch_size} is larger than the {len(sampler)} images "
+                         f"of {dataset.name} {dataset.split} (with drop_last=true)")
+    if on_device is not None and on_device is not False:
+        target = device if on_device is True else on_device
+        data = DeviceDataset.from_dataset(dataset, target or "cpu", num_workers)
+        return TensorBatchLoader(data, batch_size, shuffle, seed, drop_last, sampler)
+    pin = num_workers > 0 and torch.cuda.is_available() and torch.device(device or "cpu").type == "cuda"
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def infinite(loader, start_epoch: int = 0) -> Iterator:
+    """Re-iterate ``loader`` forever, calling ``set_epoch`` (on it or its sampler) each pass."""
+    set_epoch: Callable[[int], None] | None = getattr(loader, "set_epoch", None) or getattr(
+        getattr(loader, "sampler", None), "set_epoch", None)
+    if len(loader) == 0:
+        raise ValueError("the loader yields no batches: lower batch_size or set drop_last=false")
+    epoch = start_epoch
+    while True:
+        if set_epoch is not None:
+            set_epoch(epoch)
+        yield from loader
+        epoch += 1

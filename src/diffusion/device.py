@@ -1,0 +1,43 @@
+"""Device and precision choices shared by training, sampling and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` means CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("trainer.device is 'cuda' but no CUDA GPU is visible; "
+                         "use trainer.device=auto or cpu.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N]; got {device!r}.")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 autocast on CUDA and plain fp32 on the CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device (it uses a GradScaler); "
+                         "use fp32 or bf16 on the CPU.")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for a resolved precision; master weights stay fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,114 @@
+"""Run folders: what a run writes about itself, and how to load one back.
+
+A run folder (``runs/<name>/<date>_<time>/``) holds ``.hydra/config.yaml`` (the
+composed config), ``env.json`` (command, git state, versions, device),
+``metrics.jsonl``, ``checkpoints/`` and ``samples/``: enough to resume, to
+sample and to re-run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+MAX_DIFF_BYTES = 1_000_000
+
+
+class RunError(RuntimeError):
+    """A path that should be a run folder is not one; the message says what to do."""
+
+
+def _git(*args: str, cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_state(cwd: str | Path | None = None) -> dict:
+    """Commit, dirty flag and diff of the source tree (None outside a git checkout)."""
+    cwd = Path(cwd or Path(__file__).resolve().parent)
+    commit = _git("rev-parse", "HEAD", cwd=cwd)
+    if commit is None:
+        return {"commit": None, "dirty": None, "diff": None}
+    diff = _git("diff", "HEAD", cwd=cwd) or ""
+    untracked = _git("ls-files", "--others", "--exclude-standard", cwd=cwd) or ""
+    return {
+        "commit": commit.strip(),
+        "dirty": bool(diff.strip() or untracked.strip()),
+        "diff": diff[:MAX_DIFF_BYTES],
+        "untracked": untracked.split(),
+    }
+
+
+def environment(seed: int | None = None, device: torch.device | None = None) -> dict:
+    """Everything needed to say later how a run was produced."""
+    import hydra
+    import torchvision
+
+    env = {
+        "command": [sys.executable, *sys.argv],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "hydra": hydra.__version__,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "device": str(device) if device is not None else None,
+        "device_name": (torch.cuda.get_device_name(device) if device is not None
+                        and device.type == "cuda" else platform.processor() or "cpu"),
+        "num_threads": torch.get_num_threads(),
+        "seed": seed,
+        "git": git_state(),
+    }
+    return env
+
+
+def write_env(run_dir: str | Path, seed: int | None, device: torch.device | None,
+              name: str = "env.json") -> Path:
+    path = Path(run_dir) / name
+    path.write_text(json.dumps(environment(seed, device), indent=2) + "\n")
+    return path
+
+
+def load_config(run: str | Path):
+    """The composed config a run was started with."""
+    from omegaconf import OmegaConf
+
+    run = Path(run)
+    cfg_file = run / ".hydra" / "config.yaml"
+    if not cfg_file.is_file():
+        raise RunError(f"{run} is not a run folder (no .hydra/config.yaml): pass the folder "
+                       "that diffusion.train printed, e.g. runs/<name>/<date>_<time>.")
+    return OmegaConf.load(cfg_file)
+
+
+def load_run(run: str | Path, checkpoint: str | Path | None = None, weights: str = "ema"):
+    """(model with EMA weights, training scheduler, config) of a run folder."""
+    from hydra.utils import instantiate
+
+    from diffusion.training.checkpoint import CheckpointError, latest_checkpoint, load
+
+    run = Path(run)
+    cfg = load_config(run)
+    if checkpoint is None:
+        checkpoint = latest_checkpoint(run / "checkpoints")
+        if checkpoint is None:
+            raise CheckpointError(f"Run {run} has no checkpoints yet: train it longer "
+                                  "(trainer.ckpt_every sets how often they are written).")
+    state = load(checkpoint)
+    model = instantiate(cfg.model)
+    model.load_state_dict(state["ema"]["model"] if weights == "ema" else state["model"])
+    scheduler = instantiate(cfg.scheduler)
+    return model, scheduler, cfg

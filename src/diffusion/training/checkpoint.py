@@ -1,0 +1,117 @@
+"""Checkpoints: atomic writes, keep-last-k, safe loading.
+
+A checkpoint holds everything needed to continue bit-exactly: model, EMA,
+optimizer, LR schedule, grad scaler, step and every RNG state. Files are written
+to a temporary name and renamed, so a crash mid-write never leaves a truncated
+``step_*.pt`` behind, and they are read back with ``weights_only=True`` so a
+checkpoint can never execute code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or unreadable; the message says what to do."""
+
+
+def checkpoint_path(directory: str | Path, step: int) -> Path:
+    return Path(directory) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Checkpoints in ``directory`` ordered by step (oldest first)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    ckpts = list_checkpoints(directory)
+    return ckpts[-1] if ckpts else None
+
+
+def save_atomic(obj: dict, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def prune(directory: str | Path, keep_last: int, protect: tuple[Path, ...] = ()) -> None:
+    """Delete all but the newest ``keep_last`` step checkpoints (0 keeps everything)."""
+    if keep_last <= 0:
+        return
+    for old in list_checkpoints(directory)[:-keep_last]:
+        if old not in protect:
+            old.unlink(missing_ok=True)
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint safely, turning every failure into one actionable sentence."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"No checkpoint at {path}: check the path, or train first so the run has a "
+            "checkpoints/ folder."
+        )
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupt or not a diffusion checkpoint "
+            f"({type(exc).__name__}); delete it to fall back to the previous one."
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(
+            f"Checkpoint {path} has no model weights; it was not written by diffusion.train."
+        )
+    return state
+
+
+def rng_state() -> dict:
+    """Every RNG state that training consumes, as tensors and ints (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(
+        ("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0)
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

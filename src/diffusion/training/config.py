@@ -1,0 +1,68 @@
+"""Trainer settings, validated before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+LOSSES = ("mse", "l1", "huber")
+
+
+class ConfigError(ValueError):
+    """A config value a user set is not allowed; the message names the key and the fix."""
+
+
+@dataclass
+class TrainerConfig:
+    """``trainer.*`` in the Hydra config. Every ``*_every`` counts optimizer steps; 0 disables."""
+
+    max_steps: int = 100_000
+    device: str = "auto"            # auto | cpu | cuda[:N]
+    precision: str = "auto"         # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    grad_accum: int = 1             # micro-batches per optimizer step
+    grad_clip: float = 1.0          # max global grad norm; 0 disables clipping
+    loss: str = "mse"               # mse | l1 | huber, on the scheduler's training target
+    huber_delta: float = 0.1
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    ema_every: int = 1
+    compile: bool = False           # torch.compile the model
+    channels_last: bool = False
+    log_every: int = 100
+    sample_every: int = 5000
+    sample_n: int = 64
+    sampler: str = "ddim"           # reverse process used for training-time grids
+    sample_steps: int = 50
+    val_every: int = 5000
+    val_batches: int = 8
+    ckpt_every: int = 5000
+    keep_last: int = 3
+    progress: bool = True
+    cuda_prefetch: bool = True      # overlap host->device copies with compute
+
+    def __post_init__(self):
+        def positive(key):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"trainer.{key} must be a positive integer; got {value!r}.")
+
+        def non_negative(key):
+            value = getattr(self, key)
+            if value is None or value < 0:
+                raise ConfigError(f"trainer.{key} must be >= 0 (0 turns it off); got {value!r}.")
+
+        for key in ("max_steps", "grad_accum", "ema_every", "sample_n", "sample_steps",
+                    "val_batches"):
+            positive(key)
+        for key in ("log_every", "sample_every", "val_every", "ckpt_every", "keep_last",
+                    "grad_clip"):
+            non_negative(key)
+        if self.loss not in LOSSES:
+            raise ConfigError(f"trainer.loss must be one of {', '.join(LOSSES)}; "
+                              f"got {self.loss!r}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"trainer.ema_decay must be in [0, 1); got {self.ema_decay!r}.")
+        if self.sampler not in ("ddpm", "ddim"):
+            raise ConfigError(f"trainer.sampler must be ddpm or ddim; got {self.sampler!r}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

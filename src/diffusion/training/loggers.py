@@ -1,0 +1,142 @@
+"""Metric and image loggers.
+
+``metrics.jsonl`` is always written (the run folder must describe itself without
+any service); W&B is optional and must never block training: with no API key it
+runs offline and says so once, and a failed online start falls back to offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Logger:
+    """Interface: every method is optional for a concrete logger."""
+
+    def log_config(self, config: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:  # noqa: B027
+        pass
+
+    def log_image(self, name: str, path: str | Path, step: int) -> None:  # noqa: B027
+        pass
+
+    def finish(self) -> None:  # noqa: B027
+        pass
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN; keep it visible rather than crash
+    return value
+
+
+class JsonlLogger(Logger):
+    """Appends one JSON object per logged step to ``metrics.jsonl`` (resume appends)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        record = {"step": step, "time": round(time.time(), 3)}
+        record.update({k: _jsonable(v) for k, v in metrics.items()})
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Records of a ``metrics.jsonl`` file, in order."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+class WandbLogger(Logger):
+    """Weights & Biases logging.
+
+    ``mode`` is ``online``, ``offline``, ``disabled`` or ``auto`` (online when an
+    API key is configured, else offline). Offline runs land in ``<run>/wandb`` and
+    can be uploaded later with ``wandb sync``.
+    """
+
+    def __init__(self, run_dir: str | Path, project: str = "diffusion", entity: str | None = None,
+                 name: str | None = None, tags: list[str] | None = None, group: str | None = None,
+                 mode: str = "auto", init_timeout: float = 30.0, resume_id: str | None = None):
+        import wandb  # imported here so `logger=none` never pays for it
+
+        if mode not in {"auto", "online", "offline", "disabled"}:
+            raise ValueError(
+                f"logger.mode must be one of auto, online, offline, disabled; got {mode!r}."
+            )
+        if mode == "auto":
+            mode = "online" if _has_wandb_credentials() else "offline"
+            if mode == "offline":
+                log.warning("W&B: no API key found, logging offline to %s/wandb "
+                            "(upload later with `wandb sync`).", run_dir)
+        self._wandb = wandb
+        kwargs = dict(project=project, entity=entity, name=name, tags=list(tags or []),
+                      group=group, dir=str(run_dir), id=resume_id, resume="allow" if resume_id
+                      else None, settings=wandb.Settings(init_timeout=init_timeout, silent=True))
+        try:
+            self.run = wandb.init(mode=mode, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types
+            if mode != "online":
+                raise
+            log.warning("W&B: could not reach the server (%s); logging offline instead.",
+                        type(exc).__name__)
+            self.run = wandb.init(mode="offline", **kwargs)
+        (Path(run_dir) / "wandb_id.txt").write_text(self.run.id)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        self.run.config.update(dict(config), allow_val_change=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def log_image(self, name: str, path: str | Path, step: int) -> None:
+        self.run.log({name: self._wandb.Image(str(path))}, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+class LoggerGroup(Logger):
+    """Fans every call out to several loggers."""
+
+    def __init__(self, loggers: list[Logger]):
+        self.loggers = list(loggers)
+
+    def log_config(self, config):
+        for lg in self.loggers:
+            lg.log_config(config)
+
+    def log_metrics(self, metrics, step):
+        for lg in self.loggers:
+            lg.log_metrics(metrics, step)
+
+    def log_image(self, name, path, step):
+        for lg in self.loggers:
+            lg.log_image(name, path, step)
+
+    def finish(self):
+        for lg in self.loggers:
+            lg.finish()

@@ -1,0 +1,278 @@
+"""One trainer for every backbone, scheduler and dataset.
+
+CUDA first (bf16 autocast, fused AdamW, pinned non-blocking copies, no host
+synchronisation inside the step) and correct on the CPU, where the same config
+and seed give the same numbers bit for bit, across a stop and a resume too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from diffusion.device import autocast, resolve_device, resolve_precision
+from diffusion.pipeline import DiffusionPipeline
+from diffusion.training import checkpoint as ckpt
+from diffusion.training.batches import ResumableBatchSampler
+from diffusion.training.config import TrainerConfig
+from diffusion.training.ema import EMA
+from diffusion.training.loggers import JsonlLogger, Logger, LoggerGroup
+from diffusion.viz import save_grid
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example the loss diverged); the message says what to do."""
+
+
+class Trainer:
+    """Trains ``model`` to predict ``scheduler.training_target`` on noised images.
+
+    ``optimizer`` and ``lr_scheduler`` are factories (Hydra ``_partial_``):
+    ``optimizer(params)`` and ``lr_scheduler(optimizer, total_steps=...)``.
+    """
+
+    def __init__(self, model: nn.Module, scheduler, optimizer, train_set: Dataset,
+                 config: TrainerConfig, *, batch_size: int, run_dir: str | Path,
+                 val_set: Dataset | None = None, lr_scheduler=None, logger: Logger | None = None,
+                 seed: int = 0, num_workers: int = 0, conditional: bool = False):
+        self.cfg = config
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.sample_dir = self.run_dir / "samples"
+        self.scheduler = scheduler
+        self.train_set, self.val_set = train_set, val_set
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.seed = seed
+        self.conditional = conditional
+        self.num_train_timesteps = int(scheduler.config["num_train_timesteps"])
+        self.sample_shape = tuple(train_set[0][0].shape)
+
+        self.memory_format = (torch.channels_last if config.channels_last
+                              else torch.contiguous_format)
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup, config.ema_every)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.optimizer = self._build_optimizer(optimizer)
+        self.lr_scheduler = (lr_scheduler(self.optimizer, total_steps=config.max_steps)
+                             if lr_scheduler is not None else None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.noise_generator = torch.Generator(self.device).manual_seed(seed)
+        self.fixed_noise = torch.randn((config.sample_n, *self.sample_shape),
+                                       generator=torch.Generator().manual_seed(seed))
+        self.step = 0
+        self.logger = LoggerGroup([JsonlLogger(self.run_dir / "metrics.jsonl"),
+                                   *([logger] if logger is not None else [])])
+
+    # ------------------------------------------------------------------ setup
+    def _build_optimizer(self, factory) -> torch.optim.Optimizer:
+        """Fused AdamW/Adam on CUDA unless the config says otherwise."""
+        if (self.device.type == "cuda" and isinstance(factory, functools.partial)
+                and factory.func in (torch.optim.Adam, torch.optim.AdamW)
+                and "fused" not in factory.keywords and "foreach" not in factory.keywords):
+            factory = functools.partial(factory, fused=True)
+        return factory(self.model.parameters())
+
+    def _loader(self, dataset: Dataset, start_batch: int, shuffle: bool) -> DataLoader:
+        sampler = ResumableBatchSampler(len(dataset), self.batch_size, seed=self.seed,
+                                        start_batch=start_batch, shuffle=shuffle)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda",
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "noise_generator": self.noise_generator.get_state(),
+            "rng": ckpt.rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.noise_generator.set_state(state["noise_generator"].cpu())
+        ckpt.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def resume(self, path: str | Path | None = None) -> Path:
+        """Continue from ``path`` or the run's newest checkpoint."""
+        path = Path(path) if path else ckpt.latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            raise ckpt.CheckpointError(
+                f"Nothing to resume in {self.run_dir}: it has no checkpoints/step_*.pt; "
+                "start a new run instead.")
+        self.load_state_dict(ckpt.load(path, map_location=self.device))
+        log.info("Resumed from %s at step %d.", path, self.step)
+        return path
+
+    def save_checkpoint(self) -> Path:
+        path = ckpt.save_atomic(self.state_dict(), ckpt.checkpoint_path(self.ckpt_dir, self.step))
+        ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
+        return path
+
+    # ------------------------------------------------------------- the step
+    def _loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        prediction = prediction.float()
+        if self.cfg.loss == "l1":
+            return F.l1_loss(prediction, target)
+        if self.cfg.loss == "huber":
+            return F.huber_loss(prediction, target, delta=self.cfg.huber_delta)
+        return F.mse_loss(prediction, target)
+
+    def _noised(self, x0: torch.Tensor, generator: torch.Generator):
+        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=self.device,
+                          generator=generator)
+        noise = torch.randn(x0.shape, device=self.device, generator=generator)
+        return self.scheduler.add_noise(x0, noise, t), t, self.scheduler.training_target(
+            x0, noise, t)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor):
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return x, (y.to(self.device, non_blocking=True) if self.conditional else None)
+
+    def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns device tensors
+        (mean loss, grad norm) and the seconds spent waiting for data."""
+        data_time = 0.0
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.cfg.grad_accum):
+            start = time.perf_counter()
+            x0, y = next(batches)
+            data_time += time.perf_counter() - start
+            x0, y = self._to_device(x0, y)
+            x_t, t, target = self._noised(x0, self.noise_generator)
+            with autocast(self.device, self.precision):
+                prediction = self.forward(x_t, t, y)
+            loss = self._loss(prediction, target) / self.cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.cfg.grad_clip or math.inf, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        return total, grad_norm, data_time
+
+    # ------------------------------------------------------- periodic work
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """EMA-model loss on the first ``val_batches`` batches of the validation split,
+        with the same noise and timesteps every time so values are comparable."""
+        if self.val_set is None:
+            return None
+        n = min(len(self.val_set), self.cfg.val_batches * self.batch_size)
+        loader = DataLoader(torch.utils.data.Subset(self.val_set, range(n)),
+                            batch_size=self.batch_size, num_workers=self.num_workers)
+        generator = torch.Generator(self.device).manual_seed(self.seed + 1)
+        total, count = torch.zeros((), device=self.device), 0
+        for x0, y in loader:
+            x0, y = self._to_device(x0, y)
+            x_t, t, target = self._noised(x0, generator)
+            with autocast(self.device, self.precision):
+                prediction = self.ema.model(x_t, t, y)
+            total += self._loss(prediction, target) * x0.shape[0]
+            count += x0.shape[0]
+        return (total / count).item()
+
+    def pipeline(self) -> DiffusionPipeline:
+        return DiffusionPipeline(self.ema.model, self.scheduler, self.sample_shape,
+                                 device=self.device, precision=self.precision)
+
+    def sample_grid(self) -> Path:
+        """A grid from the EMA model, starting from the same noise at every call."""
+        y = (torch.arange(self.cfg.sample_n) % self.ema.model.num_classes
+             if self.conditional else None)
+        images = self.pipeline()(self.cfg.sample_n, steps=self.cfg.sample_steps,
+                                 sampler=self.cfg.sampler, noise=self.fixed_noise, y=y,
+                                 generator=torch.Generator().manual_seed(self.seed)).images
+        return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png")
+
+    def _diverged(self, loss: float) -> TrainingError:
+        last = ckpt.latest_checkpoint(self.ckpt_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        return TrainingError(
+            f"The loss became {loss} at step {self.step} ({kept}); lower optimizer.lr, keep "
+            "trainer.grad_clip on or use trainer.precision=fp32, then resume this run.")
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and (self.step % every == 0 or self.step == self.cfg.max_steps)
+
+    # ------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        """Train to ``max_steps``; returns the last logged metrics."""
+        cfg = self.cfg
+        self.model.train()
+        batches = iter(self._loader(self.train_set, self.step * cfg.grad_accum, shuffle=True))
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress,
+                   dynamic_ncols=True, desc="train")
+        loss_sum, loss_count, data_time = torch.zeros((), device=self.device), 0, 0.0
+        window_start, window_steps, wall_start = time.perf_counter(), 0, time.perf_counter()
+        metrics: dict = {}
+        while self.step < cfg.max_steps:
+            loss, grad_norm, waited = self.train_step(batches)
+            loss_sum += loss
+            loss_count += 1
+            data_time += waited
+            window_steps += 1
+            bar.update(1)
+            if self._due(cfg.log_every) or self._due(cfg.ckpt_every):
+                mean_loss = (loss_sum / loss_count).item()  # the one host sync per log
+                if not math.isfinite(mean_loss):
+                    raise self._diverged(mean_loss)
+                elapsed = time.perf_counter() - window_start
+                images = window_steps * cfg.grad_accum * self.batch_size
+                metrics = {"train/loss": mean_loss, "train/grad_norm": grad_norm.item(),
+                           "train/lr": self.optimizer.param_groups[0]["lr"],
+                           "train/images_per_sec": images / elapsed,
+                           "train/data_time_frac": data_time / elapsed,
+                           "train/epoch": self.step * cfg.grad_accum * self.batch_size
+                           / len(self.train_set)}
+                loss_sum.zero_()
+                loss_count, data_time, window_steps = 0, 0.0, 0
+                if self._due(cfg.val_every):
+                    metrics["val/loss"] = self.validation_loss()
+                self.logger.log_metrics(metrics, self.step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}",
+                                img_s=f"{metrics['train/images_per_sec']:.0f}")
+            elif self._due(cfg.val_every):
+                self.logger.log_metrics({"val/loss": self.validation_loss()}, self.step)
+            if self._due(cfg.sample_every):
+                self.logger.log_image("samples", self.sample_grid(), self.step)
+            if self._due(cfg.ckpt_every):
+                self.save_checkpoint()
+            if window_steps == 0:
+                window_start = time.perf_counter()  # periodic work is not training time
+        bar.close()
+        summary = {"step": self.step, "wall_time_sec": time.perf_counter() - wall_start,
+                   **metrics}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary

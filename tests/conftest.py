@@ -1,0 +1,40 @@
+"""Suite-wide settings and data fixtures."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+# No test may reach W&B servers or print its banners.
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["WANDB_SILENT"] = "true"
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist_root(tmp_path_factory) -> Path:
+    """A data root with tiny MNIST and FashionMNIST (64 train / 32 test images each)."""
+    from diffusion.testing import write_tiny_mnist
+
+    root = tmp_path_factory.mktemp("data")
+    for kind in ("MNIST", "FashionMNIST"):
+        write_tiny_mnist(root, kind=kind)
+    return root
+
+
+@pytest.fixture
+def tiny_flowers_root(tmp_path, monkeypatch) -> Path:
+    """A data root with a tiny Flowers102 (24 images, 8 per split) that torchvision accepts."""
+    from diffusion.testing import accept_tiny_flowers, write_tiny_flowers
+
+    write_tiny_flowers(tmp_path)
+    accept_tiny_flowers(monkeypatch, tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def shared_data_root() -> Path:
+    """The real datasets (``$DIFFUSION_DATA``, else ``../shared/data``); skips when absent."""
+    root = Path(os.environ.get("DIFFUSION_DATA") or Path(__file__).parents[2] / "shared" / "data")
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real datasets not found under {root} (set DIFFUSION_DATA)")
+    return root

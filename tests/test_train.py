@@ -1,0 +1,115 @@
+"""The trainer end to end on tiny MNIST-format files, through the real configs,
+torchvision loaders and checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffusion.training.checkpoint import latest_checkpoint, list_checkpoints
+from diffusion.training.config import ConfigError
+from diffusion.training.loggers import read_metrics
+from diffusion.training.trainer import TrainingError
+from diffusion.train import train
+from hydra_utils import compose_config, debug_overrides
+
+SMALL_MODELS = {
+    "basic": ["model.base_channels=8"],
+    "unet": ["model.base_channels=8", "model.norm_groups=4"],
+    "unet_attn": ["model.base_channels=8", "model.norm_groups=4", "model.num_res_blocks=1"],
+}
+
+
+def run_training(tmp_path: Path, data_root: Path, *overrides: str, name: str = "run"):
+    cfg = compose_config(debug_overrides(data_root, *overrides))
+    run_dir = tmp_path / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = train(cfg, run_dir)
+    return run_dir, summary
+
+
+@pytest.mark.parametrize("model", sorted(SMALL_MODELS))
+def test_short_run_writes_a_complete_run_folder(tmp_path, tiny_mnist_root, model):
+    run_dir, summary = run_training(tmp_path, tiny_mnist_root, f"model={model}",
+                                    *SMALL_MODELS[model])
+    assert summary["step"] == 4
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train_records = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train_records] == [2, 4]
+    assert all(0 < r["train/loss"] < 10 for r in train_records)
+    assert any("val/loss" in r for r in records)
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [
+        "step_00000002.pt", "step_00000004.pt"]
+    assert (run_dir / "samples" / "step_00000004.png").is_file()
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["seed"] == 0 and env["device"] == "cpu" and "git" in env
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert saved.model._target_.endswith({"basic": "BasicUNet", "unet": "UNet",
+                                          "unet_attn": "AttentionUNet"}[model])
+
+
+def test_same_seed_gives_identical_losses(tmp_path, tiny_mnist_root):
+    args = ("model=basic", "model.base_channels=8", "trainer.log_every=1")
+    a, _ = run_training(tmp_path, tiny_mnist_root, *args, name="a")
+    b, _ = run_training(tmp_path, tiny_mnist_root, *args, name="b")
+    c, _ = run_training(tmp_path, tiny_mnist_root, *args, "seed=1", name="c")
+    losses = [[r["train/loss"] for r in read_metrics(d / "metrics.jsonl") if "train/loss" in r]
+              for d in (a, b, c)]
+    assert len(losses[0]) == 4
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+def _weights(run_dir: Path) -> dict:
+    state = torch.load(latest_checkpoint(run_dir / "checkpoints"), weights_only=True)
+    return {"model": state["model"], "ema": state["ema"]["model"],
+            "opt": state["optimizer"]["state"]}
+
+
+def test_resume_is_bit_exact(tmp_path, tiny_mnist_root):
+    args = ("model=unet_attn", *SMALL_MODELS["unet_attn"], "model.dropout=0.1",
+            "trainer.max_steps=6", "trainer.ckpt_every=3", "trainer.keep_last=0")
+    straight, _ = run_training(tmp_path, tiny_mnist_root, *args, name="straight")
+
+    first, _ = run_training(tmp_path, tiny_mnist_root, *args, "trainer.max_steps=3",
+                            name="resumed")
+    cfg = OmegaConf.load(first / "config.yaml")
+    cfg.resume = str(first)
+    cfg.trainer.max_steps = 6
+    train(cfg, first)
+
+    a, b = _weights(straight), _weights(first)
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    for idx, slots in a["opt"].items():
+        for key, value in slots.items():
+            assert torch.equal(value, b["opt"][idx][key])
+    steps = [r["step"] for r in read_metrics(first / "metrics.jsonl") if "train/loss" in r]
+    assert steps == [2, 3, 4, 6]
+
+
+def test_loss_divergence_stops_with_one_sentence(tmp_path, tiny_mnist_root):
+    with pytest.raises(TrainingError, match=r"The loss became (nan|inf) at step \d+ .*lower "
+                                            r"optimizer\.lr"):
+        run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
+                     "optimizer.lr=1e30", "trainer.grad_clip=0", "trainer.max_steps=40",
+                     "trainer.log_every=1", "trainer.ckpt_every=0", "trainer.sample_every=0",
+                     "trainer.val_every=0")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.max_steps=-5", "trainer.max_steps must be a positive integer; got -5."),
+    ("trainer.loss=l3", "trainer.loss must be one of mse, l1, huber"),
+    ("model.in_channels=3", "model.in_channels is 3 but data mnist has 1 channel"),
+    ("data.batch_size=0", "data.batch_size must be a positive integer"),
+    ("model.base_channels=-1", "model.base_channels"),
+])
+def test_bad_values_name_the_key(tmp_path, tiny_mnist_root, override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        run_training(tmp_path, tiny_mnist_root, "model=basic", override)
+    assert not (tmp_path / "run" / "checkpoints").exists()
