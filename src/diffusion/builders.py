@@ -54,6 +54,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed must be an integer; got {cfg.seed!r}.")
 
 
+def build_trainer_config(cfg: DictConfig):
+    return _instantiate("trainer", cfg.trainer)
+
+
 def build_model(cfg: DictConfig):
     return _instantiate("model", cfg.model)
 

@@ -62,8 +62,9 @@ class _MnistFiles:
         return [filename for filename, _ in self.cls.resources]
 
     def is_complete(self, root: Path) -> bool:
-        return all((self.folder(root) / name.removesuffix(".gz")).is_file()
-                   for name in self.archives())
+        return all(
+            (self.folder(root) / name.removesuffix(".gz")).is_file() for name in self.archives()
+        )
 
     def link(self, source: Path, cache: Path) -> None:
         for name in self.archives():
@@ -73,8 +74,10 @@ class _MnistFiles:
         return self.cls(str(root), train=split == "train", download=download)
 
     def missing(self, root: Path) -> str:
-        return (f"{self.cls.__name__} not found under {self.folder(root)}: put "
-                f"{', '.join(self.archives())} there")
+        return (
+            f"{self.cls.__name__} not found under {self.folder(root)}: put "
+            f"{', '.join(self.archives())} there"
+        )
 
 
 class _FlowersFiles:
@@ -89,7 +92,8 @@ class _FlowersFiles:
     def is_complete(self, root: Path) -> bool:
         base = self.folder(root)
         return (base / "jpg").is_dir() and all(
-            check_integrity(str(base / name), md5) for name, md5 in self._mat_files())
+            check_integrity(str(base / name), md5) for name, md5 in self._mat_files()
+        )
 
     def link(self, source: Path, cache: Path) -> None:
         archive = tvd.Flowers102._file_dict["image"][0]
@@ -98,14 +102,17 @@ class _FlowersFiles:
 
     def open(self, root: Path, split: str, download: bool) -> Dataset:
         if split == "trainval":
-            return ConcatDataset([tvd.Flowers102(str(root), split=s, download=download)
-                                  for s in ("train", "val")])
+            return ConcatDataset(
+                [tvd.Flowers102(str(root), split=s, download=download) for s in ("train", "val")]
+            )
         return tvd.Flowers102(str(root), split=split, download=download)
 
     def missing(self, root: Path) -> str:
         mats = " and ".join(name for name, _ in self._mat_files())
-        return (f"Flowers102 not found under {self.folder(root)}: put the jpg/ folder "
-                f"(image_00001.jpg to image_08189.jpg) and the original {mats} there")
+        return (
+            f"Flowers102 not found under {self.folder(root)}: put the jpg/ folder "
+            f"(image_00001.jpg to image_08189.jpg) and the original {mats} there"
+        )
 
 
 @dataclass(frozen=True)
@@ -123,10 +130,12 @@ class DatasetInfo:
 
 DATASET_INFO: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(1, 28, 10, ("train", "test"), "train", "test", _MnistFiles(tvd.MNIST)),
-    "fashion_mnist": DatasetInfo(1, 28, 10, ("train", "test"), "train", "test",
-                                 _MnistFiles(tvd.FashionMNIST)),
-    "flowers102": DatasetInfo(3, None, 102, ("train", "val", "test", "trainval"), "trainval",
-                              "test", _FlowersFiles()),
+    "fashion_mnist": DatasetInfo(
+        1, 28, 10, ("train", "test"), "train", "test", _MnistFiles(tvd.FashionMNIST)
+    ),
+    "flowers102": DatasetInfo(
+        3, None, 102, ("train", "val", "test", "trainval"), "trainval", "test", _FlowersFiles()
+    ),
 }
 
 
@@ -144,7 +153,7 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_cache(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The writable cache: ``cache_dir``, else ``$DIFFUSION_CACHE``, else ``~/.cache/diffusion/data``."""
+    """Writable cache: ``cache_dir``, else ``$DIFFUSION_CACHE``, else ~/.cache/diffusion/data."""
     cache = cache_dir or os.environ.get("DIFFUSION_CACHE") or "~/.cache/diffusion/data"
     return Path(cache).expanduser().absolute()
 
@@ -160,10 +169,14 @@ def _symlink(target: Path, link: Path) -> None:
 
 
 def _writable(path: Path) -> bool:
-    """Whether ``path`` can be written, or created inside its nearest existing ancestor."""
+    """Whether ``path`` can be written, or created inside its nearest existing ancestor.
+
+    A folder without any write permission bit counts as read-only even for root, who could
+    write there anyway: such a folder is meant to stay untouched.
+    """
     while not path.exists():
         path = path.parent
-    return os.access(path, os.W_OK)
+    return os.access(path, os.W_OK) and bool(path.stat().st_mode & 0o222)
 
 
 @contextmanager
@@ -195,8 +208,10 @@ def _open_source(name: str, root: Path, split: str, download: bool, cache_dir) -
         return files.open(where, split, download=False)
     hint = "(or set data.root / DIFFUSION_DATA to a folder that has them)"
     if not download:
-        raise DatasetNotFoundError(f"{files.missing(root)} {hint}; downloading is off (download=true "
-                                   "also unpacks archives that are already there).")
+        raise DatasetNotFoundError(
+            f"{files.missing(root)} {hint}; downloading is off (download=true "
+            "also unpacks archives that are already there)."
+        )
     lock_dir = resolve_cache(cache_dir) / "locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_dir / (hashlib.sha1(str(files.folder(where)).encode()).hexdigest()[:16] + ".lock")
@@ -250,8 +265,14 @@ class ImageDataset(Dataset):
     torch's global generator (seeded per worker by the DataLoader).
     """
 
-    def __init__(self, source: Dataset, name: str, split: str, preprocess: Preprocess,
-                 random_flip: bool = False):
+    def __init__(
+        self,
+        source: Dataset,
+        name: str,
+        split: str,
+        preprocess: Preprocess,
+        random_flip: bool = False,
+    ):
         self.source, self.name, self.split = source, name, split
         self.preprocess, self.random_flip = preprocess, random_flip
         self.info = DATASET_INFO[name]
@@ -284,8 +305,9 @@ class ImageDataset(Dataset):
         data, targets = getattr(self.source, "data", None), getattr(self.source, "targets", None)
         if isinstance(data, torch.Tensor) and isinstance(targets, torch.Tensor):
             # MNIST-likes hold their images as one uint8 tensor: preprocess it in chunks.
-            chunks = [self.preprocess(data[i:i + 4096].unsqueeze(1))
-                      for i in range(0, len(data), 4096)]
+            chunks = [
+                self.preprocess(data[i : i + 4096].unsqueeze(1)) for i in range(0, len(data), 4096)
+            ]
             return torch.cat(chunks), targets.to(torch.int64)
         loader = DataLoader(_Preprocessed(self), batch_size=256, num_workers=num_workers)
         images, labels = zip(*loader, strict=True)
@@ -327,8 +349,10 @@ def build_dataset(
     if image_size is not None and image_size < 1:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
     if info.image_size is None and (image_size is None or not center_crop):
-        raise ValueError(f"{name} images vary in size: set image_size and center_crop=true "
-                         "so that they can be batched")
+        raise ValueError(
+            f"{name} images vary in size: set image_size and center_crop=true "
+            "so that they can be batched"
+        )
     source = _open_source(name, resolve_root(root), split, download, cache_dir)
     return ImageDataset(source, name, split, Preprocess(image_size, center_crop), random_flip)
 
@@ -338,7 +362,7 @@ def build_dataset(
 # ---------------------------------------------------------------------------------------------
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
@@ -361,22 +385,30 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        return iter(torch.randperm(self.n, generator=_epoch_generator(self.seed, self.epoch)).tolist())
+        return iter(
+            torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist()
+        )
 
 
 class DeviceDataset:
     """A whole split as one uint8 tensor (N, C, H, W) and int64 labels on ``device``."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, random_flip: bool = False,
-                 device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        random_flip: bool = False,
+        device: str | torch.device = "cpu",
+    ):
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
             raise ValueError("DeviceDataset needs uint8 images (N, C, H, W) and N labels")
         self.images, self.labels = images.to(device), labels.to(device)
         self.random_flip = random_flip
 
     @classmethod
-    def from_dataset(cls, dataset: ImageDataset, device: str | torch.device = "cpu",
-                     num_workers: int = 0) -> DeviceDataset:
+    def from_dataset(
+        cls, dataset: ImageDataset, device: str | torch.device = "cpu", num_workers: int = 0
+    ) -> DeviceDataset:
         images, labels = dataset.preprocessed(num_workers)
         return cls(images, labels, dataset.random_flip, device)
 
@@ -387,6 +419,14 @@ class DeviceDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def batch(self, index: torch.Tensor, flip: torch.Tensor | None = None):
+        """Images ``index`` scaled to [-1, 1] (flipped where ``flip`` is true, when this
+        dataset flips) and their labels, gathered on the dataset's device."""
+        x = self.images[index]
+        if self.random_flip and flip is not None:
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return to_model_range(x), self.labels[index]
+
 
 class TensorBatchLoader:
     """Batches of a ``DeviceDataset``, made on its device: gather, random flip, scale to [-1, 1].
@@ -396,8 +436,15 @@ class TensorBatchLoader:
     ``build_loader``), and the flips are drawn from a generator seeded by (seed, epoch).
     """
 
-    def __init__(self, data: DeviceDataset, batch_size: int, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = True, sampler: Sampler | None = None):
+    def __init__(
+        self,
+        data: DeviceDataset,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+        sampler: Sampler | None = None,
+    ):
         self.data, self.batch_size, self.drop_last, self.seed = data, batch_size, drop_last, seed
         self.sampler = sampler if sampler is not None else EpochSampler(len(data), shuffle, seed)
         self.epoch = 0
@@ -414,16 +461,12 @@ class TensorBatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.data.device
         order = torch.as_tensor(list(self.sampler), dtype=torch.int64)
-        flips = torch.rand(len(order), generator=_epoch_generator(self.seed, self.epoch)) < 0.5
+        flips = torch.rand(len(order), generator=epoch_generator(self.seed, self.epoch)) < 0.5
         order = order.to(device, non_blocking=True)
         flips = flips.to(device, non_blocking=True)
         for batch in range(len(self)):
-            index = order[batch * self.batch_size:(batch + 1) * self.batch_size]
-            x = self.data.images[index]
-            if self.data.random_flip:
-                flip = flips[batch * self.batch_size:(batch + 1) * self.batch_size]
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            yield to_model_range(x), self.data.labels[index]
+            window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+            yield self.data.batch(order[window], flips[window])
 
 
 def build_loader(
@@ -449,13 +492,19 @@ def build_loader(
     if sampler is None:
         sampler = EpochSampler(len(dataset), shuffle, seed)
     if len(sampler) < batch_size and drop_last:
-        raise ValueError(f"batch_size {batch_size} is larger than the {len(sampler)} images "
-                         f"of {dataset.name} {dataset.split} (with drop_last=true)")
+        raise ValueError(
+            f"batch_size {batch_size} is larger than the {len(sampler)} images "
+            f"of {dataset.name} {dataset.split} (with drop_last=true)"
+        )
     if on_device is not None and on_device is not False:
         target = device if on_device is True else on_device
         data = DeviceDataset.from_dataset(dataset, target or "cpu", num_workers)
         return TensorBatchLoader(data, batch_size, shuffle, seed, drop_last, sampler)
-    pin = num_workers > 0 and torch.cuda.is_available() and torch.device(device or "cpu").type == "cuda"
+    pin = (
+        num_workers > 0
+        and torch.cuda.is_available()
+        and torch.device(device or "cpu").type == "cuda"
+    )
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -471,7 +520,8 @@ def build_loader(
 def infinite(loader, start_epoch: int = 0) -> Iterator:
     """Re-iterate ``loader`` forever, calling ``set_epoch`` (on it or its sampler) each pass."""
     set_epoch: Callable[[int], None] | None = getattr(loader, "set_epoch", None) or getattr(
-        getattr(loader, "sampler", None), "set_epoch", None)
+        getattr(loader, "sampler", None), "set_epoch", None
+    )
     if len(loader) == 0:
         raise ValueError("the loader yields no batches: lower batch_size or set drop_last=false")
     epoch = start_epoch

@@ -35,7 +35,18 @@ _SEGMENTS = {
     "f": ((0.25, 0.15), (0.25, 0.5)),
     "g": ((0.25, 0.5), (0.75, 0.5)),
 }
-_DIGIT_SEGMENTS = ("abcdef", "bc", "abged", "abgcd", "fgbc", "afgcd", "afgedc", "abc", "abcdefg", "abfgcd")
+_DIGIT_SEGMENTS = (
+    "abcdef",
+    "bc",
+    "abged",
+    "abgcd",
+    "fgbc",
+    "afgcd",
+    "afgedc",
+    "abc",
+    "abcdefg",
+    "abfgcd",
+)
 
 
 def _digit_image(label: int, rng: np.random.Generator, size: int = 28) -> np.ndarray:
@@ -87,8 +98,10 @@ def write_tiny_mnist(
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n, dtype=np.uint8) % 10
-        images = np.stack([_digit_image(int(y), rng) for y in labels]) if n else np.zeros(
-            (0, 28, 28), np.uint8
+        images = (
+            np.stack([_digit_image(int(y), rng) for y in labels])
+            if n
+            else np.zeros((0, 28, 28), np.uint8)
         )
         _write_idx(raw, f"{prefix}-images-idx3-ubyte", images)
         _write_idx(raw, f"{prefix}-labels-idx1-ubyte", labels)
@@ -107,8 +120,10 @@ def _flower_image(rng: np.random.Generator, size: tuple[int, int]) -> Image.Imag
         px, py = cx + radius * np.cos(angle), cy + radius * np.sin(angle)
         r = radius * 0.6
         draw.ellipse((px - r, py - r, px + r, py + r), fill=petal)
-    draw.ellipse((cx - radius * 0.4, cy - radius * 0.4, cx + radius * 0.4, cy + radius * 0.4),
-                 fill=(240, 200, 40))
+    draw.ellipse(
+        (cx - radius * 0.4, cy - radius * 0.4, cx + radius * 0.4, cy + radius * 0.4),
+        fill=(240, 200, 40),
+    )
     return image
 
 
@@ -134,9 +149,14 @@ def write_tiny_flowers(root: str | Path, n: int = 24, seed: int = 0) -> Path:
     ids = np.arange(1, n + 1, dtype=np.uint16)
     third = n // 3
     savemat(base / "imagelabels.mat", {"labels": labels})
-    savemat(base / "setid.mat", {
-        "trnid": ids[None, :third], "valid": ids[None, third:2 * third], "tstid": ids[None, 2 * third:]
-    })
+    savemat(
+        base / "setid.mat",
+        {
+            "trnid": ids[None, :third],
+            "valid": ids[None, third : 2 * third],
+            "tstid": ids[None, 2 * third :],
+        },
+    )
     return base
 
 

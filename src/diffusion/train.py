@@ -22,7 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffusion.cli import CONF_DIR, USER_ERRORS, fail, seed_everything
 from diffusion.rundir import write_env
-from diffusion.builders import build_datasets, build_logger, build_model, build_scheduler, validate
+from diffusion.builders import (
+    build_datasets,
+    build_logger,
+    build_model,
+    build_scheduler,
+    build_trainer_config,
+    validate,
+)
 
 log = logging.getLogger("diffusion.train")
 
@@ -34,7 +41,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     from diffusion.training import Trainer
 
     validate(cfg)
-    trainer_cfg = instantiate(cfg.trainer)
+    trainer_cfg = build_trainer_config(cfg)
     seed_everything(cfg.seed)
     model = build_model(cfg)
     scheduler = build_scheduler(cfg)
@@ -51,7 +58,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         batch_size=cfg.data.batch_size, run_dir=run_dir, val_set=val_set,
         lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         logger=logger, seed=cfg.seed, num_workers=cfg.data.num_workers,
-        conditional=cfg.model.get("num_classes") is not None)
+        conditional=cfg.model.get("num_classes") is not None,
+        on_device=cfg.data.on_device)
     write_env(run_dir, cfg.seed, trainer.device,
               name="env.json" if not resuming else f"env-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
     if logger is not None:

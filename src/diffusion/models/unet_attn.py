@@ -47,9 +47,10 @@ class AttentionUNet(Backbone):
     `attention_resolutions` names feature-map sides (16 means the 16x16 level of
     an `image_size` input, after the internal padding to a multiple of
     2 ** (len(channel_mult) - 1)); None puts it one halving down (16 for 32x32,
-    14 for 28x28), and the middle block always attends. `head_channels`, when given, fixes the width
-    per head and overrides `num_heads` (improved DDPM). `resblock_updown`
-    resamples inside residual blocks instead of with a (conv) resample layer.
+    14 for 28x28), and the middle block always attends. `head_channels`, when
+    given, fixes the width per head and overrides `num_heads` (improved DDPM).
+    `resblock_updown` resamples inside residual blocks instead of with a (conv)
+    resample layer.
     """
 
     def __init__(

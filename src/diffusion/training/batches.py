@@ -13,12 +13,14 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from diffusion.data import epoch_generator
+
 
 class ResumableBatchSampler(Sampler[list[int]]):
     """Infinite stream of index batches, starting at global batch ``start_batch``."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, start_batch: int = 0,
-                 shuffle: bool = True, rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1):
         per_rank = num_samples // world_size
         if per_rank < batch_size:
             raise ValueError(
@@ -29,17 +31,12 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.seed = seed
         self.start_batch = start_batch
-        self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
         self.batches_per_epoch = per_rank // batch_size
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.num_samples, generator=g)
-        else:
-            order = torch.arange(self.num_samples)
+        order = torch.randperm(self.num_samples, generator=epoch_generator(self.seed, epoch))
         usable = self.batches_per_epoch * self.batch_size * self.world_size
         return order[:usable][self.rank::self.world_size]
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from diffusion.data import DeviceDataset
 from diffusion.device import autocast, resolve_device, resolve_precision
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import checkpoint as ckpt
@@ -46,7 +48,8 @@ class Trainer:
     def __init__(self, model: nn.Module, scheduler, optimizer, train_set: Dataset,
                  config: TrainerConfig, *, batch_size: int, run_dir: str | Path,
                  val_set: Dataset | None = None, lr_scheduler=None, logger: Logger | None = None,
-                 seed: int = 0, num_workers: int = 0, conditional: bool = False):
+                 seed: int = 0, num_workers: int = 0, conditional: bool = False,
+                 on_device: bool = False):
         self.cfg = config
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
@@ -71,6 +74,8 @@ class Trainer:
                              if lr_scheduler is not None else None)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.noise_generator = torch.Generator(self.device).manual_seed(seed)
+        self.device_data = (DeviceDataset.from_dataset(train_set, self.device, num_workers)
+                            if on_device else None)
         self.fixed_noise = torch.randn((config.sample_n, *self.sample_shape),
                                        generator=torch.Generator().manual_seed(seed))
         self.step = 0
@@ -86,13 +91,27 @@ class Trainer:
             factory = functools.partial(factory, fused=True)
         return factory(self.model.parameters())
 
-    def _loader(self, dataset: Dataset, start_batch: int, shuffle: bool) -> DataLoader:
-        sampler = ResumableBatchSampler(len(dataset), self.batch_size, seed=self.seed,
-                                        start_batch=start_batch, shuffle=shuffle)
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.device.type == "cuda",
-                          persistent_workers=self.num_workers > 0,
-                          generator=torch.Generator().manual_seed(self.seed))
+    def _batches(self, start_batch: int) -> Iterator:
+        """Endless (x, y) batches from global batch ``start_batch`` on, in an order that
+        depends only on the seed (so a resumed run sees the batches it would have seen)."""
+        sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed=self.seed,
+                                        start_batch=start_batch)
+        if self.device_data is None:
+            return iter(DataLoader(self.train_set, batch_sampler=sampler,
+                                   num_workers=self.num_workers,
+                                   pin_memory=self.device.type == "cuda",
+                                   persistent_workers=self.num_workers > 0,
+                                   generator=torch.Generator().manual_seed(self.seed)))
+        return self._device_batches(sampler)
+
+    def _device_batches(self, sampler) -> Iterator:
+        """Batches gathered, flipped and scaled on the training device (``data.on_device``)."""
+        data = self.device_data
+        for indices in sampler:
+            index = torch.as_tensor(indices, device=self.device)
+            flip = (torch.rand(len(indices), device=self.device, generator=self.noise_generator)
+                    < 0.5) if data.random_flip else None
+            yield data.batch(index, flip)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -186,12 +205,14 @@ class Trainer:
     @torch.no_grad()
     def validation_loss(self) -> float | None:
         """EMA-model loss on the first ``val_batches`` batches of the validation split,
-        with the same noise and timesteps every time so values are comparable."""
+        with the same noise and timesteps every time so values are comparable. It draws
+        nothing from the global RNG, so validating never changes the training stream."""
         if self.val_set is None:
             return None
         n = min(len(self.val_set), self.cfg.val_batches * self.batch_size)
         loader = DataLoader(torch.utils.data.Subset(self.val_set, range(n)),
-                            batch_size=self.batch_size, num_workers=self.num_workers)
+                            batch_size=self.batch_size, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(self.seed))
         generator = torch.Generator(self.device).manual_seed(self.seed + 1)
         total, count = torch.zeros((), device=self.device), 0
         for x0, y in loader:
@@ -231,7 +252,7 @@ class Trainer:
         """Train to ``max_steps``; returns the last logged metrics."""
         cfg = self.cfg
         self.model.train()
-        batches = iter(self._loader(self.train_set, self.step * cfg.grad_accum, shuffle=True))
+        batches = self._batches(self.step * cfg.grad_accum)
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress,
                    dynamic_ncols=True, desc="train")
         loss_sum, loss_count, data_time = torch.zeros((), device=self.device), 0, 0.0

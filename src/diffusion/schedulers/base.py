@@ -1,0 +1,310 @@
+"""The forward noise process shared by every scheduler, and the pieces of a reverse step.
+
+A scheduler owns the betas of one noise process q(x_t | x_0) = N(sqrt(a_t) x_0,
+(1 - a_t) I), with a_t = alpha_bar(t) = prod_{s <= t} (1 - beta_s), and walks a
+descending list of timesteps to undo it. DDPM and DDIM differ only in the
+reverse step, so everything else lives here: noising, training targets,
+conversions between epsilon, x_0 and v, timestep spacing, the posterior
+q(x_prev | x_t, x_0) and the noise draw.
+
+Numerics: betas and alphas_cumprod are float64; each coefficient is computed in
+float64 and applied in the sample's dtype (a Python float for one timestep, a
+tensor cast to the sample's dtype for a batch of timesteps).
+
+The step before t is read from ``timesteps`` (``previous_timestep``), never
+computed as ``t - T // n``: that arithmetic is wrong whenever the spacing is not
+uniform (``linspace``, or ``trailing`` when n does not divide T).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffusion.schedules import BETA_SCHEDULES, get_beta_schedule, rescale_zero_terminal_snr
+
+Tensor = torch.Tensor
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def check_choice(name: str, value: Any, allowed) -> None:
+    """Raise the one-sentence error for an argument outside its allowed values."""
+    if value not in allowed:
+        options = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{name} must be one of {options}; got {value!r}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class SchedulerOutput:
+    """What a reverse step returns; unpacks and indexes like diffusers' output."""
+
+    prev_sample: Tensor
+    pred_original_sample: Tensor
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.prev_sample, self.pred_original_sample))
+
+    def __getitem__(self, key: int | slice | str):
+        return getattr(self, key) if isinstance(key, str) else tuple(self)[key]
+
+
+class NoiseScheduler:
+    """Base class of ``DDPMScheduler`` and ``DDIMScheduler``; see the module docstring.
+
+    ``config`` holds the constructor arguments, so ``type(s).from_config(s.config)``
+    rebuilds the scheduler and the dict serialises to YAML/JSON as it is.
+    """
+
+    #: alpha_bar before the first training step: ``alpha_bar(-1)``, reached by the last step.
+    final_alpha_cumprod: float = 1.0
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        beta_start: float | None = None,
+        beta_end: float | None = None,
+        prediction_type: str = "epsilon",
+        clip_sample: bool = True,
+        clip_sample_range: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        if not _is_int(num_train_timesteps) or num_train_timesteps < 1:
+            raise ValueError(
+                f"num_train_timesteps must be a positive integer; got {num_train_timesteps!r}."
+            )
+        check_choice("beta_schedule", beta_schedule, tuple(BETA_SCHEDULES))
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        check_choice("clip_sample", clip_sample, (True, False))
+        check_choice("rescale_betas_zero_snr", rescale_betas_zero_snr, (True, False))
+        if not clip_sample_range > 0:
+            raise ValueError(f"clip_sample_range must be a positive number; got {clip_sample_range!r}.")
+        if not _is_int(steps_offset) or steps_offset < 0:
+            raise ValueError(f"steps_offset must be an integer >= 0; got {steps_offset!r}.")
+        if rescale_betas_zero_snr and prediction_type == "epsilon":
+            raise ValueError(
+                "rescale_betas_zero_snr=True needs prediction_type 'v_prediction' or 'sample', "
+                "because at zero terminal SNR an epsilon prediction cannot recover x_0."
+            )
+        self._config: dict[str, Any] = dict(
+            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+            beta_start=beta_start, beta_end=beta_end, prediction_type=prediction_type,
+            clip_sample=clip_sample, clip_sample_range=clip_sample_range,
+            timestep_spacing=timestep_spacing, steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
+        self.num_train_timesteps = num_train_timesteps
+        self.prediction_type = prediction_type
+        self.clip_sample = clip_sample
+        self.clip_sample_range = float(clip_sample_range)
+        self.timestep_spacing = timestep_spacing
+        self.steps_offset = steps_offset
+
+        betas = get_beta_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        self.betas = rescale_zero_terminal_snr(betas) if rescale_betas_zero_snr else betas
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._alpha_bars: list[float] = self.alphas_cumprod.tolist()  # fast scalar look-ups
+        self._alphas_cumprod_on: dict[torch.device, Tensor] = {}  # per-device copies
+        # Until set_timesteps is called the chain is every training step, as in diffusers.
+        self.num_inference_steps: int | None = None
+        self._use_timesteps(list(range(num_train_timesteps - 1, -1, -1)), device=None)
+
+    # ----------------------------------------------------------------- config
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (a fresh plain dict)."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], **overrides: Any):
+        """Build a scheduler from a ``config`` dict; ``overrides`` replace single entries."""
+        return cls(**{**dict(config), **overrides})
+
+    def __len__(self) -> int:
+        return self.num_train_timesteps
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return f"{type(self).__name__}({args})"
+
+    # -------------------------------------------------------------- timesteps
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
+        """Choose the ``num_inference_steps`` timesteps the reverse process visits.
+
+        Spacings as diffusers computes them (T = num_train_timesteps, n steps):
+        ``leading`` = i * (T // n) + steps_offset, ``trailing`` = round(T - i * T / n) - 1,
+        ``linspace`` = round(i * (T - 1) / (n - 1)); rounding is half-to-even, as numpy's.
+        """
+        T, n = self.num_train_timesteps, num_inference_steps
+        if not _is_int(n) or not 1 <= n <= T:
+            raise ValueError(
+                f"num_inference_steps must be an integer from 1 to num_train_timesteps={T}; got {n!r}."
+            )
+        if self.timestep_spacing == "leading":
+            steps = [i * (T // n) + self.steps_offset for i in range(n)]
+        elif self.timestep_spacing == "trailing":
+            delta = (T - T / n) - T  # numpy's arange(T, 0, -T / n) computes T + i * delta
+            steps = [round(T + i * delta) - 1 for i in range(n)]
+        else:
+            step = (T - 1) / (n - 1) if n > 1 else 0.0
+            steps = [round(i * step) for i in range(n - 1)] + [T - 1 if n > 1 else 0]
+        if max(steps) >= T:
+            raise ValueError(
+                f"steps_offset={self.steps_offset} pushes the last of {n} leading timesteps past "
+                f"num_train_timesteps - 1 = {T - 1}; use fewer steps or a smaller steps_offset."
+            )
+        self.num_inference_steps = n
+        self._use_timesteps(sorted(steps, reverse=True), device)
+
+    def _use_timesteps(self, steps: list[int], device) -> None:
+        self.timesteps = torch.tensor(steps, dtype=torch.long, device=device)
+        self._previous = dict(zip(steps, steps[1:] + [-1], strict=True))
+
+    def previous_timestep(self, timestep: int | Tensor) -> int:
+        """The timestep after ``timestep`` in ``timesteps`` (the one the step lands on); -1 after the last."""
+        t = self._as_int(timestep)
+        if t not in self._previous:
+            raise ValueError(
+                f"timestep {t} is not in this scheduler's timesteps; step through "
+                "scheduler.timesteps after set_timesteps(n)."
+            )
+        return self._previous[t]
+
+    @staticmethod
+    def _as_int(timestep: int | Tensor) -> int:
+        if torch.is_tensor(timestep):
+            if timestep.numel() != 1:
+                raise ValueError(
+                    "step takes one timestep for the whole batch; got a tensor of shape "
+                    f"{tuple(timestep.shape)}."
+                )
+            return int(timestep.item())
+        return int(timestep)
+
+    # -------------------------------------------------------- noise process
+    def alpha_bar(self, timestep: int) -> float:
+        """alpha_bar(t) as a float64 Python float; ``final_alpha_cumprod`` for t < 0."""
+        return self.final_alpha_cumprod if timestep < 0 else self._alpha_bars[timestep]
+
+    def _scales(self, timesteps: int | Tensor, like: Tensor):
+        """(sqrt(a_t), sqrt(1 - a_t)) ready to multiply ``like`` (shape (B, ...)).
+
+        One timestep (int or 0-d tensor) gives Python floats; a (B,) tensor gives
+        tensors in ``like``'s dtype and device, shaped (B, 1, ..., 1).
+        """
+        if not torch.is_tensor(timesteps) or timesteps.ndim == 0:
+            t = self._as_int(timesteps)
+            if not 0 <= t < self.num_train_timesteps:
+                raise ValueError(
+                    f"timestep must be in [0, {self.num_train_timesteps - 1}]; got {t}."
+                )
+            a = self.alpha_bar(t)
+            return math.sqrt(a), math.sqrt(1.0 - a)
+        a = self._alphas_cumprod_table(like.device)[timesteps.to(like.device).flatten()]
+        a = a.reshape(-1, *([1] * (like.ndim - 1)))
+        return a.sqrt().to(like.dtype), (1.0 - a).sqrt().to(like.dtype)
+
+    def _alphas_cumprod_table(self, device: torch.device) -> Tensor:
+        """alphas_cumprod on ``device``, copied once (float32 on MPS, which has no float64)."""
+        if device not in self._alphas_cumprod_on:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            self._alphas_cumprod_on[device] = self.alphas_cumprod.to(device=device, dtype=dtype)
+        return self._alphas_cumprod_on[device]
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: int | Tensor) -> Tensor:
+        """x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) noise, with one timestep or one per sample."""
+        signal, sigma = self._scales(timesteps, original_samples)
+        return signal * original_samples + sigma * noise
+
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: int | Tensor) -> Tensor:
+        """v = sqrt(a_t) noise - sqrt(1 - a_t) x_0 (Salimans & Ho 2022); ``sample`` is x_0."""
+        signal, sigma = self._scales(timesteps, sample)
+        return signal * noise - sigma * sample
+
+    def training_target(self, x0: Tensor, noise: Tensor, timesteps: int | Tensor) -> Tensor:
+        """What the model learns to output for x_t = add_noise(x0, noise, timesteps)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "sample":
+            return x0
+        return self.get_velocity(x0, noise, timesteps)
+
+    # ------------------------------------------ conversions of a model output
+    def pred_original_sample(self, model_output: Tensor, timesteps: int | Tensor, sample: Tensor):
+        """x_0 implied by ``model_output`` (of ``prediction_type``) at x_t = ``sample``."""
+        signal, sigma = self._scales(timesteps, sample)
+        if self.prediction_type == "epsilon":
+            return (sample - sigma * model_output) / signal
+        if self.prediction_type == "sample":
+            return model_output
+        return signal * sample - sigma * model_output
+
+    def pred_epsilon(self, model_output: Tensor, timesteps: int | Tensor, sample: Tensor):
+        """The noise implied by ``model_output`` (of ``prediction_type``) at x_t = ``sample``."""
+        signal, sigma = self._scales(timesteps, sample)
+        if self.prediction_type == "epsilon":
+            return model_output
+        if self.prediction_type == "sample":
+            return (sample - signal * model_output) / sigma
+        return signal * model_output + sigma * sample
+
+    def pred_velocity(self, model_output: Tensor, timesteps: int | Tensor, sample: Tensor):
+        """The velocity v implied by ``model_output`` (of ``prediction_type``) at x_t = ``sample``."""
+        if self.prediction_type == "v_prediction":
+            return model_output
+        signal, sigma = self._scales(timesteps, sample)
+        eps = self.pred_epsilon(model_output, timesteps, sample)
+        return signal * eps - sigma * self.pred_original_sample(model_output, timesteps, sample)
+
+    # ------------------------------------------------- pieces of a reverse step
+    def _step_pair(self, timestep: int | Tensor) -> tuple[int, int]:
+        t = self._as_int(timestep)
+        return t, self.previous_timestep(t)
+
+    def posterior_mean(self, pred_original_sample: Tensor, sample: Tensor, timestep) -> Tensor:
+        """Mean of q(x_prev | x_t, x_0) (DDPM eq. 7), prev being the next entry of ``timesteps``.
+
+        With respaced timesteps the chain's own beta is 1 - a_t / a_prev (improved DDPM).
+        """
+        t, prev = self._step_pair(timestep)
+        a_t, a_prev = self.alpha_bar(t), self.alpha_bar(prev)
+        beta = 1.0 - a_t / a_prev
+        x0_coef = math.sqrt(a_prev) * beta / (1.0 - a_t)
+        xt_coef = math.sqrt(1.0 - beta) * (1.0 - a_prev) / (1.0 - a_t)
+        return x0_coef * pred_original_sample + xt_coef * sample
+
+    def posterior_variance(self, timestep: int | Tensor) -> float:
+        """Variance of q(x_prev | x_t, x_0): (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)."""
+        t, prev = self._step_pair(timestep)
+        a_t, a_prev = self.alpha_bar(t), self.alpha_bar(prev)
+        return (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
+
+    def _clip(self, pred_original_sample: Tensor) -> Tensor:
+        if not self.clip_sample:
+            return pred_original_sample
+        return pred_original_sample.clamp(-self.clip_sample_range, self.clip_sample_range)
+
+    @staticmethod
+    def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Standard normal noise shaped like ``like``, drawn as diffusers' ``randn_tensor`` draws it.
+
+        Drawn on the generator's device in ``like``'s dtype, then moved, so a CPU
+        generator gives the same numbers on every device.
+        """
+        device = generator.device if generator is not None else like.device
+        noise = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
+        return noise.to(like.device)

@@ -1,0 +1,282 @@
+"""Datasets, preprocessing, missing-data errors, read-only roots and the two loader paths."""
+
+import hashlib
+import os
+import shutil
+import socket
+import time
+
+import pytest
+import torch
+from torchvision.datasets import MNIST
+
+from diffusion.data import (
+    DATASET_INFO,
+    DatasetNotFoundError,
+    ImageDataset,
+    TensorBatchLoader,
+    build_dataset,
+    build_loader,
+    infinite,
+    resolve_root,
+)
+from diffusion.testing import write_tiny_mnist
+
+MNIST_FILES = [filename for filename, _ in MNIST.resources]
+UNREACHABLE = ["http://127.0.0.1:9/"]  # refused at once: no test touches the network
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    for name in ("MNIST", "FashionMNIST"):
+        monkeypatch.setattr(f"torchvision.datasets.{name}.mirrors", UNREACHABLE)
+    monkeypatch.setattr("torchvision.datasets.Flowers102._download_url_prefix", UNREACHABLE[0])
+
+
+def make_read_only(path):
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o444)
+        os.chmod(dirpath, 0o555)
+
+
+def make_writable(path):
+    for dirpath, _, _ in os.walk(path):
+        os.chmod(dirpath, 0o755)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+@pytest.mark.parametrize(("split", "n"), [("train", 64), ("test", 32)])
+def test_mnist_like_items(tiny_mnist_root, name, split, n):
+    data = build_dataset(name, root=tiny_mnist_root, split=split)
+    assert len(data) == n and data.channels == 1 and data.image_size == 28
+    x, y = data[3]
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert x.min() == -1 and x.max() <= 1 and x.max() > 0
+    assert isinstance(y, int) and y == 3
+    # Scaling is exact: uint8 v -> v / 127.5 - 1.
+    torch.testing.assert_close(x[0], data.source.data[3].float() / 127.5 - 1, rtol=0, atol=0)
+
+
+def test_resize_crop_flip(tiny_mnist_root):
+    data = build_dataset(
+        "mnist", root=tiny_mnist_root, image_size=32, center_crop=True, random_flip=True
+    )
+    assert data.image_size == 32 and data[0][0].shape == (1, 32, 32)
+    torch.manual_seed(0)
+    draws = torch.stack([data[5][0] for _ in range(40)])
+    assert len(torch.unique(draws, dim=0)) == 2  # the image and its mirror
+
+
+def test_flowers_splits_and_rgb(tiny_flowers_root):
+    trainval = build_dataset("flowers102", root=tiny_flowers_root, image_size=24, center_crop=True)
+    assert trainval.split == "trainval" and len(trainval) == 16
+    x, y = trainval[1]
+    assert x.shape == (3, 24, 24) and -1 <= x.min() and x.max() <= 1 and 0 <= y < 102
+    assert (
+        len(
+            build_dataset(
+                "flowers102", root=tiny_flowers_root, split="test", image_size=24, center_crop=True
+            )
+        )
+        == 8
+    )
+    with pytest.raises(ValueError, match="center_crop"):
+        build_dataset("flowers102", root=tiny_flowers_root, image_size=24)
+
+
+def test_bad_names_list_the_choices(tiny_mnist_root):
+    with pytest.raises(ValueError, match="mnist, fashion_mnist, flowers102"):
+        build_dataset("cifar10", root=tiny_mnist_root)
+    with pytest.raises(ValueError, match="train, test"):
+        build_dataset("mnist", root=tiny_mnist_root, split="val")
+    assert DATASET_INFO["flowers102"].train_split == "trainval"
+
+
+def test_root_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFUSION_DATA", str(tmp_path))
+    assert resolve_root() == tmp_path
+    monkeypatch.delenv("DIFFUSION_DATA")
+    assert resolve_root() == resolve_root("data") == resolve_root(os.path.abspath("data"))
+
+
+def test_missing_data_says_which_files_to_put_where(tmp_path, offline):
+    start = time.monotonic()
+    with pytest.raises(DatasetNotFoundError) as caught:
+        build_dataset("mnist", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    message = str(caught.value)
+    assert time.monotonic() - start < 30
+    assert str(tmp_path / "data" / "MNIST" / "raw") in message
+    assert all(name in message for name in MNIST_FILES)
+    assert "downloading failed" in message and "\n" not in message
+    assert socket.getdefaulttimeout() is None  # the download timeout was put back
+
+    with pytest.raises(DatasetNotFoundError, match="downloading is off"):
+        build_dataset("fashion_mnist", root=tmp_path / "data", download=False)
+    with pytest.raises(DatasetNotFoundError, match="jpg/ folder.*imagelabels.mat"):
+        build_dataset(
+            "flowers102",
+            root=tmp_path / "data",
+            cache_dir=tmp_path / "cache",
+            image_size=32,
+            center_crop=True,
+        )
+
+
+def test_read_only_root_is_unpacked_into_the_cache_once(tmp_path, monkeypatch, offline):
+    """Only the archives are there, read-only: they are linked and unpacked into the cache."""
+    raw = write_tiny_mnist(tmp_path / "ro")
+    resources = []
+    for name in MNIST_FILES:
+        (raw / name.removesuffix(".gz")).unlink()
+        resources.append((name, hashlib.md5((raw / name).read_bytes()).hexdigest()))
+    monkeypatch.setattr(MNIST, "resources", resources)  # torchvision accepts the tiny archives
+    make_read_only(tmp_path / "ro")
+    try:
+        cache = tmp_path / "cache"
+        data = build_dataset("mnist", root=tmp_path / "ro", cache_dir=cache)
+        assert len(data) == 64 and data[0][0].shape == (1, 28, 28)
+        assert sorted(p.name for p in raw.iterdir()) == sorted(MNIST_FILES)  # root untouched
+        unpacked = list(cache.glob("*/MNIST/raw/train-images-idx3-ubyte"))
+        assert len(unpacked) == 1 and not unpacked[0].is_symlink()
+        mtime = unpacked[0].stat().st_mtime_ns
+        assert (
+            len(build_dataset("mnist", root=tmp_path / "ro", split="test", cache_dir=cache)) == 32
+        )
+        assert unpacked[0].stat().st_mtime_ns == mtime  # done once
+    finally:
+        make_writable(tmp_path / "ro")
+
+
+def test_read_only_root_with_unpacked_files_is_used_in_place(tiny_mnist_root, tmp_path):
+    root = shutil.copytree(tiny_mnist_root, tmp_path / "ro")
+    make_read_only(root)
+    try:
+        data = build_dataset("mnist", root=root, cache_dir=tmp_path / "cache")
+        assert len(data) == 64 and not (tmp_path / "cache").exists()
+    finally:
+        make_writable(root)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders: the DataLoader path and the on-device path give the same batches' distribution
+# ---------------------------------------------------------------------------------------------
+
+
+def epochs(loader, n):
+    stream = infinite(loader)
+    return [next(stream) for _ in range(n * len(loader))]
+
+
+def test_preprocessed_tensor_matches_items(tiny_mnist_root, tiny_flowers_root):
+    for data in (
+        build_dataset("mnist", root=tiny_mnist_root, image_size=20, center_crop=True),
+        build_dataset("flowers102", root=tiny_flowers_root, image_size=16, center_crop=True),
+    ):
+        images, labels = data.preprocessed()
+        assert images.dtype == torch.uint8 and images.shape == (
+            len(data),
+            data.channels,
+            *[data.image_size] * 2,
+        )
+        items = [data[i] for i in range(len(data))]
+        torch.testing.assert_close(
+            images.float() / 127.5 - 1, torch.stack([x for x, _ in items]), rtol=0, atol=0
+        )
+        assert labels.tolist() == [y for _, y in items]
+
+
+def test_same_batches_without_flip(tiny_mnist_root):
+    data = build_dataset("mnist", root=tiny_mnist_root, image_size=32)
+    loader = build_loader(data, batch_size=16, seed=3)
+    on_device = build_loader(data, batch_size=16, seed=3, on_device="cpu")
+    assert isinstance(on_device, TensorBatchLoader) and len(loader) == len(on_device) == 4
+    for (x, y), (x_dev, y_dev) in zip(epochs(loader, 2), epochs(on_device, 2), strict=True):
+        assert x_dev.dtype == torch.float32 and x_dev.shape == (16, 1, 32, 32)
+        assert torch.equal(x, x_dev) and torch.equal(y, y_dev)
+
+
+def flip_fraction(batches, reference):
+    """Share of images that are the mirror of their reference (labels are dataset indices)."""
+    flipped = total = 0
+    for x, index in batches:
+        ref = reference[index]
+        is_flip = (x == ref.flip(-1)).flatten(1).all(1)
+        assert (is_flip | (x == ref).flatten(1).all(1)).all()
+        flipped, total = flipped + int(is_flip.sum()), total + len(x)
+    return flipped / total
+
+
+def test_flip_distribution_matches(tiny_mnist_root):
+    """Same order, flip rate and per-pixel statistics on both paths; deterministic in the seed."""
+    data = build_dataset("mnist", root=tiny_mnist_root, random_flip=True)
+    data.source.targets = torch.arange(len(data))  # labels become indices, to find references
+    reference = data.preprocessed()[0].float() / 127.5 - 1
+    torch.manual_seed(0)
+    loader_batches = epochs(build_loader(data, batch_size=16, seed=1), 30)
+    on_device = build_loader(data, batch_size=16, seed=1, on_device="cpu")
+    dev_batches = epochs(on_device, 30)
+
+    for (_, y), (_, y_dev) in zip(loader_batches, dev_batches, strict=True):
+        assert torch.equal(y, y_dev)  # the same images in the same order
+    f_loader, f_dev = (
+        flip_fraction(loader_batches, reference),
+        flip_fraction(dev_batches, reference),
+    )
+    assert abs(f_loader - 0.5) < 0.06 and abs(f_dev - 0.5) < 0.06
+    x_loader = torch.cat([x for x, _ in loader_batches])
+    x_dev = torch.cat([x for x, _ in dev_batches])
+    torch.testing.assert_close(x_dev.mean(), x_loader.mean())  # flips keep each image's mean
+    assert (x_dev.mean(0) - x_loader.mean(0)).abs().max() < 0.25
+    assert (x_dev.std(0) - x_loader.std(0)).abs().mean() < 0.05
+
+    again = epochs(build_loader(data, batch_size=16, seed=1, on_device="cpu"), 2)
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(again, dev_batches, strict=False)
+    )
+    other = epochs(build_loader(data, batch_size=16, seed=2, on_device="cpu"), 1)
+    assert not torch.equal(other[0][1], dev_batches[0][1])
+    assert not torch.equal(dev_batches[0][1], dev_batches[4][1])  # reshuffled each epoch
+    assert sorted(torch.cat([y for _, y in dev_batches[4:8]]).tolist()) == list(range(64))
+
+
+def test_loader_options(tiny_mnist_root):
+    data = build_dataset("mnist", root=tiny_mnist_root, split="test")
+    assert len(build_loader(data, batch_size=10, drop_last=False)) == 4
+    ordered = build_loader(data, batch_size=8, shuffle=False, on_device=True, device="cpu")
+    assert next(iter(ordered))[1].tolist() == list(range(8))
+    with pytest.raises(ValueError, match="larger than the 32 images"):
+        build_loader(data, batch_size=64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real datasets (skipped when they are not there)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_real_mnist_like(shared_data_root, tmp_path_factory, name):
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    train = build_dataset(name, root=shared_data_root, cache_dir=cache)
+    test = build_dataset(name, root=shared_data_root, split="test", cache_dir=cache, image_size=32)
+    assert (len(train), len(test)) == (60000, 10000)
+    assert train[0][0].shape == (1, 28, 28) and test[0][0].shape == (1, 32, 32)
+    assert torch.bincount(train.source.targets).tolist()[0] in (5923, 6000)
+
+
+def test_real_flowers_trainval(shared_data_root, tmp_path):
+    if not (shared_data_root / "flowers-102" / "jpg").is_dir():
+        pytest.skip("Flowers102 not among the real datasets")
+    data = build_dataset(
+        "flowers102",
+        root=shared_data_root,
+        image_size=64,
+        center_crop=True,
+        random_flip=True,
+        cache_dir=tmp_path,
+    )
+    assert isinstance(data, ImageDataset) and len(data) == 2040
+    x, y = data[2039]
+    assert x.shape == (3, 64, 64) and -1 <= x.min() < x.max() <= 1 and 0 <= y < 102
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # read in place, nothing cached
