@@ -17,17 +17,17 @@ SPACINGS = ["leading", "trailing", "linspace"]
 SHAPE = (2, 3, 4, 4)
 
 
-def _x0_ref(shape=SHAPE, seed=3):
-    """A fixed 'data point' in [-1, 1] that the fake model below believes in."""
-    return 0.9 * torch.tanh(torch.randn(shape, generator=torch.Generator().manual_seed(seed)))
+def _fake_model(sched, x, t, mu=0.3, s=0.5):
+    """A near-optimal model for data ~ N(mu, s^2), in the scheduler's prediction type.
 
-
-def _fake_model(sched, x, t):
-    """Target for x_0 = _x0_ref() at (x, t), perturbed so that it is not exact."""
+    Its x_0 and epsilon estimates are the exact posterior means, so its outputs
+    stay of order one as a trained model's do; a small perturbation keeps it
+    from being exact.
+    """
     a = sched.alpha_bar(int(t))
-    x0 = _x0_ref(x.shape).to(x.dtype)
-    eps = (x - math.sqrt(a) * x0) / math.sqrt(1 - a)
-    return sched.training_target(x0, eps, int(t)) + 0.1 * torch.sin(3 * x)
+    r = (x - math.sqrt(a) * mu) / (a * s**2 + 1 - a)
+    x0, eps = mu + s**2 * math.sqrt(a) * r, math.sqrt(1 - a) * r
+    return sched.training_target(x0, eps, int(t)) + 0.01 * torch.sin(3 * x)
 
 
 def _max_diff(a, b):
@@ -65,6 +65,32 @@ def _compare_chains(ours, theirs, step_kwargs=None):
 @pytest.fixture(scope="module")
 def diffusers():
     return pytest.importorskip("diffusers")
+
+
+def _diffusers_names(kwargs):
+    """Our constructor arguments as diffusers spells them (its cosine is squaredcos_cap_v2)."""
+    if kwargs.get("beta_schedule") == "cosine":
+        return {**kwargs, "beta_schedule": "squaredcos_cap_v2"}
+    return kwargs
+
+
+def _with_float64_tables(theirs):
+    """diffusers' scheduler with its own betas promoted to float64 and its tables rebuilt.
+
+    diffusers keeps alphas_cumprod in float32; in its step 1 - a_t / a_prev and
+    1 - a_t cancel catastrophically at small t (relative errors ~1e-4 at t < 5),
+    which alone moves prev_sample by ~1e-4. With float64 tables both sides
+    compute coefficients in float64 and apply them in float32, so the comparison
+    measures the algorithm, not diffusers' rounding.
+    """
+    theirs.betas = theirs.betas.double()
+    theirs.alphas = 1.0 - theirs.betas
+    theirs.alphas_cumprod = torch.cumprod(theirs.alphas, dim=0)
+    if hasattr(theirs, "final_alpha_cumprod"):
+        one = torch.tensor(1.0, dtype=torch.float64)
+        theirs.final_alpha_cumprod = one if theirs.config.set_alpha_to_one else \
+            theirs.alphas_cumprod[0]
+    return theirs
 
 
 @pytest.mark.parametrize("schedule,theirs_name,start,end,rescale", [
@@ -112,7 +138,8 @@ def test_timesteps_match_diffusers(diffusers, spacing, n):
 def test_ddpm_steps_match_diffusers(diffusers, spacing, prediction_type, variance_type):
     kwargs = dict(prediction_type=prediction_type, variance_type=variance_type,
                   timestep_spacing=spacing)
-    ours, theirs = DDPMScheduler(**kwargs), diffusers.DDPMScheduler(**kwargs)
+    ours = DDPMScheduler(**kwargs)
+    theirs = _with_float64_tables(diffusers.DDPMScheduler(**kwargs))
     ours.set_timesteps(10)
     theirs.set_timesteps(10)
     worst = _compare_chains(ours, theirs)
@@ -120,26 +147,21 @@ def test_ddpm_steps_match_diffusers(diffusers, spacing, prediction_type, varianc
     assert worst <= 1e-5
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(clip_sample=False),
-    dict(beta_schedule="cosine", prediction_type="v_prediction", clip_sample_range=2.0),
-    dict(steps_offset=1, timestep_spacing="leading", num_inference_steps=20),
-    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-         num_inference_steps=50, timestep_spacing="trailing"),
-    dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"),
+@pytest.mark.parametrize("kwargs,n", [
+    (dict(clip_sample=False), None),  # the full 1000-step chain, as after construction
+    (dict(beta_schedule="cosine", prediction_type="v_prediction", clip_sample_range=2.0), None),
+    (dict(steps_offset=1, timestep_spacing="leading"), 20),
+    (dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+          timestep_spacing="trailing"), 50),
+    (dict(rescale_betas_zero_snr=True, prediction_type="v_prediction",
+          timestep_spacing="trailing"), 10),
 ])
-def test_ddpm_other_settings_match_diffusers(diffusers, kwargs):
-    kwargs = dict(kwargs)
-    n = kwargs.pop("num_inference_steps", None)
+def test_ddpm_other_settings_match_diffusers(diffusers, kwargs, n):
     ours = DDPMScheduler(**kwargs)
-    theirs = diffusers.DDPMScheduler(**{"beta_schedule": "linear", **kwargs}) if \
-        kwargs.get("beta_schedule") != "cosine" else diffusers.DDPMScheduler(
-            **{**kwargs, "beta_schedule": "squaredcos_cap_v2"})
-    if n is None and not kwargs.get("rescale_betas_zero_snr"):
-        pass  # the full 1000-step chain, as after construction
-    else:
-        ours.set_timesteps(n or 10)
-        theirs.set_timesteps(n or 10)
+    theirs = _with_float64_tables(diffusers.DDPMScheduler(**_diffusers_names(kwargs)))
+    if n is not None:
+        ours.set_timesteps(n)
+        theirs.set_timesteps(n)
     worst = _compare_chains(ours, theirs)
     print(f"\nDDPM {kwargs} n={n}: max diff {worst:.2e}")
     assert worst <= 1e-5
@@ -150,7 +172,8 @@ def test_ddpm_other_settings_match_diffusers(diffusers, kwargs):
 @pytest.mark.parametrize("spacing", SPACINGS)
 def test_ddim_steps_match_diffusers(diffusers, spacing, prediction_type, eta):
     kwargs = dict(prediction_type=prediction_type, timestep_spacing=spacing)
-    ours, theirs = DDIMScheduler(**kwargs), diffusers.DDIMScheduler(**kwargs)
+    ours = DDIMScheduler(**kwargs)
+    theirs = _with_float64_tables(diffusers.DDIMScheduler(**kwargs))
     ours.set_timesteps(10)
     theirs.set_timesteps(10)
     if spacing == "linspace":
@@ -171,11 +194,171 @@ def test_ddim_steps_match_diffusers(diffusers, spacing, prediction_type, eta):
 ])
 def test_ddim_other_settings_match_diffusers(diffusers, kwargs, n, eta):
     ours = DDIMScheduler(**kwargs)
-    theirs = diffusers.DDIMScheduler(
-        **{**kwargs, "beta_schedule": kwargs.get("beta_schedule", "linear").replace(
-            "cosine", "squaredcos_cap_v2")})
+    theirs = _with_float64_tables(diffusers.DDIMScheduler(**_diffusers_names(kwargs)))
     ours.set_timesteps(n)
     theirs.set_timesteps(n)
     worst = _compare_chains(ours, theirs, {"eta": eta})
     print(f"\nDDIM {kwargs} n={n} eta={eta}: max diff {worst:.2e}")
     assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler"])
+def test_steps_match_native_float32_diffusers(diffusers, name, prediction_type):
+    """Against diffusers' own float32 tables too, at its default (leading) spacing."""
+    ours = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler}[name](
+        prediction_type=prediction_type)
+    theirs = getattr(diffusers, name)(prediction_type=prediction_type)
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    step_kwargs = {"eta": 1.0} if name == "DDIMScheduler" else {}
+    worst = _compare_chains(ours, theirs, step_kwargs)
+    print(f"\nnative {name} {prediction_type}: max diff {worst:.2e}")
+    assert worst <= 1e-5
+
+
+# ---------------------------------------------------------------------- closed forms
+def _alpha_bar_reference(betas, t):
+    """prod_{s <= t} (1 - beta_s), summed in log space: independent of the cumprod."""
+    return math.exp(torch.log1p(-betas[: t + 1]).sum().item())
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_forward_marginal_exactly(schedule):
+    sched = DDPMScheduler(beta_schedule=schedule)
+    x0 = torch.linspace(-1, 1, 7, dtype=torch.float64).reshape(1, 7).expand(4, 7)
+    t = torch.tensor([0, 10, 500, 999])
+    a = torch.tensor([_alpha_bar_reference(sched.betas, int(s)) for s in t], dtype=torch.float64)
+    mean = sched.add_noise(x0, torch.zeros_like(x0), t)  # noise 0: the mean
+    std = sched.add_noise(torch.zeros_like(x0), torch.ones_like(x0), t)  # x0 0: the std
+    torch.testing.assert_close(mean, a.sqrt()[:, None] * x0, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(std, (1 - a).sqrt()[:, None].expand_as(x0), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("t", [0, 50, 500, 999])
+def test_forward_marginal_empirically(t):
+    sched, n, x0 = DDPMScheduler(), 200_000, 0.7
+    noise = torch.randn(n, 1, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+    x_t = sched.add_noise(torch.full((n, 1), x0, dtype=torch.float64), noise, torch.full((n,), t))
+    a = sched.alpha_bar(t)
+    assert x_t.mean().item() == pytest.approx(math.sqrt(a) * x0, abs=5 * math.sqrt((1 - a) / n))
+    assert x_t.var().item() == pytest.approx(1 - a, rel=0.015, abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [None, 10])
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_posterior_matches_bayes_rule(n, spacing):
+    """q(x_prev | x_t, x_0) from q(x_prev | x_0) q(x_t | x_prev): a product of Gaussians."""
+    sched = DDPMScheduler(timestep_spacing=spacing)
+    if n:
+        sched.set_timesteps(n)
+    x0, x_t = torch.tensor([[-0.8, 0.1, 0.6]], dtype=torch.float64), torch.tensor(
+        [[0.3, -1.2, 2.0]], dtype=torch.float64)
+    for t in sched.timesteps.tolist()[:-1]:
+        prev = sched.previous_timestep(t)
+        a_prev, a_t = sched.alpha_bar(prev), sched.alpha_bar(t)
+        alpha = a_t / a_prev  # q(x_t | x_prev) = N(sqrt(alpha) x_prev, 1 - alpha)
+        precision = 1 / (1 - a_prev) + alpha / (1 - alpha)
+        mean = (math.sqrt(a_prev) * x0 / (1 - a_prev) + math.sqrt(alpha) * x_t / (1 - alpha))
+        mean = mean / precision
+        torch.testing.assert_close(sched.posterior_mean(x0, x_t, t), mean, rtol=1e-9, atol=1e-12)
+        assert sched.posterior_variance(t) == pytest.approx(1 / precision, rel=1e-9)
+
+
+def test_ddpm_step_samples_the_posterior():
+    """With the true x_0 as model output, one step draws from q(x_prev | x_t, x_0)."""
+    sched = DDPMScheduler(prediction_type="sample", clip_sample=False)
+    n, t = 100_000, 300
+    x0, x_t = torch.full((n, 1), 0.4), torch.full((n, 1), -0.2)
+    out = sched.step(x0, t, x_t, generator=torch.Generator().manual_seed(0)).prev_sample
+    mean, var = sched.posterior_mean(x0[:1], x_t[:1], t).item(), sched.posterior_variance(t)
+    assert out.mean().item() == pytest.approx(mean, abs=5 * math.sqrt(var / n))
+    assert out.var().item() == pytest.approx(var, rel=0.02)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_epsilon_x0_v_conversions_round_trip(prediction_type):
+    sched = DDPMScheduler(prediction_type=prediction_type)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(6, 2, 3, generator=g, dtype=torch.float64), torch.randn(
+        6, 2, 3, generator=g, dtype=torch.float64)
+    for t in (torch.tensor([0, 1, 100, 500, 998, 999]), 250):
+        x_t = sched.add_noise(x0, eps, t)
+        target = sched.training_target(x0, eps, t)
+        v = sched.get_velocity(x0, eps, t)
+        torch.testing.assert_close(sched.pred_original_sample(target, t, x_t), x0)
+        torch.testing.assert_close(sched.pred_epsilon(target, t, x_t), eps)
+        torch.testing.assert_close(sched.pred_velocity(target, t, x_t), v)
+    expected = {"epsilon": eps, "sample": x0, "v_prediction": v}[prediction_type]
+    torch.testing.assert_close(target, expected)
+
+
+def test_ddim_eta_one_is_the_ddpm_fixed_small_step():
+    ddpm = DDPMScheduler(clip_sample=False)
+    ddim = DDIMScheduler(clip_sample=False, eta=1.0)
+    for sched in (ddpm, ddim):
+        sched.set_timesteps(20)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    for t in ddpm.timesteps.tolist():
+        out = _fake_model(ddpm, x, t)
+        a = ddpm.step(out, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        b = ddim.step(out, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+        x = a
+
+
+# --------------------------------------------------------------------------- oracles
+MU, S = 0.5, 0.2
+
+
+def _gaussian_oracle(sched, x, t):
+    """Exact epsilon for data ~ N(MU, S^2): E[eps | x_t]."""
+    a = sched.alpha_bar(int(t))
+    return math.sqrt(1 - a) * (x - math.sqrt(a) * MU) / (a * S**2 + 1 - a)
+
+
+def _sample(sched, n=4000, steps=None, **step_kwargs):
+    if steps is not None:
+        sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, generator=g)
+    for t in sched.timesteps.tolist():
+        x = sched.step(_gaussian_oracle(sched, x, t), t, x, generator=g, **step_kwargs).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("sched,eta", [
+    (DDPMScheduler(clip_sample=False, variance_type="fixed_small"), None),
+    (DDPMScheduler(clip_sample=False, variance_type="fixed_large"), None),
+    (DDIMScheduler(clip_sample=False), 0.0),
+    (DDIMScheduler(clip_sample=False), 1.0),
+], ids=["ddpm-fixed_small", "ddpm-fixed_large", "ddim-eta0", "ddim-eta1"])
+def test_exact_predictor_recovers_the_gaussian_over_1000_steps(sched, eta):
+    x = _sample(sched, **({} if eta is None else {"eta": eta}))
+    mean, std = x.mean().item(), x.std().item()
+    print(f"\n{sched.__class__.__name__} eta={eta}: mean {mean:.4f} (mu {MU}), std {std:.4f} (s {S})")
+    assert mean == pytest.approx(MU, rel=0.03)
+    assert std == pytest.approx(S, rel=0.05)
+
+
+def test_ddim_with_10_steps_shrinks_the_spread_even_when_exact():
+    """A measured property of the discretisation, not a failure: std about half of s."""
+    x = _sample(DDIMScheduler(clip_sample=False), steps=10)
+    ratio = x.std().item() / S
+    print(f"\nDDIM 10 steps, exact predictor: mean {x.mean().item():.4f}, std/s = {ratio:.3f}")
+    assert x.mean().item() == pytest.approx(MU, rel=0.03)
+    assert 0.35 < ratio < 0.65
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_ddim_with_the_one_point_oracle_returns_the_point(steps, spacing):
+    sched = DDIMScheduler(timestep_spacing=spacing)
+    sched.set_timesteps(steps)
+    x0 = _x0 = 0.9 * torch.tanh(torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    for t in sched.timesteps.tolist():
+        a = sched.alpha_bar(t)
+        eps = (x.double() - math.sqrt(a) * _x0.double()) / math.sqrt(1 - a)
+        x = sched.step(eps.float(), t, x).prev_sample
+    torch.testing.assert_close(x, x0, rtol=0, atol=1e-4)

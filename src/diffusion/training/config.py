@@ -34,6 +34,8 @@ class TrainerConfig:
     sample_steps: int = 50
     val_every: int = 5000
     val_batches: int = 8
+    eval_every: int = 0             # run the evaluator (e.g. a small FID); 0 disables
+    best_metric: str = "fid"        # evaluator key whose lowest value is kept as best.pt
     ckpt_every: int = 5000
     keep_last: int = 3
     progress: bool = True
@@ -53,7 +55,8 @@ class TrainerConfig:
         for key in ("max_steps", "grad_accum", "ema_every", "sample_n", "sample_steps",
                     "val_batches"):
             positive(key)
-        for key in ("log_every", "sample_every", "val_every", "ckpt_every", "keep_last",
+        for key in ("log_every", "sample_every", "val_every", "eval_every", "ckpt_every",
+                    "keep_last",
                     "grad_clip"):
             non_negative(key)
         if self.loss not in LOSSES:

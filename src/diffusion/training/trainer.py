@@ -43,13 +43,17 @@ class Trainer:
 
     ``optimizer`` and ``lr_scheduler`` are factories (Hydra ``_partial_``):
     ``optimizer(params)`` and ``lr_scheduler(optimizer, total_steps=...)``.
+    ``evaluator(pipeline) -> dict`` (for example a small FID) runs every
+    ``eval_every`` steps on the EMA model; it must draw from its own generators,
+    not the global RNG. The checkpoint with the lowest ``best_metric`` is kept as
+    ``checkpoints/best.pt``.
     """
 
     def __init__(self, model: nn.Module, scheduler, optimizer, train_set: Dataset,
                  config: TrainerConfig, *, batch_size: int, run_dir: str | Path,
                  val_set: Dataset | None = None, lr_scheduler=None, logger: Logger | None = None,
                  seed: int = 0, num_workers: int = 0, conditional: bool = False,
-                 on_device: bool = False):
+                 on_device: bool = False, evaluator=None):
         self.cfg = config
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)
@@ -78,6 +82,8 @@ class Trainer:
                             if on_device else None)
         self.fixed_noise = torch.randn((config.sample_n, *self.sample_shape),
                                        generator=torch.Generator().manual_seed(seed))
+        self.evaluator = evaluator
+        self.best = math.inf
         self.step = 0
         self.logger = LoggerGroup([JsonlLogger(self.run_dir / "metrics.jsonl"),
                                    *([logger] if logger is not None else [])])
@@ -124,6 +130,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "noise_generator": self.noise_generator.get_state(),
             "rng": ckpt.rng_state(),
+            "best": self.best,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -136,6 +143,7 @@ class Trainer:
         self.noise_generator.set_state(state["noise_generator"].cpu())
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
+        self.best = float(state.get("best", math.inf))
 
     def resume(self, path: str | Path | None = None) -> Path:
         """Continue from ``path`` or the run's newest checkpoint."""
@@ -237,6 +245,16 @@ class Trainer:
                                  generator=torch.Generator().manual_seed(self.seed)).images
         return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png")
 
+    def evaluate(self) -> dict:
+        """Run the evaluator on the EMA model; keep ``best.pt`` when it improves."""
+        results = self.evaluator(self.pipeline())
+        self.logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, self.step)
+        value = results.get(self.cfg.best_metric)
+        if value is not None and value < self.best:
+            self.best = float(value)
+            ckpt.save_atomic(self.state_dict(), self.ckpt_dir / "best.pt")
+        return results
+
     def _diverged(self, loss: float) -> TrainingError:
         last = ckpt.latest_checkpoint(self.ckpt_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
@@ -288,6 +306,8 @@ class Trainer:
                 self.logger.log_metrics({"val/loss": self.validation_loss()}, self.step)
             if self._due(cfg.sample_every):
                 self.logger.log_image("samples", self.sample_grid(), self.step)
+            if self.evaluator is not None and self._due(cfg.eval_every):
+                self.evaluate()
             if self._due(cfg.ckpt_every):
                 self.save_checkpoint()
             if window_steps == 0:
