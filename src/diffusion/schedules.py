@@ -65,7 +65,7 @@ def scaled_linear(T: int, beta_start: float | None = None, beta_end: float | Non
 
 
 def sigmoid(T: int, beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
-    """GeoDiff's schedule (as diffusers): sigmoid of a ramp from -6 to 6, mapped onto [start, end]."""
+    """GeoDiff's schedule (as diffusers): a sigmoid of a -6..6 ramp, mapped onto [start, end]."""
     start, end = _endpoints("sigmoid", T, beta_start, beta_end)
     ramp = torch.linspace(-6.0, 6.0, T, dtype=torch.float64)
     return torch.sigmoid(ramp) * (end - start) + start

@@ -91,7 +91,9 @@ class NoiseScheduler:
         check_choice("clip_sample", clip_sample, (True, False))
         check_choice("rescale_betas_zero_snr", rescale_betas_zero_snr, (True, False))
         if not clip_sample_range > 0:
-            raise ValueError(f"clip_sample_range must be a positive number; got {clip_sample_range!r}.")
+            raise ValueError(
+                f"clip_sample_range must be a positive number; got {clip_sample_range!r}."
+            )
         if not _is_int(steps_offset) or steps_offset < 0:
             raise ValueError(f"steps_offset must be an integer >= 0; got {steps_offset!r}.")
         if rescale_betas_zero_snr and prediction_type == "epsilon":
@@ -148,11 +150,14 @@ class NoiseScheduler:
         Spacings as diffusers computes them (T = num_train_timesteps, n steps):
         ``leading`` = i * (T // n) + steps_offset, ``trailing`` = round(T - i * T / n) - 1,
         ``linspace`` = round(i * (T - 1) / (n - 1)); rounding is half-to-even, as numpy's.
+        Always n of them: for some n (T = 1000, n = 61) numpy's float ``arange`` gives
+        diffusers' ``trailing`` one more, a spurious -1.
         """
         T, n = self.num_train_timesteps, num_inference_steps
         if not _is_int(n) or not 1 <= n <= T:
             raise ValueError(
-                f"num_inference_steps must be an integer from 1 to num_train_timesteps={T}; got {n!r}."
+                f"num_inference_steps must be an integer from 1 to num_train_timesteps={T}; "
+                f"got {n!r}."
             )
         if self.timestep_spacing == "leading":
             steps = [i * (T // n) + self.steps_offset for i in range(n)]
@@ -175,7 +180,7 @@ class NoiseScheduler:
         self._previous = dict(zip(steps, steps[1:] + [-1], strict=True))
 
     def previous_timestep(self, timestep: int | Tensor) -> int:
-        """The timestep after ``timestep`` in ``timesteps`` (the one the step lands on); -1 after the last."""
+        """The entry after ``timestep`` in ``timesteps``, where its step lands; -1 after the end."""
         t = self._as_int(timestep)
         if t not in self._previous:
             raise ValueError(
@@ -263,7 +268,7 @@ class NoiseScheduler:
         return signal * model_output + sigma * sample
 
     def pred_velocity(self, model_output: Tensor, timesteps: int | Tensor, sample: Tensor):
-        """The velocity v implied by ``model_output`` (of ``prediction_type``) at x_t = ``sample``."""
+        """The velocity implied by ``model_output`` (of ``prediction_type``) at x_t = ``sample``."""
         if self.prediction_type == "v_prediction":
             return model_output
         signal, sigma = self._scales(timesteps, sample)
@@ -300,7 +305,7 @@ class NoiseScheduler:
 
     @staticmethod
     def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Standard normal noise shaped like ``like``, drawn as diffusers' ``randn_tensor`` draws it.
+        """Standard normal noise shaped like ``like``, drawn as diffusers' ``randn_tensor`` does.
 
         Drawn on the generator's device in ``like``'s dtype, then moved, so a CPU
         generator gives the same numbers on every device.
