@@ -7,6 +7,7 @@ and seed give the same numbers bit for bit, across a stop and a resume too.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -18,9 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from diffusion import distributed as dist
 from diffusion.data import DeviceDataset
 from diffusion.device import autocast, resolve_device, resolve_precision
 from diffusion.pipeline import DiffusionPipeline
@@ -63,6 +66,9 @@ class Trainer:
         self.scheduler = scheduler
         self.train_set, self.val_set = train_set, val_set
         self.batch_size, self.num_workers = batch_size, num_workers
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        self.is_main = self.rank == 0
+        self.local_batch = batch_size // self.world_size
         self.seed = seed
         self.conditional = conditional
         self.num_train_timesteps = int(scheduler.config["num_train_timesteps"])
@@ -72,7 +78,14 @@ class Trainer:
                               else torch.contiguous_format)
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup, config.ema_every)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.ddp = None
+        if self.world_size > 1:  # DDP broadcasts rank 0's weights; EMA copies agree with them
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup, config.ema_every)
+        self.forward = self.ddp or self.model
+        if config.compile:
+            self.forward = torch.compile(self.forward)
         self.optimizer = self._build_optimizer(optimizer)
         self.lr_scheduler = (lr_scheduler(self.optimizer, total_steps=config.max_steps)
                              if lr_scheduler is not None else None)
@@ -86,7 +99,8 @@ class Trainer:
         self.best = math.inf
         self.step = 0
         self.logger = LoggerGroup([JsonlLogger(self.run_dir / "metrics.jsonl"),
-                                   *([logger] if logger is not None else [])])
+                                   *([logger] if logger is not None else [])]
+                                  if self.is_main else [])
 
     # ------------------------------------------------------------------ setup
     def _build_optimizer(self, factory) -> torch.optim.Optimizer:
@@ -101,7 +115,8 @@ class Trainer:
         """Endless (x, y) batches from global batch ``start_batch`` on, in an order that
         depends only on the seed (so a resumed run sees the batches it would have seen)."""
         sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed=self.seed,
-                                        start_batch=start_batch)
+                                        start_batch=start_batch, rank=self.rank,
+                                        world_size=self.world_size)
         if self.device_data is None:
             return iter(DataLoader(self.train_set, batch_sampler=sampler,
                                    num_workers=self.num_workers,
@@ -115,8 +130,9 @@ class Trainer:
         data = self.device_data
         for indices in sampler:
             index = torch.as_tensor(indices, device=self.device)
-            flip = (torch.rand(len(indices), device=self.device, generator=self.noise_generator)
-                    < 0.5) if data.random_flip else None
+            flip = self._local(torch.rand(self.batch_size, device=self.device,
+                                          generator=self.noise_generator) < 0.5
+                               ) if data.random_flip else None
             yield data.batch(index, flip)
 
     # ------------------------------------------------------------ checkpoints
@@ -170,10 +186,21 @@ class Trainer:
             return F.huber_loss(prediction, target, delta=self.cfg.huber_delta)
         return F.mse_loss(prediction, target)
 
-    def _noised(self, x0: torch.Tensor, generator: torch.Generator):
-        t = torch.randint(0, self.num_train_timesteps, (x0.shape[0],), device=self.device,
+    def _local(self, global_batch: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a tensor drawn for the whole global batch."""
+        if self.world_size == 1:
+            return global_batch
+        return global_batch[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
+
+    def _noised(self, x0: torch.Tensor, generator: torch.Generator, local: bool = True):
+        """(x_t, t, target) for clean ``x0``. Timesteps and noise are drawn for the global
+        batch on every rank and sliced, so the run does not depend on the process count."""
+        n = self.batch_size if local and self.world_size > 1 else x0.shape[0]
+        t = torch.randint(0, self.num_train_timesteps, (n,), device=self.device,
                           generator=generator)
-        noise = torch.randn(x0.shape, device=self.device, generator=generator)
+        noise = torch.randn((n, *x0.shape[1:]), device=self.device, generator=generator)
+        if n != x0.shape[0]:
+            t, noise = self._local(t), self._local(noise)
         return self.scheduler.add_noise(x0, noise, t), t, self.scheduler.training_target(
             x0, noise, t)
 
@@ -186,16 +213,21 @@ class Trainer:
         (mean loss, grad norm) and the seconds spent waiting for data."""
         data_time = 0.0
         total = torch.zeros((), device=self.device)
-        for _ in range(self.cfg.grad_accum):
+        for micro in range(self.cfg.grad_accum):
             start = time.perf_counter()
             x0, y = next(batches)
             data_time += time.perf_counter() - start
             x0, y = self._to_device(x0, y)
             x_t, t, target = self._noised(x0, self.noise_generator)
-            with autocast(self.device, self.precision):
-                prediction = self.forward(x_t, t, y)
-            loss = self._loss(prediction, target) / self.cfg.grad_accum
-            self.scaler.scale(loss).backward()
+            last = micro == self.cfg.grad_accum - 1
+            # gradients are all-reduced once per optimizer step, not per micro-batch
+            sync = (self.ddp.no_sync() if self.ddp is not None and not last
+                    else contextlib.nullcontext())
+            with sync:
+                with autocast(self.device, self.precision):
+                    prediction = self.forward(x_t, t, y)
+                loss = self._loss(prediction, target) / self.cfg.grad_accum
+                self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -225,7 +257,7 @@ class Trainer:
         total, count = torch.zeros((), device=self.device), 0
         for x0, y in loader:
             x0, y = self._to_device(x0, y)
-            x_t, t, target = self._noised(x0, generator)
+            x_t, t, target = self._noised(x0, generator, local=False)
             with autocast(self.device, self.precision):
                 prediction = self.ema.model(x_t, t, y)
             total += self._loss(prediction, target) * x0.shape[0]
@@ -255,6 +287,14 @@ class Trainer:
             ckpt.save_atomic(self.state_dict(), self.ckpt_dir / "best.pt")
         return results
 
+    def _check_replicas(self) -> None:
+        """Before a checkpoint: every rank must hold rank 0's weights bit for bit."""
+        difference = dist.max_param_difference(self.model)
+        if difference != 0.0:
+            raise TrainingError(
+                f"Model replicas differ across ranks by up to {difference:g} at step {self.step}; "
+                "rerun with the same code and config on every node.")
+
     def _diverged(self, loss: float) -> TrainingError:
         last = ckpt.latest_checkpoint(self.ckpt_dir)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
@@ -271,7 +311,8 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         batches = self._batches(self.step * cfg.grad_accum)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress,
+        bar = tqdm(total=cfg.max_steps, initial=self.step,
+                   disable=not cfg.progress or not self.is_main,
                    dynamic_ncols=True, desc="train")
         loss_sum, loss_count, data_time = torch.zeros((), device=self.device), 0, 0.0
         window_start, window_steps, wall_start = time.perf_counter(), 0, time.perf_counter()
@@ -284,11 +325,11 @@ class Trainer:
             window_steps += 1
             bar.update(1)
             if self._due(cfg.log_every) or self._due(cfg.ckpt_every):
-                mean_loss = (loss_sum / loss_count).item()  # the one host sync per log
+                mean_loss = dist.all_mean(loss_sum / loss_count).item()  # one sync per log
                 if not math.isfinite(mean_loss):
                     raise self._diverged(mean_loss)
                 elapsed = time.perf_counter() - window_start
-                images = window_steps * cfg.grad_accum * self.batch_size
+                images = window_steps * cfg.grad_accum * self.batch_size  # all ranks
                 metrics = {"train/loss": mean_loss, "train/grad_norm": grad_norm.item(),
                            "train/lr": self.optimizer.param_groups[0]["lr"],
                            "train/images_per_sec": images / elapsed,
@@ -297,23 +338,27 @@ class Trainer:
                            / len(self.train_set)}
                 loss_sum.zero_()
                 loss_count, data_time, window_steps = 0, 0.0, 0
-                if self._due(cfg.val_every):
+                if self._due(cfg.val_every) and self.is_main:
                     metrics["val/loss"] = self.validation_loss()
                 self.logger.log_metrics(metrics, self.step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}",
                                 img_s=f"{metrics['train/images_per_sec']:.0f}")
-            elif self._due(cfg.val_every):
+            elif self._due(cfg.val_every) and self.is_main:
                 self.logger.log_metrics({"val/loss": self.validation_loss()}, self.step)
-            if self._due(cfg.sample_every):
+            if self._due(cfg.sample_every) and self.is_main:
                 self.logger.log_image("samples", self.sample_grid(), self.step)
-            if self.evaluator is not None and self._due(cfg.eval_every):
+            if self.evaluator is not None and self._due(cfg.eval_every) and self.is_main:
                 self.evaluate()
             if self._due(cfg.ckpt_every):
-                self.save_checkpoint()
+                self._check_replicas()
+                if self.is_main:
+                    self.save_checkpoint()
             if window_steps == 0:
                 window_start = time.perf_counter()  # periodic work is not training time
         bar.close()
         summary = {"step": self.step, "wall_time_sec": time.perf_counter() - wall_start,
-                   **metrics}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+                   "world_size": self.world_size, **metrics}
+        if self.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        dist.barrier()  # no rank leaves while rank 0 still writes
         return summary
