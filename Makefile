@@ -23,8 +23,9 @@ test-slow: install
 lint: install
 	$(PY) -m ruff check src tests
 
+# Full length on a GPU; without one, the CPU budget (trainer=cpu) so it ends in minutes.
 train: install
-	$(PY) -m diffusion.train $(ARGS)
+	$(PY) -m diffusion.train $$($(PY) -c "import torch; print('' if torch.cuda.is_available() else 'trainer=cpu')") $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
