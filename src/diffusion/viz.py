@@ -46,3 +46,122 @@ def save_chain_gif(chain: torch.Tensor, path: str | Path, duration_ms: int = 120
     durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures with axes and labels (matplotlib, written as PNG)
+# ---------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def forward_process_figure(images: torch.Tensor, schedulers: dict, path: str | Path,
+                           columns: int = 11, seed: int = 0) -> Path:
+    """Rows of data ``images`` noised to t = 0 ... T-1 (``columns`` evenly spaced steps), one
+    block per scheduler in ``schedulers`` ({name: scheduler with ``add_noise``}), all from the
+    same noise, and a panel with each schedule's signal level sqrt(alpha_bar_t)."""
+    plt = _pyplot()
+    n = images.shape[0]
+    num_t = int(next(iter(schedulers.values())).config["num_train_timesteps"])
+    ts = torch.linspace(0, num_t - 1, columns).round().long()
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    fig, axes = plt.subplots(len(schedulers) + 1, 1, layout="constrained",
+                             figsize=(columns * 0.9, 0.9 * n * len(schedulers) + 2.5),
+                             gridspec_kw={"height_ratios": [n] * len(schedulers) + [2.2]})
+    side = images.shape[-1] + 2
+    for ax, (name, sched) in zip(axes, schedulers.items(), strict=False):
+        frames = torch.stack([sched.add_noise(images, noise, t.expand(n)) for t in ts], dim=1)
+        grid = make_grid(to_unit(frames.reshape(n * columns, *images.shape[1:])), nrow=columns,
+                         padding=2, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray" if images.shape[1] == 1 else None)
+        ax.set_xticks([side * (i + 0.5) for i in range(columns)], [f"t={int(t)}" for t in ts],
+                      fontsize=7)
+        ax.set_yticks([])
+        ax.set_ylabel(name, fontsize=10)
+    for name, sched in schedulers.items():
+        alphas = sched.alphas_cumprod.double().sqrt().numpy()
+        axes[-1].plot(range(len(alphas)), alphas, label=name)
+    axes[-1].set_xlabel("t")
+    axes[-1].set_ylabel(r"$\sqrt{\bar\alpha_t}$")
+    axes[-1].legend(fontsize=8)
+    axes[-1].grid(alpha=0.3)
+    fig.suptitle("Forward process q(x_t | x_0)")
+    return _save_figure(fig, path)
+
+
+def plot_loss_curves(runs: dict[str, list[dict]], path: str | Path,
+                     keys: tuple[str, ...] = ("train/loss", "val/loss")) -> Path:
+    """Loss against step from ``metrics.jsonl`` records, one colour per run ({label: records});
+    training loss solid, validation loss dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    styles = {"train/loss": "-", "val/loss": "--"}
+    for i, (label, records) in enumerate(runs.items()):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), int | float)]
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, styles.get(key, ":"), color=f"C{i}",
+                        label=f"{label} {key.split('/')[0]}",
+                        marker="o" if len(points) < 4 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path)
+
+
+def plot_fid_vs_steps(runs: dict[str, list[dict]], path: str | Path) -> Path:
+    """FID against sampling steps: one line per (run, sampler, n) from ``eval.json`` entries
+    ({label: entries}), and the data floor at each n as a grey dotted line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    floors: dict[int, float] = {}
+    for i, (label, entries) in enumerate(runs.items()):
+        groups: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        for e in entries:
+            groups.setdefault((e["sampler"], e["n"]), []).append((e["steps"], e["fid"]))
+            floors[e["n"]] = e["floor"]
+        for j, ((sampler, n), points) in enumerate(sorted(groups.items())):
+            steps, fids = zip(*sorted(points), strict=True)
+            ax.plot(steps, fids, marker="o", color=f"C{i}", linestyle=["-", "--", ":"][j % 3],
+                    label=f"{label} {sampler} (n={n})")
+    for n, floor in sorted(floors.items()):
+        ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"data floor n={n}: {floor:.2f}", (ax.get_xlim()[0], floor), fontsize=7,
+                    color="grey", va="bottom")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("FID")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path)
+
+
+def side_by_side(images: dict[str, str | Path], path: str | Path, width: float = 3.2) -> Path:
+    """Image files (e.g. sample grids) in one row, each titled by its key."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(images), figsize=(width * len(images), width + 0.4),
+                             squeeze=False)
+    for ax, (title, file) in zip(axes[0], images.items(), strict=True):
+        ax.imshow(Image.open(file).convert("RGB"))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return _save_figure(fig, path)

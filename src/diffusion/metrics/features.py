@@ -1,0 +1,335 @@
+"""Domain feature networks for FID: a small classifier per dataset, trained by the framework.
+
+Inception features suit 28x28 greyscale digits poorly (and its weights may not be at hand),
+so each dataset gets its own classifier, trained once on the dataset's train split with a
+fixed seed and cached outside the repository under ``<cache>/features/<id>/``:
+
+- ``weights.pt``: the classifier's state dict (loaded with ``weights_only=True``);
+- ``info.json``: its id, the settings it was trained with and its test accuracy.
+
+The id (``mnist-lenet@1a2b3c4d``) names the dataset, the architecture and a hash of every
+setting that changes the weights, including a fingerprint of the training images, so a
+different dataset or recipe can never reuse another's network. Its penultimate activations
+are the features that torchmetrics' FID and KID statistics are computed on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from diffusion.data import build_dataset, to_model_range
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class FeatureNetworkError(RuntimeError):
+    """A feature network cannot be built or loaded; the message says what to do."""
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$DIFFUSION_CACHE/features``, else ``~/.cache/diffusion/features``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser().absolute()
+    base = os.environ.get("DIFFUSION_CACHE") or "~/.cache/diffusion"
+    return (Path(base) / "features").expanduser().absolute()
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures: images in [-1, 1] -> penultimate features -> class logits
+# ---------------------------------------------------------------------------------------------
+
+
+class LeNet(nn.Module):
+    """LeNet-style CNN for 28x28 greyscale: two conv-pool stages, a 128-d feature layer."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, num_features: int = 128,
+                 image_size: int = 28):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * (image_size // 4) ** 2, num_features), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(num_features, num_classes))
+        self.num_features = num_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = (nn.Identity() if stride == 1 and cin == cout else
+                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                   nn.BatchNorm2d(cout)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(h)) + self.skip(x))
+
+
+class SmallResNet(nn.Module):
+    """A ResNet-ish classifier for small RGB images: one block per stage, global pooling."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 102,
+                 widths: tuple[int, ...] = (32, 64, 128, 256), image_size: int = 64):
+        super().__init__()
+        stages, cin = [], widths[0]
+        for i, width in enumerate(widths):
+            stages.append(_ResBlock(cin, width, stride=1 if i == 0 else 2))
+            cin = width
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+            nn.ReLU(), *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(widths[-1], num_classes))
+        self.num_features = widths[-1]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+ARCHITECTURES = {"lenet": LeNet, "resnet": SmallResNet}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that decides a feature network's weights (hashed into its id)."""
+
+    dataset: str
+    arch: str
+    image_size: int
+    channels: int
+    num_classes: int
+    center_crop: bool = False
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    flip: bool = False          # random horizontal flips while training
+    shift: int = 2              # random translations of up to this many pixels
+    seed: int = 0
+    data_fingerprint: str = ""  # of the training images and labels
+    version: int = field(default=FORMAT_VERSION)
+
+    @property
+    def id(self) -> str:
+        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return f"{self.dataset}-{self.arch}@{digest[:8]}"
+
+    def build(self) -> nn.Module:
+        cls = ARCHITECTURES[self.arch]
+        return cls(in_channels=self.channels, num_classes=self.num_classes,
+                   image_size=self.image_size)
+
+
+# Per-dataset recipes: MNIST-likes take a minute or two on a CPU; Flowers102 is a
+# from-scratch classifier on 2,040 images, useful as a feature space rather than accurate.
+RECIPES: dict[str, dict] = {
+    "mnist": dict(arch="lenet", epochs=3),
+    "fashion_mnist": dict(arch="lenet", epochs=4, shift=1),
+    "flowers102": dict(arch="resnet", epochs=30, batch_size=64, lr=3e-3, flip=True, shift=4),
+}
+
+
+class FeatureExtractor(nn.Module):
+    """uint8 images (N, C, H, W) in [0, 255] -> (N, num_features) float32 features.
+
+    The feature module torchmetrics' ``FrechetInceptionDistance`` and
+    ``KernelInceptionDistance`` accept through ``feature=``: it has ``num_features`` and
+    takes the uint8 images those metrics expect by default (``normalize=False``). A float
+    tensor (N, num_features) passes through unchanged, so cached features of the reference
+    set are fed to the same metrics' ``update`` without recomputing them.
+    """
+
+    def __init__(self, net: nn.Module, feature_id: str, accuracy: float | None = None):
+        super().__init__()
+        self.net = net.eval()
+        self.num_features = int(net.num_features)
+        self.feature_id = feature_id
+        self.accuracy = accuracy
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FeatureExtractor:
+        return super().train(False)  # BatchNorm and dropout stay in inference mode
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 2 and x.shape[1] == self.num_features and x.is_floating_point():
+            return x
+        if x.dtype != torch.uint8:
+            raise TypeError(f"FeatureExtractor expects uint8 images in [0, 255]; got {x.dtype} "
+                            "(quantize with diffusion.metrics.to_uint8).")
+        device = next(self.net.parameters()).device
+        return self.net.features(to_model_range(x.to(device))).float()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 [0, 255], rounded as when saving a PNG."""
+    if images.dtype == torch.uint8:
+        return images
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+def _augment(x: torch.Tensor, spec: FeatureSpec, generator: torch.Generator) -> torch.Tensor:
+    """Random flips and translations (one shift per batch, cheap on a CPU)."""
+    if spec.flip:
+        flip = torch.rand(len(x), generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if spec.shift:
+        dx, dy = (torch.randint(-spec.shift, spec.shift + 1, (2,), generator=generator)).tolist()
+        x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+    return x
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``net`` on uint8 ``images``."""
+    net.eval()
+    device = next(net.parameters()).device
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        logits = net(to_model_range(images[i:i + batch_size].to(device)))
+        correct += (logits.argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
+    return correct / len(images)
+
+
+def train_classifier(spec: FeatureSpec, train: tuple[torch.Tensor, torch.Tensor],
+                     progress: bool = True, device: str | torch.device = "cpu") -> nn.Module:
+    """Train ``spec``'s network on uint8 (images, labels); draws only from its own seeded
+    generators, so building a feature network never shifts anyone else's random stream."""
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)  # initial weights and dropout masks
+        return _train(spec, *train, progress, torch.device(device))
+
+
+def _train(spec: FeatureSpec, images: torch.Tensor, labels: torch.Tensor, progress: bool,
+           device: torch.device) -> nn.Module:
+    net = spec.build().to(device)
+    generator = torch.Generator().manual_seed(spec.seed)  # order and augmentation
+    optimizer = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    steps_per_epoch = max(1, len(images) // spec.batch_size)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.2)
+    bar = tqdm(total=spec.epochs * steps_per_epoch, desc=f"training {spec.id}",
+               disable=not progress, dynamic_ncols=True)
+    for _ in range(spec.epochs):
+        net.train()
+        order = torch.randperm(len(images), generator=generator)
+        for b in range(steps_per_epoch):
+            index = order[b * spec.batch_size:(b + 1) * spec.batch_size]
+            x = _augment(images[index], spec, generator)
+            x = to_model_range(x.to(device))
+            loss = F.cross_entropy(net(x), labels[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            lr_schedule.step()
+            bar.update(1)
+            if bar.n % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Load from the cache, or train and cache
+# ---------------------------------------------------------------------------------------------
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    if isinstance(obj, str):
+        tmp.write_text(obj)
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_feature_network(dataset: str, root: str | os.PathLike | None = None,
+                         image_size: int | None = None, center_crop: bool = False,
+                         cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                         device: str | torch.device = "cpu", **overrides) -> FeatureExtractor:
+    """The cached feature network for ``dataset`` (trained first if it is not cached yet).
+
+    ``overrides`` change the dataset's recipe (``epochs``, ``lr``, ``seed``, ...), and so its id.
+    """
+    from filelock import FileLock
+
+    if dataset not in RECIPES:
+        raise FeatureNetworkError(
+            f"No feature network recipe for dataset {dataset!r}; known: {', '.join(RECIPES)} "
+            "(or use metrics.features=inception).")
+    train_set = build_dataset(dataset, root=root, split=None,
+                              image_size=image_size, center_crop=center_crop)
+    train = train_set.preprocessed()
+    recipe = {**RECIPES[dataset], **{k: v for k, v in overrides.items() if v is not None}}
+    spec = FeatureSpec(dataset=dataset, image_size=int(train[0].shape[-1]),
+                       channels=int(train[0].shape[1]), num_classes=train_set.num_classes,
+                       center_crop=center_crop, data_fingerprint=fingerprint(*train), **recipe)
+    folder = cache_root(cache_dir) / spec.id
+    weights, info_file = folder / "weights.pt", folder / "info.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        if not (weights.is_file() and info_file.is_file()):
+            start = time.perf_counter()
+            net = train_classifier(spec, train, progress=progress, device=device)
+            test = build_dataset(dataset, root=root, split=train_set.info.eval_split,
+                                 image_size=image_size, center_crop=center_crop).preprocessed()
+            info = {"id": spec.id, "test_accuracy": accuracy(net, *test),
+                    "test_split": train_set.info.eval_split, "train_images": len(train[0]),
+                    "train_seconds": round(time.perf_counter() - start, 1),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "torch": torch.__version__, "settings": asdict(spec)}
+            _save_atomic({k: v.cpu() for k, v in net.state_dict().items()}, weights)
+            _save_atomic(json.dumps(info, indent=2) + "\n", info_file)
+            log.info("Feature network %s: test accuracy %.2f%% (%s)", spec.id,
+                     100 * info["test_accuracy"], folder)
+    info = json.loads(info_file.read_text())
+    net = spec.build()
+    try:
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing
+        raise FeatureNetworkError(
+            f"Feature network weights {weights} are unreadable ({type(exc).__name__}); "
+            f"delete {folder} to retrain it.") from None
+    return FeatureExtractor(net.to(device), spec.id, info["test_accuracy"])

@@ -1,0 +1,246 @@
+"""FID and KID with a stated protocol.
+
+The reference is the dataset's evaluation split (``test``); every score carries its protocol:
+n generated images, sampler and steps, the feature network's id, the reference split, and
+the data floor, the FID of n real *training* images against the same reference, which no
+model can beat in expectation at that n. The statistics are torchmetrics'
+``FrechetInceptionDistance`` and ``KernelInceptionDistance`` over the feature network.
+
+Reference and floor features are cached per (feature id, dataset, split, n) next to the
+feature network, so a repeated evaluation only extracts features of the new samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from tqdm.auto import tqdm
+
+from diffusion.data import build_dataset, dataset_info
+from diffusion.metrics.features import cache_root, to_uint8
+
+
+def format_score(value: float | None) -> str:
+    """4.1, 0.83, 12.3, 157: three significant digits, never scientific notation (a
+    numerically zero FID prints as 0)."""
+    if value is None or not math.isfinite(value):
+        return str(value)
+    if abs(value) < 1e-3:
+        return "0"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+@dataclass
+class FidResult:
+    """One FID (and KID) with everything needed to compare it honestly."""
+
+    fid: float
+    floor: float
+    n: int
+    feature_id: str
+    reference: str              # e.g. "mnist/test"
+    reference_n: int
+    floor_n: int
+    sampler: str | None = None  # None for a set of images that was not sampled
+    steps: int | None = None
+    kid: float | None = None
+    kid_std: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.sampler}-{self.steps}" if self.sampler else "images"
+
+    def __str__(self) -> str:
+        return (f"FID {format_score(self.fid)} (floor {format_score(self.floor)}, n={self.n}, "
+                f"{self.label}, {self.feature_id})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Where the real images come from (what the run was trained on)."""
+
+    dataset: str
+    root: str | None = None
+    image_size: int | None = None
+    center_crop: bool = False
+
+    def images(self, split: str) -> torch.Tensor:
+        """uint8 (N, C, H, W) images of ``split``, preprocessed as for training."""
+        return build_dataset(self.dataset, root=self.root, split=split,
+                             image_size=self.image_size, center_crop=self.center_crop,
+                             download=False).preprocessed()[0]
+
+    @property
+    def train_split(self) -> str:
+        return dataset_info(self.dataset).train_split
+
+    @property
+    def eval_split(self) -> str:
+        return dataset_info(self.dataset).eval_split
+
+
+class FidScorer:
+    """Scores sets of images against ``data``'s evaluation split in ``features`` space.
+
+    ``features`` is a ``FeatureExtractor`` or ``InceptionFeatures``: an ``nn.Module`` with
+    ``num_features`` and ``feature_id``, taking uint8 images. ``reference_n=None`` uses the
+    whole split; ``seed`` picks subsets and the KID subsets, so scores are reproducible.
+    """
+
+    def __init__(self, features: nn.Module, data: DataRef, reference_n: int | None = None,
+                 kid: bool = True, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                 batch_size: int = 500, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                 progress: bool = False):
+        self.features, self.data = features, data
+        self.batch_size, self.seed, self.progress = batch_size, seed, progress
+        self.cache = cache_root(cache_dir) / features.feature_id / "reference"
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False)
+        with warnings.catch_warnings():  # it keeps every feature: intended, and small here
+            warnings.filterwarnings("ignore", message=".*will save all extracted features")
+            self.kid = (KernelInceptionDistance(feature=features, subsets=kid_subsets,
+                                                subset_size=kid_subset_size,
+                                                reset_real_features=False) if kid else None)
+        self.kid_subset_size = kid_subset_size
+        reference = self.real_features(data.eval_split, reference_n)
+        self.reference_n = len(reference)
+        for metric in self._metrics():
+            metric.update(reference, real=True)  # features pass through the feature module
+        self._floors: dict[int, tuple[float, int]] = {}
+
+    @property
+    def feature_id(self) -> str:
+        return self.features.feature_id
+
+    @property
+    def reference(self) -> str:
+        return f"{self.data.dataset}/{self.data.eval_split}"
+
+    def _metrics(self):
+        return [m for m in (self.fid, self.kid) if m is not None]
+
+    # ------------------------------------------------------------------ features
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, D) float32 features on the CPU of images in [-1, 1] or uint8, in batches."""
+        out = [self.features(to_uint8(images[i:i + self.batch_size])).cpu()
+               for i in range(0, len(images), self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.features.num_features)
+
+    def _cache_file(self, split: str, n: int | None) -> Path:
+        key = json.dumps([self.feature_id, asdict(self.data), str(Path(
+            self.data.root or "").absolute()), split, n, self.seed])
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+        return self.cache / f"{self.data.dataset}-{split}-n{n or 'all'}@{digest}.pt"
+
+    def real_features(self, split: str, n: int | None) -> torch.Tensor:
+        """Features of ``n`` real images of ``split`` (a seeded subset; None: all), cached."""
+        path = self._cache_file(split, n)
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        images = self.data.images(split)
+        if n is not None and n < len(images):
+            pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
+            images = images[pick[:n]]
+        features = self.extract(images)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(features, tmp)
+        os.replace(tmp, path)
+        return features
+
+    # ------------------------------------------------------------------- scores
+    def score_features(self, features: torch.Tensor) -> dict[str, float]:
+        """FID and KID of a set of (N, D) features against the reference."""
+        if len(features) < 2:
+            raise ValueError(f"FID needs at least 2 images; got {len(features)}.")
+        with torch.random.fork_rng(devices=[]):  # KID draws its subsets from the global RNG
+            torch.manual_seed(self.seed)
+            scores = {}
+            for metric in self._metrics():
+                metric.reset()  # keeps the reference (reset_real_features=False)
+                metric.update(features, real=False)
+            scores["fid"] = float(self.fid.compute())
+            if self.kid is not None:
+                self.kid.subset_size = min(self.kid_subset_size, len(features), self.reference_n)
+                kid_mean, kid_std = self.kid.compute()
+                scores["kid"], scores["kid_std"] = float(kid_mean), float(kid_std)
+        return scores
+
+    def floor(self, n: int) -> tuple[float, int]:
+        """(FID of n real training images against the reference, the n actually used)."""
+        if n not in self._floors:
+            features = self.real_features(self.data.train_split, n)
+            self._floors[n] = (self.score_features(features)["fid"], len(features))
+        return self._floors[n]
+
+    def score(self, images: torch.Tensor | None = None, features: torch.Tensor | None = None,
+              sampler: str | None = None, steps: int | None = None) -> FidResult:
+        """The protocol result for ``images`` (or their precomputed ``features``)."""
+        features = self.extract(images) if features is None else features
+        scores = self.score_features(features)
+        floor, floor_n = self.floor(len(features))
+        return FidResult(fid=scores["fid"], floor=floor, n=len(features),
+                         feature_id=self.feature_id, reference=self.reference,
+                         reference_n=self.reference_n, floor_n=floor_n, sampler=sampler,
+                         steps=steps, kid=scores.get("kid"), kid_std=scores.get("kid_std"))
+
+    # ---------------------------------------------------------------- sampling
+    def sample_features(self, pipeline, n: int, sampler: str, steps: int,
+                        batch_size: int = 250, eta: float = 0.0) -> torch.Tensor:
+        """Features of ``n`` samples from ``pipeline``, drawn batch by batch from a generator
+        seeded with ``seed`` (the same starting noise for every sampler and step count)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        num_classes = getattr(pipeline.model, "num_classes", None)
+        out = []
+        with tqdm(total=n, desc=f"FID {sampler}-{steps}", unit="img",
+                  disable=not self.progress, dynamic_ncols=True) as bar:
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                y = (torch.arange(start, start + b) % num_classes) if num_classes else None
+                images = pipeline(b, steps=steps, sampler=sampler, eta=eta, generator=generator,
+                                  y=y, batch_size=b).images
+                out.append(self.extract(images))
+                bar.update(b)
+        return torch.cat(out)
+
+    def score_pipeline(self, pipeline, n: int, sampler: str = "ddim", steps: int = 50,
+                       batch_size: int = 250, eta: float = 0.0) -> FidResult:
+        features = self.sample_features(pipeline, n, sampler, steps, batch_size, eta)
+        return self.score(features=features, sampler=sampler, steps=steps)
+
+
+class FidEvaluator:
+    """``evaluator(pipeline) -> {"fid", "kid", "fid_floor"}``: the trainer's periodic FID.
+
+    Samples ``n`` images with ``sampler``/``steps`` from the seeded generator of ``scorer``,
+    so successive evaluations during training see the same starting noise.
+    """
+
+    def __init__(self, scorer: FidScorer, n: int = 1000, sampler: str = "ddim", steps: int = 50,
+                 batch_size: int = 250):
+        self.scorer, self.n, self.sampler, self.steps = scorer, n, sampler, steps
+        self.batch_size = batch_size
+        self.last: FidResult | None = None
+
+    def __call__(self, pipeline) -> dict[str, float]:
+        with torch.random.fork_rng():  # draws nothing from the training RNG streams
+            self.last = self.scorer.score_pipeline(pipeline, self.n, self.sampler, self.steps,
+                                                   self.batch_size)
+        print(self.last, flush=True)
+        results = {"fid": self.last.fid, "fid_floor": self.last.floor}
+        if self.last.kid is not None:
+            results["kid"] = self.last.kid
+        return results
