@@ -58,12 +58,17 @@ def build_scorer(metrics: DictConfig, data: DictConfig, device: str | torch.devi
                      seed=metrics.seed, cache_dir=metrics.get("cache_dir"), progress=progress)
 
 
-def build_evaluator(cfg: DictConfig) -> FidEvaluator:
-    """The trainer's periodic FID (``trainer.eval_every``) from a training config."""
+def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -> FidEvaluator:
+    """The trainer's periodic FID (``trainer.eval_every``) from a training config: ``n``
+    samples with ``metrics.sampler``/``metrics.steps``; the trainer keeps the best as best.pt."""
     from diffusion.device import resolve_device
 
-    metrics = cfg.metrics
-    scorer = build_scorer(metrics, cfg.data, device=resolve_device(cfg.trainer.device))
+    metrics = cfg.get("metrics")
+    if metrics is None:
+        raise ConfigError("trainer.eval_every needs a metrics config: add metrics=fid (this run "
+                          "was made before metrics existed) or set trainer.eval_every=0.")
+    scorer = build_scorer(metrics, cfg.data,
+                          device=resolve_device(device or cfg.trainer.device))
     return FidEvaluator(scorer, n=metrics.n, sampler=metrics.sampler, steps=metrics.steps,
                         batch_size=metrics.batch_size)
 

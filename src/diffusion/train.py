@@ -49,6 +49,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     local_rank = dist.init_from_env()
     if dist.world_size() > 1 and trainer_cfg.device == "auto" and torch.cuda.is_available():
         trainer_cfg.device = f"cuda:{local_rank}"
+    evaluator = None
+    if trainer_cfg.eval_every and dist.is_main():  # a periodic small FID, on one rank
+        from diffusion.evaluate import build_evaluator
+
+        evaluator = build_evaluator(cfg, device=trainer_cfg.device)
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg)
     scheduler = build_scheduler(cfg)
@@ -69,7 +74,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         logger=logger, seed=cfg.seed, num_workers=cfg.data.num_workers,
         conditional=cfg.model.get("num_classes") is not None,
-        on_device=cfg.data.on_device)
+        on_device=cfg.data.on_device, evaluator=evaluator)
     if main_rank:
         write_env(run_dir, cfg.seed, trainer.device,
                   name="env.json" if not resuming
