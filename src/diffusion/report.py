@@ -154,6 +154,12 @@ def _fmt(value, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def results_table(jobs: list[Job]) -> str:
     """The markdown table: one row per job, then the data floor of each FID column."""
     columns = _eval_columns(jobs)
@@ -165,10 +171,10 @@ def results_table(jobs: list[Job]) -> str:
         wall = job.wall_time
         rows.append([
             job.name, " ".join(f"`{o}`" for o in job.varying) or "–",
-            job.status if job.status != "failed" else f"failed: {job.error}",
+            job.status if job.status != "failed" else f"failed: {job.error}".replace("|", "/"),
             _fmt(job.last("train/loss")), _fmt(job.last("val/loss")),
             *[format_score(e["fid"]) if e else "–" for e in fids],
-            "–" if wall is None else f"{wall / 60:.1f} min",
+            _duration(wall),
             "–" if job.images_per_sec is None else f"{job.images_per_sec:.0f}"])
     if columns:
         floors = []

@@ -248,8 +248,9 @@ def _train(spec: FeatureSpec, images: torch.Tensor, labels: torch.Tensor, progre
     generator = torch.Generator().manual_seed(spec.seed)  # order and augmentation
     optimizer = torch.optim.AdamW(net.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     steps_per_epoch = max(1, len(images) // spec.batch_size)
-    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch, pct_start=0.2)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(  # (at least 10 steps long: no
+        optimizer, max_lr=spec.lr, pct_start=0.2,         # zero-length warm-up on tiny sets)
+        total_steps=max(10, spec.epochs * steps_per_epoch))
     bar = tqdm(total=spec.epochs * steps_per_epoch, desc=f"training {spec.id}",
                disable=not progress, dynamic_ncols=True)
     for _ in range(spec.epochs):

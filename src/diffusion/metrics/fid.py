@@ -31,13 +31,12 @@ from diffusion.metrics.features import cache_root, to_uint8
 
 
 def format_score(value: float | None) -> str:
-    """4.1, 0.83, 12.3, 157: three significant digits, never scientific notation (a
-    numerically zero FID prints as 0)."""
+    """157, 12.3, 4.12, 0.83: no scientific notation; a numerically zero FID prints as 0."""
     if value is None or not math.isfinite(value):
         return str(value)
-    if abs(value) < 1e-3:
+    if abs(value) < 5e-3:
         return "0"
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return f"{value:.{0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2}f}"
 
 
 @dataclass

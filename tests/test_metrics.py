@@ -1,0 +1,183 @@
+"""FID and KID: the feature network cache, the protocol's sanity checks, the trainer's periodic
+FID and ``diffusion.evaluate`` on a tiny run folder."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from diffusion.evaluate import _list_overrides, evaluate, read_eval
+from diffusion.metrics import (
+    DataRef,
+    FeatureNetworkError,
+    FidResult,
+    FidScorer,
+    check_inception_weights,
+    format_score,
+    load_feature_network,
+    to_uint8,
+)
+from diffusion.metrics.inception import default_weights_path
+from diffusion.training.loggers import read_metrics
+from hydra_utils import compose_config
+from test_train import run_training
+
+EPOCHS = 20  # the tiny train split is 64 images: a few dozen steps fit it
+
+
+def as_hydra_writes_it(run_dir):
+    """In-process training writes config.yaml; the CLI's Hydra also writes .hydra/."""
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="module")
+def features(tiny_mnist_root, cache):
+    return load_feature_network("mnist", root=tiny_mnist_root, cache_dir=cache, progress=False,
+                                epochs=EPOCHS)
+
+
+@pytest.fixture(scope="module")
+def scorer(features, tiny_mnist_root, cache):
+    return FidScorer(features, DataRef("mnist", root=str(tiny_mnist_root), image_size=28),
+                     kid_subset_size=16, cache_dir=cache)
+
+
+def test_feature_network_is_cached_with_its_accuracy(features, tiny_mnist_root, cache):
+    assert re.fullmatch(r"mnist-lenet@[0-9a-f]{8}", features.feature_id)
+    folder = cache / features.feature_id
+    info = json.loads((folder / "info.json").read_text())
+    assert info["id"] == features.feature_id and info["test_accuracy"] == features.accuracy
+    assert info["settings"]["epochs"] == EPOCHS and info["train_images"] == 64
+    mtime = (folder / "weights.pt").stat().st_mtime_ns
+    again = load_feature_network("mnist", root=tiny_mnist_root, cache_dir=cache, progress=False,
+                                 epochs=EPOCHS)
+    assert again.feature_id == features.feature_id
+    assert (folder / "weights.pt").stat().st_mtime_ns == mtime  # loaded, not retrained
+    other = load_feature_network("mnist", root=tiny_mnist_root, cache_dir=cache, progress=False,
+                                 epochs=1)
+    assert other.feature_id != features.feature_id  # another recipe, another id
+
+
+def test_reference_against_itself_scores_zero(scorer):
+    reference = scorer.real_features("test", None)
+    assert scorer.score(features=reference).fid == pytest.approx(0.0, abs=1e-3)
+
+
+def test_noise_scores_far_above_the_floor(scorer):
+    floor, floor_n = scorer.floor(32)
+    noise = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    result = scorer.score(noise)
+    assert floor_n == 32 and result.floor == floor
+    assert 0 <= floor < result.fid / 5
+    assert result.kid is not None and result.kid > 0
+
+
+def test_images_go_through_torchmetrics_feature_module(scorer, tiny_mnist_root, features):
+    """Scoring uint8 images with torchmetrics' FID directly gives the scorer's number."""
+    images = DataRef("mnist", root=str(tiny_mnist_root)).images("train")[:32]
+    fid = FrechetInceptionDistance(feature=features)
+    fid.update(DataRef("mnist", root=str(tiny_mnist_root)).images("test"), real=True)
+    fid.update(images, real=False)
+    as_float = images.float() / 127.5 - 1
+    assert float(fid.compute()) == pytest.approx(scorer.score(as_float).fid, rel=1e-4)
+    assert torch.equal(to_uint8(as_float), images)
+
+
+def test_result_states_its_protocol():
+    result = FidResult(fid=4.1234, floor=0.8012, n=10000, feature_id="mnist-lenet@0123abcd",
+                       reference="mnist/test", reference_n=10000, floor_n=10000,
+                       sampler="ddim", steps=50)
+    assert str(result) == "FID 4.12 (floor 0.80, n=10000, ddim-50, mnist-lenet@0123abcd)"
+    assert [format_score(v) for v in (1e-9, 0.834, 12.34, 157.2)] == ["0", "0.83", "12.3", "157"]
+
+
+def test_missing_inception_weights_name_the_file_and_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    expected = (tmp_path / "torch" / "hub" / "checkpoints"
+                / "weights-inception-2015-12-05-6726825d.pth")
+    assert default_weights_path() == expected
+    with pytest.raises(FeatureNetworkError, match=re.escape(
+            f"Inception weights not found: put {expected.name} (from https://github.com/")) as err:
+        check_inception_weights()
+    assert f"at {expected}," in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(FeatureNetworkError, match=r"put mine\.pth .* at .*mine\.pth"):
+        check_inception_weights(tmp_path / "mine.pth")
+
+
+def test_steps_list_is_not_a_sweep():
+    assert _list_overrides(["run=x", "steps=10,20,50", "n=5"]) == [
+        "run=x", "steps=[10,20,50]", "n=5"]
+    assert _list_overrides(["steps=[1,2]", "steps=7"]) == ["steps=[1,2]", "steps=7"]
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory, tiny_mnist_root, cache):
+    """A few-step run that evaluates a small FID every 2 steps."""
+    run_dir, _ = run_training(
+        tmp_path_factory.mktemp("eval"), tiny_mnist_root, "model=basic", "model.base_channels=8",
+        "trainer.eval_every=2", "metrics.n=8", "metrics.steps=2", f"metrics.cache_dir={cache}",
+        f"metrics.feature_epochs={EPOCHS}", "metrics.kid_subset_size=8")
+    as_hydra_writes_it(run_dir)
+    return run_dir
+
+
+def test_trainer_evaluates_and_keeps_the_best_checkpoint(evaluated_run):
+    evals = [r for r in read_metrics(evaluated_run / "metrics.jsonl") if "eval/fid" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(r["eval/fid"] > r["eval/fid_floor"] >= 0 for r in evals)
+    assert (evaluated_run / "checkpoints" / "best.pt").is_file()
+
+
+def test_evaluate_writes_eval_json_metrics_and_plot(evaluated_run, cache, tiny_mnist_root):
+    def run(*overrides):
+        cfg = compose_config([f"run={evaluated_run}", f"metrics.cache_dir={cache}",
+                              f"metrics.feature_epochs={EPOCHS}", "metrics.kid_subset_size=8",
+                              "batch_size=8", "device=cpu", *overrides], config_name="evaluate")
+        return evaluate(cfg)
+
+    results = run("n=16", "steps=[2,4]")
+    assert [(r.sampler, r.steps, r.n) for r in results] == [("ddim", 2, 16), ("ddim", 4, 16)]
+    entries = read_eval(evaluated_run)
+    assert sorted(entries) == ["ddim-2-n16", "ddim-4-n16"]
+    entry = entries["ddim-4-n16"]
+    assert entry["reference"] == "mnist/test" and entry["reference_n"] == 32
+    assert entry["step"] == 4 and entry["floor_n"] == 16 and entry["fid"] > entry["floor"]
+    assert entry["command"].endswith("n=16 sampler=ddim steps=2,4")
+    run("n=8", "sampler=ddpm", "steps=3")  # merged, not overwritten
+    assert sorted(read_eval(evaluated_run)) == ["ddim-2-n16", "ddim-4-n16", "ddpm-3-n8"]
+    logged = [r for r in read_metrics(evaluated_run / "metrics.jsonl") if "eval/steps" in r]
+    assert [(r["eval/sampler"], r["eval/steps"]) for r in logged] == [
+        ("ddim", 2), ("ddim", 4), ("ddpm", 3)]
+    assert (evaluated_run / "figures" / "fid_vs_steps.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_short_training_beats_no_training(tmp_path, tiny_mnist_root, cache):
+    """A basic UNet trained for a few hundred steps samples closer to the data than at step 1."""
+    from diffusion.pipeline import DiffusionPipeline
+
+    common = ("model=basic", "model.base_channels=16", "optimizer.lr=2e-3",
+              "trainer.ema_decay=0.99", "trainer.sample_every=0", "trainer.val_every=0",
+              "trainer.log_every=50", "lr_scheduler.warmup_steps=20")
+    scores = {}
+    for steps in (1, 400):
+        run_dir, _ = run_training(tmp_path, tiny_mnist_root, *common,
+                                  f"trainer.max_steps={steps}", f"trainer.ckpt_every={steps}",
+                                  name=f"steps{steps}")
+        as_hydra_writes_it(run_dir)
+        pipe = DiffusionPipeline.from_run(run_dir, device="cpu")
+        scorer = FidScorer(load_feature_network("mnist", root=tiny_mnist_root, cache_dir=cache,
+                                                progress=False, epochs=EPOCHS),
+                           DataRef("mnist", root=str(tiny_mnist_root)), kid=False, seed=0)
+        scores[steps] = scorer.score_pipeline(pipe, 32, "ddim", 20).fid
+    assert scores[400] < scores[1] / 2, scores

@@ -1,0 +1,73 @@
+"""A tiny beta-schedule sweep with one failing job, evaluated and reported from its folders."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from diffusion.evaluate import evaluate
+from diffusion.report import find_jobs, write_report
+from hydra_utils import compose_config
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, tiny_mnist_root):
+    """``diffusion.train -m scheduler.beta_schedule=linear,cosine,bogus`` on tiny data."""
+    from diffusion.train import main
+
+    root = tmp_path_factory.mktemp("sweep")
+    argv = sys.argv
+    sys.argv = ["train", "-m", "trainer=debug", "logger=none", f"paths.data_dir={tiny_mnist_root}",
+                "data.batch_size=8", "data.num_workers=0", "model=basic",
+                "model.base_channels=8", f"hydra.sweep.dir={root / 'multirun'}",
+                "scheduler.beta_schedule=linear,cosine,bogus"]
+    try:
+        GlobalHydra.instance().clear()
+        main()
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
+    cache = root / "features"
+    for job in ("0", "1"):
+        evaluate(compose_config([f"run={root / 'multirun' / job}", "n=8", "steps=[2,4]",
+                                 f"metrics.cache_dir={cache}", "metrics.feature_epochs=5",
+                                 "metrics.kid_subset_size=8", "batch_size=8", "device=cpu"],
+                                config_name="evaluate"))
+    return root / "multirun"
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweep):
+    status = {job: json.loads((sweep / job / "status.json").read_text()) for job in "012"}
+    assert status["0"]["status"] == status["1"]["status"] == "completed"
+    assert status["2"]["status"] == "failed" and "bogus" in status["2"]["error"]
+
+
+def test_report_from_run_folders_alone(sweep, tmp_path):
+    out = tmp_path / "experiments" / "tiny"
+    out.mkdir(parents=True)
+    (out / "notes.md").write_text("Budget: four steps.")
+    readme = write_report([sweep], out).read_text()
+    assert readme.startswith("# tiny\n\nBudget: four steps.")
+    assert "python -m diffusion.train -m " in readme
+    assert "scheduler.beta_schedule=linear,cosine,bogus" in readme
+    assert "python -m diffusion.evaluate run=" in readme and "Git commit " in readme
+    header = next(line for line in readme.splitlines() if line.startswith("| job"))
+    assert "FID ddim-2 (n=8)" in header and "FID ddim-4 (n=8)" in header
+    assert "train loss" in header and "val loss" in header and "images/s" in header
+    rows = [line for line in readme.splitlines() if line.startswith("| ")]
+    assert rows[2].startswith("| 0 | `scheduler.beta_schedule=linear` | completed |")
+    assert rows[4].startswith("| 2 | `scheduler.beta_schedule=bogus` | failed: ")
+    assert rows[-1].startswith("| data floor |")
+    for png in ("loss_curves.png", "fid_vs_steps.png", "samples.png", "forward_process.png"):
+        assert (out / png).stat().st_size > 0 and f"]({png})" in readme
+    again = write_report([sweep], out).read_text()
+    assert again == readme  # regenerated from the same folders, the same report
+
+
+def test_jobs_from_several_folders_are_labelled_by_what_differs(sweep):
+    jobs = find_jobs([sweep / "0", sweep / "1"])
+    assert [j.label for j in jobs] == ["beta_schedule=linear", "beta_schedule=cosine"]
+    assert all(j.evals and j.last("train/loss") is not None for j in jobs)
