@@ -87,9 +87,9 @@ def load_config(run: str | Path):
     from omegaconf import OmegaConf
 
     run = Path(run)
-    cfg_file = run / ".hydra" / "config.yaml"
+    cfg_file = run / "config.yaml"  # resolved at start; .hydra/config.yaml keeps interpolations
     if not cfg_file.is_file():
-        raise RunError(f"{run} is not a run folder (no .hydra/config.yaml): pass the folder "
+        raise RunError(f"{run} is not a run folder (no config.yaml): pass the folder "
                        "that diffusion.train printed, e.g. runs/<name>/<date>_<time>.")
     return OmegaConf.load(cfg_file)
 

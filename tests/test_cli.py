@@ -1,0 +1,160 @@
+"""Entry points as a user meets them: config errors, resume and sampling from a run
+folder, the Python pipeline, and W&B with no network."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+from PIL import Image
+
+from diffusion.pipeline import DiffusionPipeline
+from diffusion.sample import sample
+from diffusion.training.checkpoint import CheckpointError, latest_checkpoint
+from diffusion.training.loggers import WandbLogger, read_metrics
+from hydra_utils import compose_config
+from test_train import run_training
+
+GROUPS = {
+    "model": ["basic", "unet", "unet_attn"],
+    "scheduler": ["ddpm", "ddim"],
+    "data": ["mnist", "fashion_mnist", "flowers102"],
+    "trainer": ["default", "cpu", "debug"],
+    "optimizer": ["adamw", "adam"],
+    "logger": ["wandb", "none"],
+    "experiment": ["mnist", "fashion_mnist", "mnist_cpu", "flowers64"],
+}
+
+
+@pytest.mark.parametrize(("group", "option"),
+                         [(g, o) for g, options in GROUPS.items() for o in options])
+def test_every_group_option_composes_and_builds(group, option):
+    from hydra.utils import instantiate
+
+    cfg = compose_config([f"{group}={option}"])
+    assert cfg.data.channels in (1, 3)
+    model = instantiate(cfg.model)  # sizes from data, no weights downloaded
+    assert model.in_channels == cfg.data.channels
+    instantiate(cfg.scheduler)
+    instantiate(cfg.trainer)
+
+
+def test_unknown_option_lists_the_choices():
+    with pytest.raises(MissingConfigException, match="Could not find 'model/foo'") as info:
+        compose_config(["model=foo"])
+    assert "unet_attn" in str(info.value) and "basic" in str(info.value)
+
+
+def _cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_cli_bad_value_is_one_sentence_and_exit_1(tmp_path, tiny_mnist_root):
+    result = _cli("diffusion.train", "trainer.max_steps=-5", "logger=none",
+                  f"paths.data_dir={tiny_mnist_root}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: trainer.max_steps must be a positive integer; got -5.")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_mnist_root):
+    tmp = tmp_path_factory.mktemp("trained")
+    run_dir, _ = run_training(tmp, tiny_mnist_root, "model=basic", "model.base_channels=8")
+    return run_dir
+
+
+def test_resume_cli_continues_in_the_same_folder(tmp_path, tiny_mnist_root):
+    run_dir, _ = run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8")
+    result = _cli("diffusion.train", f"resume={run_dir}", "trainer.max_steps=6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert latest_checkpoint(run_dir / "checkpoints").name == "step_00000006.pt"
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
+    assert steps == [2, 4, 6]
+    assert (run_dir / "resumes.jsonl").is_file()
+
+
+def test_sample_cli_writes_grid_tensors_and_chain(trained_run):
+    result = _cli("diffusion.sample", f"run={trained_run}", "sampler=ddim", "steps=3", "n=6",
+                  "seed=0", "save_tensors=true", "chain=true", "chain_frames=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    grid = trained_run / "samples" / "ddim-3_seed0.png"
+    assert Image.open(grid).size[0] > 28
+    images = torch.load(grid.with_suffix(".pt"), weights_only=True)
+    assert images.shape == (6, 1, 28, 28)
+    gif = Image.open(grid.with_name("ddim-3_seed0_chain.gif"))
+    assert gif.n_frames == 3  # x_T, one intermediate x_t and the final sample
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_pipeline_from_run_is_reproducible(trained_run, sampler):
+    pipe = DiffusionPipeline.from_run(trained_run, device="cpu")
+    a = pipe(5, steps=4, sampler=sampler, generator=torch.Generator().manual_seed(3)).images
+    b = pipe(5, steps=4, sampler=sampler, generator=torch.Generator().manual_seed(3),
+             batch_size=2).images
+    assert a.shape == (5, 1, 28, 28) and torch.isfinite(a).all()
+    torch.testing.assert_close(a, b)
+
+
+def test_sample_in_process_matches_pipeline(trained_run, tmp_path):
+    cfg = compose_config([f"run={trained_run}", "steps=2", "n=4", f"out={tmp_path}/g.png",
+                          "save_tensors=true"], config_name="sample")
+    sample(cfg)
+    saved = torch.load(tmp_path / "g.pt", weights_only=True)
+    pipe = DiffusionPipeline.from_run(trained_run, device="cpu")
+    torch.testing.assert_close(
+        saved, pipe(4, steps=2, generator=torch.Generator().manual_seed(0)).images)
+
+
+def test_corrupt_checkpoint_is_one_clear_error(trained_run, tmp_path):
+    bad = tmp_path / "step_00000009.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or not a diffusion checkpoint"):
+        DiffusionPipeline.from_run(trained_run, checkpoint=bad)
+    result = _cli("diffusion.sample", f"run={trained_run}", f"checkpoint={bad}")
+    assert result.returncode == 1
+    assert "corrupt or not a diffusion checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_run_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(Exception, match="is not a run folder"):
+        DiffusionPipeline.from_run(tmp_path)
+
+
+@pytest.fixture
+def no_wandb_network(monkeypatch, tmp_path):
+    """Point W&B at a closed local port and hide any credentials."""
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+
+
+def test_wandb_without_key_logs_offline(no_wandb_network, tmp_path, caplog):
+    logger = WandbLogger(tmp_path, project="test", mode="auto", init_timeout=20)
+    logger.log_config({"a": 1})
+    logger.log_metrics({"train/loss": 0.5}, step=1)
+    image = tmp_path / "x.png"
+    Image.new("L", (8, 8)).save(image)
+    logger.log_image("samples", image, step=1)
+    logger.finish()
+    assert "logging offline" in caplog.text
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert (tmp_path / "wandb_id.txt").read_text()
+
+
+def test_wandb_disabled_writes_nothing(no_wandb_network, tmp_path):
+    logger = WandbLogger(tmp_path, mode="disabled")
+    logger.log_metrics({"train/loss": 0.5}, step=1)
+    logger.finish()
+    assert not list(Path(tmp_path).glob("wandb/*run-*"))
