@@ -10,11 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from diffusion.train import train
 from diffusion.training.checkpoint import latest_checkpoint, list_checkpoints
 from diffusion.training.config import ConfigError
 from diffusion.training.loggers import read_metrics
 from diffusion.training.trainer import TrainingError
-from diffusion.train import train
 from hydra_utils import compose_config, debug_overrides
 
 SMALL_MODELS = {
@@ -108,8 +108,14 @@ def test_loss_divergence_stops_with_one_sentence(tmp_path, tiny_mnist_root):
     ("model.in_channels=3", "model.in_channels is 3 but data mnist has 1 channel"),
     ("data.batch_size=0", "data.batch_size must be a positive integer"),
     ("model.base_channels=-1", "model.base_channels"),
+    ("model=unet_attn model.attention_resolutions=[16]",
+     "model.attention_resolutions must be feature-map sizes of this network, a subset of "
+     "[28, 14, 7] for image_size=28"),
+    ("scheduler.beta_schedule=quadratic", "scheduler.beta_schedule must be one of 'linear'"),
 ])
 def test_bad_values_name_the_key(tmp_path, tiny_mnist_root, override, message):
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
-        run_training(tmp_path, tiny_mnist_root, "model=basic", override)
+    overrides = override.split() if override.startswith("model=") else ["model=basic", override]
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")
+                       .replace("[", r"\[")):
+        run_training(tmp_path, tiny_mnist_root, *overrides)
     assert not (tmp_path / "run" / "checkpoints").exists()
