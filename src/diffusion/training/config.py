@@ -39,7 +39,6 @@ class TrainerConfig:
     ckpt_every: int = 5000
     keep_last: int = 3
     progress: bool = True
-    cuda_prefetch: bool = True      # overlap host->device copies with compute
 
     def __post_init__(self):
         def positive(key):

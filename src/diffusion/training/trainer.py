@@ -77,12 +77,11 @@ class Trainer:
         self.memory_format = (torch.channels_last if config.channels_last
                               else torch.contiguous_format)
         self.model = model.to(self.device, memory_format=self.memory_format)
-        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup, config.ema_every)
         self.ddp = None
-        if self.world_size > 1:  # DDP broadcasts rank 0's weights; EMA copies agree with them
+        if self.world_size > 1:  # DDP broadcasts rank 0's weights to every replica
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            self.ema = EMA(self.model, config.ema_decay, config.ema_warmup, config.ema_every)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup, config.ema_every)
         self.forward = self.ddp or self.model
         if config.compile:
             self.forward = torch.compile(self.forward)
