@@ -74,3 +74,11 @@ def test_curves_and_side_by_side(tmp_path):
     _is_png(viz.plot_fid_vs_steps({"run": entries}, tmp_path / "fid.png"))
     grid = viz.save_grid(torch.rand(4, 1, 8, 8), tmp_path / "grid.png")
     _is_png(viz.side_by_side({"left": grid, "right": grid}, tmp_path / "both.png"))
+
+
+def test_chain_grid_labels_its_timesteps(tmp_path):
+    chain = torch.rand(2, 4, 1, 8, 8) * 2 - 1
+    plain = _is_png(viz.save_chain_grid(chain, tmp_path / "plain.png"))
+    labelled = _is_png(viz.save_chain_grid(chain, tmp_path / "labelled.png",
+                                           timesteps=[999, 500, 0, -1]))
+    assert plain == (4 * 10 + 2, 2 * 10 + 2) and labelled[0] > plain[0]

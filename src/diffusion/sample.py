@@ -35,7 +35,8 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         torch.save(out.images, written["tensors"])
     if cfg.chain:
         rows = out.chain[: cfg.chain_rows]
-        written["chain"] = viz.save_chain_grid(rows, grid.with_name(f"{grid.stem}_chain.png"))
+        written["chain"] = viz.save_chain_grid(rows, grid.with_name(f"{grid.stem}_chain.png"),
+                                               timesteps=out.chain_timesteps)
         written["gif"] = viz.save_chain_gif(rows, grid.with_name(f"{grid.stem}_chain.gif"))
     for kind, path in written.items():
         print(f"{kind}: {path}")

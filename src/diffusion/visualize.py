@@ -50,17 +50,17 @@ def forward_figure(data: DictConfig, path: str | Path, schedules=("linear", "cos
 def _log_to_wandb(run: Path, name: str, path: Path) -> None:
     """Add the figure to the run's W&B run, when it has one (resumed by its saved id)."""
     id_file = run / "wandb_id.txt"
-    if not id_file.is_file():
+    logger_cfg = OmegaConf.load(run / "config.yaml").get("logger") or {}
+    if not id_file.is_file() or "_target_" not in logger_cfg:
         return
-    import wandb
+    from diffusion.training.loggers import WandbLogger, read_metrics
 
-    cfg = OmegaConf.load(run / "config.yaml")
-    wb = wandb.init(project=cfg.logger.get("project", "diffusion"), entity=cfg.logger.get("entity"),
-                    id=id_file.read_text().strip(), resume="allow", dir=str(run),
-                    mode=cfg.logger.get("mode", "offline") if cfg.logger.get("mode") != "auto"
-                    else "offline")
-    wb.log({f"figures/{name}": wandb.Image(str(path))})
-    wb.finish()
+    logger = WandbLogger(run, project=logger_cfg.get("project", "diffusion"),
+                         entity=logger_cfg.get("entity"), mode=logger_cfg.get("mode", "auto"),
+                         resume_id=id_file.read_text().strip())
+    step = max((r["step"] for r in read_metrics(run / "metrics.jsonl")), default=0)
+    logger.log_image(f"figures/{name}", path, step)
+    logger.finish()
 
 
 def visualize(cfg: DictConfig) -> Path:

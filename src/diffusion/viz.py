@@ -30,10 +30,26 @@ def _to_pil(grid: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
 
 
-def save_chain_grid(chain: torch.Tensor, path: str | Path) -> Path:
-    """Rows are samples, columns are reverse-process frames: chain is (n, frames, C, H, W)."""
+def save_chain_grid(chain: torch.Tensor, path: str | Path,
+                    timesteps: list[int] | None = None) -> Path:
+    """Rows are samples, columns are reverse-process frames: chain is (n, frames, C, H, W).
+
+    With ``timesteps`` (one per frame, -1 for the final x_0) the columns are labelled.
+    """
     n, frames = chain.shape[:2]
-    return save_grid(chain.reshape(n * frames, *chain.shape[2:]), path, nrow=frames)
+    if timesteps is None:
+        return save_grid(chain.reshape(n * frames, *chain.shape[2:]), path, nrow=frames)
+    plt = _pyplot()
+    grid = make_grid(to_unit(chain.reshape(n * frames, *chain.shape[2:])), nrow=frames,
+                     padding=2, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(0.8 * frames + 0.5, 0.8 * n + 0.6), layout="constrained")
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray" if chain.shape[2] == 1 else None)
+    side = chain.shape[-1] + 2
+    ax.set_xticks([side * (i + 0.5) for i in range(frames)],
+                  [f"t={t}" if t >= 0 else "x_0" for t in timesteps], fontsize=7, rotation=45)
+    ax.set_yticks([])
+    ax.set_title("Reverse process: x_T (left) to x_0 (right)", fontsize=9)
+    return _save_figure(fig, path)
 
 
 def save_chain_gif(chain: torch.Tensor, path: str | Path, duration_ms: int = 120,
