@@ -152,7 +152,8 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
         print(f"{result}  [{seconds:.0f} s]", flush=True)
         results.append(result)
         entry = {**result.to_dict(), "checkpoint": checkpoint.name, "step": step,
-                 "eta": cfg.eta, "seconds": round(seconds, 1), "command": _command(cfg, steps_list),
+                 "eta": cfg.eta, "batch_size": cfg.batch_size, "seconds": round(seconds, 1),
+                 "command": _command(cfg, steps_list),
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         entries[entry_key(cfg.sampler, steps, cfg.n)] = entry
         write_eval(run, {entry_key(cfg.sampler, steps, cfg.n): entry})

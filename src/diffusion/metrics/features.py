@@ -92,17 +92,18 @@ class _ResBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    """A ResNet-ish classifier for small RGB images: one block per stage, global pooling."""
+    """A ResNet-ish classifier for small RGB images: a stride-2 stem, one residual block per
+    stage (each halving the resolution after the first), global average pooling."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 102,
-                 widths: tuple[int, ...] = (32, 64, 128, 256), image_size: int = 64):
+                 widths: tuple[int, ...] = (16, 32, 64, 128), image_size: int = 64):
         super().__init__()
         stages, cin = [], widths[0]
         for i, width in enumerate(widths):
             stages.append(_ResBlock(cin, width, stride=1 if i == 0 else 2))
             cin = width
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+            nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]),
             nn.ReLU(), *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(widths[-1], num_classes))
         self.num_features = widths[-1]
