@@ -1,4 +1,4 @@
-"""Datasets, preprocessing, missing-data errors, read-only roots and the two loader paths."""
+"""Datasets, preprocessing, missing-data errors, read-only roots and the two batch paths."""
 
 import hashlib
 import os
@@ -13,14 +13,12 @@ from torchvision.datasets import MNIST
 from diffusion.data import (
     DATASET_INFO,
     DatasetNotFoundError,
-    ImageDataset,
-    TensorBatchLoader,
+    DeviceDataset,
     build_dataset,
-    build_loader,
-    infinite,
     resolve_root,
 )
 from diffusion.testing import write_tiny_mnist
+from diffusion.training.batches import ResumableBatchSampler, batch_stream
 
 MNIST_FILES = [filename for filename, _ in MNIST.resources]
 UNREACHABLE = ["http://127.0.0.1:9/"]  # refused at once: no test touches the network
@@ -159,13 +157,19 @@ def test_read_only_root_with_unpacked_files_is_used_in_place(tiny_mnist_root, tm
 
 
 # ---------------------------------------------------------------------------------------------
-# Loaders: the DataLoader path and the on-device path give the same batches' distribution
+# The trainer's two batch paths (DataLoader and on-device) give the same batches' distribution
 # ---------------------------------------------------------------------------------------------
 
 
-def epochs(loader, n):
-    stream = infinite(loader)
-    return [next(stream) for _ in range(n * len(loader))]
+def batches(data, n, seed=1, on_device=False, start_batch=0, rank=0, world_size=1,
+            batch_size=16):
+    """The first ``n`` batches the trainer would draw."""
+    sampler = ResumableBatchSampler(len(data), batch_size, seed=seed, start_batch=start_batch,
+                                    rank=rank, world_size=world_size)
+    device_data = DeviceDataset.from_dataset(data, "cpu") if on_device else None
+    stream = batch_stream(data, sampler, torch.device("cpu"),
+                          torch.Generator().manual_seed(seed), device_data)
+    return [next(stream) for _ in range(n)]
 
 
 def test_preprocessed_tensor_matches_items(tiny_mnist_root, tiny_flowers_root):
@@ -188,18 +192,16 @@ def test_preprocessed_tensor_matches_items(tiny_mnist_root, tiny_flowers_root):
 
 def test_same_batches_without_flip(tiny_mnist_root):
     data = build_dataset("mnist", root=tiny_mnist_root, image_size=32)
-    loader = build_loader(data, batch_size=16, seed=3)
-    on_device = build_loader(data, batch_size=16, seed=3, on_device="cpu")
-    assert isinstance(on_device, TensorBatchLoader) and len(loader) == len(on_device) == 4
-    for (x, y), (x_dev, y_dev) in zip(epochs(loader, 2), epochs(on_device, 2), strict=True):
+    for (x, y), (x_dev, y_dev) in zip(batches(data, 8, seed=3),
+                                      batches(data, 8, seed=3, on_device=True), strict=True):
         assert x_dev.dtype == torch.float32 and x_dev.shape == (16, 1, 32, 32)
         assert torch.equal(x, x_dev) and torch.equal(y, y_dev)
 
 
-def flip_fraction(batches, reference):
+def flip_fraction(stream, reference):
     """Share of images that are the mirror of their reference (labels are dataset indices)."""
     flipped = total = 0
-    for x, index in batches:
+    for x, index in stream:
         ref = reference[index]
         is_flip = (x == ref.flip(-1)).flatten(1).all(1)
         assert (is_flip | (x == ref).flatten(1).all(1)).all()
@@ -213,16 +215,13 @@ def test_flip_distribution_matches(tiny_mnist_root):
     data.source.targets = torch.arange(len(data))  # labels become indices, to find references
     reference = data.preprocessed()[0].float() / 127.5 - 1
     torch.manual_seed(0)
-    loader_batches = epochs(build_loader(data, batch_size=16, seed=1), 30)
-    on_device = build_loader(data, batch_size=16, seed=1, on_device="cpu")
-    dev_batches = epochs(on_device, 30)
+    loader_batches = batches(data, 120)
+    dev_batches = batches(data, 120, on_device=True)
 
     for (_, y), (_, y_dev) in zip(loader_batches, dev_batches, strict=True):
         assert torch.equal(y, y_dev)  # the same images in the same order
-    f_loader, f_dev = (
-        flip_fraction(loader_batches, reference),
-        flip_fraction(dev_batches, reference),
-    )
+    f_loader, f_dev = flip_fraction(loader_batches, reference), flip_fraction(dev_batches,
+                                                                              reference)
     assert abs(f_loader - 0.5) < 0.06 and abs(f_dev - 0.5) < 0.06
     x_loader = torch.cat([x for x, _ in loader_batches])
     x_dev = torch.cat([x for x, _ in dev_batches])
@@ -230,53 +229,27 @@ def test_flip_distribution_matches(tiny_mnist_root):
     assert (x_dev.mean(0) - x_loader.mean(0)).abs().max() < 0.25
     assert (x_dev.std(0) - x_loader.std(0)).abs().mean() < 0.05
 
-    again = epochs(build_loader(data, batch_size=16, seed=1, on_device="cpu"), 2)
-    assert all(
-        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-        for a, b in zip(again, dev_batches, strict=False)
-    )
-    other = epochs(build_loader(data, batch_size=16, seed=2, on_device="cpu"), 1)
+    again = batches(data, 8, on_device=True)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+               for a, b in zip(again, dev_batches, strict=False))
+    other = batches(data, 1, seed=2, on_device=True)
     assert not torch.equal(other[0][1], dev_batches[0][1])
     assert not torch.equal(dev_batches[0][1], dev_batches[4][1])  # reshuffled each epoch
     assert sorted(torch.cat([y for _, y in dev_batches[4:8]]).tolist()) == list(range(64))
 
 
-def test_loader_options(tiny_mnist_root):
-    data = build_dataset("mnist", root=tiny_mnist_root, split="test")
-    assert len(build_loader(data, batch_size=10, drop_last=False)) == 4
-    ordered = build_loader(data, batch_size=8, shuffle=False, on_device=True, device="cpu")
-    assert next(iter(ordered))[1].tolist() == list(range(8))
-    with pytest.raises(ValueError, match="larger than the 32 images"):
-        build_loader(data, batch_size=64)
-
-
-# ---------------------------------------------------------------------------------------------
-# The real datasets (skipped when they are not there)
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
-def test_real_mnist_like(shared_data_root, tmp_path_factory, name):
-    cache = tmp_path_factory.getbasetemp() / "cache"
-    train = build_dataset(name, root=shared_data_root, cache_dir=cache)
-    test = build_dataset(name, root=shared_data_root, split="test", cache_dir=cache, image_size=32)
-    assert (len(train), len(test)) == (60000, 10000)
-    assert train[0][0].shape == (1, 28, 28) and test[0][0].shape == (1, 32, 32)
-    assert torch.bincount(train.source.targets).tolist()[0] in (5923, 6000)
-
-
-def test_real_flowers_trainval(shared_data_root, tmp_path):
-    if not (shared_data_root / "flowers-102" / "jpg").is_dir():
-        pytest.skip("Flowers102 not among the real datasets")
-    data = build_dataset(
-        "flowers102",
-        root=shared_data_root,
-        image_size=64,
-        center_crop=True,
-        random_flip=True,
-        cache_dir=tmp_path,
-    )
-    assert isinstance(data, ImageDataset) and len(data) == 2040
-    x, y = data[2039]
-    assert x.shape == (3, 64, 64) and -1 <= x.min() < x.max() <= 1 and 0 <= y < 102
-    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # read in place, nothing cached
+def test_batch_order_resumes_and_shards(tiny_mnist_root):
+    data = build_dataset("mnist", root=tiny_mnist_root, split="test")  # 32 images
+    data.source.targets = torch.arange(len(data))
+    full = [y for _, y in batches(data, 6, batch_size=8)]
+    resumed = [y for _, y in batches(data, 3, batch_size=8, start_batch=3)]
+    assert all(torch.equal(a, b) for a, b in zip(resumed, full[3:], strict=True))
+    for on_device in (False, True):
+        shards = [batches(data, 6, batch_size=8, rank=r, world_size=2, on_device=on_device)
+                  for r in range(2)]
+        for step, expected in enumerate(full):
+            assert torch.equal(torch.cat([shards[0][step][1], shards[1][step][1]]), expected)
+    with pytest.raises(ValueError, match="fewer than one batch of 64"):
+        ResumableBatchSampler(len(data), 64)
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
+        ResumableBatchSampler(len(data), 9, world_size=2)

@@ -1,15 +1,10 @@
-"""torchvision datasets -> image tensors in [-1, 1], and the loaders that batch them.
+"""torchvision datasets -> image tensors in [-1, 1].
 
-Two ways to feed a trainer, giving batches from the same distribution:
-
-- ``build_loader(dataset, ...)``: a ``DataLoader`` over ``ImageDataset`` items, each
-  preprocessed (resize, centre crop), randomly flipped and scaled on the fly;
-- ``build_loader(dataset, ..., on_device="cuda")``: the whole split preprocessed once into one
-  uint8 tensor on the device (``DeviceDataset``); ``TensorBatchLoader`` indexes, flips and
-  scales batches there, so small datasets cost no per-step host work.
-
-Both draw their order from the same sampler, so with the same seed they visit the same images
-in the same order; only the flip coin flips come from different generators.
+``build_dataset`` gives an ``ImageDataset`` whose items are preprocessed (resize, centre
+crop), randomly flipped and scaled on the fly, for a ``DataLoader``. ``DeviceDataset`` holds
+a whole split preprocessed once as one uint8 tensor on the training device, and gathers,
+flips and scales batches there, so small datasets cost no per-step host work. The trainer
+(``diffusion.training.batches``) feeds either from the same batch order.
 
 Data lives under ``root`` (argument, else ``$DIFFUSION_DATA``, else ``./data``) in torchvision's
 layout. A read-only root works: whatever torchvision would write (decompressed MNIST files, a
@@ -23,7 +18,6 @@ import hashlib
 import os
 import re
 import socket
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +25,7 @@ from pathlib import Path
 import torch
 import torchvision.transforms.v2.functional as TF
 from filelock import FileLock
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity
 
@@ -358,36 +352,12 @@ def build_dataset(
 
 
 # ---------------------------------------------------------------------------------------------
-# Loaders
+# On-device data
 # ---------------------------------------------------------------------------------------------
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-class EpochSampler(Sampler[int]):
-    """Indices ``0..n-1``, shuffled by a permutation that depends only on (seed, epoch).
-
-    Like ``DistributedSampler`` for one process: call ``set_epoch`` before each pass (the
-    ``infinite`` helper does). A run resumed at epoch ``e`` sees the same order again.
-    """
-
-    def __init__(self, n: int, shuffle: bool = True, seed: int = 0):
-        self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        return iter(
-            torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)).tolist()
-        )
 
 
 class DeviceDataset:
@@ -426,107 +396,3 @@ class DeviceDataset:
         if self.random_flip and flip is not None:
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return to_model_range(x), self.labels[index]
-
-
-class TensorBatchLoader:
-    """Batches of a ``DeviceDataset``, made on its device: gather, random flip, scale to [-1, 1].
-
-    One pass per ``iter()``, like a ``DataLoader``; ``set_epoch`` reshuffles (the order comes
-    from ``sampler``, by default the same ``EpochSampler`` a ``DataLoader`` gets from
-    ``build_loader``), and the flips are drawn from a generator seeded by (seed, epoch).
-    """
-
-    def __init__(
-        self,
-        data: DeviceDataset,
-        batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        drop_last: bool = True,
-        sampler: Sampler | None = None,
-    ):
-        self.data, self.batch_size, self.drop_last, self.seed = data, batch_size, drop_last, seed
-        self.sampler = sampler if sampler is not None else EpochSampler(len(data), shuffle, seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        device = self.data.device
-        order = torch.as_tensor(list(self.sampler), dtype=torch.int64)
-        flips = torch.rand(len(order), generator=epoch_generator(self.seed, self.epoch)) < 0.5
-        order = order.to(device, non_blocking=True)
-        flips = flips.to(device, non_blocking=True)
-        for batch in range(len(self)):
-            window = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
-            yield self.data.batch(order[window], flips[window])
-
-
-def build_loader(
-    dataset: ImageDataset,
-    batch_size: int,
-    shuffle: bool = True,
-    num_workers: int = 0,
-    seed: int = 0,
-    drop_last: bool = True,
-    on_device: bool | str | torch.device | None = None,
-    device: str | torch.device | None = None,
-    sampler: Sampler | None = None,
-) -> DataLoader | TensorBatchLoader:
-    """An iterable over one epoch of ``(x, y)`` batches; wrap it in ``infinite`` to train.
-
-    ``on_device`` (a device, or True for ``device``) holds the dataset on that device as uint8
-    and batches there (``TensorBatchLoader``); otherwise a ``DataLoader`` whose order and worker
-    seeds come from ``seed``. ``sampler`` replaces the default ``EpochSampler`` (for example a
-    ``DistributedSampler``). ``device`` is the training device, used to decide on pinned memory.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if sampler is None:
-        sampler = EpochSampler(len(dataset), shuffle, seed)
-    if len(sampler) < batch_size and drop_last:
-        raise ValueError(
-            f"batch_size {batch_size} is larger than the {len(sampler)} images "
-            f"of {dataset.name} {dataset.split} (with drop_last=true)"
-        )
-    if on_device is not None and on_device is not False:
-        target = device if on_device is True else on_device
-        data = DeviceDataset.from_dataset(dataset, target or "cpu", num_workers)
-        return TensorBatchLoader(data, batch_size, shuffle, seed, drop_last, sampler)
-    pin = (
-        num_workers > 0
-        and torch.cuda.is_available()
-        and torch.device(device or "cpu").type == "cuda"
-    )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        generator=torch.Generator().manual_seed(seed),
-        pin_memory=pin,
-        persistent_workers=num_workers > 0,
-    )
-
-
-def infinite(loader, start_epoch: int = 0) -> Iterator:
-    """Re-iterate ``loader`` forever, calling ``set_epoch`` (on it or its sampler) each pass."""
-    set_epoch: Callable[[int], None] | None = getattr(loader, "set_epoch", None) or getattr(
-        getattr(loader, "sampler", None), "set_epoch", None
-    )
-    if len(loader) == 0:
-        raise ValueError("the loader yields no batches: lower batch_size or set drop_last=false")
-    epoch = start_epoch
-    while True:
-        if set_epoch is not None:
-            set_epoch(epoch)
-        yield from loader
-        epoch += 1

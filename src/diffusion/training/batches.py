@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
-from diffusion.data import epoch_generator
+from diffusion.data import DeviceDataset, epoch_generator
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -51,3 +51,28 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:  # one epoch; the stream itself never ends
         return self.batches_per_epoch
+
+
+def batch_stream(dataset, sampler: ResumableBatchSampler, device: torch.device,
+                 generator: torch.Generator, device_data: DeviceDataset | None = None,
+                 num_workers: int = 0) -> Iterator:
+    """Endless (x, y) batches in ``sampler``'s order.
+
+    With ``device_data`` (``data.on_device``) the uint8 images already sit on the training
+    device and batches are gathered, flipped and scaled there; flips come from
+    ``generator``, drawn for the whole global batch and sliced like the indices. Otherwise
+    a DataLoader runs the dataset's own transforms (flips from the global RNG).
+    """
+    if device_data is None:
+        yield from DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                              pin_memory=device.type == "cuda",
+                              persistent_workers=num_workers > 0,
+                              generator=torch.Generator().manual_seed(sampler.seed))
+        return
+    start = sampler.rank * sampler.local_batch
+    for indices in sampler:
+        flip = None
+        if device_data.random_flip:
+            coins = torch.rand(sampler.batch_size, device=device, generator=generator) < 0.5
+            flip = coins[start:start + sampler.local_batch]
+        yield device_data.batch(torch.as_tensor(indices, device=device), flip)

@@ -28,7 +28,7 @@ from diffusion.data import DeviceDataset
 from diffusion.device import autocast, resolve_device, resolve_precision
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import checkpoint as ckpt
-from diffusion.training.batches import ResumableBatchSampler
+from diffusion.training.batches import ResumableBatchSampler, batch_stream
 from diffusion.training.config import TrainerConfig
 from diffusion.training.ema import EMA
 from diffusion.training.loggers import JsonlLogger, Logger, LoggerGroup
@@ -116,23 +116,8 @@ class Trainer:
         sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed=self.seed,
                                         start_batch=start_batch, rank=self.rank,
                                         world_size=self.world_size)
-        if self.device_data is None:
-            return iter(DataLoader(self.train_set, batch_sampler=sampler,
-                                   num_workers=self.num_workers,
-                                   pin_memory=self.device.type == "cuda",
-                                   persistent_workers=self.num_workers > 0,
-                                   generator=torch.Generator().manual_seed(self.seed)))
-        return self._device_batches(sampler)
-
-    def _device_batches(self, sampler) -> Iterator:
-        """Batches gathered, flipped and scaled on the training device (``data.on_device``)."""
-        data = self.device_data
-        for indices in sampler:
-            index = torch.as_tensor(indices, device=self.device)
-            flip = self._local(torch.rand(self.batch_size, device=self.device,
-                                          generator=self.noise_generator) < 0.5
-                               ) if data.random_flip else None
-            yield data.batch(index, flip)
+        return batch_stream(self.train_set, sampler, self.device, self.noise_generator,
+                            self.device_data, self.num_workers)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
