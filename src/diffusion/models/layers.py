@@ -282,6 +282,12 @@ class AttentionBlock(nn.Module):
 
     Convolutions only see a neighbourhood; attention at a low resolution lets
     every position see the whole image at modest cost.
+
+    The 1x1 projections are kept as convolution weights (the checkpoint format)
+    but applied as matrix multiplies over pixel tokens: q, k and v then come out
+    with a unit stride along the head dimension, which the fused
+    scaled-dot-product kernels need (flash attention, on the CPU too); strided
+    inputs send PyTorch to its much slower unfused path.
     """
 
     def __init__(self, channels: int, num_heads: int = 1, norm_groups: int = 32):
@@ -293,15 +299,13 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height = x.shape[-2]
-        q, k, v = rearrange(
-            self.qkv(self.norm(x)),
-            "b (three heads d) h w -> three b heads (h w) d",
-            three=3,
-            heads=self.num_heads,
-        )
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = rearrange(out, "b heads (h w) d -> b (heads d) h w", h=height)
-        return x + self.proj(out)
+        tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)
+        q, k, v = rearrange(qkv, "b n (three heads d) -> three b heads n d", three=3,
+                            heads=self.num_heads)
+        out = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> b n (heads d)")
+        out = F.linear(out, self.proj.weight.flatten(1), self.proj.bias)
+        return x + rearrange(out, "b (h w) c -> b c h w", h=height)
 
 
 class Downsample(nn.Module):

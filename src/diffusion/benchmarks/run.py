@@ -1,0 +1,262 @@
+"""Build each side, warm it up, time every operation with the sides taking turns, and report.
+
+Memory is measured while a side is built and warmed up (training: model, optimizer state, EMA
+and activations; sampling: what a sampling call adds on top). Times are medians over
+``bench.repeats`` repeats after ``bench.warmup`` untimed calls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from diffusion.benchmarks.measure import (
+    MemoryMeter,
+    count_flops,
+    format_table,
+    matmul_peak_flops,
+    time_interleaved,
+    top_ops,
+    warm_up,
+)
+from diffusion.benchmarks.ours import OurSide, Side, bench_dataset
+from diffusion.builders import validate
+from diffusion.device import resolve_device, resolve_precision
+from diffusion.training.config import ConfigError
+
+OPERATIONS = {"train": "train_step", "sample": "sample", "data": "next_batch",
+              "ema": "ema_update"}
+
+ROWS = [  # (label, key, format); higher is better except where the label says otherwise
+    ("parameters (M)", "params_m", "{:.3f}"),
+    ("train images/s", "train_images_per_s", "{:.2f}"),
+    ("sample images*steps/s", "sample_images_steps_per_s", "{:.2f}"),
+    ("data images/s", "data_images_per_s", "{:.0f}"),
+    ("EMA update ms (lower is better)", "ema_update_ms", "{:.2f}"),
+    ("train peak MiB (lower is better)", "train_peak_mib", "{:.0f}"),
+    ("sample peak MiB (lower is better)", "sample_peak_mib", "{:.0f}"),
+    ("train GFLOP/image", "train_gflop_per_image", "{:.3f}"),
+    ("train TFLOP/s", "train_tflop_per_s", "{:.3f}"),
+    ("MFU % (of measured bf16 matmul peak)", "mfu_percent", "{:.1f}"),
+]
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPU core(s)"
+
+
+def _build_and_warm(name, factory, device, warmup: int, warm: dict) -> tuple[Side, dict]:
+    """Build a side and warm each operation up, measuring the memory of training and
+    sampling on the way."""
+    with MemoryMeter(device) as train_memory:
+        side = factory()
+        warm["train"][name] = warm_up(side.train_step, device, warmup)
+    with MemoryMeter(device) as sample_memory:
+        warm["sample"][name] = warm_up(side.sample, device, warmup)
+    warm["data"][name] = warm_up(side.next_batch, device, warmup + 1)  # +1: worker start-up
+    warm["ema"][name] = warm_up(side.ema_update, device, warmup + 1)
+    return side, {"train_peak_mib": train_memory.peak_mib,
+                  "sample_peak_mib": sample_memory.peak_mib, "memory_kind": train_memory.kind}
+
+
+def _results(side: Side, timings: dict, memory: dict, cfg: DictConfig, flops: dict | None,
+             peak: float | None) -> dict:
+    batch, bench = cfg.data.batch_size, cfg.bench
+    train_s = timings["train"].median
+    out = {
+        "params": side.num_params, "params_m": side.num_params / 1e6,
+        "train_images_per_s": batch / train_s,
+        "sample_images_steps_per_s": bench.sample_n * bench.sample_steps
+        / timings["sample"].median,
+        "data_images_per_s": batch / timings["data"].median,
+        "ema_update_ms": 1000 * timings["ema"].median,
+        **memory,
+        "info": side.info,
+        "timings": {op: t.to_dict() for op, t in timings.items()},
+    }
+    if flops is not None:
+        out["train_gflop_per_image"] = flops["train"] / batch / 1e9
+        out["sample_gflop_per_image_step"] = flops["sample"] / bench.sample_n / 1e9
+        out["train_tflop_per_s"] = flops["train"] / train_s / 1e12
+        if peak:
+            out["mfu_percent"] = 100 * flops["train"] / train_s / peak
+    return out
+
+
+def run_benchmark(cfg: DictConfig, command: str = "") -> dict:
+    """Measure the configured model (and, with ``vs=diffusers``, diffusers' counterpart);
+    returns everything that goes into the JSON record."""
+    validate(cfg)
+    bench = cfg.bench
+    if cfg.vs not in (None, "diffusers"):
+        raise ConfigError(f"vs must be diffusers or null; got {cfg.vs!r}.")
+    if bench.flops not in ("auto", True, False):
+        raise ConfigError(f"bench.flops must be auto, true or false; got {bench.flops!r}.")
+    for key in ("repeats", "sample_n", "sample_steps"):
+        if not isinstance(bench[key], int) or bench[key] < 1:
+            raise ConfigError(f"bench.{key} must be a positive integer; got {bench[key]!r}.")
+    try:
+        device = resolve_device(cfg.trainer.device)
+        precision = resolve_precision(cfg.trainer.precision, device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    threads = torch.get_num_threads()
+    if bench.num_threads:
+        torch.set_num_threads(int(bench.num_threads))
+    try:
+        return _measure(cfg, device, precision, command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str) -> dict:
+    bench = cfg.bench
+    count_ops = bench.flops is True or (bench.flops == "auto" and device.type == "cuda")
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    started = time.time()
+
+    with tempfile.TemporaryDirectory(prefix="diffusion-bench-") as tmp:
+        workdir = Path(tmp)
+        train_set, data_source = bench_dataset(cfg, workdir)
+        factories = {"ours": lambda: OurSide(cfg, train_set, device, workdir)}
+        if cfg.vs == "diffusers":
+            from diffusion.benchmarks.diffusers_side import DiffusersSide
+
+            factories["diffusers"] = lambda: DiffusersSide(
+                cfg, sides["ours"].num_params, train_set, device, precision)
+        sides: dict[str, Side] = {}
+        memory: dict[str, dict] = {}
+        warm: dict[str, dict] = {op: {} for op in OPERATIONS}
+        for name, factory in factories.items():
+            sides[name], memory[name] = _build_and_warm(name, factory, device, bench.warmup,
+                                                        warm)
+        timings = {op: time_interleaved({n: getattr(s, method) for n, s in sides.items()},
+                                        device, bench.repeats, bench.min_time_s, warm[op])
+                   for op, method in OPERATIONS.items()}
+        flops = ({n: {"train": count_flops(s.forward_backward), "sample": count_flops(s.forward)}
+                  for n, s in sides.items()} if count_ops else {})
+        peak = matmul_peak_flops(device) if count_ops and device.type == "cuda" else None
+        profiles = ({n: {"train": top_ops(s.train_step, device),
+                         "sample": top_ops(s.sample, device)} for n, s in sides.items()}
+                    if bench.profile else {})
+        for side in sides.values():
+            side.close()
+        results = {name: _results(side, {op: timings[op][name] for op in OPERATIONS},
+                                  memory[name], cfg, flops.get(name), peak)
+                   for name, side in sides.items()}
+
+    record = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "command": command,
+        "device": device.type,
+        "machine": _machine(device),
+        "precision": precision,
+        "num_threads": torch.get_num_threads(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "duration_s": time.time() - started,
+        "versions": _versions(),
+        "data_source": data_source,
+        "batch_size": cfg.data.batch_size,
+        "matmul_peak_tflop_per_s": peak / 1e12 if peak else None,
+        "results": results,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    if "diffusers" in results:
+        record["ratios_ours_over_diffusers"] = {
+            key: results["ours"][key] / results["diffusers"][key]
+            for _, key, _ in ROWS if _ratio_defined(results, key)}
+    if profiles:
+        record["profiles"] = profiles
+    return record
+
+
+def _ratio_defined(results: dict, key: str) -> bool:
+    values = [results[n].get(key) for n in ("ours", "diffusers")]
+    return all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in values)
+
+
+def _versions() -> dict:
+    import torchvision
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "torchvision": torchvision.__version__}
+    try:
+        import diffusers
+
+        versions["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def output_path(cfg: DictConfig, record: dict) -> Path:
+    """``bench.out``, else ``experiments/bench/<name>-<device>-<precision>-b<batch>[...].json``."""
+    if cfg.bench.out:
+        return Path(cfg.bench.out)
+    parts = [cfg.name, record["device"], record["precision"], f"b{cfg.data.batch_size}"]
+    parts += [flag for flag in ("compile", "channels_last") if cfg.trainer[flag]]
+    if cfg.data.on_device:
+        parts.append("on_device")
+    if cfg.vs:
+        parts.append(f"vs_{cfg.vs}")
+    return Path(cfg.paths.root_dir) / "experiments" / "bench" / f"{'-'.join(map(str, parts))}.json"
+
+
+def write_record(record: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def report(record: dict) -> str:
+    """The table printed at the end of a run (and the settings that produced it)."""
+    results = record["results"]
+    names = list(results)
+    header = ["", *names] + (["ours/diffusers"] if "diffusers" in names else [])
+    rows = []
+    for label, key, fmt in ROWS:
+        if not any(key in results[n] for n in names):
+            continue
+        row = [label] + [fmt.format(results[n][key]) if key in results[n] else "-"
+                         for n in names]
+        if "diffusers" in names:
+            ratio = record["ratios_ours_over_diffusers"].get(key)
+            row.append(f"{ratio:.2f}x" if ratio is not None else "-")
+        rows.append(row)
+    ours = results["ours"]["info"]
+    load = record["load_average_before"]
+    lines = [
+        f"{record['date']}  {record['machine']}  ({record['device']}, {record['precision']}, "
+        f"{record['num_threads']} thread(s), load average {load[0]:.2f})" if load else
+        f"{record['date']}  {record['machine']}  ({record['device']}, {record['precision']})",
+        f"batch {record['batch_size']}, compile={ours['compile']}, "
+        f"channels_last={ours['channels_last']}, optimizer {ours['optimizer']} "
+        f"({ours['optimizer_impl']}), EMA every {ours['ema_every']}; data: "
+        f"{record['data_source']}; memory: {results['ours']['memory_kind']}",
+    ]
+    if "diffusers" in names:
+        n_ours, n_theirs = results["ours"]["params"], results["diffusers"]["params"]
+        lines.append(f"parameters: ours {n_ours:,}, diffusers UNet2DModel {n_theirs:,} "
+                     f"({100 * (n_theirs / n_ours - 1):+.2f}%)")
+    return "\n".join([*lines, "", format_table(header, rows)])
