@@ -55,7 +55,7 @@ def environment(seed: int | None = None, device: torch.device | None = None) -> 
     import torchvision
 
     env = {
-        "command": [sys.executable, *sys.argv],
+        "command": list(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "host": socket.gethostname(),
         "python": platform.python_version(),
