@@ -146,7 +146,7 @@ class OurSide(Side):
 
     def next_batch(self) -> None:
         if self._data is None:
-            self._data = self.trainer._batches(0)  # the trainer's own data path
+            self._data = self.trainer.batches(0)  # the trainer's own data path
         next(self._data)
 
     def ema_update(self) -> None:

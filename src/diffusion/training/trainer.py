@@ -103,14 +103,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _build_optimizer(self, factory) -> torch.optim.Optimizer:
-        """Fused AdamW/Adam on CUDA unless the config says otherwise."""
-        if (self.device.type == "cuda" and isinstance(factory, functools.partial)
+        """Fused AdamW/Adam (CUDA and CPU kernels) unless the config says otherwise."""
+        if (self.device.type in ("cuda", "cpu") and isinstance(factory, functools.partial)
                 and factory.func in (torch.optim.Adam, torch.optim.AdamW)
                 and "fused" not in factory.keywords and "foreach" not in factory.keywords):
             factory = functools.partial(factory, fused=True)
         return factory(self.model.parameters())
 
-    def _batches(self, start_batch: int) -> Iterator:
+    def batches(self, start_batch: int) -> Iterator:
         """Endless (x, y) batches from global batch ``start_batch`` on, in an order that
         depends only on the seed (so a resumed run sees the batches it would have seen)."""
         sampler = ResumableBatchSampler(len(self.train_set), self.batch_size, seed=self.seed,
@@ -294,7 +294,7 @@ class Trainer:
         """Train to ``max_steps``; returns the last logged metrics."""
         cfg = self.cfg
         self.model.train()
-        batches = self._batches(self.step * cfg.grad_accum)
+        batches = self.batches(self.step * cfg.grad_accum)
         bar = tqdm(total=cfg.max_steps, initial=self.step,
                    disable=not cfg.progress or not self.is_main,
                    dynamic_ncols=True, desc="train")
