@@ -74,21 +74,23 @@ class DiffusionPipeline:
         """Draw ``n`` samples with ``steps`` reverse steps (default: all training steps).
 
         ``noise`` fixes the starting x_T (used for comparable grids across training);
-        ``generator`` makes the whole draw reproducible. Batches of ``batch_size``.
+        ``generator`` makes the whole draw reproducible. Batches of ``batch_size``: x_T is
+        drawn for all ``n`` first, so deterministic samplers (DDIM, eta=0) give the same
+        images for any batch size; DDPM's per-step noise follows the batching.
         """
         sched = make_sampler(self.scheduler, sampler)
         steps = steps or sched.config["num_train_timesteps"]
         sched.set_timesteps(steps, device=self.device)
         if noise is not None and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
+        if noise is None:  # drawn whole, so x_T does not depend on batch_size
+            noise = torch.randn((n, *self.sample_shape), generator=generator,
+                                device=generator.device if generator is not None else "cpu")
         images, chains = [], []
         starts = range(0, n, batch_size)
         for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
             b = min(batch_size, n - start)
-            x = (noise[start:start + b].to(self.device) if noise is not None else
-                 torch.randn((b, *self.sample_shape), generator=generator,
-                             device=generator.device if generator is not None else "cpu")
-                 .to(self.device))
+            x = noise[start:start + b].to(self.device)
             yb = None if y is None else y[start:start + b].to(self.device)
             out, chain = self._denoise(sched, x, yb, generator, eta, return_chain, chain_frames)
             images.append(out.float().cpu())
