@@ -173,6 +173,8 @@ def _command(cfg: DictConfig, steps: list[int]) -> str:
     """The command line that repeats this evaluation."""
     args = [f"run={cfg.run}", f"n={cfg.n}", f"sampler={cfg.sampler}",
             "steps=" + ",".join(map(str, steps))]
+    if cfg.sampler == "ddpm" or cfg.eta:  # stochastic steps draw noise batch by batch
+        args.append(f"batch_size={cfg.batch_size}")
     if cfg.metrics.features != "domain":
         args.append(f"metrics.features={cfg.metrics.features}")
     return " ".join(["python -m diffusion.evaluate", *args])

@@ -240,7 +240,9 @@ def write_report(sweeps: list[Path], out: Path, title: str | None = None) -> Pat
     lines += ["## Commands", "", "```bash"]
     lines += [c for s in sweeps if (c := sweep_command(s))]
     lines += sorted({e["command"] for j in jobs for e in j.evals.values() if e.get("command")})
-    lines += [f"python -m diffusion.report sweep={_sweep_arg(sweeps)} out={out}", "```", "",
+    title_arg = f' "title={title!r}"' if title else ""
+    lines += [f"python -m diffusion.report sweep={_sweep_arg(sweeps)} out={out}{title_arg}",
+              "```", "",
               f"Git commit {commit}; device {env.get('device_name') or env.get('device')}; "
               f"started {env.get('started', 'unknown')}; torch {env.get('torch', '?')}.", "",
               "## Results", ""]

@@ -158,12 +158,12 @@ def plot_fid_vs_steps(runs: dict[str, list[dict]], path: str | Path) -> Path:
             steps, fids = zip(*sorted(points), strict=True)
             ax.plot(steps, fids, marker="o", color=f"C{i}", linestyle=["-", "--", ":"][j % 3],
                     label=f"{label} {sampler} (n={n})")
-    for n, floor in sorted(floors.items()):
-        ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(f"data floor n={n}: {floor:.2f}", (ax.get_xlim()[0], floor), fontsize=7,
-                    color="grey", va="bottom")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for n, floor in sorted(floors.items()):
+        ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
+        ax.text(0.01, floor, f"data floor, n={n}: {floor:.2f}", fontsize=7, color="grey",
+                va="bottom", transform=ax.get_yaxis_transform())
     ax.set_xlabel("sampling steps")
     ax.set_ylabel("FID")
     ax.grid(alpha=0.3, which="both")
