@@ -110,6 +110,33 @@ def test_pipeline_from_run_is_reproducible(trained_run, sampler):
         torch.testing.assert_close(a, draw(3, batch_size=2))
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_chunked_sampling_is_reproducible_and_chunk_seeded(trained_run, sampler):
+    """``sample_across_ranks`` in one process: chunk c draws its step noise from its own seed,
+    so it equals the plain pipeline given that chunk's x_T and generator."""
+    from diffusion.pipeline import chunk_seed
+
+    pipe = DiffusionPipeline.from_run(trained_run, device="cpu")
+    noise = torch.randn((5, 1, 28, 28), generator=torch.Generator().manual_seed(1))
+    out = pipe.sample_across_ranks(5, noise=noise, seed=7, chunk_size=2, steps=3,
+                                   sampler=sampler, return_chain=True, chain_frames=3)
+    assert out.images.shape == (5, 1, 28, 28) and out.chain.shape == (5, 3, 1, 28, 28)
+    for index, start in enumerate((0, 2, 4)):
+        chunk = pipe(len(noise[start:start + 2]), steps=3, sampler=sampler,
+                     noise=noise[start:start + 2],
+                     generator=torch.Generator().manual_seed(chunk_seed(7, index))).images
+        torch.testing.assert_close(out.images[start:start + 2], chunk, rtol=0, atol=0)
+    again = pipe.sample_across_ranks(5, noise=lambda start, size: noise[start:start + size],
+                                     seed=7, chunk_size=2, steps=3, sampler=sampler)
+    torch.testing.assert_close(again.images, out.images, rtol=0, atol=0)
+    other = pipe.sample_across_ranks(5, noise=noise, seed=8, chunk_size=2, steps=3,
+                                     sampler=sampler).images
+    assert torch.equal(other, out.images) == (sampler == "ddim")  # eta=0 draws no step noise
+    assert len({chunk_seed(s, c) for s in range(50) for c in range(50)}) == 2500
+    with pytest.raises(ValueError, match="noise has 5 samples but n=4"):
+        pipe.sample_across_ranks(4, noise=noise, seed=0)
+
+
 def test_sample_in_process_matches_pipeline(trained_run, tmp_path):
     cfg = compose_config([f"run={trained_run}", "steps=2", "n=4", f"out={tmp_path}/g.png",
                           "save_tensors=true"], config_name="sample")

@@ -9,6 +9,7 @@ run computes the same function of the config whatever the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -70,6 +71,37 @@ def broadcast_object(obj):
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def all_gather_object(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` when alone)."""
+    if world_size() == 1:
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def all_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of ``value`` over ranks (identity when alone)."""
+    if world_size() == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first, the other ranks after it: for work that fills a cache
+    (a feature network, reference features) which the others then only read."""
+    if not is_main():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
 
 
 def max_param_difference(module: torch.nn.Module) -> float:

@@ -21,6 +21,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from diffusion import distributed as dist
 from diffusion.cli import CONF_DIR, USER_ERRORS, fail
 from diffusion.metrics import DataRef, FeatureNetworkError, FidEvaluator, FidResult, FidScorer
 from diffusion.training.config import ConfigError
@@ -49,13 +50,15 @@ def build_scorer(metrics: DictConfig, data: DictConfig, device: str | torch.devi
     """A ``FidScorer`` for the data a run trains on, as ``metrics`` (conf/metrics) says."""
     ref = DataRef(dataset=data.name, root=root or data.get("root"),
                   image_size=data.get("image_size"), center_crop=bool(data.get("center_crop")))
-    features = feature_network(metrics, ref, device, progress=True)
-    if getattr(features, "accuracy", None) is not None:
-        print(f"Feature network {features.feature_id}: test accuracy "
-              f"{100 * features.accuracy:.2f}%", flush=True)
-    return FidScorer(features, ref, reference_n=metrics.get("reference_n"), kid=metrics.kid,
-                     kid_subset_size=metrics.kid_subset_size, batch_size=metrics.batch_size,
-                     seed=metrics.seed, cache_dir=metrics.get("cache_dir"), progress=progress)
+    with dist.main_first():  # rank 0 trains or extracts and caches; the others read the cache
+        features = feature_network(metrics, ref, device, progress=dist.is_main())
+        if getattr(features, "accuracy", None) is not None and dist.is_main():
+            print(f"Feature network {features.feature_id}: test accuracy "
+                  f"{100 * features.accuracy:.2f}%", flush=True)
+        return FidScorer(features, ref, reference_n=metrics.get("reference_n"), kid=metrics.kid,
+                         kid_subset_size=metrics.kid_subset_size, batch_size=metrics.batch_size,
+                         seed=metrics.seed, cache_dir=metrics.get("cache_dir"),
+                         progress=progress and dist.is_main())
 
 
 def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -> FidEvaluator:
@@ -143,16 +146,20 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     scorer = build_scorer(cfg.metrics, run_cfg.data, device=pipe.device, progress=True,
                           root=cfg.data_root)
     results, entries = [], {}
-    jsonl = JsonlLogger(run / "metrics.jsonl")
+    main = dist.is_main()  # under torchrun every rank samples its share; rank 0 writes
+    jsonl = JsonlLogger(run / "metrics.jsonl") if main else None
     for steps in steps_list:
         start = time.perf_counter()
         result = scorer.score_pipeline(pipe, cfg.n, sampler=cfg.sampler, steps=steps,
                                        batch_size=cfg.batch_size, eta=cfg.eta)
         seconds = time.perf_counter() - start
-        print(f"{result}  [{seconds:.0f} s]", flush=True)
         results.append(result)
+        if not main:
+            continue
+        print(f"{result}  [{seconds:.0f} s]", flush=True)
         entry = {**result.to_dict(), "checkpoint": checkpoint.name, "step": step,
                  "eta": cfg.eta, "batch_size": cfg.batch_size, "seconds": round(seconds, 1),
+                 "processes": dist.world_size(), "device": str(pipe.device),
                  "command": _command(cfg, steps_list),
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         entries[entry_key(cfg.sampler, steps, cfg.n)] = entry
@@ -161,11 +168,13 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
                            "eval/kid": result.kid, "eval/n": result.n,
                            "eval/sampler": result.sampler, "eval/steps": result.steps,
                            "eval/features": result.feature_id}, step)
-    if cfg.plot:
+    if main and cfg.plot:
         path = viz.plot_fid_vs_steps({run.name: list(read_eval(run).values())},
                                      run / "figures" / "fid_vs_steps.png")
         print(f"plot: {path}")
-    print(f"eval: {run / 'eval.json'}")
+    if main:
+        print(f"eval: {run / 'eval.json'}")
+    dist.barrier()
     return results
 
 
@@ -193,10 +202,13 @@ def _list_overrides(argv: list[str], keys: tuple[str, ...] = ("steps",)) -> list
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
 def _main(cfg: DictConfig) -> None:
+    dist.init_from_env()  # torchrun --nproc_per_node=N -m diffusion.evaluate ... splits sampling
     try:
         evaluate(cfg)
     except (*USER_ERRORS, FeatureNetworkError, ValueError) as exc:
         fail(exc)
+    finally:
+        dist.shutdown()
 
 
 def main() -> None:

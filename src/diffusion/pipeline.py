@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +17,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffusion import distributed as dist
 from diffusion.device import autocast, resolve_device, resolve_precision
 from diffusion.schedulers import DDIMScheduler, DDPMScheduler
 
+NoiseFn = Callable[[int, int], torch.Tensor]  # (start, size) -> x_T of that chunk
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 
 
@@ -78,9 +82,7 @@ class DiffusionPipeline:
         drawn for all ``n`` first, so deterministic samplers (DDIM, eta=0) give the same
         images for any batch size; DDPM's per-step noise follows the batching.
         """
-        sched = make_sampler(self.scheduler, sampler)
-        steps = steps or sched.config["num_train_timesteps"]
-        sched.set_timesteps(steps, device=self.device)
+        sched = self._sampler(sampler, steps)
         if noise is not None and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
         if noise is None:  # drawn whole, so x_T does not depend on batch_size
@@ -101,6 +103,59 @@ class DiffusionPipeline:
             chain=torch.cat(chains) if chains else None,
             chain_timesteps=self._chain_timesteps(sched, chain_frames) if return_chain else None,
         )
+
+    @torch.no_grad()
+    def sample_across_ranks(self, n: int, *, noise: torch.Tensor | NoiseFn, seed: int,
+                            chunk_size: int = 256, steps: int | None = None,
+                            sampler: str = "ddim", eta: float = 0.0, y: torch.Tensor | None = None,
+                            transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                            return_chain: bool = False, chain_frames: int = 20,
+                            progress: bool = False, desc: str = "sampling") -> PipelineOutput:
+        """Draw ``n`` samples in chunks of ``chunk_size``, the chunks shared out among the
+        ranks of the process group (``torchrun``); every rank gets the whole result, in order.
+
+        ``noise`` is x_T for all ``n``, or ``noise(start, size)`` giving a chunk's x_T; the
+        callable is called for every chunk in order on every rank (so it may read one seeded
+        stream), and only the chunks a rank owns are denoised. The per-step noise of stochastic
+        samplers comes from a generator seeded by (``seed``, chunk index). So the images depend
+        on ``chunk_size`` but not on the number of processes. ``transform`` maps each chunk on
+        the rank that drew it (to FID features, say) before the gather.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}.")
+        if not callable(noise) and noise.shape[0] != n:
+            raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
+        rank, world = dist.rank(), dist.world_size()
+        starts = list(range(0, n, chunk_size))
+        mine = starts[rank::world]
+        local: dict[int, tuple] = {}
+        with tqdm(total=sum(min(chunk_size, n - s) for s in mine), desc=desc, unit="img",
+                  disable=not progress or not dist.is_main(), dynamic_ncols=True) as bar:
+            for index, start in enumerate(starts):
+                b = min(chunk_size, n - start)
+                x_t = noise(start, b) if callable(noise) else noise[start:start + b]
+                if index % world != rank:
+                    continue
+                out = self(b, steps=steps, sampler=sampler, eta=eta, noise=x_t,
+                           generator=torch.Generator().manual_seed(chunk_seed(seed, index)),
+                           y=None if y is None else y[start:start + b], batch_size=b,
+                           return_chain=return_chain, chain_frames=chain_frames)
+                images = out.images if transform is None else transform(out.images)
+                local[start] = (images, out.chain)
+                bar.update(b)
+        merged = {k: v for part in dist.all_gather_object(local) for k, v in part.items()}
+        ordered = [merged[s] for s in starts]
+        chains = [c for _, c in ordered if c is not None]
+        return PipelineOutput(
+            images=torch.cat([images for images, _ in ordered]),
+            chain=torch.cat(chains) if chains else None,
+            chain_timesteps=(self._chain_timesteps(self._sampler(sampler, steps), chain_frames)
+                             if return_chain else None))
+
+    def _sampler(self, sampler: str, steps: int | None):
+        sched = make_sampler(self.scheduler, sampler)
+        sched.set_timesteps(steps or sched.config["num_train_timesteps"], device=self.device)
+        return sched
 
     @staticmethod
     def _chain_indices(num_steps: int, frames: int) -> list[int]:
@@ -127,3 +182,8 @@ class DiffusionPipeline:
             if i + 1 in keep:
                 chain.append(x.float().cpu())
         return x, (torch.stack(chain, dim=1) if return_chain else None)
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed of chunk ``chunk``'s per-step noise: distinct streams for every (seed, chunk)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{chunk}".encode()).digest()[:8], "little") >> 1

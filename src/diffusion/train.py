@@ -50,7 +50,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if dist.world_size() > 1 and trainer_cfg.device == "auto" and torch.cuda.is_available():
         trainer_cfg.device = f"cuda:{local_rank}"
     evaluator = None
-    if trainer_cfg.eval_every and dist.is_main():  # a periodic small FID, on one rank
+    if trainer_cfg.eval_every:  # a periodic small FID; every rank samples a share
         from diffusion.evaluate import build_evaluator
 
         evaluator = build_evaluator(cfg, device=trainer_cfg.device)

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
-from tqdm.auto import tqdm
 
+from diffusion import distributed as dist
 from diffusion.data import build_dataset, dataset_info
 from diffusion.metrics.features import cache_root, to_uint8
 
@@ -106,12 +106,16 @@ class FidScorer:
         self.features, self.data = features, data
         self.batch_size, self.seed, self.progress = batch_size, seed, progress
         self.cache = cache_root(cache_dir) / features.feature_id / "reference"
-        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False)
+        # each process holds every feature it scores (the ranks gather them first), so
+        # torchmetrics must not sync its states across the process group on compute
+        self.fid = FrechetInceptionDistance(feature=features, reset_real_features=False,
+                                            sync_on_compute=False)
         with warnings.catch_warnings():  # it keeps every feature: intended, and small here
             warnings.filterwarnings("ignore", message=".*will save all extracted features")
             self.kid = (KernelInceptionDistance(feature=features, subsets=kid_subsets,
                                                 subset_size=kid_subset_size,
-                                                reset_real_features=False) if kid else None)
+                                                reset_real_features=False,
+                                                sync_on_compute=False) if kid else None)
         self.kid_subset_size = kid_subset_size
         reference = self.real_features(data.eval_split, reference_n)
         self.reference_n = len(reference)
@@ -199,26 +203,30 @@ class FidScorer:
     # ---------------------------------------------------------------- sampling
     def sample_features(self, pipeline, n: int, sampler: str, steps: int,
                         batch_size: int = 250, eta: float = 0.0) -> torch.Tensor:
-        """Features of ``n`` samples from ``pipeline``, drawn batch by batch from a generator
-        seeded with ``seed`` (the same starting noise for every sampler and step count)."""
-        generator = torch.Generator().manual_seed(self.seed)
+        """Features of ``n`` samples from ``pipeline`` on every rank, in order.
+
+        x_T is read chunk by chunk from one generator seeded with ``seed`` (the same starting
+        noise for every sampler and step count); under ``torchrun`` the chunks of
+        ``batch_size`` images are shared out among the ranks, each extracts the features of
+        its own, and the result does not depend on the number of processes.
+        """
+        stream = torch.Generator().manual_seed(self.seed)
+        shape = pipeline.sample_shape
         num_classes = getattr(pipeline.model, "num_classes", None)
-        out = []
-        with tqdm(total=n, desc=f"FID {sampler}-{steps}", unit="img",
-                  disable=not self.progress, dynamic_ncols=True) as bar:
-            for start in range(0, n, batch_size):
-                b = min(batch_size, n - start)
-                y = (torch.arange(start, start + b) % num_classes) if num_classes else None
-                images = pipeline(b, steps=steps, sampler=sampler, eta=eta, generator=generator,
-                                  y=y, batch_size=b).images
-                out.append(self.extract(images))
-                bar.update(b)
-        return torch.cat(out)
+        y = torch.arange(n) % num_classes if num_classes else None
+        return pipeline.sample_across_ranks(
+            n, noise=lambda start, size: torch.randn((size, *shape), generator=stream),
+            seed=self.seed, chunk_size=batch_size, steps=steps, sampler=sampler, eta=eta, y=y,
+            transform=self.extract, progress=self.progress, desc=f"FID {sampler}-{steps}").images
 
     def score_pipeline(self, pipeline, n: int, sampler: str = "ddim", steps: int = 50,
                        batch_size: int = 250, eta: float = 0.0) -> FidResult:
+        """Sample, extract and score; split across ranks under ``torchrun``, scored once on
+        rank 0, and the result handed to every rank."""
         features = self.sample_features(pipeline, n, sampler, steps, batch_size, eta)
-        return self.score(features=features, sampler=sampler, steps=steps)
+        result = (self.score(features=features, sampler=sampler, steps=steps)
+                  if dist.is_main() else None)
+        return dist.broadcast_object(result)
 
 
 class FidEvaluator:
@@ -238,7 +246,8 @@ class FidEvaluator:
         with torch.random.fork_rng():  # draws nothing from the training RNG streams
             self.last = self.scorer.score_pipeline(pipeline, self.n, self.sampler, self.steps,
                                                    self.batch_size)
-        print(self.last, flush=True)
+        if dist.is_main():
+            print(self.last, flush=True)
         results = {"fid": self.last.fid, "fid_floor": self.last.floor}
         if self.last.kid is not None:
             results["kid"] = self.last.kid

@@ -230,7 +230,8 @@ class Trainer:
     def validation_loss(self) -> float | None:
         """EMA-model loss on the first ``val_batches`` batches of the validation split,
         with the same noise and timesteps every time so values are comparable. It draws
-        nothing from the global RNG, so validating never changes the training stream."""
+        nothing from the global RNG, so validating never changes the training stream.
+        Under DDP every rank takes its slice of each batch (and of the noise drawn for it)."""
         if self.val_set is None:
             return None
         n = min(len(self.val_set), self.cfg.val_batches * self.batch_size)
@@ -238,37 +239,49 @@ class Trainer:
                             batch_size=self.batch_size, num_workers=self.num_workers,
                             generator=torch.Generator().manual_seed(self.seed))
         generator = torch.Generator(self.device).manual_seed(self.seed + 1)
-        total, count = torch.zeros((), device=self.device), 0
+        total = torch.zeros(2, device=self.device)  # (sum of losses, images)
         for x0, y in loader:
             x0, y = self._to_device(x0, y)
             x_t, t, target = self._noised(x0, generator, local=False)
+            parts = [part.tensor_split(self.world_size)[self.rank] if part is not None else None
+                     for part in (x_t, t, target, y)]
+            x_t, t, target, y = parts
+            if x_t.shape[0] == 0:
+                continue
             with autocast(self.device, self.precision):
                 prediction = self.ema.model(x_t, t, y)
-            total += self._loss(prediction, target) * x0.shape[0]
-            count += x0.shape[0]
-        return (total / count).item()
+            total[0] += self._loss(prediction, target) * x_t.shape[0]
+            total[1] += x_t.shape[0]
+        loss, count = dist.all_sum(total).tolist()
+        return loss / count
 
     def pipeline(self) -> DiffusionPipeline:
         return DiffusionPipeline(self.ema.model, self.scheduler, self.sample_shape,
                                  device=self.device, precision=self.precision)
 
-    def sample_grid(self) -> Path:
-        """A grid from the EMA model, starting from the same noise at every call."""
+    def sample_grid(self) -> Path | None:
+        """A grid from the EMA model, starting from the same noise at every call; under DDP
+        each rank draws a share and rank 0 writes the grid (None on the other ranks)."""
         y = (torch.arange(self.cfg.sample_n) % self.ema.model.num_classes
              if self.conditional else None)
-        images = self.pipeline()(self.cfg.sample_n, steps=self.cfg.sample_steps,
-                                 sampler=self.cfg.sampler, noise=self.fixed_noise, y=y,
-                                 generator=torch.Generator().manual_seed(self.seed)).images
+        images = self.pipeline().sample_across_ranks(
+            self.cfg.sample_n, noise=self.fixed_noise, seed=self.seed, y=y,
+            chunk_size=-(-self.cfg.sample_n // self.world_size), steps=self.cfg.sample_steps,
+            sampler=self.cfg.sampler).images
+        if not self.is_main:
+            return None
         return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png")
 
     def evaluate(self) -> dict:
-        """Run the evaluator on the EMA model; keep ``best.pt`` when it improves."""
+        """Run the evaluator on the EMA model (every rank: it splits the sampling and hands
+        every rank the same result); keep ``best.pt`` when it improves."""
         results = self.evaluator(self.pipeline())
         self.logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, self.step)
         value = results.get(self.cfg.best_metric)
         if value is not None and value < self.best:
             self.best = float(value)
-            ckpt.save_atomic(self.state_dict(), self.ckpt_dir / "best.pt")
+            if self.is_main:
+                ckpt.save_atomic(self.state_dict(), self.ckpt_dir / "best.pt")
         return results
 
     def _check_replicas(self) -> None:
@@ -322,16 +335,18 @@ class Trainer:
                            / len(self.train_set)}
                 loss_sum.zero_()
                 loss_count, data_time, window_steps = 0, 0.0, 0
-                if self._due(cfg.val_every) and self.is_main:
+                if self._due(cfg.val_every):
                     metrics["val/loss"] = self.validation_loss()
                 self.logger.log_metrics(metrics, self.step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}",
                                 img_s=f"{metrics['train/images_per_sec']:.0f}")
-            elif self._due(cfg.val_every) and self.is_main:
+            elif self._due(cfg.val_every):
                 self.logger.log_metrics({"val/loss": self.validation_loss()}, self.step)
-            if self._due(cfg.sample_every) and self.is_main:
-                self.logger.log_image("samples", self.sample_grid(), self.step)
-            if self.evaluator is not None and self._due(cfg.eval_every) and self.is_main:
+            if self._due(cfg.sample_every):  # every rank samples a share of the grid
+                grid = self.sample_grid()
+                if grid is not None:
+                    self.logger.log_image("samples", grid, self.step)
+            if self.evaluator is not None and self._due(cfg.eval_every):
                 self.evaluate()
             if self._due(cfg.ckpt_every):
                 self._check_replicas()
