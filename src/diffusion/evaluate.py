@@ -141,7 +141,8 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
         raise CheckpointError(f"Run {run} has no checkpoints yet: train it longer "
                               "(trainer.ckpt_every sets how often they are written).")
     pipe = DiffusionPipeline.from_run(run, checkpoint=checkpoint, device=cfg.device,
-                                      precision=cfg.precision)
+                                      precision=cfg.precision,
+                                      compile=cfg.get("compile", False))
     step = _checkpoint_step(checkpoint)
     scorer = build_scorer(cfg.metrics, run_cfg.data, device=pipe.device, progress=True,
                           root=cfg.data_root)

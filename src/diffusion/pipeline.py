@@ -47,27 +47,51 @@ class PipelineOutput:
     chain_timesteps: list[int] | None = None
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(compile: bool | str) -> str | None:
+    """``torch.compile``'s mode for a ``compile`` setting: true means the default mode;
+    ``reduce-overhead`` replays the fixed-shape denoising step as a CUDA graph."""
+    if compile is True:
+        return None
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}; "
+                         f"got {compile!r}.")
+    return None if compile == "default" else compile
+
+
 class DiffusionPipeline:
-    """Samples images from a denoising ``model`` with a DDPM or DDIM reverse process."""
+    """Samples images from a denoising ``model`` with a DDPM or DDIM reverse process.
+
+    ``compile`` compiles the model's forward for sampling (``torch.compile``; each chunk
+    size compiles once); ``compile="reduce-overhead"`` adds CUDA graphs on a GPU.
+    """
 
     def __init__(self, model: nn.Module, scheduler, sample_shape: tuple[int, int, int],
-                 device: str | torch.device = "auto", precision: str = "auto"):
+                 device: str | torch.device = "auto", precision: str = "auto",
+                 compile: bool | str = False):
         self.model = model
         self.scheduler = scheduler
         self.sample_shape = tuple(sample_shape)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model.to(self.device).eval()
+        self.compile = compile
+        self.forward = self.model
+        if compile:
+            self.forward = torch.compile(self.model, mode=compile_mode(compile), dynamic=False)
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str | Path | None = None,
-                 device: str | torch.device = "auto", precision: str = "auto"):
+                 device: str | torch.device = "auto", precision: str = "auto",
+                 compile: bool | str = False):
         """Build from a run folder: its config, and the EMA weights of its newest checkpoint."""
         from diffusion.rundir import load_run  # local: keeps plain-library use Hydra-free
 
         model, scheduler, cfg = load_run(run, checkpoint=checkpoint)
         shape = (int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
-        return cls(model, scheduler, shape, device=device, precision=precision)
+        return cls(model, scheduler, shape, device=device, precision=precision, compile=compile)
 
     @torch.no_grad()
     def __call__(self, n: int, steps: int | None = None, sampler: str = "ddim", eta: float = 0.0,
@@ -176,7 +200,7 @@ class DiffusionPipeline:
             t_batch = t.expand(x.shape[0]) if torch.is_tensor(t) else torch.full(
                 (x.shape[0],), int(t), device=self.device)
             with autocast(self.device, self.precision):
-                model_output = self.model(x, t_batch, y)
+                model_output = self.forward(x, t_batch, y)
             x = sched.step(model_output.float(), t, x, generator=generator,
                            **step_kwargs).prev_sample
             if i + 1 in keep:

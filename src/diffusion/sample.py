@@ -25,7 +25,8 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
 
     run = Path(cfg.run)
     pipe = DiffusionPipeline.from_run(run, checkpoint=cfg.checkpoint, device=cfg.device,
-                                      precision=cfg.precision)
+                                      precision=cfg.precision,
+                                      compile=cfg.get("compile", False))
     noise = torch.randn((cfg.n, *pipe.sample_shape),
                         generator=torch.Generator().manual_seed(cfg.seed))
     out = pipe.sample_across_ranks(cfg.n, noise=noise, seed=cfg.seed, chunk_size=cfg.batch_size,
