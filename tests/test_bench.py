@@ -55,6 +55,24 @@ def test_missing_data_falls_back_to_synthetic_files_and_says_so(tmp_path):
         bench(compose_config([*TINY, "bench.data=sometimes"], config_name="bench"))
 
 
+def test_bench_times_a_whole_fid(tmp_path, tiny_mnist_root, capsys):
+    """``bench.fid_n``: one FID of n images (5 images in batches of 2: a short last batch)."""
+    out = tmp_path / "bench.json"
+    cfg = compose_config([*TINY, f"paths.data_dir={tiny_mnist_root}", "bench.fid_n=5",
+                          "bench.fid_batch=2", "bench.fid_steps=2", "metrics.feature_epochs=2",
+                          f"metrics.cache_dir={tmp_path / 'features'}", "metrics.kid_subset_size=4",
+                          f"bench.out={out}"], config_name="bench")
+    bench(cfg)
+    fid = json.loads(out.read_text())["fid_eval"]
+    assert (fid["n"], fid["steps"], fid["batch_size"], fid["sampler"]) == (5, 2, 2, "ddim")
+    assert fid["seconds"] > 0 and fid["images_per_s"] == pytest.approx(5 / fid["seconds"])
+    assert fid["feature_id"].startswith("mnist-lenet@") and fid["reference"] == "mnist/test"
+    assert "FID of 5 images (ddim-2, batch 2" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="bench.fid_n must be 0 .off. or at least 2"):
+        bench(compose_config([*TINY, f"paths.data_dir={tiny_mnist_root}", "bench.fid_n=1",
+                              f"bench.out={out}"], config_name="bench"))
+
+
 def _sizes(overrides: list[str]) -> tuple[int, int, dict]:
     from diffusion.benchmarks.diffusers_side import unet2d_config
 

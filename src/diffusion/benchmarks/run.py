@@ -113,6 +113,11 @@ def run_benchmark(cfg: DictConfig, command: str = "") -> dict:
     for key in ("repeats", "sample_n", "sample_steps"):
         if not isinstance(bench[key], int) or bench[key] < 1:
             raise ConfigError(f"bench.{key} must be a positive integer; got {bench[key]!r}.")
+    fid_n, fid_batch = bench.get("fid_n", 0), bench.get("fid_batch", 1000)
+    if not isinstance(fid_n, int) or fid_n == 1 or fid_n < 0 or not isinstance(
+            fid_batch, int) or fid_batch < 1:
+        raise ConfigError(f"bench.fid_n must be 0 (off) or at least 2, and bench.fid_batch a "
+                          f"positive integer; got {fid_n!r} and {fid_batch!r}.")
     try:
         device = resolve_device(cfg.trainer.device)
         precision = resolve_precision(cfg.trainer.precision, device)
@@ -157,6 +162,7 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
         profiles = ({n: {"train": top_ops(s.train_step, device),
                          "sample": top_ops(s.sample, device)} for n, s in sides.items()}
                     if bench.profile else {})
+        fid_eval = _time_fid(cfg, sides["ours"], device) if bench.get("fid_n") else None
         for side in sides.values():
             side.close()
         results = {name: _results(side, {op: timings[op][name] for op in OPERATIONS},
@@ -186,7 +192,48 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
             for _, key, _ in ROWS if _ratio_defined(results, key)}
     if profiles:
         record["profiles"] = profiles
+    if fid_eval is not None:
+        record["fid_eval"] = fid_eval
     return record
+
+
+def _time_fid(cfg: DictConfig, side: OurSide, device: torch.device) -> dict:
+    """Seconds for one whole FID of ``bench.fid_n`` images from the pipeline the trainer
+    samples with (its EMA weights as they are: the time does not depend on them).
+
+    Timed: sampling, feature extraction, FID and KID, as ``diffusion.evaluate`` does them.
+    Not timed: building the feature network and the cached reference and floor features
+    (first use on a machine), and a warm-up FID of one batch (compilation, allocator).
+    """
+    from diffusion.evaluate import build_scorer
+    from diffusion.metrics import FeatureNetworkError
+
+    bench = cfg.bench
+    n, batch = int(bench.fid_n), int(bench.fid_batch)
+    start = time.perf_counter()
+    try:
+        scorer = build_scorer(cfg.metrics, cfg.data, device=device)
+    except FeatureNetworkError as exc:
+        raise ConfigError(str(exc)) from None
+    scorer.floor(n)  # cached by the scorer, as a repeated evaluation would find it
+    setup_s = time.perf_counter() - start
+    kwargs = dict(sampler=bench.sampler, steps=bench.fid_steps, batch_size=batch)
+    scorer.score_pipeline(side.pipeline, min(n, batch), **kwargs)  # warm-up
+    _synchronize(device)
+    start = time.perf_counter()
+    result = scorer.score_pipeline(side.pipeline, n, **kwargs)
+    _synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"n": n, "sampler": bench.sampler, "steps": bench.fid_steps, "batch_size": batch,
+            "seconds": seconds, "images_per_s": n / seconds,
+            "image_steps_per_s": n * bench.fid_steps / seconds, "setup_s": setup_s,
+            "feature_id": result.feature_id, "reference": result.reference,
+            "reference_n": result.reference_n, "kid": result.kid is not None}
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _ratio_defined(results: dict, key: str) -> bool:
@@ -259,4 +306,12 @@ def report(record: dict) -> str:
         n_ours, n_theirs = results["ours"]["params"], results["diffusers"]["params"]
         lines.append(f"parameters: ours {n_ours:,}, diffusers UNet2DModel {n_theirs:,} "
                      f"({100 * (n_theirs / n_ours - 1):+.2f}%)")
+    fid = record.get("fid_eval")
+    if fid:
+        rows_text = format_table(header, rows)
+        return "\n".join([*lines, "", rows_text, "",
+                          f"FID of {fid['n']:,} images ({fid['sampler']}-{fid['steps']}, batch "
+                          f"{fid['batch_size']}, {fid['feature_id']}, KID too: {fid['kid']}): "
+                          f"{fid['seconds']:.1f} s, {fid['images_per_s']:.1f} images/s "
+                          f"(ours; one-off setup {fid['setup_s']:.0f} s not included)"])
     return "\n".join([*lines, "", format_table(header, rows)])
