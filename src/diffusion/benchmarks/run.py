@@ -313,5 +313,5 @@ def report(record: dict) -> str:
                           f"FID of {fid['n']:,} images ({fid['sampler']}-{fid['steps']}, batch "
                           f"{fid['batch_size']}, {fid['feature_id']}, KID too: {fid['kid']}): "
                           f"{fid['seconds']:.1f} s, {fid['images_per_s']:.1f} images/s "
-                          f"(ours; one-off setup {fid['setup_s']:.0f} s not included)"])
+                          f"(ours; one-off setup {fid['setup_s']:.1f} s not included)"])
     return "\n".join([*lines, "", format_table(header, rows)])
