@@ -137,6 +137,21 @@ def test_chunked_sampling_is_reproducible_and_chunk_seeded(trained_run, sampler)
         pipe.sample_across_ranks(4, noise=noise, seed=0)
 
 
+def test_channels_last_sampling_matches(trained_run):
+    pipes = {flag: DiffusionPipeline.from_run(trained_run, device="cpu", channels_last=flag)
+             for flag in (False, True)}
+    def conv_weight(pipe):
+        return next(m.weight for m in pipe.model.modules()
+                    if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+                    and m.kernel_size[0] > 1)
+
+    assert conv_weight(pipes[True]).is_contiguous(memory_format=torch.channels_last)
+    assert not conv_weight(pipes[False]).is_contiguous(memory_format=torch.channels_last)
+    draw = {flag: pipe(3, steps=2, generator=torch.Generator().manual_seed(0)).images
+            for flag, pipe in pipes.items()}
+    torch.testing.assert_close(draw[True], draw[False], rtol=1e-4, atol=1e-5)
+
+
 def test_sample_in_process_matches_pipeline(trained_run, tmp_path):
     cfg = compose_config([f"run={trained_run}", "steps=2", "n=4", f"out={tmp_path}/g.png",
                           "save_tensors=true"], config_name="sample")

@@ -70,13 +70,14 @@ class DiffusionPipeline:
 
     def __init__(self, model: nn.Module, scheduler, sample_shape: tuple[int, int, int],
                  device: str | torch.device = "auto", precision: str = "auto",
-                 compile: bool | str = False):
+                 compile: bool | str = False, channels_last: bool = False):
         self.model = model
         self.scheduler = scheduler
         self.sample_shape = tuple(sample_shape)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.model.to(self.device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format).eval()
         self.compile = compile
         self.forward = self.model
         if compile:
@@ -85,13 +86,17 @@ class DiffusionPipeline:
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str | Path | None = None,
                  device: str | torch.device = "auto", precision: str = "auto",
-                 compile: bool | str = False):
-        """Build from a run folder: its config, and the EMA weights of its newest checkpoint."""
+                 compile: bool | str = False, channels_last: bool | None = None):
+        """Build from a run folder: its config, and the EMA weights of its newest checkpoint.
+        ``channels_last=None`` follows the run's ``trainer.channels_last``."""
         from diffusion.rundir import load_run  # local: keeps plain-library use Hydra-free
 
         model, scheduler, cfg = load_run(run, checkpoint=checkpoint)
         shape = (int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
-        return cls(model, scheduler, shape, device=device, precision=precision, compile=compile)
+        if channels_last is None:
+            channels_last = bool(cfg.get("trainer", {}).get("channels_last", False))
+        return cls(model, scheduler, shape, device=device, precision=precision, compile=compile,
+                   channels_last=channels_last)
 
     @torch.no_grad()
     def __call__(self, n: int, steps: int | None = None, sampler: str = "ddim", eta: float = 0.0,
@@ -116,7 +121,8 @@ class DiffusionPipeline:
         starts = range(0, n, batch_size)
         for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
             b = min(batch_size, n - start)
-            x = noise[start:start + b].to(self.device)
+            x = noise[start:start + b].to(self.device).contiguous(
+                memory_format=self.memory_format)
             yb = None if y is None else y[start:start + b].to(self.device)
             out, chain = self._denoise(sched, x, yb, generator, eta, return_chain, chain_frames)
             images.append(out.float().cpu())

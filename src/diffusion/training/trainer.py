@@ -256,10 +256,10 @@ class Trainer:
         return loss / count
 
     def pipeline(self) -> DiffusionPipeline:
-        """Sampling from the EMA weights, compiled when the training step is."""
+        """Sampling from the EMA weights, compiled and in channels_last when training is."""
         return DiffusionPipeline(self.ema.model, self.scheduler, self.sample_shape,
                                  device=self.device, precision=self.precision,
-                                 compile=self.cfg.compile)
+                                 compile=self.cfg.compile, channels_last=self.cfg.channels_last)
 
     def sample_grid(self) -> Path | None:
         """A grid from the EMA model, starting from the same noise at every call; under DDP
