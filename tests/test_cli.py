@@ -140,6 +140,7 @@ def test_chunked_sampling_is_reproducible_and_chunk_seeded(trained_run, sampler)
 def test_channels_last_sampling_matches(trained_run):
     pipes = {flag: DiffusionPipeline.from_run(trained_run, device="cpu", channels_last=flag)
              for flag in (False, True)}
+
     def conv_weight(pipe):
         return next(m.weight for m in pipe.model.modules()
                     if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
