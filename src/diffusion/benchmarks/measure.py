@@ -203,7 +203,7 @@ def top_ops(fn: Callable[[], object], device: torch.device, calls: int = 2, rows
         for _ in range(calls):
             fn()
         synchronize(device)
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=sort, row_limit=rows)
 
 
