@@ -95,6 +95,7 @@ class Trainer:
         self.fixed_noise = torch.randn((config.sample_n, *self.sample_shape),
                                        generator=torch.Generator().manual_seed(seed))
         self.evaluator = evaluator
+        self._pipeline: DiffusionPipeline | None = None
         self.best = math.inf
         self.step = 0
         self.logger = LoggerGroup([JsonlLogger(self.run_dir / "metrics.jsonl"),
@@ -256,10 +257,14 @@ class Trainer:
         return loss / count
 
     def pipeline(self) -> DiffusionPipeline:
-        """Sampling from the EMA weights, compiled and in channels_last when training is."""
-        return DiffusionPipeline(self.ema.model, self.scheduler, self.sample_shape,
-                                 device=self.device, precision=self.precision,
-                                 compile=self.cfg.compile, channels_last=self.cfg.channels_last)
+        """Sampling from the EMA weights, compiled and in channels_last when training is
+        (built once: the EMA module is updated in place, so a compiled forward is reused)."""
+        if self._pipeline is None:
+            self._pipeline = DiffusionPipeline(
+                self.ema.model, self.scheduler, self.sample_shape, device=self.device,
+                precision=self.precision, compile=self.cfg.compile,
+                channels_last=self.cfg.channels_last)
+        return self._pipeline
 
     def sample_grid(self) -> Path | None:
         """A grid from the EMA model, starting from the same noise at every call; under DDP
