@@ -151,8 +151,9 @@ class DiffusionPipeline:
         on ``chunk_size`` but not on the number of processes. ``transform`` maps each chunk on
         the rank that drew it (to FID features, say) before the gather.
         """
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}.")
+        if n < 1 or chunk_size < 1:
+            raise ValueError(f"n and batch_size must be positive integers; got n={n} and "
+                             f"batch_size={chunk_size}.")
         if not callable(noise) and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
         rank, world = dist.rank(), dist.world_size()
