@@ -78,10 +78,8 @@ class DiffusionPipeline:
         self.precision = resolve_precision(precision, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=self.memory_format).eval()
-        self.compile = compile
-        self.forward = self.model
-        if compile:
-            self.forward = torch.compile(self.model, mode=compile_mode(compile), dynamic=False)
+        self.forward = (torch.compile(self.model, mode=compile_mode(compile), dynamic=False)
+                        if compile else self.model)
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str | Path | None = None,

@@ -23,6 +23,7 @@ from diffusion.benchmarks.measure import (
     count_flops,
     format_table,
     matmul_peak_flops,
+    synchronize,
     time_interleaved,
     top_ops,
     warm_up,
@@ -219,21 +220,16 @@ def _time_fid(cfg: DictConfig, side: OurSide, device: torch.device) -> dict:
     setup_s = time.perf_counter() - start
     kwargs = dict(sampler=bench.sampler, steps=bench.fid_steps, batch_size=batch)
     scorer.score_pipeline(side.pipeline, min(n, batch), **kwargs)  # warm-up
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     result = scorer.score_pipeline(side.pipeline, n, **kwargs)
-    _synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {"n": n, "sampler": bench.sampler, "steps": bench.fid_steps, "batch_size": batch,
             "seconds": seconds, "images_per_s": n / seconds,
             "image_steps_per_s": n * bench.fid_steps / seconds, "setup_s": setup_s,
             "feature_id": result.feature_id, "reference": result.reference,
             "reference_n": result.reference_n, "kid": result.kid is not None}
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _ratio_defined(results: dict, key: str) -> bool:
@@ -306,12 +302,11 @@ def report(record: dict) -> str:
         n_ours, n_theirs = results["ours"]["params"], results["diffusers"]["params"]
         lines.append(f"parameters: ours {n_ours:,}, diffusers UNet2DModel {n_theirs:,} "
                      f"({100 * (n_theirs / n_ours - 1):+.2f}%)")
+    text = [*lines, "", format_table(header, rows)]
     fid = record.get("fid_eval")
     if fid:
-        rows_text = format_table(header, rows)
-        return "\n".join([*lines, "", rows_text, "",
-                          f"FID of {fid['n']:,} images ({fid['sampler']}-{fid['steps']}, batch "
-                          f"{fid['batch_size']}, {fid['feature_id']}, KID too: {fid['kid']}): "
-                          f"{fid['seconds']:.1f} s, {fid['images_per_s']:.1f} images/s "
-                          f"(ours; one-off setup {fid['setup_s']:.1f} s not included)"])
-    return "\n".join([*lines, "", format_table(header, rows)])
+        text += ["", f"FID of {fid['n']:,} images ({fid['sampler']}-{fid['steps']}, batch "
+                     f"{fid['batch_size']}, {fid['feature_id']}, KID too: {fid['kid']}): "
+                     f"{fid['seconds']:.1f} s, {fid['images_per_s']:.1f} images/s "
+                     f"(ours; one-off setup {fid['setup_s']:.1f} s not included)"]
+    return "\n".join(text)

@@ -243,7 +243,7 @@ class FidEvaluator:
         self.last: FidResult | None = None
 
     def __call__(self, pipeline) -> dict[str, float]:
-        device = torch.device(pipeline.device)
+        device = pipeline.device
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []  # only this rank's GPU, not every visible one
         with torch.random.fork_rng(devices=cuda):  # draws nothing from the training streams
