@@ -197,6 +197,11 @@ class Backbone(nn.Module):
     num_downsamples: int
     time_embed: TimeMLP
 
+    @property
+    def num_classes(self) -> int | None:
+        """Labels 0..num_classes-1 condition the model; None for an unconditional one."""
+        return self.time_embed.num_classes
+
     def denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
