@@ -94,7 +94,7 @@ def test_resume_is_bit_exact(tmp_path, tiny_mnist_root):
 
 
 def test_loss_divergence_stops_with_one_sentence(tmp_path, tiny_mnist_root):
-    with pytest.raises(TrainingError, match=r"The loss became (nan|inf) at step \d+ .*lower "
+    with pytest.raises(TrainingError, match=r"The loss became (nan|inf) at step \d+\W.*lower "
                                             r"optimizer\.lr"):
         run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
                      "optimizer.lr=1e30", "trainer.grad_clip=0", "trainer.max_steps=40",

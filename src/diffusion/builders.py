@@ -52,6 +52,21 @@ def validate(cfg: DictConfig) -> None:
             "set data.image_size and leave model.image_size to follow it.")
     if not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer; got {cfg.seed!r}.")
+    classes, data_classes = model.get("num_classes"), data.get("num_classes")
+    if classes is not None and data_classes is not None and classes != data_classes:
+        raise ConfigError(
+            f"model.num_classes is {classes} but data {data.name} has {data_classes} classes; "
+            f"set model.num_classes={data_classes}, or null for an unconditional model.")
+
+
+def check_device(device: str) -> None:
+    """``trainer.device`` must name a device this machine has."""
+    from diffusion.device import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def build_trainer_config(cfg: DictConfig):

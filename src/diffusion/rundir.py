@@ -9,6 +9,7 @@ sample and to re-run.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -73,6 +74,45 @@ def environment(seed: int | None = None, device: torch.device | None = None) -> 
         "git": git_state(),
     }
     return env
+
+
+def create_run_dir(path: str | Path) -> Path:
+    """Make a new, empty run folder at ``path``, or at ``path_1``, ``path_2``, ... when that
+    name is taken: ``mkdir`` is atomic, so two runs started in the same second never share
+    a folder."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in range(1000):
+            candidate = path if suffix == 0 else path.with_name(f"{path.name}_{suffix}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise RunError(f"Cannot create the run folder {path} ({_reason(exc)}): make "
+                       f"{path.parent} writable or set paths.runs_dir to a writable folder."
+                       ) from None
+    raise RunError(f"Cannot create the run folder {path}: 1000 folders of that name exist; "
+                   "clean up or set paths.runs_dir elsewhere.")
+
+
+def check_writable(folder: str | Path, what: str, fix: str) -> None:
+    """Fail now, with one sentence, if files cannot be created in ``folder``: better than
+    after minutes of work. ``what`` names the folder's role, ``fix`` says what to do."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"Cannot write to {what} {folder} ({_reason(exc)}): {fix}") from None
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()
 
 
 def write_env(run_dir: str | Path, seed: int | None, device: torch.device | None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -24,27 +25,44 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion import distributed as dist
+from diffusion import preflight
 from diffusion.builders import (
     build_datasets,
     build_logger,
     build_model,
     build_scheduler,
     build_trainer_config,
-    validate,
 )
 from diffusion.cli import CONF_DIR, USER_ERRORS, fail, seed_everything
-from diffusion.rundir import write_env
+from diffusion.preflight import NothingToDo, check_config, check_resume
+from diffusion.rundir import RunError, create_run_dir, write_env
+from diffusion.training.config import ConfigError
 
 log = logging.getLogger("diffusion.train")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train from a composed config into ``run_dir``; returns the trainer's summary."""
+def train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict:
+    """Train from a composed config into ``run_dir``; returns the trainer's summary.
+
+    Everything is checked, and a resume's checkpoint loaded, before the run folder is
+    written to, so a rejected command or a failed resume leaves the folder as it was.
+    ``progress["started"]`` is set once training begins.
+    """
     from hydra.utils import instantiate
 
     from diffusion.training import Trainer
 
-    validate(cfg)
+    progress = {} if progress is None else progress
+    check_config(cfg)
+    resuming = cfg.resume is not None
+    resume = None
+    if resuming:
+        try:
+            resume = check_resume(run_dir, cfg)
+        except NothingToDo as done:
+            log.info("%s", done)
+            summary = run_dir / "summary.json"
+            return json.loads(summary.read_text()) if summary.is_file() else {}
     trainer_cfg = build_trainer_config(cfg)
     local_rank = dist.init_from_env()
     if dist.world_size() > 1 and trainer_cfg.device == "auto" and torch.cuda.is_available():
@@ -59,38 +77,64 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     scheduler = build_scheduler(cfg)
     seed_everything(cfg.seed + dist.rank())  # then per-rank streams (dropout, workers)
     train_set, val_set = build_datasets(cfg.data)
-    resuming = cfg.resume is not None
     main_rank = dist.is_main()
-    if main_rank:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    if resuming and main_rank:
-        with (run_dir / "resumes.jsonl").open("a") as f:
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                "command": sys.argv}) + "\n")
-    logger = build_logger(cfg, run_dir, resuming) if main_rank else None
     trainer = Trainer(
         model, scheduler, instantiate(cfg.optimizer), train_set, trainer_cfg,
         batch_size=cfg.data.batch_size, run_dir=run_dir, val_set=val_set,
         lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
-        logger=logger, seed=cfg.seed, num_workers=cfg.data.num_workers,
+        seed=cfg.seed, num_workers=cfg.data.num_workers,
         conditional=cfg.model.get("num_classes") is not None,
         on_device=cfg.data.on_device, evaluator=evaluator)
-    if main_rank:
-        write_env(run_dir, cfg.seed, trainer.device,
-                  name="env.json" if not resuming
-                  else f"env-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    if resume is not None:
+        trainer.resume(resume.checkpoint)
+    if main_rank:  # from here on the run folder changes
+        _record_start(cfg, run_dir, trainer.device, resume)
+    logger = build_logger(cfg, run_dir, resuming) if main_rank else None
     if logger is not None:
+        trainer.logger.loggers.append(logger)
         logger.log_config(OmegaConf.to_container(cfg, resolve=True))
     try:
-        if resuming:
-            trainer.resume()
         log.info("Run folder: %s", run_dir)
+        progress["started"] = True
         summary = trainer.fit()
     finally:
         trainer.logger.finish()
     if main_rank:
         print(f"Run folder: {run_dir}")
     return summary
+
+
+def _record_start(cfg: DictConfig, run_dir: Path, device: torch.device, resume) -> None:
+    """``config.yaml`` (what resume and sampling read) and ``env.json``; a resume appends
+    its command and the settings it changed to ``resumes.jsonl``."""
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if resume is not None:
+        record = {"time": stamp, "command": list(getattr(sys, "orig_argv", sys.argv)),
+                  "checkpoint": resume.checkpoint.name, "step": resume.step,
+                  "changed": {key: {"old": old, "new": new}
+                              for key, (old, new) in resume.changes.items()}}
+        with (run_dir / "resumes.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if resume.changes:
+            log.info("Resuming with changed settings: %s", ", ".join(
+                f"{k}: {old!r} -> {new!r}" for k, (old, new) in resume.changes.items()))
+    write_env(run_dir, cfg.seed, device,
+              name="env.json" if resume is None
+              else f"env-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
+
+
+def _record_end(run_dir: Path, exc: BaseException | None, *, started: bool, resuming: bool,
+                multirun: bool) -> None:
+    """``status.json`` for a run that trained. A new single run that failed before its first
+    step is removed (nothing in it is worth keeping); a resume that failed before training
+    leaves the run exactly as it was; a sweep keeps its failed jobs' folders for the report."""
+    if exc is None or started or (multirun and not resuming):
+        status = ({"status": "completed"} if exc is None
+                  else {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        (run_dir / "status.json").write_text(json.dumps(status) + "\n")
+    elif not resuming and not multirun:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _main(cfg: DictConfig) -> dict | None:
@@ -100,16 +144,18 @@ def _main(cfg: DictConfig) -> dict | None:
     if dist.launched_by_torchrun():  # every rank works in rank 0's run folder
         dist.init_from_env()
         run_dir = Path(dist.broadcast_object(str(run_dir)))
+    progress: dict = {}
+    resuming = cfg.resume is not None
     try:
-        summary = train(cfg, run_dir)
-        if dist.is_main():
-            (run_dir / "status.json").write_text(json.dumps({"status": "completed"}) + "\n")
+        summary = train(cfg, run_dir, progress)
+        if dist.is_main() and (progress.get("started") or not resuming):
+            _record_end(run_dir, None, started=True, resuming=resuming, multirun=multirun)
         return summary
     except (*USER_ERRORS, Exception) as exc:
         if dist.is_main():
-            (run_dir / "status.json").write_text(json.dumps(
-                {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}) + "\n")
-        if multirun:  # one failed job must not end the sweep
+            _record_end(run_dir, exc, started=bool(progress.get("started")),
+                        resuming=resuming, multirun=multirun)
+        if multirun:  # one failed job must not end the sweep; main() reports it at the end
             log.error("Job %s failed: %s", hydra_cfg.job.num, exc,
                       exc_info=not isinstance(exc, USER_ERRORS))
             return None
@@ -120,25 +166,89 @@ def _main(cfg: DictConfig) -> dict | None:
         dist.shutdown()
 
 
-def main() -> None:
-    """Hydra entry point; ``resume=<run>`` composes from that run's own saved config."""
-    argv = sys.argv[1:]
-    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+HYDRA_FLAGS_WITHOUT_JOBS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
+                            "--shell-completion", "-sc", "--resolve", "-p", "--package")
+
+
+def _prepare(argv: list[str]) -> tuple[list[str], str, str, Path | None]:
+    """Check every job of the command and create its run (or sweep) folder; returns the
+    argv to hand to Hydra, its config path and name, and the sweep folder of a multirun."""
+    multirun = "-m" in argv or "--multirun" in argv
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), None)
+    plain = [a for a in overrides if not a.startswith("resume=")]
+    job_args = [a for a in plain if not preflight.is_hydra_key(a)]
     if resume:
         run = Path(resume).resolve()
         if not (run / "config.yaml").is_file():
-            fail(f"resume={resume} is not a run folder (no config.yaml in it): pass the folder "
-                 "that diffusion.train printed, e.g. runs/<name>/<date>_<time>.")
-        sys.argv = [sys.argv[0], *[a for a in argv if not a.startswith("resume=")],
-                    f"resume={run}", f"hydra.run.dir={run}", "hydra.output_subdir=null"]
+            raise RunError(f"resume={resume} is not a run folder (no config.yaml in it): pass "
+                           "the folder that diffusion.train printed, e.g. "
+                           "runs/<name>/<date>_<time>.")
+        if multirun:
+            raise ConfigError("resume= continues one run and cannot be swept: drop -m.")
         config_path, config_name = str(run), "config"
-    else:
-        config_path, config_name = str(CONF_DIR), "train"
-    if dist.launched_by_torchrun() and int(os.environ.get("RANK", 0)) > 0:
-        # ranks > 0 write nothing of their own: rank 0's run folder is broadcast to them
+        jobs = preflight.check_jobs(run, "config", [*job_args, f"resume={run}"], False)
+        preflight.check_resume(run, jobs[0].cfg)
+        return ([*plain, f"resume={run}", f"hydra.run.dir={run}", "hydra.output_subdir=null"],
+                config_path, config_name, None)
+    jobs = preflight.check_jobs(CONF_DIR, "train", job_args, multirun)
+    argv = list(argv)
+    worker = dist.launched_by_torchrun() and int(os.environ.get("RANK", 0)) > 0
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    explicit = next((a.split("=", 1)[1] for a in plain if a.startswith(key)), None)
+    if worker:  # ranks > 0 write nothing of their own: rank 0's folder is broadcast to them
         scratch = tempfile.mkdtemp(prefix=f"diffusion-rank{os.environ['RANK']}-")
-        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
+        return ([*argv, f"hydra.run.dir={scratch}", "hydra.output_subdir=null"],
+                str(CONF_DIR), "train", None)
+    if explicit is not None:
+        folder = Path(explicit)
+        if not multirun and (folder / "config.yaml").is_file():
+            raise RunError(f"hydra.run.dir={explicit} already holds a run: continue it with "
+                           f"resume={explicit}, or choose another folder.")
+        return argv, str(CONF_DIR), "train", folder if multirun else None
+    folder = create_run_dir(jobs[0].sweep_dir if multirun else jobs[0].run_dir)
+    return [*argv, f"{key}{folder}"], str(CONF_DIR), "train", folder if multirun else None
+
+
+def _report_sweep(sweep_dir: Path, jobs: int) -> int:
+    """After a sweep: name every job that failed; the exit status (0: all completed)."""
+    statuses = {path.parent: json.loads(path.read_text())
+                for path in sorted(sweep_dir.glob("*/status.json"))}
+    failed = {job: s.get("error", "") for job, s in statuses.items()
+              if s.get("status") != "completed"}
+    missing = jobs - len(statuses)
+    if not failed and missing <= 0:
+        return 0
+    lines = [f"{job}: {error}" for job, error in failed.items()]
+    if missing > 0:
+        lines.append(f"{missing} job(s) ended without writing status.json (killed or crashed)")
+    print(f"error: {len(failed) + max(missing, 0)} of {jobs} sweep jobs failed, the others "
+          f"completed: " + "; ".join(lines), file=sys.stderr)
+    return 1
+
+
+def main() -> None:
+    """Hydra entry point; ``resume=<run>`` composes from that run's own saved config."""
+    argv = sys.argv[1:]
+    if any(a.split("=", 1)[0] in HYDRA_FLAGS_WITHOUT_JOBS for a in argv):
+        config_path, config_name = str(CONF_DIR), "train"  # --help, --cfg: nothing runs
+        sweep_dir = None
+    else:
+        try:
+            argv, config_path, config_name, sweep_dir = _prepare(argv)
+        except preflight.NothingToDo as done:
+            print(done)
+            return
+        except USER_ERRORS as exc:
+            fail(exc)
+    sys.argv = [sys.argv[0], *argv]
     hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(_main)()
+    if sweep_dir is not None:
+        jobs = len(preflight.split_jobs(
+            [a for a in argv if a not in ("-m", "--multirun") and not preflight.is_hydra_key(a)],
+            True))
+        if _report_sweep(sweep_dir, jobs):
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,15 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def step_of(path: str | Path) -> int:
+    """The step a ``step_XXXXXXXX.pt`` checkpoint was written at, from its name."""
+    match = _NAME.match(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{path} is not named step_XXXXXXXX.pt; pass a checkpoint that "
+                              "diffusion.train wrote.")
+    return int(match.group(1))
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     ckpts = list_checkpoints(directory)
     return ckpts[-1] if ckpts else None
@@ -79,16 +88,44 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing
+    except (MemoryError, torch.OutOfMemoryError):
+        raise _no_memory(path) from None
+    except OSError as exc:
         raise CheckpointError(
-            f"Checkpoint {path} is corrupt or not a diffusion checkpoint "
-            f"({type(exc).__name__}); delete it to fall back to the previous one."
-        ) from None
+            f"Cannot read checkpoint {path} ({(exc.strerror or type(exc).__name__).lower()}): "
+            "check the file's permissions and the disk; the file itself may be fine.") from None
+    except Exception as exc:  # noqa: BLE001 - torch reports a damaged file in many ways
+        if "can't allocate memory" in str(exc):  # the CPU allocator's RuntimeError
+            raise _no_memory(path) from None
+        raise _corrupt(path, exc) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(
             f"Checkpoint {path} has no model weights; it was not written by diffusion.train."
         )
     return state
+
+
+def _no_memory(path: Path) -> CheckpointError:
+    return CheckpointError(f"Not enough memory to load checkpoint {path}: free memory (other "
+                           "jobs, a smaller batch) and try again; the file itself may be fine.")
+
+
+def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"Checkpoint {path} is corrupt or not a diffusion checkpoint ({type(exc).__name__}); "
+        "delete it to fall back to the previous one.")
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files that saves killed mid-write leave behind (a
+    finished save renames its temporary file, so any left over is garbage)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.glob(".*.pt.*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def rng_state() -> dict:

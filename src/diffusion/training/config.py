@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
+
+from diffusion.device import PRECISIONS
 
 LOSSES = ("mse", "l1", "huber")
 
@@ -20,6 +23,8 @@ class TrainerConfig:
     precision: str = "auto"         # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     grad_accum: int = 1             # micro-batches per optimizer step
     grad_clip: float = 1.0          # max global grad norm; 0 disables clipping
+    divergence_factor: float = 100.0  # stop when the logged loss exceeds this x its running
+    divergence_window: int = 20       # median over the last window logs; 0 turns it off
     loss: str = "mse"               # mse | l1 | huber, on the scheduler's training target
     huber_delta: float = 0.1
     ema_decay: float = 0.9999
@@ -52,7 +57,7 @@ class TrainerConfig:
                 raise ConfigError(f"trainer.{key} must be >= 0 (0 turns it off); got {value!r}.")
 
         for key in ("max_steps", "grad_accum", "ema_every", "sample_n", "sample_steps",
-                    "val_batches"):
+                    "val_batches", "divergence_window"):
             positive(key)
         for key in ("log_every", "sample_every", "val_every", "eval_every", "ckpt_every",
                     "keep_last",
@@ -63,6 +68,16 @@ class TrainerConfig:
                               f"got {self.loss!r}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"trainer.ema_decay must be in [0, 1); got {self.ema_decay!r}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}; "
+                              f"got {self.precision!r}.")
+        if not isinstance(self.device, str) or not (
+                self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
+            raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N; "
+                              f"got {self.device!r}.")
+        if self.divergence_factor != 0 and self.divergence_factor <= 1:
+            raise ConfigError("trainer.divergence_factor must be > 1 (0 turns the check off); "
+                              f"got {self.divergence_factor!r}.")
         if self.sampler not in ("ddpm", "ddim"):
             raise ConfigError(f"trainer.sampler must be ddpm or ddim; got {self.sampler!r}.")
 

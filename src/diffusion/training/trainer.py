@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -98,6 +99,11 @@ class Trainer:
         self._pipeline: DiffusionPipeline | None = None
         self.best = math.inf
         self.step = 0
+        self._start_step = 0
+        self._logged_losses: list[float] = []
+        if self.is_main:
+            for stale in ckpt.remove_stale_temporaries(self.ckpt_dir):
+                log.info("Removed %s, left by a save that was interrupted.", stale.name)
         self.logger = LoggerGroup([JsonlLogger(self.run_dir / "metrics.jsonl"),
                                    *([logger] if logger is not None else [])]
                                   if self.is_main else [])
@@ -132,28 +138,48 @@ class Trainer:
             "noise_generator": self.noise_generator.get_state(),
             "rng": ckpt.rng_state(),
             "best": self.best,
+            "logged_losses": list(self._logged_losses),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``. The hyperparameters of this trainer's config win over the
+        checkpoint's (a resume with ``optimizer.lr=...`` trains at the new rate): the
+        optimizer's moments and the step are restored, its settings are not, and a LambdaLR
+        schedule (``lr_scheduler=warmup``) is re-evaluated at the restored step."""
+        settings = [{k: v for k, v in group.items() if k != "params"}
+                    for group in self.optimizer.param_groups]
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
+        for group, fresh in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(fresh)
+        self.step = int(state["step"])
+        if isinstance(self.lr_scheduler, LambdaLR):  # a pure function of the step
+            schedule = self.lr_scheduler
+            schedule.last_epoch = self.step
+            for group, base, factor in zip(self.optimizer.param_groups, schedule.base_lrs,
+                                           schedule.lr_lambdas, strict=True):
+                group["lr"] = base * factor(self.step)
+            schedule._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        elif self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.noise_generator.set_state(state["noise_generator"].cpu())
+        self.noise_generator.set_state(state["noise_generator"])
         ckpt.set_rng_state(state["rng"])
-        self.step = int(state["step"])
         self.best = float(state.get("best", math.inf))
+        self._logged_losses = [float(v) for v in state.get("logged_losses", [])]
 
     def resume(self, path: str | Path | None = None) -> Path:
-        """Continue from ``path`` or the run's newest checkpoint."""
+        """Continue from ``path`` or the run's newest checkpoint. Everything is read onto
+        the CPU first: the RNG states must stay there, and the model, EMA and optimizer
+        copy their tensors onto the training device as they load."""
         path = Path(path) if path else ckpt.latest_checkpoint(self.ckpt_dir)
         if path is None:
             raise ckpt.CheckpointError(
                 f"Nothing to resume in {self.run_dir}: it has no checkpoints/step_*.pt; "
                 "start a new run instead.")
-        self.load_state_dict(ckpt.load(path, map_location=self.device))
+        self.load_state_dict(ckpt.load(path, map_location="cpu"))
+        self._start_step = self.step
         log.info("Resumed from %s at step %d.", path, self.step)
         return path
 
@@ -299,12 +325,33 @@ class Trainer:
                 f"Model replicas differ across ranks by up to {difference:g} at step {self.step}; "
                 "rerun with the same code and config on every node.")
 
-    def _diverged(self, loss: float) -> TrainingError:
+    def _check_loss(self, loss: float) -> None:
+        """Stop on a non-finite loss, or one ``divergence_factor`` times the median of the
+        last ``divergence_window`` logged losses: a run heading to 1e33 is diverged long
+        before it overflows, and no checkpoint may be written from that state."""
+        history = self._logged_losses
+        factor = self.cfg.divergence_factor
+        if not math.isfinite(loss):
+            raise self._diverged(f"The loss became {loss}")
+        if factor and len(history) >= 3:
+            median = sorted(history)[len(history) // 2]
+            if loss > factor * median:
+                raise self._diverged(
+                    f"The loss rose to {loss:.4g}, {loss / median:.3g} times its running median "
+                    f"{median:.4g},", "; if that rise is expected, raise "
+                    "trainer.divergence_factor or set it to 0")
+        history.append(loss)
+        del history[:-self.cfg.divergence_window]
+
+    def _diverged(self, what: str, otherwise: str = "") -> TrainingError:
         last = ckpt.latest_checkpoint(self.ckpt_dir)
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        fix = "lower optimizer.lr, keep trainer.grad_clip on or use trainer.precision=fp32"
+        if last is None:
+            return TrainingError(f"{what} at step {self.step}, before any checkpoint was "
+                                 f"written: {fix}, then start the run again{otherwise}.")
         return TrainingError(
-            f"The loss became {loss} at step {self.step} ({kept}); lower optimizer.lr, keep "
-            "trainer.grad_clip on or use trainer.precision=fp32, then resume this run.")
+            f"{what} at step {self.step}; the last good checkpoint is {last}: {fix}, then "
+            f"resume from it (resume={self.run_dir} optimizer.lr=...){otherwise}.")
 
     def _due(self, every: int) -> bool:
         return every > 0 and (self.step % every == 0 or self.step == self.cfg.max_steps)
@@ -330,8 +377,7 @@ class Trainer:
             bar.update(1)
             if self._due(cfg.log_every) or self._due(cfg.ckpt_every):
                 mean_loss = dist.all_mean(loss_sum / loss_count).item()  # one sync per log
-                if not math.isfinite(mean_loss):
-                    raise self._diverged(mean_loss)
+                self._check_loss(mean_loss)
                 elapsed = time.perf_counter() - window_start
                 images = window_steps * cfg.grad_accum * self.batch_size  # all ranks
                 metrics = {"train/loss": mean_loss, "train/grad_norm": grad_norm.item(),
@@ -364,7 +410,7 @@ class Trainer:
         bar.close()
         summary = {"step": self.step, "wall_time_sec": time.perf_counter() - wall_start,
                    "world_size": self.world_size, **metrics}
-        if self.is_main:
+        if self.is_main and self.step > self._start_step:  # a no-op keeps the old summary
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         dist.barrier()  # no rank leaves while rank 0 still writes
         return summary

@@ -1,0 +1,255 @@
+"""Check a ``diffusion.train`` command before anything is written or trained.
+
+Every job of the command (one for a run, one per combination for ``-m`` sweeps) is composed
+and checked here: group choices, value ranges, the network's shape, the optimizer and LR
+schedule are all tried on the meta device or on a dummy parameter, so a mistake in job 7 of a
+sweep stops the sweep before job 0 starts, and a rejected command leaves no run folder. A
+resume is checked against the run it continues: what the checkpoint fixes (network,
+noise schedule, data shape) cannot change, and a run already at ``trainer.max_steps`` has
+nothing to do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from diffusion.training.config import ConfigError
+
+FROZEN_ON_RESUME = ("model", "scheduler", "data.name", "data.channels", "data.image_size",
+                    "data.center_crop")
+"""Keys a resume cannot change: the checkpoint's weights were trained for them."""
+
+
+@dataclass
+class Resume:
+    """What a resume continues: the run folder, its checkpoint and step, and the config keys
+    the command changes (``{key: (old, new)}``)."""
+
+    run: Path
+    checkpoint: Path
+    step: int
+    changes: dict[str, tuple]
+
+
+@dataclass
+class Job:
+    """One job of a command: its overrides, its resolved config (without the ``hydra``
+    node) and the folders Hydra would give it."""
+
+    overrides: list[str]
+    cfg: DictConfig
+    run_dir: str
+    sweep_dir: str
+
+
+class NothingToDo(Exception):
+    """The command is valid but has no work left (a resume of a finished run)."""
+
+
+def is_hydra_key(override: str) -> bool:
+    key = override.lstrip("+~").split("=", 1)[0]
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def split_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """Each job's overrides, expanded the way Hydra's basic sweeper expands a sweep."""
+    if not multirun:
+        return [overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        return BasicSweeper.split_arguments(parsed, None)[0]
+    except HydraException as exc:
+        raise ConfigError(f"Cannot read the sweep: {_first_line(exc)}.") from None
+
+
+def check_jobs(config_dir: Path, config_name: str, overrides: list[str],
+               multirun: bool) -> list[Job]:
+    """Compose and check every job of the command; one ConfigError lists every bad job."""
+    from diffusion.cli import USER_ERRORS
+
+    jobs, problems = [], []
+    expanded = split_jobs(overrides, multirun)
+    shared = set.intersection(*(set(job) for job in expanded)) if expanded else set()
+    for number, job_overrides in enumerate(expanded):
+        try:
+            job = compose(config_dir, config_name, job_overrides)
+            check_config(job.cfg)
+            jobs.append(job)
+        except USER_ERRORS as exc:
+            if not multirun:
+                raise
+            swept = " ".join(o for o in job_overrides if o not in shared)
+            problems.append(f"job {number} ({swept}): {exc}")
+    if problems:
+        raise ConfigError(f"{len(problems)} of {len(expanded)} sweep jobs are invalid, so "
+                          f"none was started: {' '.join(problems)}")
+    return jobs
+
+
+def compose(config_dir: Path, config_name: str, overrides: list[str]) -> Job:
+    """The job Hydra would compose, resolved, or a ConfigError that names the bad
+    override."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides,
+                                return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        OmegaConf.resolve(cfg)
+    except MissingConfigException as exc:
+        raise ConfigError(_missing_option(exc, config_dir)) from None
+    except (HydraException, OmegaConfBaseException) as exc:
+        unknown = re.search(r"Could not override '([^']+)'", str(exc))
+        what = (f"{unknown.group(1)} is not a config key" if unknown else _first_line(exc))
+        raise ConfigError(f"{what}: check the override's spelling (python -m diffusion.train "
+                          "--cfg job prints every key).") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return Job(overrides, cfg, run_dir, sweep_dir)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__).rstrip(".")
+
+
+def _missing_option(exc: Exception, config_dir: Path) -> str:
+    match = re.search(r"Could not find '([^']+)/([^'/]+)'", str(exc))
+    if match is None:
+        return f"{_first_line(exc)}."
+    group, option = match.groups()
+    options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+    if not options:
+        return f"{group} is not a config group: drop the {group}={option} override."
+    return (f"{group}={option} is not an option of {group}: choose one of "
+            f"{', '.join(options)}.")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every check that needs neither data nor a GPU's memory: values, the network's shape
+    (built on the meta device), the optimizer and LR schedule (on a dummy parameter)."""
+    from diffusion.builders import (
+        build_model,
+        build_scheduler,
+        build_trainer_config,
+        check_device,
+        validate,
+    )
+
+    validate(cfg)
+    trainer = build_trainer_config(cfg)
+    check_device(trainer.device)
+    with torch.device("meta"):
+        build_model(cfg)
+    build_scheduler(cfg)
+    _check_optimizer(cfg.optimizer)
+    dummy = torch.nn.Parameter(torch.zeros(1))
+    optimizer = _build("optimizer", cfg.optimizer, lambda factory: factory([dummy]))
+    if cfg.get("lr_scheduler"):
+        _build("lr_scheduler", cfg.lr_scheduler,
+               lambda factory: factory(optimizer, total_steps=trainer.max_steps))
+    if trainer.eval_every and cfg.get("metrics") is None:
+        raise ConfigError("trainer.eval_every needs a metrics config: add metrics=fid or set "
+                          "trainer.eval_every=0.")
+
+
+def _check_optimizer(node: DictConfig) -> None:
+    """The usual Adam-family keys, checked by name (torch's own messages do not say which
+    config key is wrong)."""
+    for key in ("lr", "weight_decay", "eps"):
+        if key in node and (isinstance(node[key], bool)
+                            or not isinstance(node[key], int | float) or node[key] < 0):
+            raise ConfigError(f"optimizer.{key} must be a number >= 0; got {node[key]!r}.")
+    if "betas" in node:
+        betas = node.betas
+        if (not OmegaConf.is_list(betas) or len(betas) != 2
+                or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas)):
+            shown = OmegaConf.to_container(betas) if OmegaConf.is_list(betas) else betas
+            raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), e.g. "
+                              f"[0.9,0.999]; got {shown!r}.")
+
+
+def _build(group: str, node: DictConfig, call):
+    """Instantiate the ``_partial_`` factory ``node`` and apply ``call`` to it; a ValueError
+    or TypeError from either becomes one sentence naming ``group``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return call(instantiate(node))
+    except ConfigError:
+        raise
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"Invalid {group} config: {_first_line(cause)}.") from None
+    except (ValueError, TypeError) as exc:
+        message = _first_line(exc)
+        prefix = "" if message.startswith(f"{group}.") else f"Invalid {group} config: "
+        raise ConfigError(f"{prefix}{message}.") from None
+
+
+def flatten(node: Mapping | list, prefix: str = "") -> dict[str, object]:
+    """``{"a.b": value}`` for every leaf of a plain container."""
+    items = node.items() if isinstance(node, Mapping) else enumerate(node)
+    flat: dict[str, object] = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def check_resume(run: Path, cfg: DictConfig) -> Resume:
+    """Check that ``cfg`` (the run's config with this command's overrides) can continue
+    ``run``; returns what it resumes from and what it changes. Raises NothingToDo when the
+    run is already at ``trainer.max_steps``."""
+    from diffusion.rundir import check_writable
+    from diffusion.training.checkpoint import CheckpointError, latest_checkpoint, step_of
+
+    check_writable(run, "the run folder",
+                   "copy the run folder to a writable place and resume the copy.")
+    checkpoint = latest_checkpoint(run / "checkpoints")
+    if checkpoint is None:
+        raise CheckpointError(f"Nothing to resume in {run}: it has no checkpoints/step_*.pt; "
+                              "start a new run instead.")
+    old = flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True))
+    new = flatten(OmegaConf.to_container(cfg, resolve=True))
+    changes = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+               if key != "resume" and not key.startswith("hydra.")
+               and old.get(key) != new.get(key)}
+    frozen = [key for key in changes
+              if any(key == f or key.startswith(f"{f}.") for f in FROZEN_ON_RESUME)]
+    if frozen:
+        listed = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in frozen)
+        raise ConfigError(
+            f"resume={run} cannot change {listed}: its checkpoint was trained with the old "
+            "values; drop those overrides, or start a new run to train a different model.")
+    step = step_of(checkpoint)
+    if step >= cfg.trainer.max_steps:
+        raise NothingToDo(
+            f"Run {run} is already at step {step} and trainer.max_steps is "
+            f"{cfg.trainer.max_steps}: nothing to do; pass trainer.max_steps=N with N > {step} "
+            "to train it longer.")
+    return Resume(run, checkpoint, step, changes)
