@@ -14,6 +14,7 @@ from diffusion.data import (
     DATASET_INFO,
     DatasetNotFoundError,
     DeviceDataset,
+    SampleKey,
     build_dataset,
     resolve_root,
 )
@@ -162,13 +163,13 @@ def test_read_only_root_with_unpacked_files_is_used_in_place(tiny_mnist_root, tm
 
 
 def batches(data, n, seed=1, on_device=False, start_batch=0, rank=0, world_size=1,
-            batch_size=16):
+            batch_size=16, num_workers=0):
     """The first ``n`` batches the trainer would draw."""
     sampler = ResumableBatchSampler(len(data), batch_size, seed=seed, start_batch=start_batch,
                                     rank=rank, world_size=world_size)
     device_data = DeviceDataset.from_dataset(data, "cpu") if on_device else None
     stream = batch_stream(data, sampler, torch.device("cpu"),
-                          torch.Generator().manual_seed(seed), device_data)
+                          torch.Generator().manual_seed(seed), device_data, num_workers)
     return [next(stream) for _ in range(n)]
 
 
@@ -253,3 +254,25 @@ def test_batch_order_resumes_and_shards(tiny_mnist_root):
         ResumableBatchSampler(len(data), 64)
     with pytest.raises(ValueError, match="divisible by the number of processes"):
         ResumableBatchSampler(len(data), 9, world_size=2)
+
+
+def test_flips_depend_on_seed_epoch_and_index_only(tiny_mnist_root):
+    """A resumed run with DataLoader workers flips every image as an uninterrupted run did."""
+    data = build_dataset("mnist", root=tiny_mnist_root, split="test", random_flip=True)
+    data.source.targets = torch.arange(len(data))  # labels become indices
+    reference = data.preprocessed()[0].float() / 127.5 - 1
+    torch.manual_seed(0)
+    full = batches(data, 8, batch_size=8)  # two epochs of 32 images
+    torch.manual_seed(1)  # the global RNG plays no part
+    for num_workers, start_batch in ((2, 0), (2, 5), (0, 3)):
+        resumed = batches(data, 8 - start_batch, batch_size=8, start_batch=start_batch,
+                          num_workers=num_workers)
+        for (x, y), (x_full, y_full) in zip(resumed, full[start_batch:], strict=True):
+            assert torch.equal(y, y_full) and torch.equal(x, x_full), (num_workers, start_batch)
+
+    flips = torch.zeros(2, len(data), dtype=torch.bool)  # [epoch, index]
+    for b, (x, y) in enumerate(full):
+        flips[b // 4, y] = (x != reference[y]).flatten(1).any(1)
+    assert 0 < flips[0].sum() < len(data) and not torch.equal(flips[0], flips[1])
+    x, _ = data[SampleKey(index=5, seed=1, epoch=1)]
+    assert torch.equal(x, reference[5].flip(-1) if flips[1, 5] else reference[5])

@@ -1,7 +1,9 @@
 """torchvision datasets -> image tensors in [-1, 1].
 
 ``build_dataset`` gives an ``ImageDataset`` whose items are preprocessed (resize, centre
-crop), randomly flipped and scaled on the fly, for a ``DataLoader``. ``DeviceDataset`` holds
+crop), randomly flipped and scaled on the fly, for a ``DataLoader``; indexed by a ``SampleKey``,
+an item's flip depends only on (seed, epoch, index), so it is the same in any worker process and
+after a resume. ``DeviceDataset`` holds
 a whole split preprocessed once as one uint8 tensor on the training device, and gathers,
 flips and scales batches there, so small datasets cost no per-step host work. The trainer
 (``diffusion.training.batches``) feeds either from the same batch order.
@@ -21,6 +23,7 @@ import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -251,12 +254,33 @@ def to_model_range(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div_(127.5).sub_(1.0)
 
 
+class SampleKey(NamedTuple):
+    """Item ``index`` as drawn in epoch ``epoch`` of a run seeded ``seed``.
+
+    The trainer's batch sampler yields these rather than bare indices, so that an item's random
+    augmentation travels with it into whichever DataLoader worker loads it.
+    """
+
+    index: int
+    seed: int
+    epoch: int
+
+
+def sample_generator(key: SampleKey) -> torch.Generator:
+    """A generator seeded from a hash of ``key`` alone: the augmentation it draws does not
+    depend on the process, the worker's RNG state or where a run was resumed."""
+    digest = hashlib.blake2b(f"{key.seed}/{key.epoch}/{key.index}".encode(), digest_size=8)
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little"))
+
+
 class ImageDataset(Dataset):
     """A torchvision dataset whose items are ``(x, label)``, x float32 (C, H, W) in [-1, 1].
 
     ``source`` is the underlying torchvision dataset (a ``ConcatDataset`` for Flowers
-    ``trainval``); ``random_flip`` flips each item horizontally with probability 1/2 using
-    torch's global generator (seeded per worker by the DataLoader).
+    ``trainval``); ``random_flip`` flips each item horizontally with probability 1/2. Indexed by
+    a ``SampleKey`` (as the trainer does) the coin comes from ``sample_generator(key)``, which
+    keeps a resumed run with DataLoader workers identical to an uninterrupted one; indexed by a
+    plain int it comes from torch's global generator (seeded per worker by the DataLoader).
     """
 
     def __init__(
@@ -274,10 +298,13 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, int]:
+        index, generator = (
+            (key.index, sample_generator(key)) if isinstance(key, SampleKey) else (key, None)
+        )
         image, label = self.source[index]
         x = self.preprocess(image)
-        if self.random_flip and torch.rand(()) < 0.5:
+        if self.random_flip and torch.rand((), generator=generator) < 0.5:
             x = x.flip(-1)
         return to_model_range(x), int(label)
 
