@@ -4,6 +4,8 @@ import hashlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -155,6 +157,71 @@ def test_read_only_root_with_unpacked_files_is_used_in_place(tiny_mnist_root, tm
         assert len(data) == 64 and not (tmp_path / "cache").exists()
     finally:
         make_writable(root)
+
+
+def truncate(path, keep):
+    """Cut ``path`` to ``keep`` bytes; returns (original size, kept size)."""
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+    return len(data), keep
+
+
+def test_truncated_unpacked_mnist_file_is_named(tmp_path, offline):
+    raw = write_tiny_mnist(tmp_path / "data")
+    size, kept = truncate(raw / "train-images-idx3-ubyte", 1000)
+    with pytest.raises(DatasetNotFoundError) as caught:
+        build_dataset("mnist", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    message = str(caught.value)
+    assert message.startswith(f"MNIST file {raw / 'train-images-idx3-ubyte'} is corrupt or "
+                              f"truncated (expected {size} bytes, found {kept}): ")
+    assert "train-images-idx3-ubyte.gz" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_truncated_mnist_archive_is_named(tmp_path, monkeypatch, offline, read_only):
+    """All four archives are there but one is cut short: the error names it, not the folder
+    (through the cache's links to a read-only root too)."""
+    raw = write_tiny_mnist(tmp_path / "data")
+    resources = []
+    for name in MNIST_FILES:
+        (raw / name.removesuffix(".gz")).unlink()
+        resources.append((name, hashlib.md5((raw / name).read_bytes()).hexdigest()))
+    monkeypatch.setattr(MNIST, "resources", resources)  # torchvision accepts the tiny archives
+    truncate(raw / "train-labels-idx1-ubyte.gz", 20)
+    if read_only:
+        make_read_only(tmp_path / "data")
+    try:
+        with pytest.raises(DatasetNotFoundError) as caught:
+            build_dataset("mnist", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    finally:
+        make_writable(tmp_path / "data")
+    message = str(caught.value)
+    assert message.startswith(f"MNIST file {raw / 'train-labels-idx1-ubyte.gz'} is corrupt or "
+                              "truncated (MD5 ")
+    assert "\n" not in message
+
+
+def test_corrupt_flowers_mat_is_named(tiny_flowers_root, tmp_path, offline):
+    setid = tiny_flowers_root / "flowers-102" / "setid.mat"
+    truncate(setid, 100)
+    with pytest.raises(DatasetNotFoundError) as caught:
+        build_dataset("flowers102", root=tiny_flowers_root, cache_dir=tmp_path / "cache",
+                      image_size=16, center_crop=True)
+    assert str(caught.value).startswith(f"Flowers102 file {setid} is corrupt or truncated (MD5 ")
+
+
+def test_cli_truncated_data_file_is_one_sentence_and_exit_1(tmp_path):
+    raw = write_tiny_mnist(tmp_path / "data")
+    truncate(raw / "t10k-labels-idx1-ubyte", 12)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFUSION_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "diffusion.train", "logger=none", "trainer=debug",
+         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: MNIST file {raw / 't10k-labels-idx1-ubyte'} is corrupt")
 
 
 # ---------------------------------------------------------------------------------------------
