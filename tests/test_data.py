@@ -4,6 +4,8 @@ import hashlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,6 +16,7 @@ from diffusion.data import (
     DATASET_INFO,
     DatasetNotFoundError,
     DeviceDataset,
+    SampleKey,
     build_dataset,
     resolve_root,
 )
@@ -156,19 +159,84 @@ def test_read_only_root_with_unpacked_files_is_used_in_place(tiny_mnist_root, tm
         make_writable(root)
 
 
+def truncate(path, keep):
+    """Cut ``path`` to ``keep`` bytes; returns (original size, kept size)."""
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+    return len(data), keep
+
+
+def test_truncated_unpacked_mnist_file_is_named(tmp_path, offline):
+    raw = write_tiny_mnist(tmp_path / "data")
+    size, kept = truncate(raw / "train-images-idx3-ubyte", 1000)
+    with pytest.raises(DatasetNotFoundError) as caught:
+        build_dataset("mnist", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    message = str(caught.value)
+    assert message.startswith(f"MNIST file {raw / 'train-images-idx3-ubyte'} is corrupt or "
+                              f"truncated (expected {size} bytes, found {kept}): ")
+    assert "train-images-idx3-ubyte.gz" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_truncated_mnist_archive_is_named(tmp_path, monkeypatch, offline, read_only):
+    """All four archives are there but one is cut short: the error names it, not the folder
+    (through the cache's links to a read-only root too)."""
+    raw = write_tiny_mnist(tmp_path / "data")
+    resources = []
+    for name in MNIST_FILES:
+        (raw / name.removesuffix(".gz")).unlink()
+        resources.append((name, hashlib.md5((raw / name).read_bytes()).hexdigest()))
+    monkeypatch.setattr(MNIST, "resources", resources)  # torchvision accepts the tiny archives
+    truncate(raw / "train-labels-idx1-ubyte.gz", 20)
+    if read_only:
+        make_read_only(tmp_path / "data")
+    try:
+        with pytest.raises(DatasetNotFoundError) as caught:
+            build_dataset("mnist", root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    finally:
+        make_writable(tmp_path / "data")
+    message = str(caught.value)
+    assert message.startswith(f"MNIST file {raw / 'train-labels-idx1-ubyte.gz'} is corrupt or "
+                              "truncated (MD5 ")
+    assert "\n" not in message
+
+
+def test_corrupt_flowers_mat_is_named(tiny_flowers_root, tmp_path, offline):
+    setid = tiny_flowers_root / "flowers-102" / "setid.mat"
+    truncate(setid, 100)
+    with pytest.raises(DatasetNotFoundError) as caught:
+        build_dataset("flowers102", root=tiny_flowers_root, cache_dir=tmp_path / "cache",
+                      image_size=16, center_crop=True)
+    assert str(caught.value).startswith(f"Flowers102 file {setid} is corrupt or truncated (MD5 ")
+
+
+def test_cli_truncated_data_file_is_one_sentence_and_exit_1(tmp_path):
+    raw = write_tiny_mnist(tmp_path / "data")
+    truncate(raw / "t10k-labels-idx1-ubyte", 12)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFUSION_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "diffusion.train", "logger=none", "trainer=debug",
+         f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: MNIST file {raw / 't10k-labels-idx1-ubyte'} is corrupt")
+
+
 # ---------------------------------------------------------------------------------------------
 # The trainer's two batch paths (DataLoader and on-device) give the same batches' distribution
 # ---------------------------------------------------------------------------------------------
 
 
 def batches(data, n, seed=1, on_device=False, start_batch=0, rank=0, world_size=1,
-            batch_size=16):
+            batch_size=16, num_workers=0):
     """The first ``n`` batches the trainer would draw."""
     sampler = ResumableBatchSampler(len(data), batch_size, seed=seed, start_batch=start_batch,
                                     rank=rank, world_size=world_size)
     device_data = DeviceDataset.from_dataset(data, "cpu") if on_device else None
     stream = batch_stream(data, sampler, torch.device("cpu"),
-                          torch.Generator().manual_seed(seed), device_data)
+                          torch.Generator().manual_seed(seed), device_data, num_workers)
     return [next(stream) for _ in range(n)]
 
 
@@ -253,3 +321,25 @@ def test_batch_order_resumes_and_shards(tiny_mnist_root):
         ResumableBatchSampler(len(data), 64)
     with pytest.raises(ValueError, match="divisible by the number of processes"):
         ResumableBatchSampler(len(data), 9, world_size=2)
+
+
+def test_flips_depend_on_seed_epoch_and_index_only(tiny_mnist_root):
+    """A resumed run with DataLoader workers flips every image as an uninterrupted run did."""
+    data = build_dataset("mnist", root=tiny_mnist_root, split="test", random_flip=True)
+    data.source.targets = torch.arange(len(data))  # labels become indices
+    reference = data.preprocessed()[0].float() / 127.5 - 1
+    torch.manual_seed(0)
+    full = batches(data, 8, batch_size=8)  # two epochs of 32 images
+    torch.manual_seed(1)  # the global RNG plays no part
+    for num_workers, start_batch in ((2, 0), (2, 5), (0, 3)):
+        resumed = batches(data, 8 - start_batch, batch_size=8, start_batch=start_batch,
+                          num_workers=num_workers)
+        for (x, y), (x_full, y_full) in zip(resumed, full[start_batch:], strict=True):
+            assert torch.equal(y, y_full) and torch.equal(x, x_full), (num_workers, start_batch)
+
+    flips = torch.zeros(2, len(data), dtype=torch.bool)  # [epoch, index]
+    for b, (x, y) in enumerate(full):
+        flips[b // 4, y] = (x != reference[y]).flatten(1).any(1)
+    assert 0 < flips[0].sum() < len(data) and not torch.equal(flips[0], flips[1])
+    x, _ = data[SampleKey(index=5, seed=1, epoch=1)]
+    assert torch.equal(x, reference[5].flip(-1) if flips[1, 5] else reference[5])

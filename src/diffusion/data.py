@@ -1,7 +1,9 @@
 """torchvision datasets -> image tensors in [-1, 1].
 
 ``build_dataset`` gives an ``ImageDataset`` whose items are preprocessed (resize, centre
-crop), randomly flipped and scaled on the fly, for a ``DataLoader``. ``DeviceDataset`` holds
+crop), randomly flipped and scaled on the fly, for a ``DataLoader``; indexed by a ``SampleKey``,
+an item's flip depends only on (seed, epoch, index), so it is the same in any worker process and
+after a resume. ``DeviceDataset`` holds
 a whole split preprocessed once as one uint8 tensor on the training device, and gathers,
 flips and scales batches there, so small datasets cost no per-step host work. The trainer
 (``diffusion.training.batches``) feeds either from the same batch order.
@@ -9,18 +11,22 @@ flips and scales batches there, so small datasets cost no per-step host work. Th
 Data lives under ``root`` (argument, else ``$DIFFUSION_DATA``, else ``./data``) in torchvision's
 layout. A read-only root works: whatever torchvision would write (decompressed MNIST files, a
 download) goes to a cache folder (``cache_dir``, else ``$DIFFUSION_CACHE``, else
-``~/.cache/diffusion/data``) that links to the originals, prepared once.
+``~/.cache/diffusion/data``) that links to the originals, prepared once. A file that is there
+but damaged (cut short, or not the original) ends in ``DatasetCorruptError`` naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import socket
+import struct
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -35,6 +41,43 @@ DOWNLOAD_TIMEOUT_S = 10.0
 
 class DatasetNotFoundError(RuntimeError):
     """The dataset's files are missing and could not be downloaded."""
+
+
+class DatasetCorruptError(DatasetNotFoundError):
+    """A dataset file is there but damaged; the message names it and says how to replace it.
+
+    A kind of ``DatasetNotFoundError`` since, either way, the user has to provide the file,
+    and the entry points already end with that error's message.
+    """
+
+
+def _original(path: Path) -> Path:
+    """The file a user should replace: the original behind a cache link, else ``path``."""
+    return path.resolve() if path.is_symlink() else path
+
+
+def _md5_damage(kind: str, path: Path, md5: str, url: str) -> str | None:
+    """Why ``path``, if it is there, is not the original file of MD5 ``md5`` (None if it is)."""
+    if not path.is_file() or check_integrity(str(path), md5):
+        return None
+    found = hashlib.md5(path.read_bytes()).hexdigest()
+    return (
+        f"{kind} file {_original(path)} is corrupt or truncated (MD5 {found}, expected {md5}): "
+        f"replace it with the original from {url}, or delete it so that download=true fetches "
+        "it again."
+    )
+
+
+def _idx_size(path: Path) -> int | None:
+    """The size in bytes that the header of uint8 idx file ``path`` (the MNIST format: 0, 0,
+    type 0x08, number of dims, big-endian sizes) promises, or None without such a header."""
+    with path.open("rb") as f:
+        head = f.read(4)
+        ndim = head[3] if len(head) == 4 and head[:3] == b"\0\0\x08" else 0
+        dims = f.read(4 * ndim)
+    if not 1 <= ndim <= 3 or len(dims) < 4 * ndim:
+        return None
+    return 4 + 4 * ndim + math.prod(struct.unpack(f">{ndim}I", dims))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +116,31 @@ class _MnistFiles:
             f"{', '.join(self.archives())} there"
         )
 
+    def damaged(self, root: Path) -> str | None:
+        """Why a file that torchvision would read from ``root`` is unusable, naming it (None if
+        none is): once all idx files are unpacked, one whose size is not what its header says
+        (torchvision would fail with a bare assertion); before, an archive whose MD5 is not
+        the original's (torchvision would try to download it again)."""
+        kind, folder = self.cls.__name__, self.folder(root)
+        if not self.is_complete(root):
+            for name, md5 in self.cls.resources:
+                damage = _md5_damage(kind, folder / name, md5, f"{self.cls.mirrors[0]}{name}")
+                if damage:
+                    return damage
+            return None
+        for archive in self.archives():
+            path = folder / archive.removesuffix(".gz")
+            expected, found = _idx_size(path), path.stat().st_size
+            if expected != found:
+                reason = (f"no idx header in its {found} bytes" if expected is None
+                          else f"expected {expected} bytes, found {found}")
+                return (
+                    f"{kind} file {_original(path)} is corrupt or truncated ({reason}): delete "
+                    f"it so that it is unpacked again from {archive}, or replace it with the "
+                    "original."
+                )
+        return None
+
 
 class _FlowersFiles:
     """``<root>/flowers-102/``: ``jpg/`` plus the two original ``.mat`` files (MD5-checked)."""
@@ -107,6 +175,16 @@ class _FlowersFiles:
             f"Flowers102 not found under {self.folder(root)}: put the jpg/ folder "
             f"(image_00001.jpg to image_08189.jpg) and the original {mats} there"
         )
+
+    def damaged(self, root: Path) -> str | None:
+        """Why a ``.mat`` file under ``root`` is unusable, naming it (None if none is): one
+        that is there but not the original (torchvision would try to download it again)."""
+        for name, md5 in self._mat_files():
+            url = f"{tvd.Flowers102._download_url_prefix}{name}"
+            damage = _md5_damage("Flowers102", self.folder(root) / name, md5, url)
+            if damage:
+                return damage
+        return None
 
 
 @dataclass(frozen=True)
@@ -190,6 +268,14 @@ def _short_reason(error: BaseException) -> str:
     return reason if len(reason) <= 200 else reason[:197] + "..."
 
 
+def _raise_if_damaged(files: _MnistFiles | _FlowersFiles, root: Path) -> None:
+    """End with the damaged file's name, instead of torchvision's traceback or a "not found"
+    listing files that are there."""
+    damage = files.damaged(root)
+    if damage:
+        raise DatasetCorruptError(damage)
+
+
 def _open_source(name: str, root: Path, split: str, download: bool, cache_dir) -> Dataset:
     """Open the torchvision dataset, preparing a writable cache first if ``root`` is read-only."""
     files = DATASET_INFO[name].files
@@ -199,9 +285,11 @@ def _open_source(name: str, root: Path, split: str, download: bool, cache_dir) -
         where = resolve_cache(cache_dir) / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', root.name)}-{tag}"
         files.link(root, where)
     if files.is_complete(where):
+        _raise_if_damaged(files, where)
         return files.open(where, split, download=False)
     hint = "(or set data.root / DIFFUSION_DATA to a folder that has them)"
     if not download:
+        _raise_if_damaged(files, where)
         raise DatasetNotFoundError(
             f"{files.missing(root)} {hint}; downloading is off (download=true "
             "also unpacks archives that are already there)."
@@ -215,6 +303,7 @@ def _open_source(name: str, root: Path, split: str, download: bool, cache_dir) -
         except (RuntimeError, OSError) as error:
             if files.is_complete(where):
                 raise
+            _raise_if_damaged(files, where)
             raise DatasetNotFoundError(
                 f"{files.missing(root)} {hint}; downloading failed: {_short_reason(error)}"
             ) from error
@@ -251,12 +340,33 @@ def to_model_range(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div_(127.5).sub_(1.0)
 
 
+class SampleKey(NamedTuple):
+    """Item ``index`` as drawn in epoch ``epoch`` of a run seeded ``seed``.
+
+    The trainer's batch sampler yields these rather than bare indices, so that an item's random
+    augmentation travels with it into whichever DataLoader worker loads it.
+    """
+
+    index: int
+    seed: int
+    epoch: int
+
+
+def sample_generator(key: SampleKey) -> torch.Generator:
+    """A generator seeded from a hash of ``key`` alone: the augmentation it draws does not
+    depend on the process, the worker's RNG state or where a run was resumed."""
+    digest = hashlib.blake2b(f"{key.seed}/{key.epoch}/{key.index}".encode(), digest_size=8)
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little"))
+
+
 class ImageDataset(Dataset):
     """A torchvision dataset whose items are ``(x, label)``, x float32 (C, H, W) in [-1, 1].
 
     ``source`` is the underlying torchvision dataset (a ``ConcatDataset`` for Flowers
-    ``trainval``); ``random_flip`` flips each item horizontally with probability 1/2 using
-    torch's global generator (seeded per worker by the DataLoader).
+    ``trainval``); ``random_flip`` flips each item horizontally with probability 1/2. Indexed by
+    a ``SampleKey`` (as the trainer does) the coin comes from ``sample_generator(key)``, which
+    keeps a resumed run with DataLoader workers identical to an uninterrupted one; indexed by a
+    plain int it comes from torch's global generator (seeded per worker by the DataLoader).
     """
 
     def __init__(
@@ -274,10 +384,13 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, int]:
+        index, generator = (
+            (key.index, sample_generator(key)) if isinstance(key, SampleKey) else (key, None)
+        )
         image, label = self.source[index]
         x = self.preprocess(image)
-        if self.random_flip and torch.rand(()) < 0.5:
+        if self.random_flip and torch.rand((), generator=generator) < 0.5:
             x = x.flip(-1)
         return to_model_range(x), int(label)
 

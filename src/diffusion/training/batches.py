@@ -5,7 +5,9 @@ alone, so the batch at any global position can be recomputed: a run resumed at
 step N sees exactly the batches an uninterrupted run would have seen. Under
 DistributedDataParallel ``batch_size`` is the global batch and rank ``r`` of
 ``world_size`` takes the r-th contiguous slice of each one, so the union over
-ranks is the batch a single process would have drawn.
+ranks is the batch a single process would have drawn. For a DataLoader the batches
+are ``SampleKey`` lists, which carry the epoch so that each image's random flip is
+the same in any worker and after a resume.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from diffusion.data import DeviceDataset, epoch_generator
+from diffusion.data import DeviceDataset, SampleKey, epoch_generator
 
 
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Infinite stream of this rank's index batches, from global batch ``start_batch``."""
+class ResumableBatchSampler(Sampler[list[SampleKey]]):
+    """Infinite stream of this rank's batches of ``SampleKey``, from global batch
+    ``start_batch``."""
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, start_batch: int = 0,
                  rank: int = 0, world_size: int = 1):
@@ -40,14 +43,19 @@ class ResumableBatchSampler(Sampler[list[int]]):
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         return torch.randperm(self.num_samples, generator=epoch_generator(self.seed, epoch))
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def index_batches(self) -> Iterator[tuple[int, list[int]]]:
+        """(epoch, this rank's dataset indices) for each batch from ``start_batch`` on."""
         epoch, offset = divmod(self.start_batch, self.batches_per_epoch)
         while True:
             indices = self.epoch_indices(epoch)
             for b in range(offset, self.batches_per_epoch):
                 start = b * self.batch_size + self.rank * self.local_batch
-                yield indices[start:start + self.local_batch].tolist()
+                yield epoch, indices[start:start + self.local_batch].tolist()
             epoch, offset = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for epoch, indices in self.index_batches():
+            yield [SampleKey(index, self.seed, epoch) for index in indices]
 
     def __len__(self) -> int:  # one epoch; the stream itself never ends
         return self.batches_per_epoch
@@ -61,7 +69,8 @@ def batch_stream(dataset, sampler: ResumableBatchSampler, device: torch.device,
     With ``device_data`` (``data.on_device``) the uint8 images already sit on the training
     device and batches are gathered, flipped and scaled there; flips come from
     ``generator``, drawn for the whole global batch and sliced like the indices. Otherwise
-    a DataLoader runs the dataset's own transforms (flips from the global RNG).
+    a DataLoader runs the dataset's own transforms on ``SampleKey`` batches (each flip
+    drawn from the key's seed, epoch and index, whichever worker loads it).
     """
     if device_data is None:
         yield from DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
@@ -70,7 +79,7 @@ def batch_stream(dataset, sampler: ResumableBatchSampler, device: torch.device,
                               generator=torch.Generator().manual_seed(sampler.seed))
         return
     start = sampler.rank * sampler.local_batch
-    for indices in sampler:
+    for _, indices in sampler.index_batches():
         flip = None
         if device_data.random_flip:
             coins = torch.rand(sampler.batch_size, device=device, generator=generator) < 0.5
