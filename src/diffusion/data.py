@@ -369,6 +369,8 @@ class ImageDataset(Dataset):
     plain int it comes from torch's global generator (seeded per worker by the DataLoader).
     """
 
+    accepts_sample_keys = True  # the trainer's batch sampler may hand it SampleKey batches
+
     def __init__(
         self,
         source: Dataset,

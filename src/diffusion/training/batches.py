@@ -61,6 +61,20 @@ class ResumableBatchSampler(Sampler[list[SampleKey]]):
         return self.batches_per_epoch
 
 
+class _Indices(Sampler[list[int]]):
+    """``sampler``'s batches as plain indices, for a dataset that takes no ``SampleKey``."""
+
+    def __init__(self, sampler: ResumableBatchSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _, indices in self.sampler.index_batches():
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def batch_stream(dataset, sampler: ResumableBatchSampler, device: torch.device,
                  generator: torch.Generator, device_data: DeviceDataset | None = None,
                  num_workers: int = 0) -> Iterator:
@@ -73,7 +87,9 @@ def batch_stream(dataset, sampler: ResumableBatchSampler, device: torch.device,
     drawn from the key's seed, epoch and index, whichever worker loads it).
     """
     if device_data is None:
-        yield from DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+        keyed = getattr(dataset, "accepts_sample_keys", False)  # other datasets take ints
+        yield from DataLoader(dataset, batch_sampler=sampler if keyed else _Indices(sampler),
+                              num_workers=num_workers,
                               pin_memory=device.type == "cuda",
                               persistent_workers=num_workers > 0,
                               generator=torch.Generator().manual_seed(sampler.seed))
