@@ -98,6 +98,7 @@ class Trainer:
         self._pipeline: DiffusionPipeline | None = None
         self.best = math.inf
         self.step = 0
+        self.skipped_steps = 0  # fp16 updates the GradScaler skipped (not counted in step)
         self.logger = LoggerGroup([JsonlLogger(self.run_dir / "metrics.jsonl"),
                                    *([logger] if logger is not None else [])]
                                   if self.is_main else [])
@@ -195,7 +196,8 @@ class Trainer:
 
     def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns device tensors
-        (mean loss, grad norm) and the seconds spent waiting for data."""
+        (mean loss, grad norm) and the seconds spent waiting for data. An fp16 step whose
+        gradients overflowed is skipped: ``step`` stays, ``skipped_steps`` counts it."""
         data_time = 0.0
         total = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
@@ -217,9 +219,23 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), self.cfg.grad_clip or math.inf, foreach=True)
+        scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        # Under fp16 the GradScaler skips the update when a gradient is inf/NaN, and lowers
+        # its scale: that step is not counted, and the LR schedule and EMA do not advance.
+        # Seeing the skip takes a host read of the scale, so only fp16 pays this sync (bf16,
+        # the CUDA default, and fp32 have no scaler and never skip); the schedule and the step
+        # counter live on the host, so a device-side flag could not gate them anyway.
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale:
+            self.skipped_steps += 1
+            if not math.isfinite(loss := total.item()):
+                raise self._diverged(loss)
+            log.info("fp16 gradients overflowed at step %d: update skipped, loss scale now %g "
+                     "(%d skipped so far).", self.step, self.scaler.get_scale(),
+                     self.skipped_steps)
+            return total, grad_norm, data_time
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.step += 1
