@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -14,10 +15,28 @@ from hydra_utils import compose_config
 
 pytest.importorskip("diffusers")
 
+REPEATS, SAMPLE_N, SAMPLE_STEPS = 2, 2, 2
 TINY = ["model.base_channels=8", "model.norm_groups=4", "model.num_res_blocks=1",
         "data.batch_size=4", "data.num_workers=0", "trainer.device=cpu", "bench.warmup=1",
-        "bench.repeats=2", "bench.min_time_s=0", "bench.sample_n=2", "bench.sample_steps=2",
+        "bench.min_time_s=0", f"bench.repeats={REPEATS}", f"bench.sample_n={SAMPLE_N}",
+        f"bench.sample_steps={SAMPLE_STEPS}",
         "bench.num_threads=1"]
+
+
+def assert_rates_follow_the_timings(result: dict, batch: int) -> None:
+    """Each rate is its operation's images (or image-steps) over the median of its timed
+    repeats, in the units its name says."""
+    timings = result["timings"]
+    for op, timing in timings.items():
+        assert len(timing["repeats_s"]) == REPEATS and timing["calls_per_repeat"] >= 1, op
+        assert timing["median_s"] == pytest.approx(statistics.median(timing["repeats_s"])), op
+        assert min(timing["repeats_s"]) <= timing["median_s"] <= max(timing["repeats_s"]), op
+    assert result["train_images_per_s"] == pytest.approx(batch / timings["train"]["median_s"])
+    assert result["sample_images_steps_per_s"] == pytest.approx(
+        SAMPLE_N * SAMPLE_STEPS / timings["sample"]["median_s"])
+    assert result["data_images_per_s"] == pytest.approx(batch / timings["data"]["median_s"])
+    assert result["ema_update_ms"] == pytest.approx(1000 * timings["ema"]["median_s"])
+    assert result["params_m"] == pytest.approx(result["params"] / 1e6)
 
 
 def test_tiny_bench_side_by_side_writes_table_and_json(tmp_path, tiny_mnist_root, capsys):
@@ -30,15 +49,24 @@ def test_tiny_bench_side_by_side_writes_table_and_json(tmp_path, tiny_mnist_root
     record = json.loads(out.read_text())
     assert record["device"] == "cpu" and record["num_threads"] == 1
     assert "mnist train split" in record["data_source"]
+    results = record["results"]
     for side in ("ours", "diffusers"):
-        result = record["results"][side]
-        for key in ("train_images_per_s", "sample_images_steps_per_s", "data_images_per_s",
-                    "ema_update_ms", "train_gflop_per_image", "train_tflop_per_s"):
-            assert result[key] > 0, (side, key)
+        result = results[side]
+        assert_rates_follow_the_timings(result, record["batch_size"])
+        # a training step is a forward and a backward (about twice the forward) per image
+        ratio = result["train_gflop_per_image"] / result["sample_gflop_per_image_step"]
+        assert 2.5 < ratio <= 3.0, (side, ratio)
+        assert result["train_tflop_per_s"] == pytest.approx(
+            result["train_gflop_per_image"] * result["train_images_per_s"] / 1000)
         assert result["train_peak_mib"] >= 0 and "mfu_percent" not in result  # no MFU on CPU
-    ours, theirs = record["results"]["ours"]["params"], record["results"]["diffusers"]["params"]
+    ours, theirs = results["ours"]["params"], results["diffusers"]["params"]
     assert abs(theirs / ours - 1) <= 0.05
-    assert record["ratios_ours_over_diffusers"]["train_images_per_s"] > 0
+    # networks of the same size cost about the same FLOPs per image
+    assert results["diffusers"]["train_gflop_per_image"] == pytest.approx(
+        results["ours"]["train_gflop_per_image"], rel=0.5)
+    ratios = record["ratios_ours_over_diffusers"]
+    for key in ("train_images_per_s", "sample_images_steps_per_s", "ema_update_ms"):
+        assert ratios[key] == pytest.approx(results["ours"][key] / results["diffusers"][key])
     table = capsys.readouterr().out
     for text in ("train images/s", "sample images*steps/s", "ours/diffusers", str(out)):
         assert text in table
@@ -50,7 +78,7 @@ def test_missing_data_falls_back_to_synthetic_files_and_says_so(tmp_path):
     record = bench(cfg)
     assert record["data_source"].startswith("synthetic MNIST")
     assert "diffusers" not in record["results"]
-    assert record["results"]["ours"]["data_images_per_s"] > 0
+    assert_rates_follow_the_timings(record["results"]["ours"], record["batch_size"])
     with pytest.raises(ConfigError, match="bench.data"):
         bench(compose_config([*TINY, "bench.data=sometimes"], config_name="bench"))
 
@@ -65,7 +93,8 @@ def test_bench_times_a_whole_fid(tmp_path, tiny_mnist_root, capsys):
     bench(cfg)
     fid = json.loads(out.read_text())["fid_eval"]
     assert (fid["n"], fid["steps"], fid["batch_size"], fid["sampler"]) == (5, 2, 2, "ddim")
-    assert fid["seconds"] > 0 and fid["images_per_s"] == pytest.approx(5 / fid["seconds"])
+    assert fid["images_per_s"] == pytest.approx(5 / fid["seconds"])
+    assert fid["image_steps_per_s"] == pytest.approx(5 * 2 / fid["seconds"])
     assert fid["feature_id"].startswith("mnist-lenet@") and fid["reference"] == "mnist/test"
     assert "FID of 5 images (ddim-2, batch 2" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="bench.fid_n must be 0 .off. or at least 2"):

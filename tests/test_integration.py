@@ -18,4 +18,6 @@ def test_recipe_trains_on_real_data(tmp_path, shared_data_root, experiment):
     assert summary["step"] == 2
     losses = [r["train/loss"] for r in read_metrics(run_dir / "metrics.jsonl")
               if "train/loss" in r]
-    assert losses and all(0 < v < 10 for v in losses)
+    # Every recipe's attention UNet starts with a zero output and two steps barely move it, so
+    # its MSE to the unit-variance epsilon target is E[eps^2] = 1 (measured 0.98-0.99).
+    assert len(losses) == 1 and losses[0] == pytest.approx(1.0, abs=0.1), losses

@@ -134,8 +134,23 @@ def evaluated_run(tmp_path_factory, tiny_mnist_root, cache):
 def test_trainer_evaluates_and_keeps_the_best_checkpoint(evaluated_run):
     evals = [r for r in read_metrics(evaluated_run / "metrics.jsonl") if "eval/fid" in r]
     assert [r["step"] for r in evals] == [2, 4]
-    assert all(r["eval/fid"] > r["eval/fid_floor"] >= 0 for r in evals)
-    assert (evaluated_run / "checkpoints" / "best.pt").is_file()
+    assert len({r["eval/fid_floor"] for r in evals}) == 1  # the same floor at every evaluation
+    best = torch.load(evaluated_run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == min(evals, key=lambda r: r["eval/fid"])["step"]
+    assert best["best"] == pytest.approx(min(r["eval/fid"] for r in evals))
+
+
+def test_fid_orders_real_blurred_and_noise(scorer, tiny_mnist_root):
+    """Real training images score near the floor, blurring moves them away, noise is far off.
+    Measured: real 7.9 (floor 10.5), 3x3 blur 33, 5x5 blur 70, noise 475."""
+    real = DataRef("mnist", root=str(tiny_mnist_root)).images("train")[:32].float() / 127.5 - 1
+    blurred = [torch.nn.functional.avg_pool2d(real, k, stride=1, padding=k // 2,
+                                              count_include_pad=False) for k in (3, 5)]
+    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(0)).clamp(-1, 1)
+    fids = [scorer.score(images).fid for images in (real, *blurred, noise)]
+    floor, _ = scorer.floor(32)
+    assert fids[0] < 2 * floor and fids[0] < fids[1] / 2, fids
+    assert fids[1] < fids[2] < fids[3] / 3, fids
 
 
 def test_evaluate_writes_eval_json_metrics_and_plot(evaluated_run, cache, tiny_mnist_root):

@@ -41,6 +41,20 @@ def name_of(cls):
     return cls.__name__
 
 
+def assert_per_sample(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> None:
+    """The output has the input's shape, follows each sample's own input and timestep, and
+    never mixes samples: changing sample 0 moves only out[0]."""
+    out = model(x, t)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+    changed = x.clone()
+    changed[0] = torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(2))
+    moved = model(changed, t)
+    assert not torch.allclose(moved[0], out[0])
+    torch.testing.assert_close(moved[1:], out[1:])
+    assert not torch.allclose(model(x, t.flip(0)), out)
+
+
 def test_registry_names_the_three_backbones():
     assert MODELS == {"basic": BasicUNet, "unet": UNet, "unet_attn": AttentionUNet}
 
@@ -48,11 +62,9 @@ def test_registry_names_the_three_backbones():
 @pytest.mark.parametrize("cls", BACKBONES, ids=name_of)
 @pytest.mark.parametrize("channels,size", [(1, 28), (1, 32), (3, 32), (3, 64)])
 def test_output_has_input_shape(cls, channels, size):
-    model = small(cls, in_channels=channels, image_size=size)
-    x = torch.randn(2, channels, size, size)
-    out = model(x, torch.tensor([3, 700]))
-    assert out.shape == x.shape
-    assert torch.isfinite(out).all()
+    model = small(cls, in_channels=channels, image_size=size).eval()
+    perturb_zero_init(model)  # a zero output would pass any check on its values
+    assert_per_sample(model, torch.randn(2, channels, size, size), torch.tensor([3, 700]))
 
 
 @pytest.mark.parametrize("cls", BACKBONES, ids=name_of)
@@ -79,16 +91,21 @@ def test_zero_initialised_network_trains_every_parameter():
     torch.manual_seed(0)
     model = small(AttentionUNet, num_classes=3, dropout=0.0)
     assert not model.out[-1].weight.any()
-    assert model(torch.randn(2, 1, 28, 28), 5).abs().max() == 0
+    x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([1, 50, 400, 999]), torch.tensor([0, 1, 2, 3])
+    assert model(x, t, y).abs().max() == 0  # the zero-init design's promise
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x, t, y = torch.randn(4, 1, 28, 28), torch.tensor([1, 50, 400, 999]), torch.tensor([0, 1, 2, 3])
-    for _ in range(3):  # output conv, then residual/attention outputs, then the rest
+    for step in range(3):  # output conv, then residual/attention outputs, then the rest
         opt.zero_grad()
         (model(x, t, y) - x).square().mean().backward()
         opt.step()
+        if step == 0:
+            assert model(x, t, y).abs().min() > 0  # one step gives every pixel an output
     unchanged = [n for n, p in model.named_parameters() if torch.equal(p, before[n])]
     assert not unchanged
+    out = model(x, t, y)
+    assert not torch.allclose(model(x, t.flip(0), y), out)  # the time embedding is live
+    assert not torch.allclose(model(x, t, y.flip(0)), out)  # and so is the label embedding
 
 
 @pytest.mark.parametrize("cls", BACKBONES, ids=name_of)
@@ -157,10 +174,9 @@ def test_channels_last_gives_the_same_output(cls):
     ids=lambda o: ",".join(o),
 )
 def test_attention_unet_variants(options):
-    model = small(AttentionUNet, num_res_blocks=2, **options)
+    model = small(AttentionUNet, num_res_blocks=2, **options).eval()
     perturb_zero_init(model)
-    x = torch.randn(2, 1, 32, 32)
-    assert model(x, 3).shape == x.shape
+    assert_per_sample(model, torch.randn(2, 1, 32, 32), torch.tensor([3, 600]))
 
 
 def test_ddpm_cifar10_parameter_count():

@@ -40,7 +40,13 @@ def test_short_run_writes_a_complete_run_folder(tmp_path, tiny_mnist_root, model
     records = read_metrics(run_dir / "metrics.jsonl")
     train_records = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train_records] == [2, 4]
-    assert all(0 < r["train/loss"] < 10 for r in train_records)
+    # Four steps at a warm-up LR of ~1e-6 leave the network nearly untrained: its output is ~0
+    # (or small noise), so its MSE to the unit-variance epsilon target is about E[eps^2] = 1
+    # (measured 0.90-1.32 over the three backbones and seeds 0-2).
+    assert all(0.75 < r["train/loss"] < 1.5 for r in train_records)
+    # 8 of 64 images a step; the LR of a 500-step warm-up after 2 and 4 optimizer steps
+    assert [r["train/epoch"] for r in train_records] == [0.25, 0.5]
+    assert [r["train/lr"] for r in train_records] == pytest.approx([2e-4 * 3 / 500, 2e-4 * 5 / 500])
     assert any("val/loss" in r for r in records)
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [
         "step_00000002.pt", "step_00000004.pt"]

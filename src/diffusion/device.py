@@ -24,14 +24,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` is bf16 autocast on CUDA and plain fp32 on the CPU."""
+    """``auto`` is bf16 autocast on CUDA and plain fp32 on the CPU. fp16 (autocast with a
+    GradScaler) works on both: torch has fp16 CPU kernels and a CPU GradScaler."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a CUDA device (it uses a GradScaler); "
-                         "use fp32 or bf16 on the CPU.")
     return precision
 
 

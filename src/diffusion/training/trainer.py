@@ -99,6 +99,8 @@ class Trainer:
         self._pipeline: DiffusionPipeline | None = None
         self.best = math.inf
         self.step = 0
+        self.skipped_steps = 0  # fp16 updates the GradScaler skipped (not counted in step)
+        self.micro_batches = 0  # batches consumed, skipped steps' too: where the data resumes
         self._start_step = 0
         self._logged_losses: list[float] = []
         if self.is_main:
@@ -139,6 +141,8 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "best": self.best,
             "logged_losses": list(self._logged_losses),
+            "micro_batches": self.micro_batches,
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -168,6 +172,8 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.best = float(state.get("best", math.inf))
         self._logged_losses = [float(v) for v in state.get("logged_losses", [])]
+        self.micro_batches = int(state.get("micro_batches", self.step * self.cfg.grad_accum))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
 
     def resume(self, path: str | Path | None = None) -> Path:
         """Continue from ``path`` or the run's newest checkpoint. Everything is read onto
@@ -221,12 +227,14 @@ class Trainer:
 
     def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns device tensors
-        (mean loss, grad norm) and the seconds spent waiting for data."""
+        (mean loss, grad norm) and the seconds spent waiting for data. An fp16 step whose
+        gradients overflowed is skipped: ``step`` stays, ``skipped_steps`` counts it."""
         data_time = 0.0
         total = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
             start = time.perf_counter()
             x0, y = next(batches)
+            self.micro_batches += 1
             data_time += time.perf_counter() - start
             x0, y = self._to_device(x0, y)
             x_t, t, target = self._noised(x0, self.noise_generator)
@@ -243,9 +251,23 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), self.cfg.grad_clip or math.inf, foreach=True)
+        scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        # Under fp16 the GradScaler skips the update when a gradient is inf/NaN, and lowers
+        # its scale: that step is not counted, and the LR schedule and EMA do not advance.
+        # Seeing the skip takes a host read of the scale, so only fp16 pays this sync (bf16,
+        # the CUDA default, and fp32 have no scaler and never skip); the schedule and the step
+        # counter live on the host, so a device-side flag could not gate them anyway.
+        if self.scaler.is_enabled() and self.scaler.get_scale() < scale:
+            self.skipped_steps += 1
+            if not math.isfinite(loss := total.item()):
+                raise self._diverged(f"The loss became {loss}")
+            log.info("fp16 gradients overflowed at step %d: update skipped, loss scale now %g "
+                     "(%d skipped so far).", self.step, self.scaler.get_scale(),
+                     self.skipped_steps)
+            return total, grad_norm, data_time
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.step += 1
@@ -361,7 +383,7 @@ class Trainer:
         """Train to ``max_steps``; returns the last logged metrics."""
         cfg = self.cfg
         self.model.train()
-        batches = self.batches(self.step * cfg.grad_accum)
+        batches = self.batches(self.micro_batches)
         bar = tqdm(total=cfg.max_steps, initial=self.step,
                    disable=not cfg.progress or not self.is_main,
                    dynamic_ncols=True, desc="train")
@@ -369,7 +391,10 @@ class Trainer:
         window_start, window_steps, wall_start = time.perf_counter(), 0, time.perf_counter()
         metrics: dict = {}
         while self.step < cfg.max_steps:
+            before = self.step
             loss, grad_norm, waited = self.train_step(batches)
+            if self.step == before:
+                continue  # an fp16 step the GradScaler skipped: nothing new is due
             loss_sum += loss
             loss_count += 1
             data_time += waited
@@ -384,8 +409,10 @@ class Trainer:
                            "train/lr": self.optimizer.param_groups[0]["lr"],
                            "train/images_per_sec": images / elapsed,
                            "train/data_time_frac": data_time / elapsed,
-                           "train/epoch": self.step * cfg.grad_accum * self.batch_size
+                           "train/epoch": self.micro_batches * self.batch_size
                            / len(self.train_set)}
+                if self.scaler.is_enabled():
+                    metrics["train/skipped_steps"] = self.skipped_steps
                 loss_sum.zero_()
                 loss_count, data_time, window_steps = 0, 0.0, 0
                 if self._due(cfg.val_every):
