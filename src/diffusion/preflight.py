@@ -221,6 +221,18 @@ def flatten(node: Mapping | list, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def check_resume_overrides(run: Path, overrides: list[str]) -> None:
+    """A run's saved config has no defaults list, so ``model=unet`` on a resume would replace
+    the whole group with a string: refuse group choices, which a resume cannot switch."""
+    saved = OmegaConf.load(run / "config.yaml")
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if "." not in key and OmegaConf.is_dict(saved.get(key)):
+            raise ConfigError(
+                f"resume={run} cannot switch {override}: a run keeps the groups it started "
+                f"with; override single keys ({key}.<key>=...) or start a new run.")
+
+
 def check_resume(run: Path, cfg: DictConfig) -> Resume:
     """Check that ``cfg`` (the run's config with this command's overrides) can continue
     ``run``; returns what it resumes from and what it changes. Raises NothingToDo when the

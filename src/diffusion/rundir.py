@@ -91,8 +91,9 @@ def create_run_dir(path: str | Path) -> Path:
             except FileExistsError:
                 continue
     except OSError as exc:
+        blocking = next((p for p in path.parents if p.exists()), path.parent)
         raise RunError(f"Cannot create the run folder {path} ({_reason(exc)}): make "
-                       f"{path.parent} writable or set paths.runs_dir to a writable folder."
+                       f"{blocking} writable or set paths.runs_dir to a writable folder."
                        ) from None
     raise RunError(f"Cannot create the run folder {path}: 1000 folders of that name exist; "
                    "clean up or set paths.runs_dir elsewhere.")

@@ -187,6 +187,7 @@ def _prepare(argv: list[str]) -> tuple[list[str], str, str, Path | None]:
         if multirun:
             raise ConfigError("resume= continues one run and cannot be swept: drop -m.")
         config_path, config_name = str(run), "config"
+        preflight.check_resume_overrides(run, job_args)
         jobs = preflight.check_jobs(run, "config", [*job_args, f"resume={run}"], False)
         preflight.check_resume(run, jobs[0].cfg)
         return ([*plain, f"resume={run}", f"hydra.run.dir={run}", "hydra.output_subdir=null"],
