@@ -14,14 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.models.layers import (
-    Backbone,
-    TimeMLP,
-    check_int_tuple,
-    check_io,
-    check_num_classes,
-    check_positive_int,
-)
+from diffusion.models.checks import check_backbone, check_positive_int
+from diffusion.models.layers import Backbone, TimeMLP
 
 KERNEL_SIZE = 5  # wide kernels give a shallow network a useful receptive field
 
@@ -45,16 +39,12 @@ class BasicUNet(Backbone):
         num_classes: int | None = None,
     ):
         super().__init__()
-        in_channels, out_channels = check_io(in_channels, out_channels, image_size)
-        check_positive_int("base_channels", base_channels)
-        mult = check_int_tuple("channel_mult", channel_mult)
+        args = check_backbone(in_channels, out_channels, image_size, base_channels, channel_mult,
+                              num_classes)
         check_positive_int("time_embed_dim", time_embed_dim, minimum=2)
-        num_classes = check_num_classes(num_classes)
-
-        self.in_channels = in_channels
-        self.num_downsamples = len(mult) - 1
-        widths = [base_channels * m for m in mult]
-        self.time_embed = TimeMLP(time_embed_dim, time_embed_dim, num_classes)
+        self._levels(args)
+        in_channels, out_channels, widths = args.in_channels, args.out_channels, args.widths
+        self.time_embed = TimeMLP(time_embed_dim, time_embed_dim, args.num_classes)
 
         def conv(cin: int, cout: int) -> nn.Conv2d:
             return nn.Conv2d(cin, cout, KERNEL_SIZE, padding=KERNEL_SIZE // 2)

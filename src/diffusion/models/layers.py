@@ -2,76 +2,20 @@
 
 Every backbone takes `forward(x, t, y=None)`; the pieces that make that contract
 hold (timestep broadcasting, the time/label embedding, padding to a size the
-down-sampling path can halve, argument checks) live here once, so the three
-networks differ only in how they arrange convolutions.
+down-sampling path can halve) live here once, so the three networks differ only in
+how they arrange convolutions. Their argument checks are in `checks.py`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-# ---------------------------------------------------------------- argument checks
-
-
-def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    """Return `value` as an int, or raise ValueError naming `name` and the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
-
-
-def check_int_tuple(name: str, values, allow_empty: bool = False) -> tuple[int, ...]:
-    """Normalise a list/tuple/ListConfig of positive ints (Hydra hands over ListConfig)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}.")
-    values = tuple(values)
-    if not values and not allow_empty:
-        raise ValueError(f"{name} must be a non-empty sequence of positive integers.")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a sequence of positive integers, got {values!r}.")
-    return values
-
-
-def check_dropout(dropout) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
-    return float(dropout)
-
-
-def check_norm_groups(norm_groups, channels: Iterable[int]) -> int:
-    """GroupNorm needs every channel count to split into `norm_groups` equal groups."""
-    check_positive_int("norm_groups", norm_groups)
-    widths = sorted(set(channels))
-    if any(c % norm_groups for c in widths):
-        raise ValueError(
-            f"norm_groups={norm_groups} must divide every block width {widths}; "
-            "choose base_channels as a multiple of norm_groups."
-        )
-    return norm_groups
-
-
-def check_io(in_channels, out_channels, image_size) -> tuple[int, int]:
-    """Validate the arguments every backbone shares; out_channels defaults to in_channels."""
-    in_channels = check_positive_int("in_channels", in_channels)
-    if out_channels is None:
-        out_channels = in_channels
-    check_positive_int("out_channels", out_channels)
-    check_positive_int("image_size", image_size)
-    return in_channels, out_channels
-
-
-def check_num_classes(num_classes) -> int | None:
-    if num_classes is None:
-        return None
-    return check_positive_int("num_classes", num_classes)
-
+from diffusion.models.checks import BackboneArgs, check_positive_int
 
 # ---------------------------------------------------------------- inputs
 
@@ -155,8 +99,9 @@ class TimeMLP(nn.Module):
 
     The sinusoidal code goes through a two-layer MLP (DDPM) so the network can
     learn which features of t matter. With `num_classes`, a label embedding is
-    added; index `num_classes` is the "null" label used when `y` is None, so a
-    model trained with label dropout gives classifier-free guidance for free.
+    added; index `num_classes` is the "null" label used when `y` is None (the
+    unconditional prediction that classifier-free guidance needs once a model is
+    trained with labels dropped to it).
     """
 
     def __init__(self, sinusoid_dim: int, embed_dim: int, num_classes: int | None = None):
@@ -196,6 +141,11 @@ class Backbone(nn.Module):
     in_channels: int
     num_downsamples: int
     time_embed: TimeMLP
+
+    def _levels(self, args: BackboneArgs) -> None:
+        """Record what `forward` needs from the checked shared arguments."""
+        self.in_channels = args.in_channels
+        self.num_downsamples = len(args.channel_mult) - 1
 
     @property
     def num_classes(self) -> int | None:

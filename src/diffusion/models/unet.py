@@ -13,17 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.models.layers import (
-    Backbone,
-    TimeMLP,
-    Upsample,
+from diffusion.models.checks import (
+    check_backbone,
     check_dropout,
-    check_int_tuple,
-    check_io,
     check_norm_groups,
-    check_num_classes,
     check_positive_int,
 )
+from diffusion.models.layers import Backbone, TimeMLP, Upsample
 
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU}
 
@@ -86,10 +82,9 @@ class UNet(Backbone):
         num_classes: int | None = None,
     ):
         super().__init__()
-        in_channels, out_channels = check_io(in_channels, out_channels, image_size)
-        check_positive_int("base_channels", base_channels)
-        mult = check_int_tuple("channel_mult", channel_mult)
-        widths = [base_channels * m for m in mult]
+        args = check_backbone(in_channels, out_channels, image_size, base_channels, channel_mult,
+                              num_classes)
+        in_channels, out_channels, widths = args.in_channels, args.out_channels, args.widths
         check_norm_groups(norm_groups, widths)
         if activation not in ACTIVATIONS:
             raise ValueError(
@@ -98,11 +93,8 @@ class UNet(Backbone):
         dropout = check_dropout(dropout)
         time_embed_dim = 4 * base_channels if time_embed_dim is None else time_embed_dim
         check_positive_int("time_embed_dim", time_embed_dim)
-        num_classes = check_num_classes(num_classes)
-
-        self.in_channels = in_channels
-        self.num_downsamples = len(mult) - 1
-        self.time_embed = TimeMLP(base_channels, time_embed_dim, num_classes)
+        self._levels(args)
+        self.time_embed = TimeMLP(base_channels, time_embed_dim, args.num_classes)
 
         def block(cin: int, cout: int) -> DoubleConv:
             return DoubleConv(

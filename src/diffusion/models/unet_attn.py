@@ -14,6 +14,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffusion.models.checks import (
+    check_backbone,
+    check_dropout,
+    check_int_tuple,
+    check_norm_groups,
+    check_positive_int,
+)
 from diffusion.models.layers import (
     AttentionBlock,
     Backbone,
@@ -21,12 +28,6 @@ from diffusion.models.layers import (
     ResidualBlock,
     TimeMLP,
     Upsample,
-    check_dropout,
-    check_int_tuple,
-    check_io,
-    check_norm_groups,
-    check_num_classes,
-    check_positive_int,
     level_resolutions,
     zero_init,
 )
@@ -72,14 +73,13 @@ class AttentionUNet(Backbone):
         conv_resample: bool = True,
     ):
         super().__init__()
-        in_channels, out_channels = check_io(in_channels, out_channels, image_size)
-        check_positive_int("base_channels", base_channels)
-        mult = check_int_tuple("channel_mult", channel_mult)
+        args = check_backbone(in_channels, out_channels, image_size, base_channels, channel_mult,
+                              num_classes)
+        in_channels, out_channels, widths = args.in_channels, args.out_channels, args.widths
+        mult = args.channel_mult
         check_positive_int("num_res_blocks", num_res_blocks)
-        widths = [base_channels * m for m in mult]
         check_norm_groups(norm_groups, widths)
         dropout = check_dropout(dropout)
-        num_classes = check_num_classes(num_classes)
         resolutions = level_resolutions(image_size, len(mult))
         if attention_resolutions is None:  # one halving down: 16 for 32x32, 14 for MNIST
             attention_resolutions = (resolutions[min(1, len(mult) - 1)],)
@@ -97,10 +97,9 @@ class AttentionUNet(Backbone):
             num_heads, head_channels, {widths[i] for i in attention_levels} | {widths[-1]}
         )
 
-        self.in_channels = in_channels
-        self.num_downsamples = len(mult) - 1
+        self._levels(args)
         embed_dim = 4 * base_channels
-        self.time_embed = TimeMLP(base_channels, embed_dim, num_classes)
+        self.time_embed = TimeMLP(base_channels, embed_dim, args.num_classes)
 
         def res(cin: int, cout: int, resample: str | None = None) -> ResidualBlock:
             return ResidualBlock(
