@@ -64,7 +64,7 @@ def check_device(device: str) -> None:
     from diffusion.device import resolve_device
 
     try:
-        resolve_device(device)
+        resolve_device(device, key="trainer.device")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -9,17 +9,18 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` means CUDA when present, else CPU; asking for CUDA without one is an error."""
+def resolve_device(device: str | torch.device = "auto", key: str = "device") -> torch.device:
+    """``auto`` means CUDA when present, else CPU; asking for CUDA without one is an error
+    that names ``key``, the setting the value came from."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("trainer.device is 'cuda' but no CUDA GPU is visible; "
-                         "use trainer.device=auto or cpu.")
+        raise ValueError(f"{key} is {device!r} but no CUDA GPU is visible; "
+                         f"use {key}=auto or cpu.")
     if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N]; got {device!r}.")
+        raise ValueError(f"{key} must be auto, cpu or cuda[:N]; got {device!r}.")
     return torch.device(device)
 
 

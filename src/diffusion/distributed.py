@@ -4,7 +4,9 @@
 LOCAL_RANK; :func:`init_from_env` joins the process group (NCCL on CUDA, gloo on
 the CPU). ``data.batch_size`` stays the *global* batch: each rank takes its
 slice of every global batch, and of the noise and timesteps drawn for it, so a
-run computes the same function of the config whatever the number of processes.
+run draws the same batches, noise and timesteps whatever the number of processes.
+Dropout is seeded per rank, so a model with dropout matches a single process in
+distribution, not bit for bit.
 """
 
 from __future__ import annotations

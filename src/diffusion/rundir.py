@@ -1,7 +1,8 @@
 """Run folders: what a run writes about itself, and how to load one back.
 
-A run folder (``runs/<name>/<date>_<time>/``) holds ``.hydra/config.yaml`` (the
-composed config), ``env.json`` (command, git state, versions, device),
+A run folder (``runs/<name>/<date>_<time>/``) holds ``config.yaml`` (the resolved config
+that resume, sampling and evaluation read; ``.hydra/`` keeps Hydra's own copy with its
+interpolations and the overrides), ``env.json`` (command, git state, versions, device),
 ``metrics.jsonl``, ``checkpoints/`` and ``samples/``: enough to resume, to
 sample and to re-run.
 """
@@ -135,7 +136,7 @@ def load_config(run: str | Path):
     return OmegaConf.load(cfg_file)
 
 
-def load_run(run: str | Path, checkpoint: str | Path | None = None, weights: str = "ema"):
+def load_run(run: str | Path, checkpoint: str | Path | None = None):
     """(model with EMA weights, training scheduler, config) of a run folder."""
     from hydra.utils import instantiate
 
@@ -150,6 +151,6 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None, weights: str
                                   "(trainer.ckpt_every sets how often they are written).")
     state = load(checkpoint)
     model = instantiate(cfg.model)
-    model.load_state_dict(state["ema"]["model"] if weights == "ema" else state["model"])
+    model.load_state_dict(state["ema"]["model"])
     scheduler = instantiate(cfg.scheduler)
     return model, scheduler, cfg

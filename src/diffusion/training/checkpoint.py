@@ -69,13 +69,12 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
     return path
 
 
-def prune(directory: str | Path, keep_last: int, protect: tuple[Path, ...] = ()) -> None:
+def prune(directory: str | Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` step checkpoints (0 keeps everything)."""
     if keep_last <= 0:
         return
     for old in list_checkpoints(directory)[:-keep_last]:
-        if old not in protect:
-            old.unlink(missing_ok=True)
+        old.unlink(missing_ok=True)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

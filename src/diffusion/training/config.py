@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from diffusion.device import PRECISIONS
 
@@ -80,6 +80,3 @@ class TrainerConfig:
                               f"got {self.divergence_factor!r}.")
         if self.sampler not in ("ddpm", "ddim"):
             raise ConfigError(f"trainer.sampler must be ddpm or ddim; got {self.sampler!r}.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)

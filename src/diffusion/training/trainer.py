@@ -59,7 +59,7 @@ class Trainer:
                  seed: int = 0, num_workers: int = 0, conditional: bool = False,
                  on_device: bool = False, evaluator=None):
         self.cfg = config
-        self.device = resolve_device(config.device)
+        self.device = resolve_device(config.device, key="trainer.device")
         self.precision = resolve_precision(config.precision, self.device)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
