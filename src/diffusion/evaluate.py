@@ -249,7 +249,7 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
             continue
         print(f"{result}  [{seconds:.0f} s]", flush=True)
         entry = {**result.to_dict(), "checkpoint": checkpoint.name, "step": step,
-                 "eta": cfg.eta, "batch_size": cfg.batch_size, "seed": cfg.metrics.seed,
+                 "eta": float(cfg.eta), "batch_size": cfg.batch_size, "seed": cfg.metrics.seed,
                  "kid_subset_size": cfg.metrics.kid_subset_size if cfg.metrics.kid else None,
                  "num_classes": pipe.num_classes, "seconds": round(seconds, 1),
                  "processes": dist.world_size(), "device": str(pipe.device),
@@ -277,7 +277,7 @@ def _command(cfg: DictConfig, steps: list[int], checkpoint: Path) -> str:
     even where it is the default, since defaults change."""
     metrics = cfg.metrics
     args = [f"run={cfg.run}", f"checkpoint={checkpoint}", f"n={cfg.n}",
-            f"sampler={cfg.sampler}", "steps=" + ",".join(map(str, steps)), f"eta={cfg.eta}",
+            f"sampler={cfg.sampler}", "steps=" + ",".join(map(str, steps)), f"eta={float(cfg.eta)}",
             f"batch_size={cfg.batch_size}", f"metrics.features={metrics.features}",
             f"metrics.seed={metrics.seed}", f"metrics.kid={str(metrics.kid).lower()}",
             f"metrics.kid_subset_size={metrics.kid_subset_size}"]

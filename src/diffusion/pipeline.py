@@ -205,7 +205,7 @@ class DiffusionPipeline:
         check_sampling(sampler, steps, eta, num_train_timesteps, n=n, batch_size=batch_size)
         if return_chain:
             check_int("chain_frames", chain_frames, minimum=2)
-        return steps
+        return int(steps)
 
     def _sampler(self, sampler: str, steps: int):
         sched = make_sampler(self.scheduler, sampler)

@@ -9,6 +9,7 @@ and says what is allowed.
 
 from __future__ import annotations
 
+import numbers
 import os
 import tempfile
 from collections.abc import Iterable
@@ -25,7 +26,8 @@ RUN_REQUIRED = ("run= is required: pass the run folder diffusion.train printed, 
 
 
 def is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (numpy's too), but not a bool: ``steps=true`` is a mistake, not 1 step."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_int(key: str, value: Any, minimum: int = 1) -> int:
