@@ -135,8 +135,10 @@ def test_chunked_sampling_is_reproducible_and_chunk_seeded(trained_run, sampler)
     assert len({chunk_seed(s, c) for s in range(50) for c in range(50)}) == 2500
     with pytest.raises(ValueError, match="noise has 5 samples but n=4"):
         pipe.sample_across_ranks(4, noise=noise, seed=0)
-    with pytest.raises(ValueError, match="n and batch_size must be positive integers"):
+    with pytest.raises(ValueError, match=r"^n must be an integer >= 1; got 0\.$"):
         pipe.sample_across_ranks(0, noise=noise[:0], seed=0)
+    with pytest.raises(ValueError, match=r"^batch_size must be an integer >= 1; got 0\.$"):
+        pipe.sample_across_ranks(5, noise=noise, seed=0, chunk_size=0)
 
 
 def test_channels_last_sampling_matches(trained_run):

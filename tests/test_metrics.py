@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
 
 import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from diffusion.evaluate import _list_overrides, evaluate, read_eval
+from diffusion.evaluate import _list_overrides, entry_key, evaluate, read_eval
 from diffusion.metrics import (
     DataRef,
     FeatureNetworkError,
@@ -153,27 +155,92 @@ def test_fid_orders_real_blurred_and_noise(scorer, tiny_mnist_root):
     assert fids[1] < fids[2] < fids[3] / 3, fids
 
 
-def test_evaluate_writes_eval_json_metrics_and_plot(evaluated_run, cache, tiny_mnist_root):
-    def run(*overrides):
-        cfg = compose_config([f"run={evaluated_run}", f"metrics.cache_dir={cache}",
-                              f"metrics.feature_epochs={EPOCHS}", "metrics.kid_subset_size=8",
-                              "batch_size=8", "device=cpu", *overrides], config_name="evaluate")
-        return evaluate(cfg)
+def _evaluate(run_dir, cache, *overrides):
+    cfg = compose_config([f"run={run_dir}", f"metrics.cache_dir={cache}",
+                          f"metrics.feature_epochs={EPOCHS}", "metrics.kid_subset_size=8",
+                          "batch_size=8", "device=cpu", *overrides], config_name="evaluate")
+    return evaluate(cfg)
 
-    results = run("n=16", "steps=[2,4]")
+
+def test_evaluate_writes_eval_json_metrics_and_plot(evaluated_run, cache):
+    results = _evaluate(evaluated_run, cache, "n=16", "steps=[2,4]")
     assert [(r.sampler, r.steps, r.n) for r in results] == [("ddim", 2, 16), ("ddim", 4, 16)]
     entries = read_eval(evaluated_run)
-    assert sorted(entries) == ["ddim-2-n16", "ddim-4-n16"]
-    entry = entries["ddim-4-n16"]
+    assert sorted((e["sampler"], e["steps"], e["n"]) for e in entries.values()) == [
+        ("ddim", 2, 16), ("ddim", 4, 16)]
+    key, entry = next((k, e) for k, e in entries.items() if e["steps"] == 4)
+    assert key == entry_key(entry) == (
+        f"sampler=ddim steps=4 n=16 eta=0.0 seed=0 checkpoint=step_00000004.pt step=4 "
+        f"feature_id={entry['feature_id']} reference_n=32")
     assert entry["reference"] == "mnist/test" and entry["reference_n"] == 32
     assert entry["step"] == 4 and entry["floor_n"] == 16 and entry["fid"] > entry["floor"]
-    assert entry["command"].endswith("n=16 sampler=ddim steps=2,4")
-    run("n=8", "sampler=ddpm", "steps=3")  # merged, not overwritten
-    assert sorted(read_eval(evaluated_run)) == ["ddim-2-n16", "ddim-4-n16", "ddpm-3-n8"]
+    assert " n=16 sampler=ddim steps=2,4 eta=0.0 batch_size=8 " in entry["command"]
+    _evaluate(evaluated_run, cache, "n=8", "sampler=ddpm", "steps=3")  # merged, not overwritten
+    entries = read_eval(evaluated_run)
+    assert sorted((e["sampler"], e["steps"], e["n"]) for e in entries.values()) == [
+        ("ddim", 2, 16), ("ddim", 4, 16), ("ddpm", 3, 8)]
+    ddpm = next(k for k, e in entries.items() if e["sampler"] == "ddpm")
+    assert " batch_size=8 " in ddpm  # its step noise is drawn batch by batch
     logged = [r for r in read_metrics(evaluated_run / "metrics.jsonl") if "eval/steps" in r]
     assert [(r["eval/sampler"], r["eval/steps"]) for r in logged] == [
         ("ddim", 2), ("ddim", 4), ("ddpm", 3)]
     assert (evaluated_run / "figures" / "fid_vs_steps.png").stat().st_size > 0
+
+
+def test_eval_entries_keep_every_protocol_and_repeat_exactly(evaluated_run, cache, tmp_path):
+    """Evaluations differing only in eta, or only in the checkpoint, are two entries each
+    (they used to share ``ddim-2-n8`` and overwrite each other), and an entry's command,
+    parsed back, evaluates the same protocol to the same score."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(evaluated_run, run_dir)
+    (run_dir / "eval.json").unlink(missing_ok=True)
+    older = run_dir / "checkpoints" / "step_00000002.pt"
+    for overrides in (["eta=0"], ["eta=1"], ["eta=0", f"checkpoint={older}"]):
+        _evaluate(run_dir, cache, "n=8", "steps=2", "plot=false", *overrides)
+    entries = read_eval(run_dir)
+    assert sorted((e["eta"], e["step"]) for e in entries.values()) == [(0, 2), (0, 4), (1, 4)]
+    stochastic = next(e for e in entries.values() if e["eta"] == 1)
+    args = shlex.split(stochastic["command"])
+    assert args[:3] == ["python", "-m", "diffusion.evaluate"]
+    cfg = compose_config([*_list_overrides(args[3:]), f"metrics.cache_dir={cache}",
+                          "device=cpu", "plot=false"], config_name="evaluate")
+    assert (cfg.eta, cfg.batch_size, cfg.metrics.seed, cfg.checkpoint) == (
+        1, 8, 0, str(run_dir / "checkpoints" / "step_00000004.pt"))
+    [again] = evaluate(cfg)
+    assert read_eval(run_dir).keys() == entries.keys()  # the same protocol, the same key
+    assert again.fid == pytest.approx(stochastic["fid"], rel=1e-6)
+
+
+class _Wrapped(torch.nn.Module):
+    """A model behind a wrapper without ``num_classes``; records the labels it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.labels = model, []
+
+    def forward(self, x, t, y=None):
+        self.labels.append(None if y is None else tuple(y.tolist()))
+        return self.inner(x, t, y)
+
+
+def test_conditional_run_is_scored_with_balanced_labels(tmp_path, tiny_mnist_root, scorer):
+    """The labels reach the model, 0..K-1 in turn over all n (not restarting per batch),
+    also when the model is wrapped: the pipeline states num_classes instead of FID guessing
+    it with getattr and falling back to the untrained null label."""
+    from diffusion.pipeline import DiffusionPipeline
+
+    run_dir, _ = run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
+                              "model.num_classes=10", "trainer.sample_every=0",
+                              "trainer.val_every=0")
+    trained = DiffusionPipeline.from_run(run_dir, device="cpu")
+    assert trained.num_classes == 10
+    wrapped = _Wrapped(trained.model)
+    pipe = DiffusionPipeline(wrapped, trained.scheduler, trained.sample_shape, device="cpu",
+                             num_classes=trained.num_classes)
+    result = scorer.score_pipeline(pipe, 12, "ddim", steps=2, batch_size=5)
+    assert result.n == 12 and result.fid > 0
+    assert set(wrapped.labels) == {(0, 1, 2, 3, 4), (5, 6, 7, 8, 9), (0, 1)}
+    assert len(wrapped.labels) == 3 * 2  # three batches, two steps each
 
 
 @pytest.mark.slow

@@ -315,3 +315,21 @@ def test_bad_calls_raise_one_clear_error():
         sched.step(x, 901, x, eta=-0.1)
     with pytest.raises(ValueError, match=r"timestep must be in \[0, 999\]"):
         sched.add_noise(x, x, 1000)
+
+
+@pytest.mark.parametrize("cls", [DDPMScheduler, DDIMScheduler])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_tensor_timesteps_out_of_range_are_an_error(cls, prediction_type):
+    """t = -1 used to index alpha_bar(T - 1) and t = T an IndexError; the epsilon target
+    did not look at t at all."""
+    sched = cls(prediction_type=prediction_type)
+    x = torch.zeros(3, 1, 2, 2)
+    for t in ([0, -1, 5], [999, 1000, 0]):
+        bad = -1 if -1 in t else 1000
+        for call in (sched.add_noise, sched.training_target):
+            with pytest.raises(ValueError, match=rf"^timesteps must be in \[0, 999\]; "
+                                                 rf"got {bad}\.$"):
+                call(x, x, torch.tensor(t))
+    with pytest.raises(ValueError, match=r"^timesteps must be an integer tensor"):
+        sched.add_noise(x, x, torch.tensor([1.0, 2.0, 3.0]))
+    sched.add_noise(x, x, torch.tensor([0, 500, 999]))  # the whole range is fine

@@ -2,9 +2,9 @@
 
 Samples ``n`` images from the run's EMA weights for each step count, scores them with FID and
 KID against the dataset's test split (``diffusion.metrics``), prints each score with its
-protocol and the data floor, merges the results into ``<run>/eval.json`` (keyed by
-``<sampler>-<steps>-n<n>``), appends them to ``<run>/metrics.jsonl`` and plots FID against
-sampling steps (``<run>/figures/fid_vs_steps.png``).
+protocol and the data floor, merges the results into ``<run>/eval.json`` (keyed by the whole
+protocol, ``entry_key``, each with the command that repeats it), appends them to
+``<run>/metrics.jsonl`` and plots FID against sampling steps (``<run>/figures/fid_vs_steps.png``).
 
 ``build_evaluator(cfg)`` gives the trainer the same measurement as a periodic small FID.
 """
@@ -12,7 +12,9 @@ sampling steps (``<run>/figures/fid_vs_steps.png``).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from diffusion import distributed as dist
 from diffusion.cli import CONF_DIR, USER_ERRORS, fail
 from diffusion.metrics import DataRef, FeatureNetworkError, FidEvaluator, FidResult, FidScorer
+from diffusion.sampling_args import (
+    check_bool,
+    check_cli_config,
+    check_int,
+    check_overrides,
+    check_sampling,
+    check_writable,
+    is_int,
+)
 from diffusion.training.config import ConfigError
 
 FEATURES = ("domain", "inception")
@@ -64,12 +75,22 @@ def build_scorer(metrics: DictConfig, data: DictConfig, device: str | torch.devi
 def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -> FidEvaluator:
     """The trainer's periodic FID (``trainer.eval_every``) from a training config: ``n``
     samples with ``metrics.sampler``/``metrics.steps``; the trainer keeps the best as best.pt."""
+    from hydra.utils import instantiate
+
     from diffusion.device import resolve_device
 
     metrics = cfg.get("metrics")
     if metrics is None:
         raise ConfigError("trainer.eval_every needs a metrics config: add metrics=fid (this run "
                           "was made before metrics existed) or set trainer.eval_every=0.")
+    try:  # before the feature network is trained or loaded
+        check_sampling(metrics.sampler, metrics.steps, 0.0,
+                       instantiate(cfg.scheduler).num_train_timesteps,
+                       batch_size=metrics.batch_size, prefix="metrics.")
+        check_int("metrics.n", metrics.n, minimum=2)
+        check_metrics(metrics)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     scorer = build_scorer(metrics, cfg.data,
                           device=resolve_device(device or cfg.trainer.device))
     return FidEvaluator(scorer, n=metrics.n, sampler=metrics.sampler, steps=metrics.steps,
@@ -81,12 +102,40 @@ def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -
 # ---------------------------------------------------------------------------------------------
 
 
-def entry_key(sampler: str, steps: int, n: int) -> str:
-    return f"{sampler}-{steps}-n{n}"
+def check_metrics(metrics: DictConfig) -> None:
+    """The ``metrics.*`` settings (conf/metrics/fid.yaml), before any feature network work."""
+    if metrics.features not in FEATURES:
+        raise ConfigError(f"metrics.features must be one of {', '.join(FEATURES)}; "
+                          f"got {metrics.features!r}.")
+    check_int("metrics.batch_size", metrics.batch_size)
+    check_int("metrics.kid_subset_size", metrics.kid_subset_size)
+    check_bool("metrics.kid", metrics.kid)
+    if not is_int(metrics.seed):
+        raise ConfigError(f"metrics.seed must be an integer; got {metrics.seed!r}.")
+    if metrics.get("reference_n") is not None:
+        check_int("metrics.reference_n", metrics.reference_n, minimum=2)
+    if metrics.get("feature_epochs") is not None:
+        check_int("metrics.feature_epochs", metrics.feature_epochs)
+
+
+#: What makes two evaluations of a run comparable; an eval.json key holds all of it.
+PROTOCOL = ("sampler", "steps", "n", "eta", "batch_size", "seed", "checkpoint", "step",
+            "feature_id", "reference_n")
+
+
+def entry_key(entry: dict) -> str:
+    """``sampler=ddim steps=50 n=10000 eta=0.0 seed=0 checkpoint=... step=... feature_id=...
+    reference_n=...``: the whole protocol, so evaluations that differ in any part of it
+    (eta, checkpoint, seed, ...) are kept side by side instead of overwriting each other.
+    ``batch_size`` is part of it only for stochastic sampling (DDPM, or DDIM with eta > 0),
+    whose step noise is drawn batch by batch; a deterministic sampler ignores it."""
+    stochastic = entry["sampler"] == "ddpm" or entry["eta"]
+    return " ".join(f"{k}={entry[k]}" for k in PROTOCOL if k != "batch_size" or stochastic)
 
 
 def read_eval(run: str | Path) -> dict[str, dict]:
-    """The entries of ``<run>/eval.json`` ({} when the run was never evaluated)."""
+    """The entries of ``<run>/eval.json`` ({} when the run was never evaluated); entries
+    written before keys held the whole protocol keep their ``<sampler>-<steps>-n<n>`` key."""
     path = Path(run) / "eval.json"
     return json.loads(path.read_text()).get("entries", {}) if path.is_file() else {}
 
@@ -95,10 +144,22 @@ def write_eval(run: str | Path, entries: dict[str, dict]) -> Path:
     """Merge ``entries`` into ``<run>/eval.json`` (same key: the newer result wins)."""
     path = Path(run) / "eval.json"
     merged = {**read_eval(run), **entries}
-    tmp = path.with_name(".eval.json.tmp")
+    tmp = path.with_name(f".eval.json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"entries": dict(sorted(merged.items()))}, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def plot_entries(entries: list[dict], current: dict) -> list[dict]:
+    """The entries one FID-vs-steps plot can show beside ``current``: the same checkpoint
+    and feature network, and for each (sampler, n, steps) only the newest, so results that
+    differ in eta or seed do not zigzag along one line."""
+    same = ("checkpoint", "step", "feature_id")
+    newest: dict[tuple, dict] = {}
+    for e in sorted(entries, key=lambda e: e.get("time", "")):
+        if all(e.get(k) == current[k] for k in same):
+            newest[(e["sampler"], e["n"], e["steps"])] = e
+    return list(newest.values())
 
 
 def _checkpoint_step(path: Path) -> int:
@@ -118,10 +179,42 @@ def _run_config(run: Path) -> DictConfig:
 
 def _steps_list(steps) -> list[int]:
     values = list(steps) if isinstance(steps, list | tuple | ListConfig) else [steps]
-    if not values or any(not isinstance(s, int) or s < 1 for s in values):
-        raise ConfigError(f"steps must be positive integers, e.g. steps=50 or steps=10,20,50; "
-                          f"got {steps!r}.")
+    if not values:
+        raise ConfigError("steps must be one or more step counts, e.g. steps=50 or "
+                          "steps=10,20,50; got none.")
     return values
+
+
+def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, list[int]]:
+    """Every option checked before the model is loaded or the feature network trained:
+    (the run's config, the step counts). The run folder must take eval.json, metrics.jsonl
+    and the plot, so a read-only run fails now rather than after the scoring."""
+    from hydra.utils import instantiate
+
+    from diffusion.device import resolve_device, resolve_precision
+    from diffusion.pipeline import compile_mode
+
+    check_cli_config(cfg, "evaluate")
+    run = Path(cfg.run)
+    run_cfg = _run_config(run)
+    steps_list = _steps_list(cfg.steps)
+    check_sampling(cfg.sampler, steps_list, cfg.eta,
+                   instantiate(run_cfg.scheduler).num_train_timesteps,
+                   batch_size=cfg.batch_size)
+    if not is_int(cfg.n) or cfg.n < 2:
+        raise ConfigError(f"n must be an integer >= 2 (images per FID); got {cfg.n!r}.")
+    check_metrics(cfg.metrics)
+    check_bool("plot", cfg.plot)
+    resolve_precision(cfg.precision, resolve_device(cfg.device))
+    if cfg.compile:
+        compile_mode(cfg.compile)
+    if dist.is_main():
+        what = ("diffusion.evaluate records its results there: make the run folder writable "
+                "or evaluate a copy of it")
+        for name in ("eval.json", "metrics.jsonl", *(["figures/fid_vs_steps.png"]
+                                                     if cfg.plot else [])):
+            check_writable(run / name, what)
+    return run_cfg, steps_list
 
 
 def evaluate(cfg: DictConfig) -> list[FidResult]:
@@ -131,11 +224,8 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     from diffusion.training.checkpoint import CheckpointError, latest_checkpoint
     from diffusion.training.loggers import JsonlLogger
 
+    run_cfg, steps_list = check_evaluate_config(cfg)
     run = Path(cfg.run)
-    run_cfg = _run_config(run)
-    steps_list = _steps_list(cfg.steps)
-    if not isinstance(cfg.n, int) or cfg.n < 2:
-        raise ConfigError(f"n must be an integer >= 2 (images per FID); got {cfg.n!r}.")
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else latest_checkpoint(run / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"Run {run} has no checkpoints yet: train it longer "
@@ -146,7 +236,7 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     step = _checkpoint_step(checkpoint)
     scorer = build_scorer(cfg.metrics, run_cfg.data, device=pipe.device, progress=True,
                           root=cfg.data_root)
-    results, entries = [], {}
+    results, entry = [], None
     main = dist.is_main()  # under torchrun every rank samples its share; rank 0 writes
     jsonl = JsonlLogger(run / "metrics.jsonl") if main else None
     for steps in steps_list:
@@ -159,19 +249,21 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
             continue
         print(f"{result}  [{seconds:.0f} s]", flush=True)
         entry = {**result.to_dict(), "checkpoint": checkpoint.name, "step": step,
-                 "eta": cfg.eta, "batch_size": cfg.batch_size, "seconds": round(seconds, 1),
+                 "eta": float(cfg.eta), "batch_size": cfg.batch_size, "seed": cfg.metrics.seed,
+                 "kid_subset_size": cfg.metrics.kid_subset_size if cfg.metrics.kid else None,
+                 "num_classes": pipe.num_classes, "seconds": round(seconds, 1),
                  "processes": dist.world_size(), "device": str(pipe.device),
-                 "command": _command(cfg, steps_list),
+                 "command": _command(cfg, steps_list, checkpoint),
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        entries[entry_key(cfg.sampler, steps, cfg.n)] = entry
-        write_eval(run, {entry_key(cfg.sampler, steps, cfg.n): entry})
+        write_eval(run, {entry_key(entry): entry})
         jsonl.log_metrics({"eval/fid": result.fid, "eval/fid_floor": result.floor,
                            "eval/kid": result.kid, "eval/n": result.n,
                            "eval/sampler": result.sampler, "eval/steps": result.steps,
-                           "eval/features": result.feature_id}, step)
+                           "eval/eta": cfg.eta, "eval/features": result.feature_id}, step)
     if main and cfg.plot:
-        path = viz.plot_fid_vs_steps({run.name: list(read_eval(run).values())},
-                                     run / "figures" / "fid_vs_steps.png")
+        path = viz.plot_fid_vs_steps(
+            {run.name: plot_entries(list(read_eval(run).values()), entry)},
+            run / "figures" / "fid_vs_steps.png")
         print(f"plot: {path}")
     if main:
         print(f"eval: {run / 'eval.json'}")
@@ -179,15 +271,24 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     return results
 
 
-def _command(cfg: DictConfig, steps: list[int]) -> str:
-    """The command line that repeats this evaluation."""
-    args = [f"run={cfg.run}", f"n={cfg.n}", f"sampler={cfg.sampler}",
-            "steps=" + ",".join(map(str, steps))]
-    if cfg.sampler == "ddpm" or cfg.eta:  # stochastic steps draw noise batch by batch
-        args.append(f"batch_size={cfg.batch_size}")
-    if cfg.metrics.features != "domain":
-        args.append(f"metrics.features={cfg.metrics.features}")
-    return " ".join(["python -m diffusion.evaluate", *args])
+def _command(cfg: DictConfig, steps: list[int], checkpoint: Path) -> str:
+    """The command line that repeats this evaluation exactly: the checkpoint it scored
+    (not "the newest", which moves on) and every setting the scores depend on, stated
+    even where it is the default, since defaults change."""
+    metrics = cfg.metrics
+    args = [f"run={cfg.run}", f"checkpoint={checkpoint}", f"n={cfg.n}",
+            f"sampler={cfg.sampler}", "steps=" + ",".join(map(str, steps)), f"eta={float(cfg.eta)}",
+            f"batch_size={cfg.batch_size}", f"metrics.features={metrics.features}",
+            f"metrics.seed={metrics.seed}", f"metrics.kid={str(metrics.kid).lower()}",
+            f"metrics.kid_subset_size={metrics.kid_subset_size}"]
+    for key in ("feature_epochs", "reference_n", "inception_weights"):
+        if metrics.get(key) is not None:
+            args.append(f"metrics.{key}={metrics[key]}")
+    if cfg.data_root:
+        args.append(f"data_root={cfg.data_root}")
+    if cfg.precision != "auto":
+        args.append(f"precision={cfg.precision}")
+    return shlex.join(["python", "-m", "diffusion.evaluate", *args])
 
 
 def _list_overrides(argv: list[str], keys: tuple[str, ...] = ("steps",)) -> list[str]:
@@ -213,6 +314,10 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    try:
+        check_overrides(sys.argv[1:], "evaluate")
+    except ValueError as exc:
+        fail(exc)
     sys.argv = [sys.argv[0], *_list_overrides(sys.argv[1:])]
     _main()
 

@@ -19,10 +19,11 @@ from tqdm.auto import tqdm
 
 from diffusion import distributed as dist
 from diffusion.device import autocast, resolve_device, resolve_precision
-from diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from diffusion.sampling_args import SAMPLERS, check_int, check_labels, check_sampling
+from diffusion.schedulers import DDIMScheduler
 
 NoiseFn = Callable[[int, int], torch.Tensor]  # (start, size) -> x_T of that chunk
-SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+FROM_MODEL = object()  # num_classes default: the model's own attribute
 
 
 def make_sampler(train_scheduler, sampler: str):
@@ -66,11 +67,24 @@ class DiffusionPipeline:
 
     ``compile`` compiles the model's forward for sampling (``torch.compile``; each chunk
     size compiles once); ``compile="reduce-overhead"`` adds CUDA graphs on a GPU.
+    ``num_classes`` is the number of class labels the model takes (None: unconditional);
+    by default the model's ``num_classes``, which every backbone has. It is read once and
+    explicitly, so a wrapper without the attribute is an error here rather than a
+    conditional model silently sampled with its untrained null label.
     """
 
     def __init__(self, model: nn.Module, scheduler, sample_shape: tuple[int, int, int],
                  device: str | torch.device = "auto", precision: str = "auto",
-                 compile: bool | str = False, channels_last: bool = False):
+                 compile: bool | str = False, channels_last: bool = False,
+                 num_classes: int | None = FROM_MODEL):
+        if num_classes is FROM_MODEL:
+            if not hasattr(model, "num_classes"):
+                raise ValueError(f"{type(model).__name__} has no num_classes: pass "
+                                 "num_classes= to DiffusionPipeline (None if unconditional).")
+            num_classes = model.num_classes
+        if num_classes is not None:
+            check_int("num_classes", num_classes)
+        self.num_classes = num_classes
         self.model = model
         self.scheduler = scheduler
         self.sample_shape = tuple(sample_shape)
@@ -107,8 +121,11 @@ class DiffusionPipeline:
         ``noise`` fixes the starting x_T (used for comparable grids across training);
         ``generator`` makes the whole draw reproducible. Batches of ``batch_size``: x_T is
         drawn for all ``n`` first, so deterministic samplers (DDIM, eta=0) give the same
-        images for any batch size; DDPM's per-step noise follows the batching.
+        images for any batch size; DDPM's per-step noise follows the batching. ``y``: class
+        labels in [0, num_classes - 1] for a conditional model (default 0..K-1 in turn).
         """
+        steps = self._check(n, steps, sampler, eta, batch_size, return_chain, chain_frames)
+        y = check_labels(y, n, self.num_classes)
         sched = self._sampler(sampler, steps)
         if noise is not None and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
@@ -147,11 +164,11 @@ class DiffusionPipeline:
         stream), and only the chunks a rank owns are denoised. The per-step noise of stochastic
         samplers comes from a generator seeded by (``seed``, chunk index). So the images depend
         on ``chunk_size`` but not on the number of processes. ``transform`` maps each chunk on
-        the rank that drew it (to FID features, say) before the gather.
+        the rank that drew it (to FID features, say) before the gather. ``y`` as for
+        ``__call__``: the default labels run 0..K-1 over all ``n``, not per chunk.
         """
-        if n < 1 or chunk_size < 1:
-            raise ValueError(f"n and batch_size must be positive integers; got n={n} and "
-                             f"batch_size={chunk_size}.")
+        steps = self._check(n, steps, sampler, eta, chunk_size, return_chain, chain_frames)
+        y = check_labels(y, n, self.num_classes)
         if not callable(noise) and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
         rank, world = dist.rank(), dist.world_size()
@@ -181,9 +198,18 @@ class DiffusionPipeline:
             chain_timesteps=(self._chain_timesteps(self._sampler(sampler, steps), chain_frames)
                              if return_chain else None))
 
-    def _sampler(self, sampler: str, steps: int | None):
+    def _check(self, n, steps, sampler, eta, batch_size, return_chain, chain_frames) -> int:
+        """Validate a draw's arguments before any work; returns ``steps`` (None: all T)."""
+        num_train_timesteps = self.scheduler.config["num_train_timesteps"]
+        steps = num_train_timesteps if steps is None else steps
+        check_sampling(sampler, steps, eta, num_train_timesteps, n=n, batch_size=batch_size)
+        if return_chain:
+            check_int("chain_frames", chain_frames, minimum=2)
+        return int(steps)
+
+    def _sampler(self, sampler: str, steps: int):
         sched = make_sampler(self.scheduler, sampler)
-        sched.set_timesteps(steps or sched.config["num_train_timesteps"], device=self.device)
+        sched.set_timesteps(steps, device=self.device)
         return sched
 
     @staticmethod

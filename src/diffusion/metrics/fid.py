@@ -28,6 +28,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from diffusion import distributed as dist
 from diffusion.data import build_dataset, dataset_info
 from diffusion.metrics.features import cache_root, to_uint8
+from diffusion.sampling_args import balanced_labels
 
 
 def format_score(value: float | None) -> str:
@@ -208,12 +209,12 @@ class FidScorer:
         x_T is read chunk by chunk from one generator seeded with ``seed`` (the same starting
         noise for every sampler and step count); under ``torchrun`` the chunks of
         ``batch_size`` images are shared out among the ranks, each extracts the features of
-        its own, and the result does not depend on the number of processes.
+        its own, and the result does not depend on the number of processes. A conditional
+        model (``pipeline.num_classes``) samples every class equally often: 0..K-1 in turn.
         """
         stream = torch.Generator().manual_seed(self.seed)
         shape = pipeline.sample_shape
-        num_classes = getattr(pipeline.model, "num_classes", None)
-        y = torch.arange(n) % num_classes if num_classes else None
+        y = balanced_labels(n, pipeline.num_classes)
         return pipeline.sample_across_ranks(
             n, noise=lambda start, size: torch.randn((size, *shape), generator=stream),
             seed=self.seed, chunk_size=batch_size, steps=steps, sampler=sampler, eta=eta, y=y,

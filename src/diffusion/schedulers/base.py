@@ -219,9 +219,30 @@ class NoiseScheduler:
                 )
             a = self.alpha_bar(t)
             return math.sqrt(a), math.sqrt(1.0 - a)
+        self.check_timesteps(timesteps)
         a = self._alphas_cumprod_table(like.device)[timesteps.to(like.device).flatten()]
         a = a.reshape(-1, *([1] * (like.ndim - 1)))
         return a.sqrt().to(like.dtype), (1.0 - a).sqrt().to(like.dtype)
+
+    def check_timesteps(self, timesteps: Tensor) -> None:
+        """A tensor of training timesteps must hold integers in [0, T - 1]: indexing the
+        alpha_bar table would otherwise wrap t = -1 round to T - 1 without a word.
+
+        On the CPU the range is checked at once (a negligible min/max). On an accelerator a
+        host-side check would sync the device on every training step, so the check is queued
+        with ``torch._assert_async``: still no silent wrap, but it surfaces as a device-side
+        assertion when the stream reaches it, not as this ValueError.
+        """
+        T = self.num_train_timesteps
+        if timesteps.dtype.is_floating_point or timesteps.dtype.is_complex:
+            raise ValueError(f"timesteps must be an integer tensor in [0, {T - 1}]; "
+                             f"got dtype {timesteps.dtype}.")
+        if timesteps.device.type != "cpu":
+            torch._assert_async(((timesteps >= 0) & (timesteps < T)).all(),
+                                f"timesteps must be in [0, {T - 1}]")
+        elif timesteps.numel() and not 0 <= int(timesteps.min()) <= int(timesteps.max()) < T:
+            bad = timesteps[(timesteps < 0) | (timesteps >= T)]
+            raise ValueError(f"timesteps must be in [0, {T - 1}]; got {int(bad.flatten()[0])}.")
 
     def _alphas_cumprod_table(self, device: torch.device) -> Tensor:
         """alphas_cumprod on ``device``, copied once (float32 on MPS, which has no float64)."""
@@ -241,12 +262,12 @@ class NoiseScheduler:
         return signal * noise - sigma * sample
 
     def training_target(self, x0: Tensor, noise: Tensor, timesteps: int | Tensor) -> Tensor:
-        """What the model learns to output for x_t = add_noise(x0, noise, timesteps)."""
-        if self.prediction_type == "epsilon":
-            return noise
-        if self.prediction_type == "sample":
-            return x0
-        return self.get_velocity(x0, noise, timesteps)
+        """What the model learns to output for x_t = add_noise(x0, noise, timesteps)
+        (``timesteps`` are range-checked even where the target does not depend on them)."""
+        if self.prediction_type == "v_prediction":
+            return self.get_velocity(x0, noise, timesteps)
+        self._scales(timesteps, x0)  # only checks them: the target does not depend on them
+        return noise if self.prediction_type == "epsilon" else x0
 
     # ------------------------------------------ conversions of a model output
     def pred_original_sample(self, model_output: Tensor, timesteps: int | Tensor, sample: Tensor):

@@ -1,0 +1,219 @@
+"""Bad input to ``diffusion.sample``, ``diffusion.evaluate`` and the pipeline: one sentence that
+names the key and the fix, exit status 1, no traceback, and nothing sampled, trained or
+written first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from diffusion.pipeline import DiffusionPipeline
+from diffusion.schedulers import DDPMScheduler
+from test_train import run_training
+
+SAMPLE_KEYS = ("batch_size, chain, chain_frames, chain_rows, checkpoint, compile, device, eta, "
+               "labels, n, out, precision, run, sampler, save_tensors, seed, steps")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_mnist_root):
+    """A 4-step unconditional run and a 4-step class-conditional one (10 classes)."""
+    tmp = tmp_path_factory.mktemp("runs")
+    small = ("model=basic", "model.base_channels=8", "trainer.sample_every=0",
+             "trainer.val_every=0")
+    plain, _ = run_training(tmp, tiny_mnist_root, *small, name="plain")
+    conditional, _ = run_training(tmp, tiny_mnist_root, *small, "model.num_classes=10",
+                                  name="conditional")
+    return {"plain": plain, "conditional": conditional}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=240, env=env)
+
+
+def _fails_with(result: subprocess.CompletedProcess, last_line: str) -> None:
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
+    assert result.stderr.strip().splitlines()[-1] == f"error: {last_line}"
+
+
+# (arguments after run=, the last line of stderr); run=plain unless the case names the run
+SAMPLE_CASES = {
+    "steps-0": (["steps=0", "n=2"], "steps must be an integer from 1 to 1000 (the model's "
+                "num_train_timesteps); got 0."),
+    "steps-above-T": (["steps=1001"], "steps must be an integer from 1 to 1000 (the model's "
+                      "num_train_timesteps); got 1001."),
+    "n-0": (["n=0"], "n must be an integer >= 1; got 0."),
+    "batch_size-0": (["batch_size=0", "n=2", "steps=2"], "batch_size must be an integer >= 1; "
+                     "got 0."),
+    "eta-negative": (["eta=-0.5", "n=2", "steps=2"], "eta must be a number in [0, 1] "
+                     "(0: deterministic DDIM); got -0.5."),
+    "eta-with-ddpm": (["sampler=ddpm", "eta=0.5", "n=2", "steps=2"], "eta only applies to "
+                      "sampler=ddim; got eta=0.5 with sampler=ddpm: set eta=0 or sampler=ddim."),
+    "sampler": (["sampler=foo"], "sampler must be one of ddpm, ddim; got 'foo'."),
+    "seed": (["seed=abc", "n=2", "steps=2"], "seed must be an integer; got 'abc'."),
+    "chain_frames": (["chain=true", "chain_frames=1", "n=2", "steps=2"],
+                     "chain_frames must be an integer >= 2; got 1."),
+    "unknown-plus-key": (["+y=11", "n=2", "steps=2"], f"y is not a diffusion.sample option: "
+                         f"use one of {SAMPLE_KEYS}."),
+    "unknown-key": (["y=11"], f"y is not a diffusion.sample option: use one of {SAMPLE_KEYS}."),
+    "labels-unconditional": (["labels=3", "n=2", "steps=2"], "labels was given but the model "
+                             "is unconditional (num_classes=None): leave labels out."),
+    "labels-out-of-range": (["run=conditional", "labels=[0,10]", "n=2", "steps=2"],
+                            "labels must be class labels in [0, 9]; got 10."),
+    "labels-not-ints": (["run=conditional", "labels=a", "n=2", "steps=2"], "labels must be "
+                        "null, a class label or a list of them, e.g. labels=3 or "
+                        "labels=[0,1,2]; got 'a'."),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAMPLE_CASES))
+def test_sample_rejects_bad_arguments_before_sampling(runs, case):
+    args, message = SAMPLE_CASES[case]
+    run = runs["plain"]
+    if args[0].startswith("run="):
+        run = runs[args.pop(0).removeprefix("run=")]
+    _fails_with(_cli("diffusion.sample", f"run={run}", *args), message)
+    assert not (run / "samples").exists()  # nothing sampled, nothing written
+
+
+def test_sample_and_evaluate_without_run_say_how_to_pass_it():
+    message = ("run= is required: pass the run folder diffusion.train printed, "
+               "e.g. run=runs/<name>/<date>_<time>.")
+    _fails_with(_cli("diffusion.sample"), message)
+    _fails_with(_cli("diffusion.evaluate"), message)
+
+
+def test_unwritable_output_fails_before_sampling(runs, tmp_path):
+    run = runs["plain"]
+    (run / "samples").write_text("a file where the samples folder would go")
+    try:
+        _fails_with(_cli("diffusion.sample", f"run={run}", "steps=2", "n=2"),
+                    f"{run / 'samples'} is a file, so {run / 'samples' / 'ddim-2_seed0.png'} "
+                    "cannot be written: pass out=<file.png> in a folder you can write.")
+    finally:
+        (run / "samples").unlink()
+    taken = tmp_path / "taken.png"
+    taken.mkdir()
+    _fails_with(_cli("diffusion.sample", f"run={run}", "steps=2", "n=2", f"out={taken}"),
+                f"{taken} is a folder, not a file: pass out=<file.png> in a folder you can "
+                "write.")
+    _fails_with(_cli("diffusion.sample", f"run={run}", "steps=2", "n=2",
+                     f"out={tmp_path / 'grid'}"),
+                f"out must be an image file name such as grid.png; got '{tmp_path / 'grid'}'.")
+    assert list(tmp_path.iterdir()) == [taken] and not list(taken.iterdir())
+
+
+EVALUATE_CASES = {
+    "sampler": (["sampler=foo"], "sampler must be one of ddpm, ddim; got 'foo'."),
+    "steps-above-T": (["steps=10,2000"], "steps must be an integer from 1 to 1000 (the "
+                      "model's num_train_timesteps); got 2000."),
+    "eta": (["eta=2"], "eta must be a number in [0, 1] (0: deterministic DDIM); got 2."),
+    "n": (["n=1"], "n must be an integer >= 2 (images per FID); got 1."),
+    "batch_size": (["batch_size=0"], "batch_size must be an integer >= 1; got 0."),
+    "features": (["metrics.features=foo"], "metrics.features must be one of domain, "
+                 "inception; got 'foo'."),
+    "unknown-metrics-key": (["+metrics.sed=1"], "metrics.sed is not a metrics option: use "
+                            "one of batch_size, cache_dir, feature_epochs, features, "
+                            "inception_weights, kid, kid_subset_size, n, reference_n, sampler, "
+                            "seed, steps."),
+    "figures-not-a-folder": (["figures"], "{run}/figures is a file, so "
+                             "{run}/figures/fid_vs_steps.png cannot be written: "
+                             "diffusion.evaluate records its results there: make the run "
+                             "folder writable or evaluate a copy of it."),
+    "eval.json-a-folder": (["eval.json"], "{run}/eval.json is a folder, not a file: "
+                           "diffusion.evaluate records its results there: make the run folder "
+                           "writable or evaluate a copy of it."),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVALUATE_CASES))
+def test_evaluate_rejects_bad_arguments_before_the_feature_network(runs, tmp_path, case):
+    """Checked before the feature network is trained (minutes on a real dataset): the
+    feature cache stays empty, and nothing is recorded in the run folder."""
+    args, message = EVALUATE_CASES[case]
+    run = runs["plain"]
+    blocker = None
+    if args[0] in ("figures", "eval.json"):  # an output location that cannot be written
+        blocker = run / args.pop(0)
+        blocker.mkdir() if blocker.suffix else blocker.write_text("")
+    cache = tmp_path / "cache"
+    try:
+        result = _cli("diffusion.evaluate", f"run={run}", "n=4", "steps=2", "device=cpu",
+                      f"metrics.cache_dir={cache}", "metrics.feature_epochs=1", *args)
+    finally:
+        if blocker is not None:
+            blocker.rmdir() if blocker.is_dir() else blocker.unlink()
+    _fails_with(result, message.format(run=run))
+    assert not cache.exists()
+    assert not (run / "eval.json").exists() and not (run / "figures").exists()
+
+
+# ---------------------------------------------------------------------------- Python API
+
+
+@pytest.fixture(scope="module")
+def conditional_pipe(runs):
+    return DiffusionPipeline.from_run(runs["conditional"], device="cpu")
+
+
+def test_pipeline_rejects_steps_zero_instead_of_sampling_all(conditional_pipe):
+    with pytest.raises(ValueError, match=r"^steps must be an integer from 1 to 1000"):
+        conditional_pipe(2, steps=0)
+    with pytest.raises(ValueError, match=r"^steps must be an integer from 1 to 1000"):
+        conditional_pipe.sample_across_ranks(2, noise=torch.zeros(2, 1, 28, 28), seed=0,
+                                             steps=0)
+
+
+def test_pipeline_labels_are_checked_against_num_classes(conditional_pipe, runs):
+    assert conditional_pipe.num_classes == 10
+    for bad in (10, -1):  # 10 is the model's null label: no longer a silent "unconditional"
+        with pytest.raises(ValueError, match=rf"^y must be class labels in \[0, 9\]; "
+                                             rf"got {bad}\.$"):
+            conditional_pipe(2, steps=2, y=torch.tensor([0, bad]))
+    with pytest.raises(ValueError, match=r"one label per sample, shape \(2,\)"):
+        conditional_pipe(2, steps=2, y=torch.tensor([1]))
+    plain = DiffusionPipeline.from_run(runs["plain"], device="cpu")
+    assert plain.num_classes is None
+    with pytest.raises(ValueError, match="y was given but the model is unconditional"):
+        plain(2, steps=2, y=torch.tensor([0, 1]))
+
+
+def test_labels_reach_the_model(conditional_pipe):
+    """The same x_T with different labels gives different images; no labels means the
+    balanced labels 0, 1, ..., not the untrained null label."""
+    noise = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def draw(y=None):
+        return conditional_pipe(3, steps=2, noise=noise, y=y).images
+
+    zeros, ones = draw(torch.zeros(3, dtype=torch.long)), draw(torch.ones(3, dtype=torch.long))
+    assert (zeros - ones).abs().max() > 1e-4
+    torch.testing.assert_close(draw(), draw(torch.tensor([0, 1, 2])), rtol=0, atol=0)
+
+
+class _Wrapped(nn.Module):
+    """A model behind a wrapper that does not pass ``num_classes`` on."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x, t, y=None):
+        return self.inner(x, t, y)
+
+
+def test_wrapped_model_needs_num_classes_stated(conditional_pipe):
+    wrapped = _Wrapped(conditional_pipe.model)
+    with pytest.raises(ValueError, match=r"_Wrapped has no num_classes: pass num_classes="):
+        DiffusionPipeline(wrapped, DDPMScheduler(), (1, 28, 28), device="cpu")
+    pipe = DiffusionPipeline(wrapped, DDPMScheduler(), (1, 28, 28), device="cpu", num_classes=10)
+    with pytest.raises(ValueError, match=r"y must be class labels in \[0, 9\]; got 10"):
+        pipe(1, steps=1, y=torch.tensor([10]))
