@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,25 +19,22 @@ from tqdm.auto import tqdm
 from diffusion import distributed as dist
 from diffusion.device import autocast, resolve_device, resolve_precision
 from diffusion.sampling_args import SAMPLERS, check_int, check_labels, check_sampling
-from diffusion.schedulers import DDIMScheduler
+from diffusion.schedulers import NoiseScheduler
 
 NoiseFn = Callable[[int, int], torch.Tensor]  # (start, size) -> x_T of that chunk
 FROM_MODEL = object()  # num_classes default: the model's own attribute
 
 
-def make_sampler(train_scheduler, sampler: str):
-    """A sampling scheduler of kind ``sampler`` over the training noise schedule.
-
-    The betas, prediction type and clipping come from the scheduler the model
-    was trained with; only the reverse-step algorithm changes.
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}.")
+def make_sampler(train_scheduler: NoiseScheduler, sampler: str | NoiseScheduler,
+                 eta: float = 0.0) -> NoiseScheduler:
+    """The scheduler that walks the reverse process: ``sampler`` itself when it is a scheduler
+    object, else the class named ``sampler`` over the training noise schedule (its betas,
+    prediction type and clipping; only the reverse-step algorithm changes), with ``eta``
+    where that sampler takes one."""
+    if isinstance(sampler, NoiseScheduler):
+        return sampler
     cls = SAMPLERS[sampler]
-    if isinstance(train_scheduler, cls):
-        return cls.from_config(dict(train_scheduler.config))
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls.from_config({k: v for k, v in train_scheduler.config.items() if k in accepted})
+    return cls.over(train_scheduler, **({"eta": eta} if "eta" in cls.config_keys() else {}))
 
 
 @dataclass
@@ -111,7 +107,8 @@ class DiffusionPipeline:
                    channels_last=channels_last)
 
     @torch.no_grad()
-    def __call__(self, n: int, steps: int | None = None, sampler: str = "ddim", eta: float = 0.0,
+    def __call__(self, n: int, steps: int | None = None,
+                 sampler: str | NoiseScheduler = "ddim", eta: float = 0.0,
                  generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                  y: torch.Tensor | None = None, batch_size: int = 256,
                  return_chain: bool = False, chain_frames: int = 20,
@@ -126,7 +123,7 @@ class DiffusionPipeline:
         """
         steps = self._check(n, steps, sampler, eta, batch_size, return_chain, chain_frames)
         y = check_labels(y, n, self.num_classes)
-        sched = self._sampler(sampler, steps)
+        sched = self._sampler(sampler, steps, eta)
         if noise is not None and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
         if noise is None:  # drawn whole, so x_T does not depend on batch_size
@@ -139,7 +136,7 @@ class DiffusionPipeline:
             x = noise[start:start + b].to(self.device).contiguous(
                 memory_format=self.memory_format)
             yb = None if y is None else y[start:start + b].to(self.device)
-            out, chain = self._denoise(sched, x, yb, generator, eta, return_chain, chain_frames)
+            out, chain = self._denoise(sched, x, yb, generator, return_chain, chain_frames)
             images.append(out.float().cpu())
             if chain is not None:
                 chains.append(chain)
@@ -152,7 +149,8 @@ class DiffusionPipeline:
     @torch.no_grad()
     def sample_across_ranks(self, n: int, *, noise: torch.Tensor | NoiseFn, seed: int,
                             chunk_size: int = 256, steps: int | None = None,
-                            sampler: str = "ddim", eta: float = 0.0, y: torch.Tensor | None = None,
+                            sampler: str | NoiseScheduler = "ddim", eta: float = 0.0,
+                            y: torch.Tensor | None = None,
                             transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                             return_chain: bool = False, chain_frames: int = 20,
                             progress: bool = False, desc: str = "sampling") -> PipelineOutput:
@@ -195,8 +193,8 @@ class DiffusionPipeline:
         return PipelineOutput(
             images=torch.cat([images for images, _ in ordered]),
             chain=torch.cat(chains) if chains else None,
-            chain_timesteps=(self._chain_timesteps(self._sampler(sampler, steps), chain_frames)
-                             if return_chain else None))
+            chain_timesteps=(self._chain_timesteps(self._sampler(sampler, steps, eta),
+                                                   chain_frames) if return_chain else None))
 
     def _check(self, n, steps, sampler, eta, batch_size, return_chain, chain_frames) -> int:
         """Validate a draw's arguments before any work; returns ``steps`` (None: all T)."""
@@ -207,8 +205,8 @@ class DiffusionPipeline:
             check_int("chain_frames", chain_frames, minimum=2)
         return int(steps)
 
-    def _sampler(self, sampler: str, steps: int):
-        sched = make_sampler(self.scheduler, sampler)
+    def _sampler(self, sampler: str | NoiseScheduler, steps: int, eta: float):
+        sched = make_sampler(self.scheduler, sampler, eta)
         sched.set_timesteps(steps, device=self.device)
         return sched
 
@@ -223,17 +221,18 @@ class DiffusionPipeline:
         ts = [int(t) for t in sched.timesteps] + [-1]  # -1 marks the final x_0
         return [ts[i] for i in self._chain_indices(len(ts) - 1, frames)]
 
-    def _denoise(self, sched, x, y, generator, eta, return_chain, chain_frames):
+    def _denoise(self, sched, x, y, generator, return_chain, chain_frames):
+        """The reverse process from ``x`` (standard normal): diffusers' sampling loop, so
+        any scheduler with ``init_noise_sigma``/``scale_model_input``/``step`` runs in it."""
         keep = set(self._chain_indices(len(sched.timesteps), chain_frames)) if return_chain else ()
+        x = x * sched.init_noise_sigma
         chain = [x.float().cpu()] if 0 in keep else []
-        step_kwargs = {"eta": eta} if isinstance(sched, DDIMScheduler) else {}
         for i, t in enumerate(sched.timesteps):
             t_batch = t.expand(x.shape[0]) if torch.is_tensor(t) else torch.full(
                 (x.shape[0],), int(t), device=self.device)
             with autocast(self.device, self.precision):
-                model_output = self.forward(x, t_batch, y)
-            x = sched.step(model_output.float(), t, x, generator=generator,
-                           **step_kwargs).prev_sample
+                model_output = self.forward(sched.scale_model_input(x, t), t_batch, y)
+            x = sched.step(model_output.float(), t, x, generator=generator).prev_sample
             if i + 1 in keep:
                 chain.append(x.float().cpu())
         return x, (torch.stack(chain, dim=1) if return_chain else None)

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from diffusion.schedulers import NoiseScheduler
 
-SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` spells it
 RUN_REQUIRED = ("run= is required: pass the run folder diffusion.train printed, "
                 "e.g. run=runs/<name>/<date>_<time>.")
 
@@ -59,17 +59,20 @@ def check_sampling(sampler: Any, steps: Any, eta: Any, num_train_timesteps: int,
     rather than a setting that silently does nothing. ``prefix`` (``metrics.``) names
     the keys as the config spells them.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"{prefix}sampler must be one of {', '.join(SAMPLERS)}; "
+    if isinstance(sampler, NoiseScheduler):  # a scheduler object brings its own settings
+        sampler, eta = type(sampler), 0
+    elif sampler not in SAMPLERS:
+        raise ValueError(f"{prefix}sampler must be one of {', '.join(sorted(SAMPLERS))}; "
                          f"got {sampler!r}.")
     for one in steps if isinstance(steps, list | tuple) else [steps]:
         check_steps(one, num_train_timesteps, key=f"{prefix}steps")
     if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta <= 1:
         raise ValueError(f"{prefix}eta must be a number in [0, 1] (0: deterministic DDIM); "
                          f"got {eta!r}.")
-    if eta and sampler != "ddim":
-        raise ValueError(f"{prefix}eta only applies to sampler=ddim; got eta={eta} with "
-                         f"sampler={sampler}: set eta=0 or sampler=ddim.")
+    if eta and "eta" not in SAMPLERS[sampler].config_keys():
+        takes = sorted(name for name, cls in SAMPLERS.items() if "eta" in cls.config_keys())
+        raise ValueError(f"{prefix}eta only applies to sampler={'|'.join(takes)}; got "
+                         f"eta={eta} with sampler={sampler}: set eta=0 or sampler={'|'.join(takes)}.")
     if n is not None:
         check_int(f"{prefix}n", n)
     if batch_size is not None:

@@ -18,10 +18,11 @@ uniform (``linspace``, or ``trailing`` when n does not divide T).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -59,14 +60,51 @@ class SchedulerOutput:
 
 
 class NoiseScheduler:
-    """Base class of ``DDPMScheduler`` and ``DDIMScheduler``; see the module docstring.
+    """Base class of the schedulers (``DDPMScheduler``, ``DDIMScheduler``, ...); see the
+    module docstring.
 
     ``config`` holds the constructor arguments, so ``type(s).from_config(s.config)``
-    rebuilds the scheduler and the dict serialises to YAML/JSON as it is.
+    rebuilds the scheduler and the dict serialises to YAML/JSON as it is. A subclass
+    declared with ``sampler_name="x"`` is what ``sampler="x"`` picks (``SAMPLERS``); it
+    takes its own options as keyword arguments and forwards the noise-process ones here.
+    The sampling loop needs only ``set_timesteps``, ``timesteps``, ``init_noise_sigma``,
+    ``scale_model_input`` and ``step``, as in diffusers.
     """
 
+    #: sampler name -> class, filled by ``sampler_name=`` in each subclass statement.
+    SAMPLERS: ClassVar[dict[str, type[NoiseScheduler]]] = {}
     #: alpha_bar before the first training step: ``alpha_bar(-1)``, reached by the last step.
     final_alpha_cumprod: float = 1.0
+    #: x_T = init_noise_sigma * N(0, I): 1 for these variance-preserving samplers.
+    init_noise_sigma: float = 1.0
+    #: model evaluations per step (a second-order sampler makes two).
+    order: int = 1
+
+    def __init_subclass__(cls, sampler_name: str | None = None, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if sampler_name is not None:
+            NoiseScheduler.SAMPLERS[sampler_name] = cls
+
+    @classmethod
+    def config_keys(cls) -> set[str]:
+        """Every constructor argument of this class: its own and the noise process's."""
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {name for klass in cls.__mro__ if "__init__" in vars(klass)
+                for name, p in inspect.signature(klass.__init__).parameters.items()
+                if name != "self" and p.kind in named}
+
+    @classmethod
+    def over(cls, scheduler: NoiseScheduler, **options: Any) -> NoiseScheduler:
+        """A ``cls`` sampler over ``scheduler``'s noise process (betas, prediction type,
+        clipping): only the reverse step changes; ``options`` set its own arguments."""
+        keys = cls.config_keys()
+        return cls.from_config({k: v for k, v in scheduler.config.items() if k in keys},
+                               **options)
+
+    def scale_model_input(self, sample: Tensor, timestep: int | Tensor | None = None) -> Tensor:
+        """What the network sees at ``timestep``: x_t itself for variance-preserving
+        samplers (samplers in sigma space scale it)."""
+        return sample
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ n does not divide T; we always follow the list.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -29,35 +30,16 @@ def _check_eta(eta: float) -> float:
     return float(eta)
 
 
-class DDIMScheduler(NoiseScheduler):
+class DDIMScheduler(NoiseScheduler, sampler_name="ddim"):
     """DDIM noise process and reverse step; arguments as in diffusers.
 
     ``set_alpha_to_one``: the last step lands on alpha_bar = 1 (a clean x_0) when
     True, on alpha_bar(0) when False. ``eta`` is the default for ``step``.
     """
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_schedule: str = "linear",
-        beta_start: float | None = None,
-        beta_end: float | None = None,
-        prediction_type: str = "epsilon",
-        clip_sample: bool = True,
-        clip_sample_range: float = 1.0,
-        timestep_spacing: str = "leading",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-        eta: float = 0.0,
-        set_alpha_to_one: bool = True,
-    ):
-        super().__init__(
-            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-            beta_start=beta_start, beta_end=beta_end, prediction_type=prediction_type,
-            clip_sample=clip_sample, clip_sample_range=clip_sample_range,
-            timestep_spacing=timestep_spacing, steps_offset=steps_offset,
-            rescale_betas_zero_snr=rescale_betas_zero_snr,
-        )
+    def __init__(self, *, eta: float = 0.0, set_alpha_to_one: bool = True, **process: Any):
+        """``process``: the noise-process arguments of ``NoiseScheduler`` (diffusers' names)."""
+        super().__init__(**process)
         if set_alpha_to_one not in (True, False):
             raise ValueError(f"set_alpha_to_one must be True or False; got {set_alpha_to_one!r}.")
         self.eta = _check_eta(eta)

@@ -18,6 +18,7 @@ is not 0 (``trailing`` spacing, ``steps_offset``): negligible for ``fixed_small`
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput, check_cho
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 
 
-class DDPMScheduler(NoiseScheduler):
+class DDPMScheduler(NoiseScheduler, sampler_name="ddpm"):
     """DDPM noise process and ancestral reverse step; arguments as in diffusers.
 
     ``variance_type``: ``fixed_small`` is the posterior variance beta_tilde (the
@@ -34,27 +35,9 @@ class DDPMScheduler(NoiseScheduler):
     chain's beta_t (the upper bound, right when x_0 ~ N(0, I)).
     """
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        beta_schedule: str = "linear",
-        beta_start: float | None = None,
-        beta_end: float | None = None,
-        prediction_type: str = "epsilon",
-        clip_sample: bool = True,
-        clip_sample_range: float = 1.0,
-        timestep_spacing: str = "leading",
-        steps_offset: int = 0,
-        rescale_betas_zero_snr: bool = False,
-        variance_type: str = "fixed_small",
-    ):
-        super().__init__(
-            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-            beta_start=beta_start, beta_end=beta_end, prediction_type=prediction_type,
-            clip_sample=clip_sample, clip_sample_range=clip_sample_range,
-            timestep_spacing=timestep_spacing, steps_offset=steps_offset,
-            rescale_betas_zero_snr=rescale_betas_zero_snr,
-        )
+    def __init__(self, *, variance_type: str = "fixed_small", **process: Any):
+        """``process``: the noise-process arguments of ``NoiseScheduler`` (diffusers' names)."""
+        super().__init__(**process)
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         self.variance_type = variance_type
         self._config["variance_type"] = variance_type
