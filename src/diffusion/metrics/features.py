@@ -10,7 +10,8 @@ fixed seed and cached outside the repository under ``<cache>/features/<id>/``:
 The id (``mnist-lenet@1a2b3c4d``) names the dataset, the architecture and a hash of every
 setting that changes the weights, including a fingerprint of the training images, so a
 different dataset or recipe can never reuse another's network. Its penultimate activations
-are the features that torchmetrics' FID and KID statistics are computed on.
+are the features that torchmetrics' FID and KID statistics are computed on. The networks
+themselves are in ``diffusion.metrics.classifiers``; this module trains, caches and loads them.
 """
 
 from __future__ import annotations
