@@ -7,21 +7,28 @@ import socket
 import subprocess
 import sys
 import time
+from typing import ClassVar
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torchvision.datasets import MNIST
 
+from diffusion.builders import build_datasets
 from diffusion.data import (
-    DATASET_INFO,
     DatasetNotFoundError,
     DeviceDataset,
+    ImageDataset,
     SampleKey,
     build_dataset,
+    dataset_info,
     resolve_root,
 )
 from diffusion.testing import write_tiny_mnist
 from diffusion.training.batches import ResumableBatchSampler, batch_stream
+from diffusion.training.config import ConfigError
+from hydra_utils import compose_config, debug_overrides
+from test_train import run_training
 
 MNIST_FILES = [filename for filename, _ in MNIST.resources]
 UNREACHABLE = ["http://127.0.0.1:9/"]  # refused at once: no test touches the network
@@ -91,7 +98,69 @@ def test_bad_names_list_the_choices(tiny_mnist_root):
         build_dataset("cifar10", root=tiny_mnist_root)
     with pytest.raises(ValueError, match="train, test"):
         build_dataset("mnist", root=tiny_mnist_root, split="val")
-    assert DATASET_INFO["flowers102"].train_split == "trainval"
+    assert dataset_info("flowers102").train_split == "trainval"
+
+
+class Stripes(ImageDataset):
+    """Vertical (label 0) or horizontal (label 1) stripes, made in memory: a dataset that
+    exists only in this file."""
+
+    name = "stripes"
+    channels, image_size, num_classes = 3, 8, 2
+    splits, train_split, eval_split = ("train", "test"), "train", "test"
+    loaded: ClassVar[list[str]] = []  # the splits built, in order
+
+    def load(self, root, split, download, cache_dir):
+        Stripes.loaded.append(split)
+        lines = (torch.arange(8) % 2 * 255).to(torch.uint8)
+        images = [lines.expand(3, 8, 8), lines[:, None].expand(3, 8, 8)]
+        return [(images[i % 2].clone(), i % 2) for i in range(32 if split == "train" else 8)]
+
+
+STRIPES_YAML = """\
+_target_: {target}
+name: stripes
+channels: 3
+image_size: 8
+num_classes: 2
+random_flip: true
+train_split: train
+val_split: test
+batch_size: 8
+num_workers: 0
+on_device: false
+"""
+
+
+def test_a_new_dataset_is_one_class_and_one_yaml(tmp_path):
+    """The class above and a YAML naming it train through the entry point's code, with no
+    table to edit."""
+    target = f"{Stripes.__module__}.{Stripes.__qualname__}"
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "conf" / "data" / "stripes.yaml").write_text(STRIPES_YAML.format(target=target))
+    Stripes.loaded.clear()
+    run_dir, summary = run_training(
+        tmp_path, tmp_path / "data", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "data=stripes", "model=basic", "model.base_channels=8", "trainer.max_steps=2")
+    assert summary["step"] == 2 and Stripes.loaded == ["train", "test"]
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    assert saved.data._target_ == target and saved.model.in_channels == 3
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.channels=3", "data.channels is 3 but diffusion.data.MNISTDataset has 1; "),
+    ("data.num_classes=12", "data.num_classes is 12 but diffusion.data.MNISTDataset has 10; "),
+    ("data.name=fashion_mnist", "data.name is 'fashion_mnist' but diffusion.data.MNISTDataset "),
+    ("~data._target_", "data._target_ is missing: "),
+    ("data.train_split=val", "Invalid data config: mnist has no split 'val': choose one of "
+                             "train, test"),
+    ("+data.resize=32", "Invalid data config: "),
+])
+def test_data_config_errors_are_one_sentence(tiny_mnist_root, override, message):
+    cfg = compose_config(debug_overrides(tiny_mnist_root, override))
+    with pytest.raises(ConfigError) as caught:
+        build_datasets(cfg.data)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
 def test_root_from_environment(monkeypatch, tmp_path):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from diffusion.data import DatasetNotFoundError
 from diffusion.training.config import ConfigError
 
 
@@ -81,18 +82,36 @@ def build_scheduler(cfg: DictConfig):
     return _instantiate("scheduler", cfg.scheduler)
 
 
-def build_datasets(data: DictConfig):
-    """(train, validation) torchvision datasets scaled to [-1, 1]."""
-    from diffusion.data import build_dataset
+DATASET_SETTINGS_ELSEWHERE = ("name", "channels", "num_classes", "train_split", "val_split",
+                              "batch_size", "num_workers", "on_device")
+"""Keys of ``data`` that are not arguments of its ``_target_``: the description that other
+groups interpolate (checked against the class instead), the splits to build, and the trainer's
+batch settings."""
 
-    common = dict(name=data.name, root=data.root, image_size=data.image_size,
-                  center_crop=data.center_crop, download=data.download)
-    try:
-        train = build_dataset(split=data.train_split, random_flip=data.random_flip, **common)
-        val = (build_dataset(split=data.val_split, random_flip=False, **common)
-               if data.get("val_split") else None)
-    except ValueError as exc:
-        raise ConfigError(f"Invalid data config: {exc}") from None
+
+def build_datasets(data: DictConfig):
+    """(train, validation) datasets of images scaled to [-1, 1], built by ``data._target_``
+    (an ``ImageDataset`` class) from the rest of ``data``."""
+    if "_target_" not in data:
+        raise ConfigError("data._target_ is missing: set it to the dataset's class, as "
+                          "conf/data/*.yaml do (e.g. +data._target_=diffusion.data.MNISTDataset).")
+    node = {key: value for key, value in OmegaConf.to_container(data, resolve=True).items()
+            if key not in DATASET_SETTINGS_ELSEWHERE}
+
+    def build(**kwargs):
+        try:
+            return _instantiate("data", node, **kwargs)
+        except InstantiationException as exc:  # missing or damaged files: their own message
+            if isinstance(exc.__cause__, DatasetNotFoundError):
+                raise exc.__cause__ from None
+            raise
+
+    train = build(split=data.train_split)
+    for key in ("name", "channels", "num_classes"):
+        if data.get(key) != getattr(train, key):
+            raise ConfigError(f"data.{key} is {data.get(key)!r} but {data._target_} has "
+                              f"{getattr(train, key)!r}; the config must describe its class.")
+    val = build(split=data.val_split, random_flip=False) if data.get("val_split") else None
     return train, val
 
 

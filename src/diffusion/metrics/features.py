@@ -10,7 +10,8 @@ fixed seed and cached outside the repository under ``<cache>/features/<id>/``:
 The id (``mnist-lenet@1a2b3c4d``) names the dataset, the architecture and a hash of every
 setting that changes the weights, including a fingerprint of the training images, so a
 different dataset or recipe can never reuse another's network. Its penultimate activations
-are the features that torchmetrics' FID and KID statistics are computed on.
+are the features that torchmetrics' FID and KID statistics are computed on. The networks
+themselves are in ``diffusion.metrics.classifiers``; this module trains, caches and loads them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffusion.data import build_dataset, to_model_range
+from diffusion.metrics.classifiers import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
@@ -45,77 +47,6 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
         return Path(cache_dir).expanduser().absolute()
     base = os.environ.get("DIFFUSION_CACHE") or "~/.cache/diffusion"
     return (Path(base) / "features").expanduser().absolute()
-
-
-# ---------------------------------------------------------------------------------------------
-# Architectures: images in [-1, 1] -> penultimate features -> class logits
-# ---------------------------------------------------------------------------------------------
-
-
-class LeNet(nn.Module):
-    """LeNet-style CNN for 28x28 greyscale: two conv-pool stages, a 128-d feature layer."""
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, num_features: int = 128,
-                 image_size: int = 28):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(32 * (image_size // 4) ** 2, num_features), nn.ReLU(),
-        )
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(num_features, num_classes))
-        self.num_features = num_features
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = (nn.Identity() if stride == 1 and cin == cout else
-                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                   nn.BatchNorm2d(cout)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(h)) + self.skip(x))
-
-
-class SmallResNet(nn.Module):
-    """A ResNet-ish classifier for small RGB images: a stride-2 stem, one residual block per
-    stage (each halving the resolution after the first), global average pooling."""
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 102,
-                 widths: tuple[int, ...] = (16, 32, 64, 128), image_size: int = 64):
-        super().__init__()
-        stages, cin = [], widths[0]
-        for i, width in enumerate(widths):
-            stages.append(_ResBlock(cin, width, stride=1 if i == 0 else 2))
-            cin = width
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]),
-            nn.ReLU(), *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(widths[-1], num_classes))
-        self.num_features = widths[-1]
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-ARCHITECTURES = {"lenet": LeNet, "resnet": SmallResNet}
 
 
 @dataclass(frozen=True)
@@ -315,10 +246,10 @@ def load_feature_network(dataset: str, root: str | os.PathLike | None = None,
         if not (weights.is_file() and info_file.is_file()):
             start = time.perf_counter()
             net = train_classifier(spec, train, progress=progress, device=device)
-            test = build_dataset(dataset, root=root, split=train_set.info.eval_split,
+            test = build_dataset(dataset, root=root, split=train_set.eval_split,
                                  image_size=image_size, center_crop=center_crop).preprocessed()
             info = {"id": spec.id, "test_accuracy": accuracy(net, *test),
-                    "test_split": train_set.info.eval_split, "train_images": len(train[0]),
+                    "test_split": train_set.eval_split, "train_images": len(train[0]),
                     "train_seconds": round(time.perf_counter() - start, 1),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "torch": torch.__version__, "settings": asdict(spec)}

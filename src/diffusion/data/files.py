@@ -1,18 +1,12 @@
-"""torchvision datasets -> image tensors in [-1, 1].
-
-``build_dataset`` gives an ``ImageDataset`` whose items are preprocessed (resize, centre
-crop), randomly flipped and scaled on the fly, for a ``DataLoader``; indexed by a ``SampleKey``,
-an item's flip depends only on (seed, epoch, index), so it is the same in any worker process and
-after a resume. ``DeviceDataset`` holds
-a whole split preprocessed once as one uint8 tensor on the training device, and gathers,
-flips and scales batches there, so small datasets cost no per-step host work. The trainer
-(``diffusion.training.batches``) feeds either from the same batch order.
+"""Where a dataset's files are, and whether they are usable, in torchvision's layouts.
 
 Data lives under ``root`` (argument, else ``$DIFFUSION_DATA``, else ``./data``) in torchvision's
 layout. A read-only root works: whatever torchvision would write (decompressed MNIST files, a
 download) goes to a cache folder (``cache_dir``, else ``$DIFFUSION_CACHE``, else
 ``~/.cache/diffusion/data``) that links to the originals, prepared once. A file that is there
-but damaged (cut short, or not the original) ends in ``DatasetCorruptError`` naming it.
+but damaged (cut short, or not the original) ends in ``DatasetCorruptError`` naming it; files
+that are missing and cannot be downloaded end in ``DatasetNotFoundError`` saying what to put
+where. Each layout class knows one family of torchvision datasets; ``open_files`` does the rest.
 """
 
 from __future__ import annotations
@@ -24,14 +18,11 @@ import re
 import socket
 import struct
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Protocol
 
-import torch
-import torchvision.transforms.v2.functional as TF
 from filelock import FileLock
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, Dataset
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity
 
@@ -85,7 +76,29 @@ def _idx_size(path: Path) -> int | None:
 # ---------------------------------------------------------------------------------------------
 
 
-class _MnistFiles:
+class FileLayout(Protocol):
+    """What ``open_files`` needs to know of a family of torchvision datasets."""
+
+    def folder(self, root: Path) -> Path:
+        """The dataset's folder under ``root``."""
+
+    def is_complete(self, root: Path) -> bool:
+        """Whether torchvision can read the dataset under ``root`` without writing anything."""
+
+    def link(self, source: Path, cache: Path) -> None:
+        """Link the files under ``source`` that torchvision reads into ``cache``."""
+
+    def open(self, root: Path, split: str, download: bool) -> Dataset:
+        """Split ``split`` as torchvision's dataset of (image, label) items."""
+
+    def missing(self, root: Path) -> str:
+        """What to put where, for a dataset that is not under ``root``."""
+
+    def damaged(self, root: Path) -> str | None:
+        """Why a file under ``root`` is unusable, naming it (None if none is)."""
+
+
+class MnistFiles:
     """``<root>/<Kind>/raw/``: torchvision reads the decompressed idx files, or makes them from
     the ``.gz`` archives (checking their MD5) when downloading is on."""
 
@@ -142,7 +155,7 @@ class _MnistFiles:
         return None
 
 
-class _FlowersFiles:
+class FlowersFiles:
     """``<root>/flowers-102/``: ``jpg/`` plus the two original ``.mat`` files (MD5-checked)."""
 
     def folder(self, root: Path) -> Path:
@@ -185,37 +198,6 @@ class _FlowersFiles:
             if damage:
                 return damage
         return None
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a dataset is, before loading it. ``image_size`` is None where sizes vary."""
-
-    channels: int
-    image_size: int | None
-    num_classes: int
-    splits: tuple[str, ...]
-    train_split: str
-    eval_split: str
-    files: _MnistFiles | _FlowersFiles
-
-
-DATASET_INFO: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(1, 28, 10, ("train", "test"), "train", "test", _MnistFiles(tvd.MNIST)),
-    "fashion_mnist": DatasetInfo(
-        1, 28, 10, ("train", "test"), "train", "test", _MnistFiles(tvd.FashionMNIST)
-    ),
-    "flowers102": DatasetInfo(
-        3, None, 102, ("train", "val", "test", "trainval"), "trainval", "test", _FlowersFiles()
-    ),
-}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """``DATASET_INFO[name]``, with a clear error for an unknown name."""
-    if name not in DATASET_INFO:
-        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(DATASET_INFO)}")
-    return DATASET_INFO[name]
 
 
 def resolve_root(root: str | os.PathLike | None = None) -> Path:
@@ -268,7 +250,7 @@ def _short_reason(error: BaseException) -> str:
     return reason if len(reason) <= 200 else reason[:197] + "..."
 
 
-def _raise_if_damaged(files: _MnistFiles | _FlowersFiles, root: Path) -> None:
+def _raise_if_damaged(files: FileLayout, root: Path) -> None:
     """End with the damaged file's name, instead of torchvision's traceback or a "not found"
     listing files that are there."""
     damage = files.damaged(root)
@@ -276,9 +258,11 @@ def _raise_if_damaged(files: _MnistFiles | _FlowersFiles, root: Path) -> None:
         raise DatasetCorruptError(damage)
 
 
-def _open_source(name: str, root: Path, split: str, download: bool, cache_dir) -> Dataset:
-    """Open the torchvision dataset, preparing a writable cache first if ``root`` is read-only."""
-    files = DATASET_INFO[name].files
+def open_files(files: FileLayout, root: Path, split: str, download: bool,
+               cache_dir: str | os.PathLike | None) -> Dataset:
+    """Split ``split`` of the torchvision dataset laid out as ``files`` under ``root``, preparing
+    a writable cache first if ``root`` is read-only; ends in ``DatasetNotFoundError`` (or
+    ``DatasetCorruptError``) saying which file to provide."""
     where = root
     if not files.is_complete(root) and not _writable(files.folder(root)):
         tag = hashlib.sha1(str(root).encode()).hexdigest()[:8]
@@ -307,207 +291,3 @@ def _open_source(name: str, root: Path, split: str, download: bool, cache_dir) -
             raise DatasetNotFoundError(
                 f"{files.missing(root)} {hint}; downloading failed: {_short_reason(error)}"
             ) from error
-
-
-# ---------------------------------------------------------------------------------------------
-# Preprocessing shared by both loader paths
-# ---------------------------------------------------------------------------------------------
-
-
-class Preprocess:
-    """The deterministic part of the transform: image -> uint8 (C, H, W), or a batch of them.
-
-    Resizes the shorter side to ``image_size`` and centre-crops to a square; runs once per image
-    for the on-device path and per item for the DataLoader path, so both see the same pixels.
-    """
-
-    def __init__(self, image_size: int | None = None, center_crop: bool = False):
-        self.image_size = image_size
-        self.center_crop = center_crop
-
-    def __call__(self, image) -> torch.Tensor:
-        x = image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image)
-        if self.image_size is not None:
-            x = TF.resize(x, [self.image_size], antialias=True)
-        if self.center_crop:
-            side = min(x.shape[-2:])
-            x = TF.center_crop(x, [side, side])
-        return x
-
-
-def to_model_range(x: torch.Tensor) -> torch.Tensor:
-    """uint8 in [0, 255] -> float32 in [-1, 1]."""
-    return x.to(torch.float32).div_(127.5).sub_(1.0)
-
-
-class SampleKey(NamedTuple):
-    """Item ``index`` as drawn in epoch ``epoch`` of a run seeded ``seed``.
-
-    The trainer's batch sampler yields these rather than bare indices, so that an item's random
-    augmentation travels with it into whichever DataLoader worker loads it.
-    """
-
-    index: int
-    seed: int
-    epoch: int
-
-
-def sample_generator(key: SampleKey) -> torch.Generator:
-    """A generator seeded from a hash of ``key`` alone: the augmentation it draws does not
-    depend on the process, the worker's RNG state or where a run was resumed."""
-    digest = hashlib.blake2b(f"{key.seed}/{key.epoch}/{key.index}".encode(), digest_size=8)
-    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little"))
-
-
-class ImageDataset(Dataset):
-    """A torchvision dataset whose items are ``(x, label)``, x float32 (C, H, W) in [-1, 1].
-
-    ``source`` is the underlying torchvision dataset (a ``ConcatDataset`` for Flowers
-    ``trainval``); ``random_flip`` flips each item horizontally with probability 1/2. Indexed by
-    a ``SampleKey`` (as the trainer does) the coin comes from ``sample_generator(key)``, which
-    keeps a resumed run with DataLoader workers identical to an uninterrupted one; indexed by a
-    plain int it comes from torch's global generator (seeded per worker by the DataLoader).
-    """
-
-    accepts_sample_keys = True  # the trainer's batch sampler may hand it SampleKey batches
-
-    def __init__(
-        self,
-        source: Dataset,
-        name: str,
-        split: str,
-        preprocess: Preprocess,
-        random_flip: bool = False,
-    ):
-        self.source, self.name, self.split = source, name, split
-        self.preprocess, self.random_flip = preprocess, random_flip
-        self.info = DATASET_INFO[name]
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, int]:
-        index, generator = (
-            (key.index, sample_generator(key)) if isinstance(key, SampleKey) else (key, None)
-        )
-        image, label = self.source[index]
-        x = self.preprocess(image)
-        if self.random_flip and torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
-        return to_model_range(x), int(label)
-
-    @property
-    def channels(self) -> int:
-        return self.info.channels
-
-    @property
-    def image_size(self) -> int | None:
-        """Side of the square images this dataset yields."""
-        return self.preprocess.image_size or self.info.image_size
-
-    @property
-    def num_classes(self) -> int:
-        return self.info.num_classes
-
-    def preprocessed(self, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every image through ``preprocess`` once: uint8 (N, C, H, W) and int64 labels."""
-        data, targets = getattr(self.source, "data", None), getattr(self.source, "targets", None)
-        if isinstance(data, torch.Tensor) and isinstance(targets, torch.Tensor):
-            # MNIST-likes hold their images as one uint8 tensor: preprocess it in chunks.
-            chunks = [
-                self.preprocess(data[i : i + 4096].unsqueeze(1)) for i in range(0, len(data), 4096)
-            ]
-            return torch.cat(chunks), targets.to(torch.int64)
-        loader = DataLoader(_Preprocessed(self), batch_size=256, num_workers=num_workers)
-        images, labels = zip(*loader, strict=True)
-        return torch.cat(images), torch.cat(labels).to(torch.int64)
-
-
-class _Preprocessed(Dataset):
-    def __init__(self, dataset: ImageDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.dataset.source[index]
-        return self.dataset.preprocess(image), int(label)
-
-
-def build_dataset(
-    name: str,
-    root: str | os.PathLike | None = None,
-    split: str | None = None,
-    image_size: int | None = None,
-    center_crop: bool = False,
-    random_flip: bool = False,
-    download: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-) -> ImageDataset:
-    """Load split ``split`` of dataset ``name`` (``DATASET_INFO`` keys) as an ``ImageDataset``.
-
-    ``split=None`` means the dataset's training split (Flowers: ``trainval``). Raises
-    ``DatasetNotFoundError`` naming the files to provide when they are missing and cannot be
-    downloaded.
-    """
-    info = dataset_info(name)
-    split = split or info.train_split
-    if split not in info.splits:
-        raise ValueError(f"{name} has no split {split!r}: choose one of {', '.join(info.splits)}")
-    if image_size is not None and image_size < 1:
-        raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
-    if info.image_size is None and (image_size is None or not center_crop):
-        raise ValueError(
-            f"{name} images vary in size: set image_size and center_crop=true "
-            "so that they can be batched"
-        )
-    source = _open_source(name, resolve_root(root), split, download, cache_dir)
-    return ImageDataset(source, name, split, Preprocess(image_size, center_crop), random_flip)
-
-
-# ---------------------------------------------------------------------------------------------
-# On-device data
-# ---------------------------------------------------------------------------------------------
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-class DeviceDataset:
-    """A whole split as one uint8 tensor (N, C, H, W) and int64 labels on ``device``."""
-
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        random_flip: bool = False,
-        device: str | torch.device = "cpu",
-    ):
-        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise ValueError("DeviceDataset needs uint8 images (N, C, H, W) and N labels")
-        self.images, self.labels = images.to(device), labels.to(device)
-        self.random_flip = random_flip
-
-    @classmethod
-    def from_dataset(
-        cls, dataset: ImageDataset, device: str | torch.device = "cpu", num_workers: int = 0
-    ) -> DeviceDataset:
-        images, labels = dataset.preprocessed(num_workers)
-        return cls(images, labels, dataset.random_flip, device)
-
-    @property
-    def device(self) -> torch.device:
-        return self.images.device
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batch(self, index: torch.Tensor, flip: torch.Tensor | None = None):
-        """Images ``index`` scaled to [-1, 1] (flipped where ``flip`` is true, when this
-        dataset flips) and their labels, gathered on the dataset's device."""
-        x = self.images[index]
-        if self.random_flip and flip is not None:
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return to_model_range(x), self.labels[index]
