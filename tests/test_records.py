@@ -15,6 +15,12 @@ TEXT_SUFFIXES = {".md", ".yaml", ".json", ".txt", ".csv"}
 MACHINE_PATH = re.compile(r"/tmp/|/work/|/home/|/root/|/Users/|C:\\")
 
 
+def absolute_paths(text: str) -> list[str]:
+    """The words of ``text``, or values after ``=``, ``[``, ``,``, quotes or ``(``, that are
+    absolute paths."""
+    return re.findall(r"(?<![^\s=\[,'\"(])(?:/|[A-Za-z]:\\)[^\s,\]'\")]*", text)
+
+
 def machine_paths(root: Path, files: list[Path]) -> list[str]:
     """``file:line: text`` for each line of ``files`` (under ``root``) that holds an absolute
     machine path."""
@@ -31,6 +37,12 @@ def test_machine_paths_are_found_with_file_and_line(tmp_path):
     record.write_text("run=runs/multirun/x/0\nroot: /work/shared/data\nC:\\Users\\me\n")
     assert machine_paths(tmp_path, [record]) == ["record.md:2: root: /work/shared/data",
                                        "record.md:3: C:\\Users\\me"]
+
+
+def test_absolute_paths_are_found_in_commands_and_json():
+    text = ('run=runs/x/0 images/s "root": "/srv/data", sweep=[a,/b/c] out=<out>\n'
+            "/tmp/x (C:\\data) $DIFFUSION_DATA/MNIST ![plot](loss.png)")
+    assert absolute_paths(text) == ["/srv/data", "/b/c", "/tmp/x", "C:\\data"]
 
 
 def test_committed_records_hold_no_machine_paths():
@@ -83,7 +95,8 @@ def test_arguments_with_paths_get_the_placeholder_of_their_key(cwd, monkeypatch)
 
 
 def test_shell_words_quote_all_but_the_variable():
-    assert shell_word("paths.data_dir=$DIFFUSION_DATA/MNIST") == "paths.data_dir=$DIFFUSION_DATA/MNIST"
+    word = "paths.data_dir=$DIFFUSION_DATA/MNIST"
+    assert shell_word(word) == word
     assert shell_word("title=a b") == "'title=a b'"
     assert shell_word("data.root=<data>") == "'data.root=<data>'"
     assert shell_word("name=$HOME") == "'name=$HOME'"
