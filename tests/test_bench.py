@@ -12,6 +12,7 @@ from diffusion.bench import _hydra_argv, bench
 from diffusion.builders import build_model
 from diffusion.training.config import ConfigError
 from hydra_utils import compose_config
+from test_records import absolute_paths
 
 pytest.importorskip("diffusers")
 
@@ -39,16 +40,26 @@ def assert_rates_follow_the_timings(result: dict, batch: int) -> None:
     assert result["params_m"] == pytest.approx(result["params"] / 1e6)
 
 
-def test_tiny_bench_side_by_side_writes_table_and_json(tmp_path, tiny_mnist_root, capsys):
+def test_tiny_bench_side_by_side_writes_table_and_json(tmp_path, tiny_mnist_root, capsys,
+                                                       monkeypatch):
+    monkeypatch.setenv("DIFFUSION_DATA", str(tiny_mnist_root))
     out = tmp_path / "bench.json"
-    cfg = compose_config([*TINY, f"paths.data_dir={tiny_mnist_root}", "vs=diffusers",
-                          "bench.flops=true", f"bench.out={out}"], config_name="bench")
+    overrides = [f"paths.data_dir={tiny_mnist_root}", "vs=diffusers", "bench.flops=true",
+                 f"bench.out={out}"]
+    cfg = compose_config([*TINY, *overrides], config_name="bench")
     threads = torch.get_num_threads()
-    bench(cfg)
+    bench(cfg, " ".join(["python -m diffusion.bench", *overrides]))
     assert torch.get_num_threads() == threads  # the thread setting does not leak
-    record = json.loads(out.read_text())
+    text = out.read_text()
+    record = json.loads(text)
     assert record["device"] == "cpu" and record["num_threads"] == 1
-    assert "mnist train split" in record["data_source"]
+    # the record names the data root by its variable and no folder of this machine
+    assert record["data_source"] == "mnist train split under $DIFFUSION_DATA"
+    assert record["command"] == ("python -m diffusion.bench paths.data_dir=$DIFFUSION_DATA "
+                                 "vs=diffusers bench.flops=true bench.out=<out>")
+    assert record["config"]["data"]["root"] == record["config"]["paths"]["data_dir"]
+    assert record["config"]["data"]["root"] == "$DIFFUSION_DATA"
+    assert absolute_paths(text) == []
     results = record["results"]
     for side in ("ours", "diffusers"):
         result = results[side]
@@ -83,15 +94,20 @@ def test_missing_data_falls_back_to_synthetic_files_and_says_so(tmp_path):
         bench(compose_config([*TINY, "bench.data=sometimes"], config_name="bench"))
 
 
-def test_bench_times_a_whole_fid(tmp_path, tiny_mnist_root, capsys):
+def test_bench_times_a_whole_fid(tmp_path, tiny_mnist_root, capsys, monkeypatch):
     """``bench.fid_n``: one FID of n images (5 images in batches of 2: a short last batch)."""
+    monkeypatch.delenv("DIFFUSION_DATA", raising=False)
     out = tmp_path / "bench.json"
     cfg = compose_config([*TINY, f"paths.data_dir={tiny_mnist_root}", "bench.fid_n=5",
                           "bench.fid_batch=2", "bench.fid_steps=2", "metrics.feature_epochs=2",
                           f"metrics.cache_dir={tmp_path / 'features'}", "metrics.kid_subset_size=4",
                           f"bench.out={out}"], config_name="bench")
     bench(cfg)
-    fid = json.loads(out.read_text())["fid_eval"]
+    record = json.loads(out.read_text())
+    fid = record["fid_eval"]
+    assert absolute_paths(out.read_text()) == []
+    assert record["data_source"] == "mnist train split under <data>"
+    assert record["config"]["metrics"]["cache_dir"] == "<path>"
     assert (fid["n"], fid["steps"], fid["batch_size"], fid["sampler"]) == (5, 2, 2, "ddim")
     assert fid["images_per_s"] == pytest.approx(5 / fid["seconds"])
     assert fid["image_steps_per_s"] == pytest.approx(5 * 2 / fid["seconds"])

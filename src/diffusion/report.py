@@ -6,7 +6,9 @@ Reads the run folders of a sweep (``<multirun>/<job>/``: ``.hydra/overrides.yaml
 a table with one row per job: overrides, final train and validation loss, FID per sampler and
 step count with the data floor, wall time, images/s) and PNG plots: loss curves overlaid, FID
 against sampling steps, the jobs' last sample grids side by side, and the forward process when
-the jobs differ in beta schedule. Nothing else is read, so a report can be regenerated.
+the jobs differ in beta schedule. Nothing else is read, so a report can be regenerated. The
+commands name folders as anyone can paste them: relative to the current folder,
+``$DIFFUSION_DATA``/``$DIFFUSION_RUNS``, else a placeholder (``diffusion.records``).
 
 ``sweep`` may also list several folders, multirun or single runs, to compare jobs of
 different sweeps (``sweep=[runs/multirun/A,runs/multirun/B/0]``). A ``notes.md`` in ``out`` is
@@ -16,7 +18,7 @@ kept at the top of the README.
 from __future__ import annotations
 
 import json
-import shlex
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from diffusion.cli import CONF_DIR, USER_ERRORS, fail
 from diffusion.metrics.fid import format_score
+from diffusion.records import portable_arg, portable_path, shell_word
 
 
 def _json(path: Path) -> dict:
@@ -128,16 +131,33 @@ def _label(jobs: list[Job]) -> None:
 
 
 def sweep_command(sweep: Path) -> str | None:
-    """The ``diffusion.train`` command that made a multirun folder or a run folder."""
+    """The ``diffusion.train`` command that made a multirun folder or a run folder, its
+    paths made portable (``diffusion.records``)."""
     multirun = sweep / "multirun.yaml"
     if multirun.is_file():
-        task = OmegaConf.load(multirun).hydra.overrides.task
-        return "python -m diffusion.train -m " + " ".join(shlex.quote(str(o)) for o in task)
-    overrides = sweep / ".hydra" / "overrides.yaml"
-    if overrides.is_file():
-        return "python -m diffusion.train " + " ".join(
-            shlex.quote(str(o)) for o in OmegaConf.load(overrides))
-    return None
+        prefix, overrides = "-m ", OmegaConf.load(multirun).hydra.overrides.task
+    elif (sweep / ".hydra" / "overrides.yaml").is_file():
+        prefix, overrides = "", OmegaConf.load(sweep / ".hydra" / "overrides.yaml")
+    else:
+        return None
+    return f"python -m diffusion.train {prefix}" + " ".join(
+        shell_word(portable_arg(str(o))) for o in overrides)
+
+
+def shown_path(path: Path, sweep: Path) -> str:
+    """A run or sweep folder as the report writes it: ``portable_path``, and outside the
+    current folder and ``$DIFFUSION_RUNS``, ``<runs>/`` and the sweep's last two folder names
+    (``multirun/<date>_<time>``) so that runs stay apart."""
+    path, sweep = Path(os.path.abspath(path)), Path(os.path.abspath(sweep))
+    tail = Path(*sweep.parts[-2:], path.relative_to(sweep)).as_posix()
+    return portable_path(path, f"<runs>/{tail}")
+
+
+def eval_command(command: str, run: str) -> str:
+    """An evaluation's recorded command with its ``run=`` folder written as ``run`` and its
+    other paths made portable."""
+    return " ".join(f"run={run}" if word.startswith("run=") else portable_arg(word)
+                    for word in command.split(" "))
 
 
 def _eval_columns(jobs: list[Job]) -> list[tuple[str, int, int]]:
@@ -239,9 +259,13 @@ def write_report(sweeps: list[Path], out: Path, title: str | None = None) -> Pat
         lines += [notes.read_text().strip(), ""]
     lines += ["## Commands", "", "```bash"]
     lines += [c for s in sweeps if (c := sweep_command(s))]
-    lines += sorted({e["command"] for j in jobs for e in j.evals.values() if e.get("command")})
+    lines += sorted({eval_command(e["command"], _shown_job(j, sweeps))
+                     for j in jobs for e in j.evals.values() if e.get("command")})
+    shown = [shown_path(s, s) for s in sweeps]
+    sweep_arg = shown[0] if len(shown) == 1 else "[" + ",".join(shown) + "]"
     title_arg = f' "title={title!r}"' if title else ""
-    lines += [f"python -m diffusion.report sweep={_sweep_arg(sweeps)} out={out}{title_arg}",
+    lines += [f"python -m diffusion.report sweep={sweep_arg} out={portable_path(out, '<out>')}"
+              f"{title_arg}",
               "```", "",
               f"Git commit {commit}; device {env.get('device_name') or env.get('device')}; "
               f"started {env.get('started', 'unknown')}; torch {env.get('torch', '?')}.", "",
@@ -259,8 +283,9 @@ def write_report(sweeps: list[Path], out: Path, title: str | None = None) -> Pat
     return readme
 
 
-def _sweep_arg(sweeps: list[Path]) -> str:
-    return str(sweeps[0]) if len(sweeps) == 1 else "[" + ",".join(map(str, sweeps)) + "]"
+def _shown_job(job: Job, sweeps: list[Path]) -> str:
+    """``shown_path`` of a job, which ``find_jobs`` took from a sweep or a sweep's child."""
+    return shown_path(job.path, job.path if job.path in sweeps else job.path.parent)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")

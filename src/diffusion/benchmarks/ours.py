@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from diffusion.builders import build_model, build_scheduler, build_trainer_config
 from diffusion.data import DatasetNotFoundError, build_dataset, dataset_info
 from diffusion.device import autocast
+from diffusion.records import portable_path
 from diffusion.training.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ def synthetic_batch(batch_size: int, shape: tuple[int, ...], num_classes: int | 
 
 
 def bench_dataset(cfg: DictConfig, workdir: Path) -> tuple[Dataset, str]:
-    """The training split the data path reads, and a sentence saying which it is.
+    """The training split the data path reads, and a sentence saying which it is (its root
+    as ``diffusion.records.portable_path`` writes it).
 
     ``bench.data``: ``real`` needs the dataset; ``synthetic`` writes tiny MNIST-format files
     (same shapes and loaders, made-up digits); ``auto`` uses the real dataset when it can be
@@ -79,7 +81,8 @@ def bench_dataset(cfg: DictConfig, workdir: Path) -> tuple[Dataset, str]:
         try:
             train = build_dataset(root=data.root, split=data.train_split,
                                   download=data.download, **common)
-            return train, f"{data.name} {data.train_split} split under {data.root}"
+            root = portable_path(data.root, "<data>")
+            return train, f"{data.name} {data.train_split} split under {root}"
         except DatasetNotFoundError as exc:
             if mode == "real":
                 raise

@@ -31,6 +31,7 @@ from diffusion.benchmarks.measure import (
 from diffusion.benchmarks.ours import OurSide, Side, bench_dataset
 from diffusion.builders import validate
 from diffusion.device import resolve_device, resolve_precision
+from diffusion.records import portable_arg, portable_value
 from diffusion.training.config import ConfigError
 
 OPERATIONS = {"train": "train_step", "sample": "sample", "data": "next_batch",
@@ -172,7 +173,7 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
 
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-        "command": command,
+        "command": " ".join(portable_arg(word) for word in command.split(" ")),
         "device": device.type,
         "machine": _machine(device),
         "precision": precision,
@@ -185,7 +186,7 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
         "batch_size": cfg.data.batch_size,
         "matmul_peak_tflop_per_s": peak / 1e12 if peak else None,
         "results": results,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": _portable(OmegaConf.to_container(cfg, resolve=True)),
     }
     if "diffusers" in results:
         record["ratios_ours_over_diffusers"] = {
@@ -196,6 +197,15 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
     if fid_eval is not None:
         record["fid_eval"] = fid_eval
     return record
+
+
+def _portable(node, key: str = ""):
+    """The resolved config with each path in it made portable (``diffusion.records``)."""
+    if isinstance(node, dict):
+        return {k: _portable(v, f"{key}.{k}") for k, v in node.items()}
+    if isinstance(node, list):
+        return [_portable(v, key) for v in node]
+    return portable_value(key, node)
 
 
 def _time_fid(cfg: DictConfig, side: OurSide, device: torch.device) -> dict:
