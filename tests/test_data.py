@@ -151,7 +151,6 @@ def test_a_new_dataset_is_one_class_and_one_yaml(tmp_path):
     ("data.channels=3", "data.channels is 3 but diffusion.data.MNISTDataset has 1; "),
     ("data.num_classes=12", "data.num_classes is 12 but diffusion.data.MNISTDataset has 10; "),
     ("data.name=fashion_mnist", "data.name is 'fashion_mnist' but diffusion.data.MNISTDataset "),
-    ("~data._target_", "data._target_ is missing: "),
     ("data.train_split=val", "Invalid data config: mnist has no split 'val': choose one of "
                              "train, test"),
     ("+data.resize=32", "Invalid data config: "),
@@ -161,6 +160,16 @@ def test_data_config_errors_are_one_sentence(tiny_mnist_root, override, message)
     with pytest.raises(ConfigError) as caught:
         build_datasets(cfg.data)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_config_without_a_target_builds_its_dataset_by_name(tiny_mnist_root):
+    """Run folders written before data configs named their class still load."""
+    cfg = compose_config(debug_overrides(tiny_mnist_root, "~data._target_"))
+    train, val = build_datasets(cfg.data)
+    assert type(train).__name__ == "MNISTDataset" and len(train) == 64 and len(val) == 32
+    cfg = compose_config(debug_overrides(tiny_mnist_root, "~data._target_", "data.name=cifar"))
+    with pytest.raises(ConfigError, match=r"^data\._target_ is missing: "):
+        build_datasets(cfg.data)
 
 
 def test_root_from_environment(monkeypatch, tmp_path):

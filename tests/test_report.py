@@ -79,7 +79,8 @@ def test_report_from_run_folders_alone(sweep, tmp_path, monkeypatch):
     assert absolute_paths(readme) == []
     runs = f"<runs>/{sweep.parent.name}/multirun"
     assert "'paths.data_dir=<data>'" in readme
-    assert f"python -m diffusion.evaluate run={runs}/0 n=8 sampler=ddim" in readme
+    assert (f"python -m diffusion.evaluate run={runs}/0 "
+            f"checkpoint={runs}/0/checkpoints/step_00000004.pt n=8 sampler=ddim") in readme
     assert f"python -m diffusion.report sweep={runs} out=<out>" in readme
 
 
@@ -91,11 +92,13 @@ def test_report_paths_relative_to_the_current_folder_or_the_variables(
     readme = write_report([sweep / "0", sweep / "1"], tmp_path / "both").read_text()
     assert absolute_paths(readme) == []
     assert "paths.data_dir=$DIFFUSION_DATA " in readme
-    assert "python -m diffusion.evaluate run=multirun/1 n=8 sampler=ddim" in readme
+    assert ("python -m diffusion.evaluate run=multirun/1 "
+            "checkpoint=multirun/1/checkpoints/step_00000004.pt n=8 sampler=ddim") in readme
     assert "python -m diffusion.report sweep=[multirun/0,multirun/1] out=<out>" in readme
     monkeypatch.setenv("DIFFUSION_RUNS", str(sweep))
     readme = write_report([sweep], Path("out")).read_text()
-    assert "python -m diffusion.evaluate run=$DIFFUSION_RUNS/0 n=8" in readme
+    assert ("python -m diffusion.evaluate run=$DIFFUSION_RUNS/0 "
+            "checkpoint=$DIFFUSION_RUNS/0/checkpoints/step_00000004.pt n=8") in readme
     assert "python -m diffusion.report sweep=$DIFFUSION_RUNS out=out" in readme
 
 

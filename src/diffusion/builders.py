@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.data import DatasetNotFoundError
+from diffusion.data import DatasetNotFoundError, dataset_info
 from diffusion.training.config import ConfigError
 
 
@@ -92,11 +92,16 @@ batch settings."""
 def build_datasets(data: DictConfig):
     """(train, validation) datasets of images scaled to [-1, 1], built by ``data._target_``
     (an ``ImageDataset`` class) from the rest of ``data``."""
-    if "_target_" not in data:
-        raise ConfigError("data._target_ is missing: set it to the dataset's class, as "
-                          "conf/data/*.yaml do (e.g. +data._target_=diffusion.data.MNISTDataset).")
     node = {key: value for key, value in OmegaConf.to_container(data, resolve=True).items()
             if key not in DATASET_SETTINGS_ELSEWHERE}
+    if "_target_" not in node:  # run folders from before data configs named their class
+        try:
+            cls = dataset_info(data.get("name"))
+        except ValueError:
+            raise ConfigError("data._target_ is missing: set it to the dataset's class, as "
+                              "conf/data/*.yaml do (e.g. +data._target_=diffusion.data."
+                              "MNISTDataset).") from None
+        node["_target_"] = f"{cls.__module__}.{cls.__qualname__}"
 
     def build(**kwargs):
         try:

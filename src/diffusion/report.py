@@ -154,10 +154,21 @@ def shown_path(path: Path, sweep: Path) -> str:
 
 
 def eval_command(command: str, run: str) -> str:
-    """An evaluation's recorded command with its ``run=`` folder written as ``run`` and its
-    other paths made portable."""
-    return " ".join(f"run={run}" if word.startswith("run=") else portable_arg(word)
-                    for word in command.split(" "))
+    """An evaluation's recorded command with its ``run=`` folder written as ``run``, a
+    ``checkpoint=`` inside that folder written under ``run`` too, and its other paths made
+    portable."""
+    words = command.split(" ")
+    recorded = next((Path(w[4:]) for w in words if w.startswith("run=")), None)
+
+    def shown(word: str) -> str:
+        if word.startswith("run="):
+            return f"run={run}"
+        path = Path(word.partition("=")[2])
+        if word.startswith("checkpoint=") and recorded and path.is_relative_to(recorded):
+            return f"checkpoint={run}/{path.relative_to(recorded).as_posix()}"
+        return portable_arg(word)
+
+    return " ".join(shown(word) for word in words)
 
 
 def _eval_columns(jobs: list[Job]) -> list[tuple[str, int, int]]:

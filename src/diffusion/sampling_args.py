@@ -70,9 +70,10 @@ def check_sampling(sampler: Any, steps: Any, eta: Any, num_train_timesteps: int,
         raise ValueError(f"{prefix}eta must be a number in [0, 1] (0: deterministic DDIM); "
                          f"got {eta!r}.")
     if eta and "eta" not in SAMPLERS[sampler].config_keys():
-        takes = sorted(name for name, cls in SAMPLERS.items() if "eta" in cls.config_keys())
-        raise ValueError(f"{prefix}eta only applies to sampler={'|'.join(takes)}; got "
-                         f"eta={eta} with sampler={sampler}: set eta=0 or sampler={'|'.join(takes)}.")
+        takes = "|".join(sorted(name for name, cls in SAMPLERS.items()
+                                if "eta" in cls.config_keys()))
+        raise ValueError(f"{prefix}eta only applies to sampler={takes}; got eta={eta} with "
+                         f"sampler={sampler}: set eta=0 or sampler={takes}.")
     if n is not None:
         check_int(f"{prefix}n", n)
     if batch_size is not None:
