@@ -41,17 +41,17 @@ def _newest_step(run: Path) -> int:
     return -1 if newest is None else step_of(newest)
 
 
-def _kill_after_progress(proc: subprocess.Popen, run: Path, rng: random.Random,
-                         timeout: float = 120.0) -> bool:
-    """SIGKILL ``proc`` a random moment after it has written a new checkpoint (so the kill
-    lands in training, often mid-save); False if it finished first."""
-    start_step, deadline = _newest_step(run), time.monotonic() + timeout
-    while _newest_step(run) <= start_step:
+def _kill_after_step(proc: subprocess.Popen, run: Path, step: int, rng: random.Random,
+                     timeout: float = 120.0) -> bool:
+    """SIGKILL ``proc`` a random moment after it has checkpointed ``step`` (so the kill lands
+    in training, often mid-save); False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while _newest_step(run) < step:
         if proc.poll() is not None:
             return False
         assert time.monotonic() < deadline, "training made no progress"
-        time.sleep(0.02)
-    time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(0.01)
+    time.sleep(rng.uniform(0.0, 0.05))
     if proc.poll() is not None:
         return False
     proc.send_signal(signal.SIGKILL)
@@ -73,11 +73,13 @@ def test_random_sigkills_resume_to_bit_identical_weights(tmp_path, tiny_mnist_ro
     result = _train_to_end(*args, f"hydra.run.dir={straight}")
     assert result.returncode == 0, result.stderr[-2000:]
 
+    # Kill points far apart, so that no fast machine runs through one before the kill lands.
     run, rng, kills = tmp_path / "killed", random.Random(0), 0
+    targets = [base + rng.randrange(4) for base in range(3, 32, 7)]  # 5 kills by step 34
     proc = _train(*args, f"hydra.run.dir={run}")
-    while kills < 5:
-        if not _kill_after_progress(proc, run, rng):
-            break  # the run finished before this kill: fewer steps left than kills
+    for target in targets:
+        if not _kill_after_step(proc, run, max(target, _newest_step(run) + 1), rng):
+            break  # the run finished before this kill
         kills += 1
         proc = _train(f"resume={run}")
     proc.wait(timeout=240)
