@@ -1,9 +1,13 @@
 """Suite-wide settings and data fixtures."""
 
+import hashlib
 import os
 from pathlib import Path
 
 import pytest
+from torchvision.datasets import Flowers102
+
+from diffusion.data.synthetic import write_tiny_flowers, write_tiny_mnist
 
 # No test may reach W&B servers or print its banners.
 os.environ["WANDB_MODE"] = "disabled"
@@ -13,8 +17,6 @@ os.environ["WANDB_SILENT"] = "true"
 @pytest.fixture(scope="session")
 def tiny_mnist_root(tmp_path_factory) -> Path:
     """A data root with tiny MNIST and FashionMNIST (64 train / 32 test images each)."""
-    from diffusion.testing import write_tiny_mnist
-
     root = tmp_path_factory.mktemp("data")
     for kind in ("MNIST", "FashionMNIST"):
         write_tiny_mnist(root, kind=kind)
@@ -24,8 +26,6 @@ def tiny_mnist_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_flowers_root(tmp_path, monkeypatch) -> Path:
     """A data root with a tiny Flowers102 (24 images, 8 per split) that torchvision accepts."""
-    from diffusion.testing import accept_tiny_flowers, write_tiny_flowers
-
     write_tiny_flowers(tmp_path)
     accept_tiny_flowers(monkeypatch, tmp_path)
     return tmp_path
@@ -38,3 +38,13 @@ def shared_data_root() -> Path:
     if not (root / "MNIST" / "raw").is_dir():
         pytest.skip(f"real datasets not found under {root} (set DIFFUSION_DATA)")
     return root
+
+
+def accept_tiny_flowers(monkeypatch, root: str | Path) -> None:
+    """Make torchvision's Flowers102 accept the ``.mat`` files under ``root`` (test use only)."""
+    base = Path(root) / "flowers-102"
+    file_dict = dict(Flowers102._file_dict)
+    for key in ("label", "setid"):
+        filename, _ = file_dict[key]
+        file_dict[key] = (filename, hashlib.md5((base / filename).read_bytes()).hexdigest())
+    monkeypatch.setattr(Flowers102, "_file_dict", file_dict)

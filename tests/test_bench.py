@@ -10,7 +10,7 @@ import torch
 
 from diffusion.bench import _hydra_argv, bench
 from diffusion.builders import build_model
-from diffusion.training.config import ConfigError
+from diffusion.errors import ConfigError
 from hydra_utils import compose_config
 from test_records import absolute_paths
 

@@ -13,9 +13,10 @@ import torch
 from hydra.errors import MissingConfigException
 from PIL import Image
 
+from diffusion.errors import CheckpointError
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.sample import sample
-from diffusion.training.checkpoint import CheckpointError, latest_checkpoint
+from diffusion.training.checkpoint import latest_checkpoint
 from diffusion.training.loggers import WandbLogger, read_metrics
 from hydra_utils import compose_config
 from test_train import run_training

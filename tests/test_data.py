@@ -24,9 +24,9 @@ from diffusion.data import (
     dataset_info,
     resolve_root,
 )
-from diffusion.testing import write_tiny_mnist
+from diffusion.data.synthetic import write_tiny_mnist
+from diffusion.errors import ConfigError
 from diffusion.training.batches import ResumableBatchSampler, batch_stream
-from diffusion.training.config import ConfigError
 from hydra_utils import compose_config, debug_overrides
 from test_train import run_training
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from diffusion.evaluate import read_eval
+from diffusion.records import read_eval
 from diffusion.training.checkpoint import latest_checkpoint
 from diffusion.training.loggers import read_metrics
 
@@ -21,8 +21,8 @@ FEATURE_EPOCHS = 20
 ARGS = ["model=basic", "model.base_channels=8", "trainer=debug", "logger=none",
         "data.batch_size=8", "data.num_workers=0", "trainer.grad_accum=2",
         "trainer.max_steps=4", "trainer.ckpt_every=2", "trainer.val_every=2",
-        "trainer.sample_every=4", "trainer.sample_n=6", "trainer.sample_steps=3",
-        "trainer.eval_every=4", "metrics.n=10", "metrics.batch_size=3", "metrics.steps=2",
+        "trainer.sample_every=4", "trainer.sample_n=6", "trainer.sample_steps=2",
+        "trainer.eval_every=4", "trainer.eval_n=10", "metrics.batch_size=3",
         "metrics.kid_subset_size=8", f"metrics.feature_epochs={FEATURE_EPOCHS}"]
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from diffusion.evaluate import _list_overrides, entry_key, evaluate, read_eval
+from diffusion.evaluate import _list_overrides, evaluate
 from diffusion.metrics import (
     DataRef,
     FeatureNetworkError,
@@ -24,6 +24,7 @@ from diffusion.metrics import (
     to_uint8,
 )
 from diffusion.metrics.inception import default_weights_path
+from diffusion.records import entry_key, read_eval
 from diffusion.training.loggers import read_metrics
 from hydra_utils import compose_config
 from test_train import run_training
@@ -127,7 +128,8 @@ def evaluated_run(tmp_path_factory, tiny_mnist_root, cache):
     """A few-step run that evaluates a small FID every 2 steps."""
     run_dir, _ = run_training(
         tmp_path_factory.mktemp("eval"), tiny_mnist_root, "model=basic", "model.base_channels=8",
-        "trainer.eval_every=2", "metrics.n=8", "metrics.steps=2", f"metrics.cache_dir={cache}",
+        "trainer.eval_every=2", "trainer.eval_n=8", "trainer.sample_steps=2",
+        f"metrics.cache_dir={cache}",
         f"metrics.feature_epochs={EPOCHS}", "metrics.kid_subset_size=8")
     as_hydra_writes_it(run_dir)
     return run_dir

@@ -13,11 +13,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from diffusion.errors import TrainingError
 from diffusion.rundir import create_run_dir
 from diffusion.train import train
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.loggers import read_metrics
-from diffusion.training.trainer import Trainer, TrainingError
+from diffusion.training.trainer import Trainer
 from test_train import run_training
 
 TINY = ("model=basic", "model.base_channels=8", "trainer.sample_every=0",

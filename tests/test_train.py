@@ -10,11 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from diffusion.errors import ConfigError, TrainingError
 from diffusion.train import train
 from diffusion.training.checkpoint import latest_checkpoint, list_checkpoints
-from diffusion.training.config import ConfigError
 from diffusion.training.loggers import read_metrics
-from diffusion.training.trainer import TrainingError
 from hydra_utils import compose_config, debug_overrides
 
 SMALL_MODELS = {

@@ -12,13 +12,14 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from diffusion.errors import TrainingError
 from diffusion.models import BasicUNet
 from diffusion.schedulers import DDPMScheduler
 from diffusion.training.config import TrainerConfig
 from diffusion.training.ema import EMA
 from diffusion.training.loggers import read_metrics
 from diffusion.training.lr import warmup_schedule
-from diffusion.training.trainer import Trainer, TrainingError
+from diffusion.training.trainer import Trainer
 from test_train import run_training
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from diffusion import viz
 from diffusion.schedulers import DDPMScheduler
-from diffusion.visualize import forward_figure, visualize
+from diffusion.visualize import visualize
+from diffusion.viz import forward_figure
 from hydra_utils import compose_config
 
 

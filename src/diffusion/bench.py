@@ -18,6 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from diffusion.benchmarks.run import output_path, report, run_benchmark, write_record
 from diffusion.cli import CONF_DIR, USER_ERRORS, fail
 
 
@@ -36,8 +37,6 @@ def _hydra_argv(argv: list[str]) -> list[str]:
 
 def bench(cfg: DictConfig, command: str = "python -m diffusion.bench") -> dict:
     """Run the benchmark, print its table and write its JSON record; returns the record."""
-    from diffusion.benchmarks.run import output_path, report, run_benchmark, write_record
-
     record = run_benchmark(cfg, command)
     path = write_record(record, output_path(cfg, record))
     print(report(record))

@@ -11,8 +11,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.data import DatasetNotFoundError, dataset_info
-from diffusion.training.config import ConfigError
+from diffusion.data import dataset_info
+from diffusion.device import resolve_device
+from diffusion.errors import ConfigError, DatasetNotFoundError
 
 
 def _instantiate(group: str, node: DictConfig, **kwargs):
@@ -62,8 +63,6 @@ def validate(cfg: DictConfig) -> None:
 
 def check_device(device: str) -> None:
     """``trainer.device`` must name a device this machine has."""
-    from diffusion.device import resolve_device
-
     try:
         resolve_device(device, key="trainer.device")
     except ValueError as exc:

@@ -10,10 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion.rundir import RunError
-from diffusion.training.checkpoint import CheckpointError
-from diffusion.training.config import ConfigError
-from diffusion.training.trainer import TrainingError
+from diffusion.errors import USER_ERRORS
 
 
 def _conf_dir() -> Path:
@@ -24,14 +21,7 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()
 
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from diffusion.data import DatasetNotFoundError
-
-    return (ConfigError, CheckpointError, TrainingError, RunError, DatasetNotFoundError)
-
-
-USER_ERRORS = _user_errors()
+__all__ = ["CONF_DIR", "USER_ERRORS", "fail", "seed_everything"]
 
 
 def fail(error: BaseException | str) -> None:

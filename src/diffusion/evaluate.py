@@ -6,175 +6,38 @@ protocol and the data floor, merges the results into ``<run>/eval.json`` (keyed 
 protocol, ``entry_key``, each with the command that repeats it), appends them to
 ``<run>/metrics.jsonl`` and plots FID against sampling steps (``<run>/figures/fid_vs_steps.png``).
 
-``build_evaluator(cfg)`` gives the trainer the same measurement as a periodic small FID.
+The scorer comes from ``diffusion.metrics.evaluation`` (shared with the trainer's periodic
+FID and the bench); ``eval.json`` is read and written through ``diffusion.records``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import shlex
-import sys
 import time
 from pathlib import Path
 
-import hydra
-import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig
 
 from diffusion import distributed as dist
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
-from diffusion.metrics import DataRef, FeatureNetworkError, FidEvaluator, FidResult, FidScorer
+from diffusion import viz
+from diffusion.device import resolve_device, resolve_precision
+from diffusion.errors import CheckpointError, ConfigError
+from diffusion.metrics import FidResult
+from diffusion.metrics.evaluation import build_scorer, check_metrics
+from diffusion.pipeline import DiffusionPipeline, compile_mode
+from diffusion.records import entry_key, plot_entries, read_eval, write_eval
+from diffusion.rundir import load_config
 from diffusion.sampling_args import (
     check_bool,
     check_cli_config,
-    check_int,
-    check_overrides,
     check_sampling,
     check_writable,
     is_int,
+    run_command,
 )
-from diffusion.training.config import ConfigError
-
-FEATURES = ("domain", "inception")
-
-
-def feature_network(metrics: DictConfig, data: DataRef, device: str | torch.device = "cpu",
-                    progress: bool = True):
-    """The feature module ``metrics.features`` names, on ``device``."""
-    from diffusion.metrics import InceptionFeatures, load_feature_network
-
-    if metrics.features == "inception":
-        return InceptionFeatures(metrics.get("inception_weights")).to(device)
-    if metrics.features != "domain":
-        raise ConfigError(f"metrics.features must be one of {', '.join(FEATURES)}; "
-                          f"got {metrics.features!r}.")
-    return load_feature_network(data.dataset, root=data.root, image_size=data.image_size,
-                                center_crop=data.center_crop, cache_dir=metrics.get("cache_dir"),
-                                progress=progress, device=device,
-                                epochs=metrics.get("feature_epochs"))
-
-
-def build_scorer(metrics: DictConfig, data: DictConfig, device: str | torch.device = "cpu",
-                 progress: bool = False, root: str | None = None) -> FidScorer:
-    """A ``FidScorer`` for the data a run trains on, as ``metrics`` (conf/metrics) says."""
-    ref = DataRef(dataset=data.name, root=root or data.get("root"),
-                  image_size=data.get("image_size"), center_crop=bool(data.get("center_crop")))
-    with dist.main_first():  # rank 0 trains or extracts and caches; the others read the cache
-        features = feature_network(metrics, ref, device, progress=dist.is_main())
-        if getattr(features, "accuracy", None) is not None and dist.is_main():
-            print(f"Feature network {features.feature_id}: test accuracy "
-                  f"{100 * features.accuracy:.2f}%", flush=True)
-        return FidScorer(features, ref, reference_n=metrics.get("reference_n"), kid=metrics.kid,
-                         kid_subset_size=metrics.kid_subset_size, batch_size=metrics.batch_size,
-                         seed=metrics.seed, cache_dir=metrics.get("cache_dir"),
-                         progress=progress and dist.is_main())
-
-
-def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -> FidEvaluator:
-    """The trainer's periodic FID (``trainer.eval_every``) from a training config: ``n``
-    samples with ``metrics.sampler``/``metrics.steps``; the trainer keeps the best as best.pt."""
-    from hydra.utils import instantiate
-
-    from diffusion.device import resolve_device
-
-    metrics = cfg.get("metrics")
-    if metrics is None:
-        raise ConfigError("trainer.eval_every needs a metrics config: add metrics=fid (this run "
-                          "was made before metrics existed) or set trainer.eval_every=0.")
-    try:  # before the feature network is trained or loaded
-        check_sampling(metrics.sampler, metrics.steps, 0.0,
-                       instantiate(cfg.scheduler).num_train_timesteps,
-                       batch_size=metrics.batch_size, prefix="metrics.")
-        check_int("metrics.n", metrics.n, minimum=2)
-        check_metrics(metrics)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    scorer = build_scorer(metrics, cfg.data,
-                          device=resolve_device(device or cfg.trainer.device))
-    return FidEvaluator(scorer, n=metrics.n, sampler=metrics.sampler, steps=metrics.steps,
-                        batch_size=metrics.batch_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluating a run folder
-# ---------------------------------------------------------------------------------------------
-
-
-def check_metrics(metrics: DictConfig) -> None:
-    """The ``metrics.*`` settings (conf/metrics/fid.yaml), before any feature network work."""
-    if metrics.features not in FEATURES:
-        raise ConfigError(f"metrics.features must be one of {', '.join(FEATURES)}; "
-                          f"got {metrics.features!r}.")
-    check_int("metrics.batch_size", metrics.batch_size)
-    check_int("metrics.kid_subset_size", metrics.kid_subset_size)
-    check_bool("metrics.kid", metrics.kid)
-    if not is_int(metrics.seed):
-        raise ConfigError(f"metrics.seed must be an integer; got {metrics.seed!r}.")
-    if metrics.get("reference_n") is not None:
-        check_int("metrics.reference_n", metrics.reference_n, minimum=2)
-    if metrics.get("feature_epochs") is not None:
-        check_int("metrics.feature_epochs", metrics.feature_epochs)
-
-
-#: What makes two evaluations of a run comparable; an eval.json key holds all of it.
-PROTOCOL = ("sampler", "steps", "n", "eta", "batch_size", "seed", "checkpoint", "step",
-            "feature_id", "reference_n")
-
-
-def entry_key(entry: dict) -> str:
-    """``sampler=ddim steps=50 n=10000 eta=0.0 seed=0 checkpoint=... step=... feature_id=...
-    reference_n=...``: the whole protocol, so evaluations that differ in any part of it
-    (eta, checkpoint, seed, ...) are kept side by side instead of overwriting each other.
-    ``batch_size`` is part of it only for stochastic sampling (DDPM, or DDIM with eta > 0),
-    whose step noise is drawn batch by batch; a deterministic sampler ignores it."""
-    stochastic = entry["sampler"] == "ddpm" or entry["eta"]
-    return " ".join(f"{k}={entry[k]}" for k in PROTOCOL if k != "batch_size" or stochastic)
-
-
-def read_eval(run: str | Path) -> dict[str, dict]:
-    """The entries of ``<run>/eval.json`` ({} when the run was never evaluated); entries
-    written before keys held the whole protocol keep their ``<sampler>-<steps>-n<n>`` key."""
-    path = Path(run) / "eval.json"
-    return json.loads(path.read_text()).get("entries", {}) if path.is_file() else {}
-
-
-def write_eval(run: str | Path, entries: dict[str, dict]) -> Path:
-    """Merge ``entries`` into ``<run>/eval.json`` (same key: the newer result wins)."""
-    path = Path(run) / "eval.json"
-    merged = {**read_eval(run), **entries}
-    tmp = path.with_name(f".eval.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"entries": dict(sorted(merged.items()))}, indent=2) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def plot_entries(entries: list[dict], current: dict) -> list[dict]:
-    """The entries one FID-vs-steps plot can show beside ``current``: the same checkpoint
-    and feature network, and for each (sampler, n, steps) only the newest, so results that
-    differ in eta or seed do not zigzag along one line."""
-    same = ("checkpoint", "step", "feature_id")
-    newest: dict[tuple, dict] = {}
-    for e in sorted(entries, key=lambda e: e.get("time", "")):
-        if all(e.get(k) == current[k] for k in same):
-            newest[(e["sampler"], e["n"], e["steps"])] = e
-    return list(newest.values())
-
-
-def _checkpoint_step(path: Path) -> int:
-    from diffusion.training.checkpoint import load
-
-    match = re.fullmatch(r"step_(\d+)\.pt", path.name)
-    return int(match.group(1)) if match else int(load(path)["step"])
-
-
-def _run_config(run: Path) -> DictConfig:
-    """The run's resolved config (``config.yaml``), else its composed Hydra config."""
-    from diffusion.rundir import load_config
-
-    resolved = run / "config.yaml"
-    return OmegaConf.load(resolved) if resolved.is_file() else load_config(run)
+from diffusion.training.checkpoint import latest_checkpoint, saved_step
+from diffusion.training.loggers import JsonlLogger
 
 
 def _steps_list(steps) -> list[int]:
@@ -189,14 +52,9 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, list[int]]:
     """Every option checked before the model is loaded or the feature network trained:
     (the run's config, the step counts). The run folder must take eval.json, metrics.jsonl
     and the plot, so a read-only run fails now rather than after the scoring."""
-    from hydra.utils import instantiate
-
-    from diffusion.device import resolve_device, resolve_precision
-    from diffusion.pipeline import compile_mode
-
     check_cli_config(cfg, "evaluate")
     run = Path(cfg.run)
-    run_cfg = _run_config(run)
+    run_cfg = load_config(run)
     steps_list = _steps_list(cfg.steps)
     check_sampling(cfg.sampler, steps_list, cfg.eta,
                    instantiate(run_cfg.scheduler).num_train_timesteps,
@@ -219,10 +77,6 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, list[int]]:
 
 def evaluate(cfg: DictConfig) -> list[FidResult]:
     """Evaluate ``cfg.run`` as ``cfg`` (conf/evaluate.yaml) says; returns the results."""
-    from diffusion import viz
-    from diffusion.pipeline import DiffusionPipeline
-    from diffusion.training.checkpoint import CheckpointError, latest_checkpoint
-    from diffusion.training.loggers import JsonlLogger
 
     run_cfg, steps_list = check_evaluate_config(cfg)
     run = Path(cfg.run)
@@ -233,7 +87,7 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     pipe = DiffusionPipeline.from_run(run, checkpoint=checkpoint, device=cfg.device,
                                       precision=cfg.precision,
                                       compile=cfg.get("compile", False))
-    step = _checkpoint_step(checkpoint)
+    step = saved_step(checkpoint)
     scorer = build_scorer(cfg.metrics, run_cfg.data, device=pipe.device, progress=True,
                           root=cfg.data_root)
     results, entry = [], None
@@ -302,24 +156,9 @@ def _list_overrides(argv: list[str], keys: tuple[str, ...] = ("steps",)) -> list
     return out
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
-def _main(cfg: DictConfig) -> None:
-    dist.init_from_env()  # torchrun --nproc_per_node=N -m diffusion.evaluate ... splits sampling
-    try:
-        evaluate(cfg)
-    except (*USER_ERRORS, FeatureNetworkError, ValueError) as exc:
-        fail(exc)
-    finally:
-        dist.shutdown()
-
-
 def main() -> None:
-    try:
-        check_overrides(sys.argv[1:], "evaluate")
-    except ValueError as exc:
-        fail(exc)
-    sys.argv = [sys.argv[0], *_list_overrides(sys.argv[1:])]
-    _main()
+    """``python -m diffusion.evaluate ...``; see the module docstring."""
+    run_command("evaluate", evaluate, rewrite=_list_overrides)
 
 
 if __name__ == "__main__":

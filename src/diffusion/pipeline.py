@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from diffusion import distributed as dist
 from diffusion.device import autocast, resolve_device, resolve_precision
+from diffusion.rundir import load_run
 from diffusion.sampling_args import SAMPLERS, check_int, check_labels, check_sampling
 from diffusion.schedulers import NoiseScheduler
 
@@ -97,8 +98,6 @@ class DiffusionPipeline:
                  compile: bool | str = False, channels_last: bool | None = None):
         """Build from a run folder: its config, and the EMA weights of its newest checkpoint.
         ``channels_last=None`` follows the run's ``trainer.channels_last``."""
-        from diffusion.rundir import load_run  # local: keeps plain-library use Hydra-free
-
         model, scheduler, cfg = load_run(run, checkpoint=checkpoint)
         shape = (int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
         if channels_last is None:

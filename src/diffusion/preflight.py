@@ -17,9 +17,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, InstantiationException, MissingConfigException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
-from diffusion.training.config import ConfigError
+from diffusion.builders import (
+    build_model,
+    build_scheduler,
+    build_trainer_config,
+    check_device,
+    validate,
+)
+from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
+from diffusion.rundir import check_writable
+from diffusion.training.checkpoint import latest_checkpoint, step_of
 
 FROZEN_ON_RESUME = ("model", "scheduler", "data.name", "data.channels", "data.image_size",
                     "data.center_crop")
@@ -61,10 +79,6 @@ def split_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     """Each job's overrides, expanded the way Hydra's basic sweeper expands a sweep."""
     if not multirun:
         return [overrides]
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         return BasicSweeper.split_arguments(parsed, None)[0]
@@ -75,8 +89,6 @@ def split_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
 def check_jobs(config_dir: Path, config_name: str, overrides: list[str],
                multirun: bool) -> list[Job]:
     """Compose and check every job of the command; one ConfigError lists every bad job."""
-    from diffusion.cli import USER_ERRORS
-
     jobs, problems = [], []
     expanded = split_jobs(overrides, multirun)
     shared = set.intersection(*(set(job) for job in expanded)) if expanded else set()
@@ -99,13 +111,6 @@ def check_jobs(config_dir: Path, config_name: str, overrides: list[str],
 def compose(config_dir: Path, config_name: str, overrides: list[str]) -> Job:
     """The job Hydra would compose, resolved, or a ConfigError that names the bad
     override."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
-
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
@@ -148,13 +153,6 @@ def _missing_option(exc: Exception, config_dir: Path) -> str:
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs neither data nor a GPU's memory: values, the network's shape
     (built on the meta device), the optimizer and LR schedule (on a dummy parameter)."""
-    from diffusion.builders import (
-        build_model,
-        build_scheduler,
-        build_trainer_config,
-        check_device,
-        validate,
-    )
 
     validate(cfg)
     trainer = build_trainer_config(cfg)
@@ -192,9 +190,6 @@ def _check_optimizer(node: DictConfig) -> None:
 def _build(group: str, node: DictConfig, call):
     """Instantiate the ``_partial_`` factory ``node`` and apply ``call`` to it; a ValueError
     or TypeError from either becomes one sentence naming ``group``."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     try:
         return call(instantiate(node))
     except ConfigError:
@@ -237,9 +232,6 @@ def check_resume(run: Path, cfg: DictConfig) -> Resume:
     """Check that ``cfg`` (the run's config with this command's overrides) can continue
     ``run``; returns what it resumes from and what it changes. Raises NothingToDo when the
     run is already at ``trainer.max_steps``."""
-    from diffusion.rundir import check_writable
-    from diffusion.training.checkpoint import CheckpointError, latest_checkpoint, step_of
-
     check_writable(run, "the run folder",
                    "copy the run folder to a writable place and resume the copy.")
     checkpoint = latest_checkpoint(run / "checkpoints")

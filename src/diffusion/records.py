@@ -1,12 +1,15 @@
-"""Paths as records write them (reports, benchmark JSON): something anyone can paste.
+"""What runs record for others to read: portable paths and a run's ``eval.json``.
 
-A path under ``$DIFFUSION_DATA`` or ``$DIFFUSION_RUNS`` is written with the variable, a path
-under the current folder relative to it, and any other path as a placeholder (``<data>``,
-``<runs>``, ...), never as a folder of the machine that wrote the record.
+Paths as records write them (reports, benchmark JSON) are something anyone can paste: a path
+under ``$DIFFUSION_DATA`` or ``$DIFFUSION_RUNS`` is written with the variable, a path under
+the current folder relative to it, and any other path as a placeholder (``<data>``,
+``<runs>``, ...), never as a folder of the machine that wrote the record. ``eval.json``
+holds a run's evaluations keyed by their whole protocol (``entry_key``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -60,3 +63,49 @@ def shell_word(arg: str) -> str:
             rest = value[len(var) + 1:]
             return shlex.quote(f"{key}=") + f"${var}" + (shlex.quote(rest) if rest else "")
     return shlex.quote(arg)
+
+
+# ---- eval.json: a run's evaluations, keyed by their whole protocol -------------------------
+
+#: What makes two evaluations of a run comparable; an eval.json key holds all of it.
+PROTOCOL = ("sampler", "steps", "n", "eta", "batch_size", "seed", "checkpoint", "step",
+            "feature_id", "reference_n")
+
+
+def entry_key(entry: dict) -> str:
+    """``sampler=ddim steps=50 n=10000 eta=0.0 seed=0 checkpoint=... step=... feature_id=...
+    reference_n=...``: the whole protocol, so evaluations that differ in any part of it
+    (eta, checkpoint, seed, ...) are kept side by side instead of overwriting each other.
+    ``batch_size`` is part of it only for stochastic sampling (DDPM, or DDIM with eta > 0),
+    whose step noise is drawn batch by batch; a deterministic sampler ignores it."""
+    stochastic = entry["sampler"] == "ddpm" or entry["eta"]
+    return " ".join(f"{k}={entry[k]}" for k in PROTOCOL if k != "batch_size" or stochastic)
+
+
+def read_eval(run: str | Path) -> dict[str, dict]:
+    """The entries of ``<run>/eval.json`` ({} when the run was never evaluated); entries
+    written before keys held the whole protocol keep their ``<sampler>-<steps>-n<n>`` key."""
+    path = Path(run) / "eval.json"
+    return json.loads(path.read_text()).get("entries", {}) if path.is_file() else {}
+
+
+def write_eval(run: str | Path, entries: dict[str, dict]) -> Path:
+    """Merge ``entries`` into ``<run>/eval.json`` (same key: the newer result wins)."""
+    path = Path(run) / "eval.json"
+    merged = {**read_eval(run), **entries}
+    tmp = path.with_name(f".eval.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"entries": dict(sorted(merged.items()))}, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def plot_entries(entries: list[dict], current: dict) -> list[dict]:
+    """The entries one FID-vs-steps plot can show beside ``current``: the same checkpoint
+    and feature network, and for each (sampler, n, steps) only the newest, so results that
+    differ in eta or seed do not zigzag along one line."""
+    same = ("checkpoint", "step", "feature_id")
+    newest: dict[tuple, dict] = {}
+    for e in sorted(entries, key=lambda e: e.get("time", "")):
+        if all(e.get(k) == current[k] for k in same):
+            newest[(e["sampler"], e["n"], e["steps"])] = e
+    return list(newest.values())

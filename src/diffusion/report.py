@@ -26,9 +26,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from diffusion import viz
 from diffusion.cli import CONF_DIR, USER_ERRORS, fail
 from diffusion.metrics.fid import format_score
-from diffusion.records import portable_arg, portable_path, shell_word
+from diffusion.records import portable_arg, portable_path, read_eval, shell_word
+from diffusion.training.loggers import read_metrics
 
 
 def _json(path: Path) -> dict:
@@ -54,9 +56,6 @@ class Job:
 
     @classmethod
     def load(cls, path: Path, name: str) -> Job:
-        from diffusion.evaluate import read_eval
-        from diffusion.training.loggers import read_metrics
-
         overrides_file = path / ".hydra" / "overrides.yaml"
         overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
         status = _json(path / "status.json")
@@ -228,8 +227,6 @@ def _protocol(jobs: list[Job]) -> str | None:
 
 
 def _plots(jobs: list[Job], out: Path) -> dict[str, str]:
-    from diffusion import viz
-
     plots = {}
     if any(j.records for j in jobs):
         viz.plot_loss_curves({j.label: j.records for j in jobs if j.records},
@@ -246,11 +243,9 @@ def _plots(jobs: list[Job], out: Path) -> dict[str, str]:
         plots["Samples (EMA, fixed noise)"] = "samples.png"
     schedules = {j.config.scheduler.beta_schedule: j for j in jobs if j.config is not None}
     if len(schedules) > 1:
-        from diffusion.visualize import forward_figure
-
         first = next(iter(schedules.values())).config
-        forward_figure(first.data, out / "forward_process.png", tuple(schedules),
-                       int(first.scheduler.num_train_timesteps))
+        viz.forward_figure(first.data, out / "forward_process.png", tuple(schedules),
+                           int(first.scheduler.num_train_timesteps))
         plots["Forward process, one block per beta schedule"] = "forward_process.png"
     return plots
 

@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from diffusion.errors import CheckpointError, RunError
+from diffusion.training.checkpoint import latest_checkpoint, load
 
 MAX_DIFF_BYTES = 1_000_000
-
-
-class RunError(RuntimeError):
-    """A path that should be a run folder is not one; the message says what to do."""
 
 
 def _git(*args: str, cwd: Path) -> str | None:
@@ -126,8 +127,6 @@ def write_env(run_dir: str | Path, seed: int | None, device: torch.device | None
 
 def load_config(run: str | Path):
     """The composed config a run was started with."""
-    from omegaconf import OmegaConf
-
     run = Path(run)
     cfg_file = run / "config.yaml"  # resolved at start; .hydra/config.yaml keeps interpolations
     if not cfg_file.is_file():
@@ -138,10 +137,6 @@ def load_config(run: str | Path):
 
 def load_run(run: str | Path, checkpoint: str | Path | None = None):
     """(model with EMA weights, training scheduler, config) of a run folder."""
-    from hydra.utils import instantiate
-
-    from diffusion.training.checkpoint import CheckpointError, latest_checkpoint, load
-
     run = Path(run)
     cfg = load_config(run)
     if checkpoint is None:

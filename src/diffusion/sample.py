@@ -10,24 +10,27 @@ batches out among N processes; the images are the same as from one process.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
+from PIL import Image
 
 from diffusion import distributed as dist
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion import viz
+from diffusion.device import resolve_device, resolve_precision
+from diffusion.pipeline import DiffusionPipeline, compile_mode
+from diffusion.rundir import load_config
 from diffusion.sampling_args import (
     check_bool,
     check_cli_config,
     check_int,
-    check_overrides,
     check_sampling,
     check_writable,
     is_int,
     labels_option,
+    run_command,
 )
 
 
@@ -38,13 +41,6 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None]:
     model load and no sampling, and an output location that cannot be written is found
     before minutes of sampling are spent rather than after.
     """
-    from hydra.utils import instantiate
-    from PIL import Image
-
-    from diffusion.device import resolve_device, resolve_precision
-    from diffusion.pipeline import compile_mode
-    from diffusion.rundir import load_config
-
     check_cli_config(cfg, "sample")
     run_cfg = load_config(cfg.run)
     check_sampling(cfg.sampler, cfg.steps, cfg.eta,
@@ -94,9 +90,6 @@ def _stem(cfg: DictConfig) -> str:
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
     """Sample as ``cfg`` says; returns the paths written."""
-    from diffusion import viz
-    from diffusion.pipeline import DiffusionPipeline
-
     grid, labels = check_sample_config(cfg)
     pipe = DiffusionPipeline.from_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device,
                                       precision=cfg.precision,
@@ -123,23 +116,9 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     return written
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="sample")
-def _main(cfg: DictConfig) -> None:
-    dist.init_from_env()  # torchrun --nproc_per_node=N shares the batches out among ranks
-    try:
-        sample(cfg)
-    except (*USER_ERRORS, ValueError) as exc:
-        fail(exc)
-    finally:
-        dist.shutdown()
-
-
 def main() -> None:
-    try:
-        check_overrides(sys.argv[1:], "sample")
-    except ValueError as exc:
-        fail(exc)
-    _main()
+    """``python -m diffusion.sample ...``; see the module docstring."""
+    run_command("sample", sample)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import hydra
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from diffusion import distributed as dist
+from diffusion.cli import CONF_DIR, USER_ERRORS, fail
 from diffusion.schedulers import NoiseScheduler
 
 SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` spells it
@@ -137,10 +142,6 @@ def labels_option(labels: Any, n: int, num_classes: int | None) -> torch.Tensor 
 def known_keys(config_name: str) -> dict[str, set[str] | None]:
     """The keys ``conf/<config_name>.yaml`` defines: {key: None} for a plain key,
     {group: keys of any of its options} for a config group from the defaults list."""
-    from omegaconf import OmegaConf
-
-    from diffusion.cli import CONF_DIR
-
     conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
     keys: dict[str, set[str] | None] = {k: None for k in conf if k not in ("defaults", "hydra")}
     for entry in conf.get("defaults", []):
@@ -177,8 +178,6 @@ def check_overrides(argv: list[str], config_name: str) -> None:
 def check_cli_config(cfg, config_name: str) -> None:
     """``run=`` is set and every key is one ``conf/<config_name>.yaml`` knows: Hydra's
     ``+key=value`` adds any key, so a misspelt ``+y=3`` would otherwise be ignored."""
-    from omegaconf import OmegaConf
-
     known = known_keys(config_name)
     for key in cfg:
         _check_key(key, None, known, config_name)
@@ -211,3 +210,28 @@ def check_writable(path: str | Path, what: str) -> None:
         raise ValueError(f"{folder} is not writable: {what}.") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{path} is not writable: {what}.")
+
+
+def run_command(config_name: str, work: Callable[[DictConfig], Any],
+                rewrite: Callable[[list[str]], list[str]] = list) -> None:
+    """The ``main()`` of ``diffusion.sample`` and ``diffusion.evaluate``: check the command
+    line's keys against ``conf/<config_name>.yaml``, ``rewrite`` it, compose with Hydra and run
+    ``work(cfg)`` (under torchrun, every rank takes its share); a user error ends in one
+    sentence and exit status 1."""
+    try:
+        check_overrides(sys.argv[1:], config_name)
+    except ValueError as exc:
+        fail(exc)
+    sys.argv = [sys.argv[0], *rewrite(sys.argv[1:])]
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    def _main(cfg: DictConfig) -> None:
+        dist.init_from_env()
+        try:
+            work(cfg)
+        except (*USER_ERRORS, ValueError) as exc:
+            fail(exc)
+        finally:
+            dist.shutdown()
+
+    _main()

@@ -22,6 +22,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion import distributed as dist
@@ -34,9 +35,11 @@ from diffusion.builders import (
     build_trainer_config,
 )
 from diffusion.cli import CONF_DIR, USER_ERRORS, fail, seed_everything
+from diffusion.errors import ConfigError, RunError
+from diffusion.metrics.evaluation import build_evaluator
 from diffusion.preflight import NothingToDo, check_config, check_resume
-from diffusion.rundir import RunError, create_run_dir, write_env
-from diffusion.training.config import ConfigError
+from diffusion.rundir import create_run_dir, write_env
+from diffusion.training.trainer import Trainer
 
 log = logging.getLogger("diffusion.train")
 
@@ -48,10 +51,6 @@ def train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict:
     written to, so a rejected command or a failed resume leaves the folder as it was.
     ``progress["started"]`` is set once training begins.
     """
-    from hydra.utils import instantiate
-
-    from diffusion.training import Trainer
-
     progress = {} if progress is None else progress
     check_config(cfg)
     resuming = cfg.resume is not None
@@ -69,8 +68,6 @@ def train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict:
         trainer_cfg.device = f"cuda:{local_rank}"
     evaluator = None
     if trainer_cfg.eval_every:  # a periodic small FID; every rank samples a share
-        from diffusion.evaluate import build_evaluator
-
         evaluator = build_evaluator(cfg, device=trainer_cfg.device)
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg)

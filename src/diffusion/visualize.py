@@ -16,35 +16,14 @@ import sys
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion import viz
 from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion.records import read_eval
+from diffusion.training.loggers import WandbLogger, read_metrics
 
 FIGURES = ("forward", "losses", "fid")
-
-
-def forward_images(data: DictConfig, n: int, split: str = "test", seed: int = 0) -> torch.Tensor:
-    """``n`` images of ``split`` (a seeded pick) in [-1, 1]."""
-    from diffusion.data import build_dataset, to_model_range
-
-    images = build_dataset(data.name, root=data.root, split=split, image_size=data.image_size,
-                           center_crop=data.center_crop, download=data.download).preprocessed()[0]
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
-    return to_model_range(images[pick])
-
-
-def forward_figure(data: DictConfig, path: str | Path, schedules=("linear", "cosine"),
-                   num_train_timesteps: int = 1000, images: int = 4, columns: int = 11,
-                   split: str = "test", seed: int = 0) -> Path:
-    """The forward process on ``images`` data images, one block per beta schedule."""
-    from diffusion import viz
-    from diffusion.schedulers import DDPMScheduler
-
-    schedulers = {name: DDPMScheduler(num_train_timesteps=num_train_timesteps,
-                                      beta_schedule=name) for name in schedules}
-    return viz.forward_process_figure(forward_images(data, images, split, seed), schedulers,
-                                      path, columns=columns, seed=seed)
 
 
 def _log_to_wandb(run: Path, name: str, path: Path) -> None:
@@ -53,8 +32,6 @@ def _log_to_wandb(run: Path, name: str, path: Path) -> None:
     logger_cfg = OmegaConf.load(run / "config.yaml").get("logger") or {}
     if not id_file.is_file() or "_target_" not in logger_cfg:
         return
-    from diffusion.training.loggers import WandbLogger, read_metrics
-
     logger = WandbLogger(run, project=logger_cfg.get("project", "diffusion"),
                          entity=logger_cfg.get("entity"), mode=logger_cfg.get("mode", "auto"),
                          resume_id=id_file.read_text().strip())
@@ -65,10 +42,6 @@ def _log_to_wandb(run: Path, name: str, path: Path) -> None:
 
 def visualize(cfg: DictConfig) -> Path:
     """Draw ``cfg.figure``; returns the file written."""
-    from diffusion import viz
-    from diffusion.evaluate import read_eval
-    from diffusion.training.loggers import read_metrics
-
     if cfg.figure not in FIGURES:
         raise ValueError(f"figure must be one of {', '.join(FIGURES)}; got {cfg.figure!r} "
                          "(e.g. python -m diffusion.visualize forward data=mnist).")
@@ -83,7 +56,7 @@ def visualize(cfg: DictConfig) -> Path:
                else Path(f"{cfg.figure}_{data.name}.png"))
     out = Path(cfg.out) if cfg.out else default
     if cfg.figure == "forward":
-        path = forward_figure(data, out, tuple(cfg.schedules), cfg.num_train_timesteps,
+        path = viz.forward_figure(data, out, tuple(cfg.schedules), cfg.num_train_timesteps,
                               cfg.images, cfg.columns, cfg.split, cfg.seed)
     elif cfg.figure == "losses":
         path = viz.plot_loss_curves({run.name: read_metrics(run / "metrics.jsonl")}, out)

@@ -1,5 +1,6 @@
 """Pictures of the diffusion process: sample grids, denoising chains (grid and
-animated GIF), forward-process strips and curves. Images are in [-1, 1]."""
+animated GIF), forward-process strips (of given images, or of a dataset's with
+``forward_figure``) and curves. Images are in [-1, 1]."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
+
+from diffusion.data import build_dataset, to_model_range
+from diffusion.schedulers import DDPMScheduler
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -118,6 +122,24 @@ def forward_process_figure(images: torch.Tensor, schedulers: dict, path: str | P
     axes[-1].grid(alpha=0.3)
     fig.suptitle("Forward process q(x_t | x_0)")
     return _save_figure(fig, path)
+
+
+def forward_images(data, n: int, split: str = "test", seed: int = 0) -> torch.Tensor:
+    """``n`` images of ``split`` (a seeded pick) in [-1, 1]."""
+    images = build_dataset(data.name, root=data.root, split=split, image_size=data.image_size,
+                           center_crop=data.center_crop, download=data.download).preprocessed()[0]
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return to_model_range(images[pick])
+
+
+def forward_figure(data, path: str | Path, schedules=("linear", "cosine"),
+                   num_train_timesteps: int = 1000, images: int = 4, columns: int = 11,
+                   split: str = "test", seed: int = 0) -> Path:
+    """The forward process on ``images`` data images, one block per beta schedule."""
+    schedulers = {name: DDPMScheduler(num_train_timesteps=num_train_timesteps,
+                                      beta_schedule=name) for name in schedules}
+    return forward_process_figure(forward_images(data, images, split, seed), schedulers,
+                                      path, columns=columns, seed=seed)
 
 
 def plot_loss_curves(runs: dict[str, list[dict]], path: str | Path,

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffusion.benchmarks.ours import Side, synthetic_batch
 from diffusion.device import autocast
+from diffusion.errors import ConfigError
 from diffusion.models.layers import level_resolutions
-from diffusion.training.config import ConfigError
 
 TOLERANCE = 0.05
 """How far the diffusers network's parameter count may be from ours (relative)."""

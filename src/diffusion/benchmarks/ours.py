@@ -19,10 +19,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from diffusion.builders import build_model, build_scheduler, build_trainer_config
-from diffusion.data import DatasetNotFoundError, build_dataset, dataset_info
+from diffusion.cli import seed_everything
+from diffusion.data import build_dataset, dataset_info
+from diffusion.data.synthetic import MNIST_KINDS, write_tiny_mnist
 from diffusion.device import autocast
+from diffusion.errors import ConfigError, DatasetNotFoundError
 from diffusion.records import portable_path
-from diffusion.training.config import ConfigError
+from diffusion.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +90,6 @@ def bench_dataset(cfg: DictConfig, workdir: Path) -> tuple[Dataset, str]:
             if mode == "real":
                 raise
             log.warning("%s; timing the data path on synthetic MNIST-format files instead.", exc)
-    from diffusion.testing import MNIST_KINDS, write_tiny_mnist
-
     kind = getattr(getattr(dataset_info(data.name).files, "cls", None), "__name__", None)
     if kind not in MNIST_KINDS:
         raise ConfigError(f"bench.data=synthetic writes MNIST-format files only; {data.name} "
@@ -107,9 +108,6 @@ class OurSide(Side):
 
     def __init__(self, cfg: DictConfig, train_set: Dataset, device: torch.device,
                  workdir: Path):
-        from diffusion.cli import seed_everything
-        from diffusion.training import Trainer
-
         self.cfg = cfg
         trainer_cfg = build_trainer_config(cfg)
         seed_everything(cfg.seed)

@@ -31,8 +31,9 @@ from diffusion.benchmarks.measure import (
 from diffusion.benchmarks.ours import OurSide, Side, bench_dataset
 from diffusion.builders import validate
 from diffusion.device import resolve_device, resolve_precision
+from diffusion.errors import ConfigError, FeatureNetworkError
+from diffusion.metrics.evaluation import build_scorer
 from diffusion.records import portable_arg, portable_value
-from diffusion.training.config import ConfigError
 
 OPERATIONS = {"train": "train_step", "sample": "sample", "data": "next_batch",
               "ema": "ema_update"}
@@ -216,9 +217,6 @@ def _time_fid(cfg: DictConfig, side: OurSide, device: torch.device) -> dict:
     Not timed: building the feature network and the cached reference and floor features
     (first use on a machine), and a warm-up FID of one batch (compilation, allocator).
     """
-    from diffusion.evaluate import build_scorer
-    from diffusion.metrics import FeatureNetworkError
-
     bench = cfg.bench
     n, batch = int(bench.fid_n), int(bench.fid_batch)
     start = time.perf_counter()

@@ -26,20 +26,10 @@ from torch.utils.data import ConcatDataset, Dataset
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity
 
+from diffusion.errors import DatasetCorruptError, DatasetNotFoundError
+
 DOWNLOAD_TIMEOUT_S = 10.0
 """Socket timeout while torchvision downloads, so that a dead network fails fast."""
-
-
-class DatasetNotFoundError(RuntimeError):
-    """The dataset's files are missing and could not be downloaded."""
-
-
-class DatasetCorruptError(DatasetNotFoundError):
-    """A dataset file is there but damaged; the message names it and says how to replace it.
-
-    A kind of ``DatasetNotFoundError`` since, either way, the user has to provide the file,
-    and the entry points already end with that error's message.
-    """
 
 
 def _original(path: Path) -> Path:

@@ -30,15 +30,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffusion.data import build_dataset, to_model_range
+from diffusion.errors import FeatureNetworkError
 from diffusion.metrics.classifiers import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-
-
-class FeatureNetworkError(RuntimeError):
-    """A feature network cannot be built or loaded; the message says what to do."""
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffusion.metrics.features import FeatureNetworkError
+from diffusion.errors import FeatureNetworkError
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")

@@ -1,7 +1,12 @@
-"""Training: the trainer, EMA, checkpoints, loggers and LR schedules."""
+"""Training: ``trainer`` (the ``Trainer``), ``config`` (its validated settings), ``ema``,
+``checkpoint`` (a run's checkpoint files), ``loggers`` (metrics.jsonl and W&B), ``lr``
+(learning-rate schedules) and ``batches`` (the resumable sample order).
 
-from diffusion.training.config import ConfigError, TrainerConfig
+This package exports only the light pieces, so that reading checkpoints or metrics does not
+load the trainer; the trainer itself is ``from diffusion.training.trainer import Trainer``.
+"""
+
+from diffusion.training.config import TrainerConfig
 from diffusion.training.ema import EMA
-from diffusion.training.trainer import Trainer, TrainingError
 
-__all__ = ["EMA", "ConfigError", "Trainer", "TrainerConfig", "TrainingError"]
+__all__ = ["EMA", "TrainerConfig"]

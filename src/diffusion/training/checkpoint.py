@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusion.errors import CheckpointError
+
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing or unreadable; the message says what to do."""
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:
@@ -45,6 +43,13 @@ def step_of(path: str | Path) -> int:
         raise CheckpointError(f"{path} is not named step_XXXXXXXX.pt; pass a checkpoint that "
                               "diffusion.train wrote.")
     return int(match.group(1))
+
+
+def saved_step(path: str | Path) -> int:
+    """The step of any checkpoint: from a ``step_XXXXXXXX.pt`` name, else (``best.pt``, a
+    renamed file) from the file itself."""
+    match = _NAME.match(Path(path).name)
+    return int(match.group(1)) if match else int(load(path)["step"])
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

@@ -6,12 +6,9 @@ import re
 from dataclasses import dataclass
 
 from diffusion.device import PRECISIONS
+from diffusion.errors import ConfigError
 
 LOSSES = ("mse", "l1", "huber")
-
-
-class ConfigError(ValueError):
-    """A config value a user set is not allowed; the message names the key and the fix."""
 
 
 @dataclass
@@ -40,6 +37,7 @@ class TrainerConfig:
     val_every: int = 5000
     val_batches: int = 8
     eval_every: int = 0             # run the evaluator (e.g. a small FID); 0 disables
+    eval_n: int = 1000              # images per periodic FID (sampled as the grids are)
     best_metric: str = "fid"        # evaluator key whose lowest value is kept as best.pt
     ckpt_every: int = 5000
     keep_last: int = 3
@@ -57,7 +55,7 @@ class TrainerConfig:
                 raise ConfigError(f"trainer.{key} must be >= 0 (0 turns it off); got {value!r}.")
 
         for key in ("max_steps", "grad_accum", "ema_every", "sample_n", "sample_steps",
-                    "val_batches", "divergence_window"):
+                    "val_batches", "divergence_window", "eval_n"):
             positive(key)
         for key in ("log_every", "sample_every", "val_every", "eval_every", "ckpt_every",
                     "keep_last",

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from diffusion import distributed as dist
 from diffusion.data import DeviceDataset
 from diffusion.device import autocast, resolve_device, resolve_precision
+from diffusion.errors import TrainingError
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.batches import ResumableBatchSampler, batch_stream
@@ -36,10 +37,6 @@ from diffusion.training.loggers import JsonlLogger, Logger, LoggerGroup
 from diffusion.viz import save_grid
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (for example the loss diverged); the message says what to do."""
 
 
 class Trainer:

@@ -1,27 +1,28 @@
-"""Tiny stand-ins for the real datasets, written in the exact on-disk formats torchvision reads.
+"""Synthetic stand-ins for the real datasets, written in the exact on-disk formats
+torchvision reads.
 
-Tests and quick experiments use these so that nothing depends on downloaded data, yet every
-byte still goes through torchvision's own loaders.
+Tests, the bench's ``bench.data=synthetic`` mode and quick experiments use these so that
+nothing depends on downloaded data, yet every byte still goes through torchvision's own
+loaders.
 
 - MNIST and Fashion-MNIST: torchvision decides that a dataset is present when the
   *decompressed* idx files are in ``<root>/<kind>/raw/`` (it checks no checksum on them), so
   ``download=True`` then never touches the network. The ``.gz`` files are written as well, for
   completeness, but their MD5s cannot match torchvision's and are never checked.
 - Flowers102: torchvision always checks the MD5 of ``imagelabels.mat`` and ``setid.mat``
-  against the originals, which synthetic files cannot match. ``accept_tiny_flowers`` tells
-  torchvision to expect the tiny files' checksums instead (for use inside a test, through
-  pytest's ``monkeypatch``).
+  against the originals, which synthetic files cannot match; a test has torchvision expect
+  the tiny files' checksums instead (``accept_tiny_flowers`` in the test suite).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy.io import savemat
 
 MNIST_KINDS = ("MNIST", "FashionMNIST")
 
@@ -134,8 +135,6 @@ def write_tiny_flowers(root: str | Path, n: int = 24, seed: int = 0) -> Path:
     (1-based labels, as in the original) and ``setid.mat`` splitting the ids into three equal
     parts for ``trnid`` / ``valid`` / ``tstid``. Load it inside ``accept_tiny_flowers``.
     """
-    from scipy.io import savemat
-
     if n < 6:
         raise ValueError("write_tiny_flowers needs n >= 6 so that every split has two images")
     rng = np.random.default_rng(seed)
@@ -158,15 +157,3 @@ def write_tiny_flowers(root: str | Path, n: int = 24, seed: int = 0) -> Path:
         },
     )
     return base
-
-
-def accept_tiny_flowers(monkeypatch, root: str | Path) -> None:
-    """Make torchvision's Flowers102 accept the ``.mat`` files under ``root`` (test use only)."""
-    from torchvision.datasets import Flowers102
-
-    base = Path(root) / "flowers-102"
-    file_dict = dict(Flowers102._file_dict)
-    for key in ("label", "setid"):
-        filename, _ = file_dict[key]
-        file_dict[key] = (filename, hashlib.md5((base / filename).read_bytes()).hexdigest())
-    monkeypatch.setattr(Flowers102, "_file_dict", file_dict)
