@@ -122,8 +122,7 @@ EVALUATE_CASES = {
                  "inception; got 'foo'."),
     "unknown-metrics-key": (["+metrics.sed=1"], "metrics.sed is not a metrics option: use "
                             "one of batch_size, cache_dir, feature_epochs, features, "
-                            "inception_weights, kid, kid_subset_size, n, reference_n, sampler, "
-                            "seed, steps."),
+                            "inception_weights, kid, kid_subset_size, reference_n, seed."),
     "figures-not-a-folder": (["figures"], "{run}/figures is a file, so "
                              "{run}/figures/fid_vs_steps.png cannot be written: "
                              "diffusion.evaluate records its results there: make the run "
