@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from diffusion.paths import CONF_DIR as CONF_DIR  # re-exported: the entry points' configs
 from diffusion.rundir import RunError
 from diffusion.training.checkpoint import CheckpointError
 from diffusion.training.config import ConfigError
 from diffusion.training.trainer import TrainingError
-
-
-def _conf_dir() -> Path:
-    if os.environ.get("DIFFUSION_CONFIG_DIR"):
-        return Path(os.environ["DIFFUSION_CONFIG_DIR"]).resolve()
-    return Path(__file__).resolve().parents[2] / "conf"
-
-
-CONF_DIR = _conf_dir()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

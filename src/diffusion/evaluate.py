@@ -24,8 +24,9 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from diffusion import distributed as dist
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion.cli import USER_ERRORS, fail
 from diffusion.metrics import DataRef, FeatureNetworkError, FidEvaluator, FidResult, FidScorer
+from diffusion.paths import CONF_DIR
 from diffusion.sampling_args import (
     check_bool,
     check_cli_config,

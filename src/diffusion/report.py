@@ -26,8 +26,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion.cli import USER_ERRORS, fail
 from diffusion.metrics.fid import format_score
+from diffusion.paths import CONF_DIR
 from diffusion.records import portable_arg, portable_path, shell_word
 
 

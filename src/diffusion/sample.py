@@ -18,7 +18,8 @@ import torch
 from omegaconf import DictConfig
 
 from diffusion import distributed as dist
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion.cli import USER_ERRORS, fail
+from diffusion.paths import CONF_DIR
 from diffusion.sampling_args import (
     check_bool,
     check_cli_config,

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from diffusion.paths import CONF_DIR
 from diffusion.schedulers import NoiseScheduler
 
 SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` spells it
@@ -138,8 +139,6 @@ def known_keys(config_name: str) -> dict[str, set[str] | None]:
     """The keys ``conf/<config_name>.yaml`` defines: {key: None} for a plain key,
     {group: keys of any of its options} for a config group from the defaults list."""
     from omegaconf import OmegaConf
-
-    from diffusion.cli import CONF_DIR
 
     conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
     keys: dict[str, set[str] | None] = {k: None for k in conf if k not in ("defaults", "hydra")}

@@ -19,7 +19,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion.cli import USER_ERRORS, fail
+from diffusion.paths import CONF_DIR
 
 FIGURES = ("forward", "losses", "fid")
 
