@@ -13,7 +13,7 @@ import torch
 from hydra.errors import MissingConfigException
 from PIL import Image
 
-from diffusion.errors import CheckpointError
+from diffusion.errors import CheckpointError, ConfigError
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.sample import sample
 from diffusion.training.checkpoint import latest_checkpoint
@@ -64,6 +64,54 @@ def test_cli_bad_value_is_one_sentence_and_exit_1(tmp_path, tiny_mnist_root):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: trainer.max_steps must be a positive integer; got -5.")
     assert "Traceback" not in result.stderr
+
+
+MY_EXPERIMENT = """\
+# @package _global_
+defaults:
+  - override /model: my_model
+name: my_exp
+"""
+
+
+def write_user_conf(folder: Path) -> Path:
+    """A config folder of a user's own: a model option and an experiment that uses it."""
+    (folder / "model").mkdir(parents=True)
+    (folder / "experiment").mkdir()
+    (folder / "model" / "my_model.yaml").write_text("defaults:\n  - basic\nbase_channels: 8\n")
+    (folder / "experiment" / "my_exp.yaml").write_text(MY_EXPERIMENT)
+    return folder
+
+
+@pytest.mark.parametrize("how", ["--config-dir", "-cd=", "hydra.searchpath"])
+def test_own_config_folder_reaches_the_checks(tmp_path, how):
+    """Options from a user's folder are found by the checks before the run, as by Hydra."""
+    from diffusion.train import _prepare, _read_command_line
+
+    conf = write_user_conf(tmp_path / "my_conf")
+    added, flags = {"--config-dir": (["--config-dir", str(conf)], [f"--config-dir={conf}"]),
+                    "-cd=": ([f"-cd={conf}"], [f"--config-dir={conf}"]),
+                    "hydra.searchpath": ([f"hydra.searchpath=[file://{conf}]"], [])}[how]
+    with pytest.raises(ConfigError, match=r"^model=nope is not an option of model: choose one "
+                                          r"of basic, my_model, unet, unet_attn\.$"):
+        _prepare(_read_command_line([*added, "experiment=my_exp", "model=nope"]))
+    overrides = ["experiment=my_exp", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    argv, *_ = _prepare(_read_command_line([*overrides, *added]))
+    assert argv == [*flags, *overrides, *[a for a in added if a.startswith("hydra.")]]
+    with pytest.raises(ConfigError, match="^experiment=my_exp is not an option of experiment"):
+        _prepare(_read_command_line(overrides))
+
+
+def test_own_primary_config_reaches_the_checks(tmp_path):
+    """``--config-name`` picks a primary config of the user's folder for the checks too."""
+    from diffusion.train import _prepare, _read_command_line
+
+    conf = write_user_conf(tmp_path / "my_conf")
+    (conf / "mine.yaml").write_text("defaults:\n  - train\n  - _self_\n"
+                                    "trainer:\n  max_steps: -1\n")
+    with pytest.raises(ConfigError, match="^trainer.max_steps must be a positive integer; "
+                                          "got -1"):
+        _prepare(_read_command_line(["logger=none", "-cd", str(conf), "-cn", "mine"]))
 
 
 @pytest.fixture(scope="module")

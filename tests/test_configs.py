@@ -4,8 +4,8 @@ import pytest
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from diffusion.cli import CONF_DIR
 from diffusion.data import ImageDataset, dataset_info
+from diffusion.paths import CONF_DIR
 from diffusion.preflight import flatten
 from hydra_utils import compose_config
 

@@ -19,7 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from diffusion.benchmarks.run import output_path, report, run_benchmark, write_record
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion.cli import USER_ERRORS, fail
+from diffusion.paths import CONF_DIR
 
 
 def _hydra_argv(argv: list[str]) -> list[str]:

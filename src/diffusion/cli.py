@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import random
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffusion.errors import USER_ERRORS
-
-
-def _conf_dir() -> Path:
-    if os.environ.get("DIFFUSION_CONFIG_DIR"):
-        return Path(os.environ["DIFFUSION_CONFIG_DIR"]).resolve()
-    return Path(__file__).resolve().parents[2] / "conf"
-
-
-CONF_DIR = _conf_dir()
+from diffusion.paths import CONF_DIR
 
 __all__ = ["CONF_DIR", "USER_ERRORS", "fail", "seed_everything"]
 

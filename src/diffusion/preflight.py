@@ -18,8 +18,11 @@ from pathlib import Path
 
 import torch
 from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from hydra import version
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -75,6 +78,12 @@ def is_hydra_key(override: str) -> bool:
     return key == "hydra" or key.startswith(("hydra.", "hydra/"))
 
 
+def is_searchpath(override: str) -> bool:
+    """``hydra.searchpath=[...]``: config folders added to the search path, which the
+    checks here must see as Hydra will."""
+    return override.lstrip("+~").split("=", 1)[0] == "hydra.searchpath"
+
+
 def split_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
     """Each job's overrides, expanded the way Hydra's basic sweeper expands a sweep."""
     if not multirun:
@@ -87,14 +96,15 @@ def split_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 
 def check_jobs(config_dir: Path, config_name: str, overrides: list[str],
-               multirun: bool) -> list[Job]:
-    """Compose and check every job of the command; one ConfigError lists every bad job."""
+               multirun: bool, extra_dir: Path | None = None) -> list[Job]:
+    """Compose and check every job of the command; one ConfigError lists every bad job.
+    ``extra_dir`` is the folder of ``--config-dir`` (see ``compose``)."""
     jobs, problems = [], []
     expanded = split_jobs(overrides, multirun)
     shared = set.intersection(*(set(job) for job in expanded)) if expanded else set()
     for number, job_overrides in enumerate(expanded):
         try:
-            job = compose(config_dir, config_name, job_overrides)
+            job = compose(config_dir, config_name, job_overrides, extra_dir)
             check_config(job.cfg)
             jobs.append(job)
         except USER_ERRORS as exc:
@@ -108,21 +118,24 @@ def check_jobs(config_dir: Path, config_name: str, overrides: list[str],
     return jobs
 
 
-def compose(config_dir: Path, config_name: str, overrides: list[str]) -> Job:
+def compose(config_dir: Path, config_name: str, overrides: list[str],
+            extra_dir: Path | None = None) -> Job:
     """The job Hydra would compose, resolved, or a ConfigError that names the bad
-    override."""
+    override. Configs are searched for as ``hydra.main`` searches: ``config_dir``, then
+    ``extra_dir`` (a folder of your own, added as ``--config-dir`` adds it), then any
+    folders of a ``hydra.searchpath=[...]`` override."""
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=overrides,
-                                return_hydra_config=True)
+        _initialize(config_dir, extra_dir)
+        cfg = hydra_compose(config_name=config_name, overrides=overrides,
+                            return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
         with open_dict(cfg):
             del cfg["hydra"]
         OmegaConf.resolve(cfg)
     except MissingConfigException as exc:
-        raise ConfigError(_missing_option(exc, config_dir)) from None
+        raise ConfigError(_missing_option(exc, config_name, overrides)) from None
     except (HydraException, OmegaConfBaseException) as exc:
         unknown = re.search(r"Could not override '([^']+)'", str(exc))
         what = (f"{unknown.group(1)} is not a config key" if unknown else _first_line(exc))
@@ -133,17 +146,34 @@ def compose(config_dir: Path, config_name: str, overrides: list[str]) -> Job:
     return Job(overrides, cfg, run_dir, sweep_dir)
 
 
+def _initialize(config_dir: Path, extra_dir: Path | None) -> None:
+    """Hydra set up as ``hydra.main`` sets it up for the primary folder ``config_dir`` and
+    ``--config-dir extra_dir`` (``initialize_config_dir`` has no way to add the latter)."""
+    version.setbase("1.3")
+    search_path = create_config_search_path(str(Path(config_dir).resolve()))
+    if extra_dir is not None:
+        if not Path(extra_dir).is_dir():
+            raise ConfigError(f"--config-dir {extra_dir} is not a folder: pass a folder of "
+                              "config files (e.g. one holding experiment/<name>.yaml).")
+        search_path.prepend(provider="command-line",
+                            path=f"file://{Path(extra_dir).absolute()}",
+                            anchor=SearchPathQuery(provider="schema"))
+    Hydra.create_main_hydra2(task_name="app", config_search_path=search_path)
+
+
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return (lines[0] if lines else type(exc).__name__).rstrip(".")
 
 
-def _missing_option(exc: Exception, config_dir: Path) -> str:
+def _missing_option(exc: Exception, config_name: str, overrides: list[str]) -> str:
+    """The option that does not exist and the ones that do, in every folder searched."""
     match = re.search(r"Could not find '([^']+)/([^'/]+)'", str(exc))
     if match is None:
         return f"{_first_line(exc)}."
     group, option = match.groups()
-    options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+    options = sorted(set(GlobalHydra.instance().config_loader().get_group_options(
+        group, config_name=config_name, overrides=[o for o in overrides if is_searchpath(o)])))
     if not options:
         return f"{group} is not a config group: drop the {group}={option} override."
     return (f"{group}={option} is not an option of {group}: choose one of "

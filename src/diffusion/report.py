@@ -27,8 +27,9 @@ import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from diffusion import viz
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion.cli import USER_ERRORS, fail
 from diffusion.metrics.fid import format_score
+from diffusion.paths import CONF_DIR
 from diffusion.records import portable_arg, portable_path, read_eval, shell_word
 from diffusion.training.loggers import read_metrics
 

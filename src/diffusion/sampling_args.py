@@ -22,7 +22,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion import distributed as dist
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion.cli import USER_ERRORS, fail
+from diffusion.paths import CONF_DIR
 from diffusion.schedulers import NoiseScheduler
 
 SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` spells it

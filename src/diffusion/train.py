@@ -9,6 +9,7 @@ This is the only layer that reads Hydra: everything it builds is a plain object.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -34,9 +36,10 @@ from diffusion.builders import (
     build_scheduler,
     build_trainer_config,
 )
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail, seed_everything
+from diffusion.cli import USER_ERRORS, fail, seed_everything
 from diffusion.errors import ConfigError, RunError
 from diffusion.metrics.evaluation import build_evaluator
+from diffusion.paths import CONF_DIR
 from diffusion.preflight import NothingToDo, check_config, check_resume
 from diffusion.rundir import create_run_dir, write_env
 from diffusion.training.trainer import Trainer
@@ -163,15 +166,50 @@ def _main(cfg: DictConfig) -> dict | None:
         dist.shutdown()
 
 
-HYDRA_FLAGS_WITHOUT_JOBS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
-                            "--shell-completion", "-sc", "--resolve", "-p", "--package")
+NO_JOB_OPTIONS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve",
+                  "package", "experimental_rerun")
+"""Hydra's options (as its parser names them) of a command that starts no new job."""
 
 
-def _prepare(argv: list[str]) -> tuple[list[str], str, str, Path | None]:
+def _read_command_line(argv: list[str]) -> argparse.Namespace:
+    """The command line as ``hydra.main`` reads it: with Hydra's own parser, so that every
+    spelling of a flag (``--config-dir X``, ``-cd=X``) reads the same here; a command it
+    cannot read ends here with Hydra's usage message. Flags may come anywhere among the
+    overrides (``_prepare`` hands them on to Hydra first)."""
+    return get_args_parser().parse_intermixed_args(argv)
+
+
+def _flags(options: argparse.Namespace, resume: bool) -> list[str]:
+    """The flags to hand on to Hydra (before the overrides, where its parser wants them).
+    A resume composes from the run's own config, so drops ``--config-path``/``-name``."""
+    flags = ["--multirun"] if options.multirun else []
+    flags += ["--run"] if options.run else []
+    named = [("--config-dir", options.config_dir)]
+    if not resume:
+        named += [("--config-path", options.config_path), ("--config-name", options.config_name)]
+    return flags + [f"{flag}={value}" for flag, value in named if value is not None]
+
+
+def _primary_config(options: argparse.Namespace) -> tuple[Path, str]:
+    """The folder and name of the primary config, as ``hydra.main`` finds them: the
+    package's ``train`` unless ``--config-path`` (relative to this file's folder) or
+    ``--config-name`` says otherwise."""
+    name = options.config_name or "train"
+    if options.config_path is None:
+        return CONF_DIR, name
+    if "://" in options.config_path:
+        raise ConfigError(f"--config-path {options.config_path}: pass a folder; or keep the "
+                          "package's configs and add yours with --config-dir <folder>.")
+    return Path(__file__).resolve().parent / options.config_path, name
+
+
+def _prepare(options: argparse.Namespace) -> tuple[list[str], str, str, Path | None]:
     """Check every job of the command and create its run (or sweep) folder; returns the
-    argv to hand to Hydra, its config path and name, and the sweep folder of a multirun."""
-    multirun = "-m" in argv or "--multirun" in argv
-    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    argv to hand to Hydra, its config path and name, and the sweep folder of a multirun.
+    Configs are found where Hydra will find them: ``--config-dir``, ``--config-path``,
+    ``--config-name`` and ``hydra.searchpath=[...]`` count for the checks too."""
+    multirun = options.multirun
+    overrides = list(options.overrides)
     resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), None)
     plain = [a for a in overrides if not a.startswith("resume=")]
     job_args = [a for a in plain if not preflight.is_hydra_key(a)]
@@ -187,10 +225,14 @@ def _prepare(argv: list[str]) -> tuple[list[str], str, str, Path | None]:
         preflight.check_resume_overrides(run, job_args)
         jobs = preflight.check_jobs(run, "config", [*job_args, f"resume={run}"], False)
         preflight.check_resume(run, jobs[0].cfg)
-        return ([*plain, f"resume={run}", f"hydra.run.dir={run}", "hydra.output_subdir=null"],
-                config_path, config_name, None)
-    jobs = preflight.check_jobs(CONF_DIR, "train", job_args, multirun)
-    argv = list(argv)
+        return ([*_flags(options, resume=True), *plain, f"resume={run}", f"hydra.run.dir={run}",
+                 "hydra.output_subdir=null"], config_path, config_name, None)
+    config_dir, config_name = _primary_config(options)
+    searchpath = [a for a in plain if preflight.is_searchpath(a)]
+    extra_dir = Path(options.config_dir) if options.config_dir is not None else None
+    jobs = preflight.check_jobs(config_dir, config_name, [*searchpath, *job_args], multirun,
+                                extra_dir)
+    argv = [*_flags(options, resume=False), *plain]
     worker = dist.launched_by_torchrun() and int(os.environ.get("RANK", 0)) > 0
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     explicit = next((a.split("=", 1)[1] for a in plain if a.startswith(key)), None)
@@ -228,12 +270,13 @@ def _report_sweep(sweep_dir: Path, jobs: int) -> int:
 def main() -> None:
     """Hydra entry point; ``resume=<run>`` composes from that run's own saved config."""
     argv = sys.argv[1:]
-    if any(a.split("=", 1)[0] in HYDRA_FLAGS_WITHOUT_JOBS for a in argv):
+    options = _read_command_line(argv)
+    if any(getattr(options, name) for name in NO_JOB_OPTIONS):
         config_path, config_name = str(CONF_DIR), "train"  # --help, --cfg: nothing runs
         sweep_dir = None
     else:
         try:
-            argv, config_path, config_name, sweep_dir = _prepare(argv)
+            argv, config_path, config_name, sweep_dir = _prepare(options)
         except preflight.NothingToDo as done:
             print(done)
             return
@@ -243,8 +286,7 @@ def main() -> None:
     hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(_main)()
     if sweep_dir is not None:
         jobs = len(preflight.split_jobs(
-            [a for a in argv if a not in ("-m", "--multirun") and not preflight.is_hydra_key(a)],
-            True))
+            [a for a in options.overrides if not preflight.is_hydra_key(a)], True))
         if _report_sweep(sweep_dir, jobs):
             sys.exit(1)
 

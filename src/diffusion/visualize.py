@@ -19,7 +19,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion import viz
-from diffusion.cli import CONF_DIR, USER_ERRORS, fail
+from diffusion.cli import USER_ERRORS, fail
+from diffusion.paths import CONF_DIR
 from diffusion.records import read_eval
 from diffusion.training.loggers import WandbLogger, read_metrics
 

@@ -20,7 +20,8 @@ returning (image, label) items::
         def load(self, root, split, download, cache_dir):
             return [(stripes(label), label) for label in ...]
 
-The YAML, ``conf/data/stripes.yaml``, names the class in ``_target_`` and repeats its
+The YAML, ``conf/data/stripes.yaml`` (or ``data/stripes.yaml`` in a config folder of your
+own, added with ``--config-dir``), names the class in ``_target_`` and repeats its
 description for the other groups to interpolate (``model.in_channels: ${data.channels}``);
 ``diffusion.builders.build_datasets`` refuses a config whose description differs from the
 class's. Copy ``conf/data/mnist.yaml`` and change ``_target_``, ``name``, ``channels``,
