@@ -34,6 +34,7 @@ from diffusion.sampling_args import (
     check_sampling,
     check_writable,
     is_int,
+    is_stochastic,
 )
 from diffusion.training.config import ConfigError
 
@@ -127,9 +128,10 @@ def entry_key(entry: dict) -> str:
     """``sampler=ddim steps=50 n=10000 eta=0.0 seed=0 checkpoint=... step=... feature_id=...
     reference_n=...``: the whole protocol, so evaluations that differ in any part of it
     (eta, checkpoint, seed, ...) are kept side by side instead of overwriting each other.
-    ``batch_size`` is part of it only for stochastic sampling (DDPM, or DDIM with eta > 0),
-    whose step noise is drawn batch by batch; a deterministic sampler ignores it."""
-    stochastic = entry["sampler"] == "ddpm" or entry["eta"]
+    ``batch_size`` is part of it only for stochastic samplers (ddpm, euler_a, dpmpp_2m_sde,
+    ddim with eta > 0), whose step noise is drawn batch by batch; a deterministic sampler
+    ignores it."""
+    stochastic = is_stochastic(entry["sampler"], entry["eta"])
     return " ".join(f"{k}={entry[k]}" for k in PROTOCOL if k != "batch_size" or stochastic)
 
 
