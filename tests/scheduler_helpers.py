@@ -54,3 +54,27 @@ def _compare_chains(ours, theirs, step_kwargs=None):
                     _max_diff(a.pred_original_sample, b.pred_original_sample))
         x = a.prev_sample
     return worst
+
+
+def dpm_exact_step(algorithm, q, sigma_s, sigma_t, x, z=0.0):
+    """The exact DPM-Solver step of x from noise-to-signal ratio sigma_s to sigma_t when the
+    solver's output (x_0, or eps for ``dpmsolver``) is q(lambda) = c0 + c1 lambda + c2
+    lambda^2 along it, lambda = -log(sigma); z: the SDE's noise."""
+    c0, c1, c2 = q
+    lam_s, lam_t = -math.log(sigma_s), -math.log(sigma_t)
+    a_s, a_t = 1 / math.sqrt(1 + sigma_s**2), 1 / math.sqrt(1 + sigma_t**2)
+    if algorithm == "dpmsolver++":  # x_t = sigma_t/sigma_s x + sigma_t int e^l x0(l) dl
+        def F(v):
+            return math.exp(v) * (c0 + c1 * (v - 1) + c2 * (v * v - 2 * v + 2))
+        return (sigma_t * a_t) / (sigma_s * a_s) * x + sigma_t * a_t * (F(lam_t) - F(lam_s))
+    if algorithm == "dpmsolver":  # x_t = alpha_t/alpha_s x - alpha_t int e^-l eps(l) dl
+        def F(v):
+            return math.exp(-v) * (c0 + c1 * (v + 1) + c2 * (v * v + 2 * v + 2))
+        return a_t / a_s * x + a_t * (F(lam_t) - F(lam_s))
+
+    def F(v):  # SDE: the same with e^-h on x, 2 alpha_t int e^(-2 (l_t - l)) x0(l) dl, noise
+        return math.exp(2 * v) * (c0 / 2 + c1 * (v / 2 - 0.25) + c2 * (v * v / 2 - v / 2 + 0.25))
+    ratio = sigma_t / sigma_s
+    return (sigma_t * a_t) / (sigma_s * a_s) * ratio * x \
+        + 2 * a_t * math.exp(-2 * lam_t) * (F(lam_t) - F(lam_s)) \
+        + sigma_t * a_t * math.sqrt(1 - ratio**2) * z

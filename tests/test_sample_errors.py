@@ -57,7 +57,8 @@ SAMPLE_CASES = {
                      "(0: deterministic DDIM); got -0.5."),
     "eta-with-ddpm": (["sampler=ddpm", "eta=0.5", "n=2", "steps=2"], "eta only applies to "
                       "sampler=ddim; got eta=0.5 with sampler=ddpm: set eta=0 or sampler=ddim."),
-    "sampler": (["sampler=foo"], "sampler must be one of ddim, ddpm; got 'foo'."),
+    "sampler": (["sampler=foo"], "sampler must be one of ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, "
+                "dpmpp_3m, euler, euler_a, heun; got 'foo'."),
     "seed": (["seed=abc", "n=2", "steps=2"], "seed must be an integer; got 'abc'."),
     "chain_frames": (["chain=true", "chain_frames=1", "n=2", "steps=2"],
                      "chain_frames must be an integer >= 2; got 1."),
@@ -112,7 +113,8 @@ def test_unwritable_output_fails_before_sampling(runs, tmp_path):
 
 
 EVALUATE_CASES = {
-    "sampler": (["sampler=foo"], "sampler must be one of ddim, ddpm; got 'foo'."),
+    "sampler": (["sampler=foo"], "sampler must be one of ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, "
+                "dpmpp_3m, euler, euler_a, heun; got 'foo'."),
     "steps-above-T": (["steps=10,2000"], "steps must be an integer from 1 to 1000 (the "
                       "model's num_train_timesteps); got 2000."),
     "eta": (["eta=2"], "eta must be a number in [0, 1] (0: deterministic DDIM); got 2."),

@@ -19,7 +19,13 @@ from tqdm.auto import tqdm
 from diffusion import distributed as dist
 from diffusion.device import autocast, resolve_device, resolve_precision
 from diffusion.rundir import load_run
-from diffusion.sampling_args import SAMPLERS, check_int, check_labels, check_sampling
+from diffusion.sampling_args import (
+    SAMPLER_PRESETS,
+    SAMPLERS,
+    check_int,
+    check_labels,
+    check_sampling,
+)
 from diffusion.schedulers import NoiseScheduler
 
 NoiseFn = Callable[[int, int], torch.Tensor]  # (start, size) -> x_T of that chunk
@@ -30,12 +36,15 @@ def make_sampler(train_scheduler: NoiseScheduler, sampler: str | NoiseScheduler,
                  eta: float = 0.0) -> NoiseScheduler:
     """The scheduler that walks the reverse process: ``sampler`` itself when it is a scheduler
     object, else the class named ``sampler`` over the training noise schedule (its betas,
-    prediction type and clipping; only the reverse-step algorithm changes), with ``eta``
-    where that sampler takes one."""
+    prediction type and clipping; only the reverse-step algorithm changes), with the options
+    the name presets (``dpmpp_3m``: ``solver_order=3``) and ``eta`` where that sampler
+    takes one."""
     if isinstance(sampler, NoiseScheduler):
         return sampler
-    cls = SAMPLERS[sampler]
-    return cls.over(train_scheduler, **({"eta": eta} if "eta" in cls.config_keys() else {}))
+    cls, options = SAMPLERS[sampler], dict(SAMPLER_PRESETS[sampler])
+    if "eta" in cls.config_keys():
+        options["eta"] = eta
+    return cls.over(train_scheduler, **options)
 
 
 @dataclass
@@ -60,7 +69,7 @@ def compile_mode(compile: bool | str) -> str | None:
 
 
 class DiffusionPipeline:
-    """Samples images from a denoising ``model`` with a DDPM or DDIM reverse process.
+    """Samples images from a denoising ``model`` with any sampler of ``NoiseScheduler.SAMPLERS``.
 
     ``compile`` compiles the model's forward for sampling (``torch.compile``; each chunk
     size compiles once); ``compile="reduce-overhead"`` adds CUDA graphs on a GPU.
@@ -211,19 +220,27 @@ class DiffusionPipeline:
 
     @staticmethod
     def _chain_indices(num_steps: int, frames: int) -> list[int]:
-        """Indices into the reverse loop at which x_t is recorded (always the last)."""
+        """Which of the chain's num_steps + 1 states are recorded (the first and last always)."""
         frames = max(2, min(frames, num_steps + 1))
         picks = torch.linspace(0, num_steps, frames).round().long().tolist()
         return sorted(set(picks))
 
+    def _chain_positions(self, sched, frames: int) -> list[int]:
+        """Loop positions at which x_t is recorded: states of the reverse chain only (not a
+        second-order step's midpoint), the first and the last always."""
+        states = sched.state_positions
+        return [states[i] for i in self._chain_indices(len(states) - 1, frames)]
+
     def _chain_timesteps(self, sched, frames: int) -> list[int]:
-        ts = [int(t) for t in sched.timesteps] + [-1]  # -1 marks the final x_0
-        return [ts[i] for i in self._chain_indices(len(ts) - 1, frames)]
+        ts = [round(t) for t in sched.timesteps.tolist()] + [-1]  # -1 marks the final x_0
+        return [ts[i] for i in self._chain_positions(sched, frames)]
 
     def _denoise(self, sched, x, y, generator, return_chain, chain_frames):
         """The reverse process from ``x`` (standard normal): diffusers' sampling loop, so
-        any scheduler with ``init_noise_sigma``/``scale_model_input``/``step`` runs in it."""
-        keep = set(self._chain_indices(len(sched.timesteps), chain_frames)) if return_chain else ()
+        any scheduler with ``init_noise_sigma``/``scale_model_input``/``step`` runs in it.
+        ``set_timesteps`` first: a multistep or second-order sampler starts each batch afresh."""
+        sched.set_timesteps(sched.num_inference_steps, device=self.device)
+        keep = set(self._chain_positions(sched, chain_frames)) if return_chain else ()
         x = x * sched.init_noise_sigma
         chain = [x.float().cpu()] if 0 in keep else []
         for i, t in enumerate(sched.timesteps):

@@ -14,6 +14,8 @@ import os
 import shlex
 from pathlib import Path
 
+from diffusion.sampling_args import is_stochastic
+
 ENV_ROOTS = ("DIFFUSION_DATA", "DIFFUSION_RUNS")
 
 # the placeholder of a path outside the current folder and the variables, by the setting's
@@ -76,9 +78,10 @@ def entry_key(entry: dict) -> str:
     """``sampler=ddim steps=50 n=10000 eta=0.0 seed=0 checkpoint=... step=... feature_id=...
     reference_n=...``: the whole protocol, so evaluations that differ in any part of it
     (eta, checkpoint, seed, ...) are kept side by side instead of overwriting each other.
-    ``batch_size`` is part of it only for stochastic sampling (DDPM, or DDIM with eta > 0),
-    whose step noise is drawn batch by batch; a deterministic sampler ignores it."""
-    stochastic = entry["sampler"] == "ddpm" or entry["eta"]
+    ``batch_size`` is part of it only for stochastic samplers (ddpm, euler_a, dpmpp_2m_sde,
+    ddim with eta > 0), whose step noise is drawn batch by batch; a deterministic sampler
+    ignores it."""
+    stochastic = is_stochastic(entry["sampler"], entry["eta"])
     return " ".join(f"{k}={entry[k]}" for k in PROTOCOL if k != "batch_size" or stochastic)
 
 

@@ -29,6 +29,7 @@ from diffusion.sampling_args import (
     check_sampling,
     check_writable,
     is_int,
+    is_stochastic,
     labels_option,
     run_command,
 )
@@ -77,7 +78,7 @@ def _stem(cfg: DictConfig) -> str:
     stem = f"{cfg.sampler}-{cfg.steps}"
     if cfg.eta:
         stem += f"-eta{cfg.eta:g}"
-    if cfg.sampler == "ddpm" or cfg.eta:  # the step noise is drawn per batch
+    if is_stochastic(cfg.sampler, cfg.eta):  # the step noise is drawn per batch
         stem += f"-b{cfg.batch_size}"
     stem += f"_seed{cfg.seed}"
     if cfg.checkpoint:

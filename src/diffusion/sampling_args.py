@@ -27,6 +27,7 @@ from diffusion.paths import CONF_DIR
 from diffusion.schedulers import NoiseScheduler
 
 SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` spells it
+SAMPLER_PRESETS = NoiseScheduler.SAMPLER_PRESETS  # name -> the options the name sets
 RUN_REQUIRED = ("run= is required: pass the run folder diffusion.train printed, "
                 "e.g. run=runs/<name>/<date>_<time>.")
 
@@ -61,8 +62,8 @@ def check_sampling(sampler: Any, steps: Any, eta: Any, num_train_timesteps: int,
                    n: Any = None, batch_size: Any = None, prefix: str = "") -> None:
     """Every argument of one sampling protocol (``n``/``batch_size`` when given).
 
-    ``eta`` is DDIM's: DDPM would ignore it, so a non-zero eta with ``ddpm`` is an error
-    rather than a setting that silently does nothing. ``prefix`` (``metrics.``) names
+    ``eta`` is DDIM's: the other samplers would ignore it, so a non-zero eta with them is an
+    error rather than a setting that silently does nothing. ``prefix`` (``metrics.``) names
     the keys as the config spells them.
     """
     if isinstance(sampler, NoiseScheduler):  # a scheduler object brings its own settings
@@ -84,6 +85,17 @@ def check_sampling(sampler: Any, steps: Any, eta: Any, num_train_timesteps: int,
         check_int(f"{prefix}n", n)
     if batch_size is not None:
         check_int(f"{prefix}batch_size", batch_size)
+
+
+def is_stochastic(sampler: str, eta: Any = 0.0) -> bool:
+    """Whether the sampler named ``sampler`` draws noise at its steps (ddpm, euler_a,
+    dpmpp_2m_sde, ddim with eta > 0), so that its images depend on how a draw is batched."""
+    if sampler not in SAMPLERS:
+        return bool(eta)
+    cls, options = SAMPLERS[sampler], dict(SAMPLER_PRESETS[sampler])
+    if "eta" in cls.config_keys():
+        options["eta"] = eta
+    return cls(**options).stochastic
 
 
 def balanced_labels(n: int, num_classes: int | None) -> torch.Tensor | None:

@@ -1,15 +1,27 @@
 """Noise schedulers: the forward process q(x_t | x_0) and a reverse step, diffusers-shaped.
 
+Samplers by name (``NoiseScheduler.SAMPLERS``): ``ddpm``, ``ddim``, ``dpmpp_2m``,
+``dpmpp_3m``, ``dpmpp_2m_sde`` (DPM-Solver++ of order 2 or 3, ODE or SDE), ``euler``,
+``euler_a`` (Euler ancestral) and ``heun``.
+
 >>> sched = DDPMScheduler(beta_schedule="cosine")
 >>> x_t = sched.add_noise(x0, noise, t)                    # training input
 >>> loss = mse(model(x_t, t), sched.training_target(x0, noise, t))
->>> sched.set_timesteps(50)
->>> for t in sched.timesteps:
-...     x = sched.step(model(x, t.expand(len(x))), t, x).prev_sample
+>>> sampler = EulerDiscreteScheduler.over(sched)          # same noise process, other steps
+>>> sampler.set_timesteps(50)
+>>> x = torch.randn(shape) * sampler.init_noise_sigma
+>>> for t in sampler.timesteps:
+...     out = model(sampler.scale_model_input(x, t), t.expand(len(x)))
+...     x = sampler.step(out, t, x).prev_sample
 """
 
 from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput
 from diffusion.schedulers.ddim import DDIMScheduler
 from diffusion.schedulers.ddpm import DDPMScheduler
+from diffusion.schedulers.dpm_solver import DPMSolverMultistepScheduler
+from diffusion.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from diffusion.schedulers.heun import HeunDiscreteScheduler
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "NoiseScheduler", "SchedulerOutput"]
+__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+           "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+           "NoiseScheduler", "SchedulerOutput"]

@@ -65,14 +65,18 @@ class NoiseScheduler:
 
     ``config`` holds the constructor arguments, so ``type(s).from_config(s.config)``
     rebuilds the scheduler and the dict serialises to YAML/JSON as it is. A subclass
-    declared with ``sampler_name="x"`` is what ``sampler="x"`` picks (``SAMPLERS``); it
-    takes its own options as keyword arguments and forwards the noise-process ones here.
-    The sampling loop needs only ``set_timesteps``, ``timesteps``, ``init_noise_sigma``,
-    ``scale_model_input`` and ``step``, as in diffusers.
+    declared with ``sampler_name="x"`` is what ``sampler="x"`` picks (``SAMPLERS``);
+    ``register`` adds further names for one class with preset options (``dpmpp_3m`` is
+    DPM-Solver++ with ``solver_order=3``). A subclass takes its own options as keyword
+    arguments and forwards the noise-process ones here. The sampling loop needs only
+    ``set_timesteps``, ``timesteps``, ``init_noise_sigma``, ``scale_model_input`` and
+    ``step``, as in diffusers.
     """
 
-    #: sampler name -> class, filled by ``sampler_name=`` in each subclass statement.
+    #: sampler name -> class: ``sampler_name=`` in a subclass statement, or ``register``.
     SAMPLERS: ClassVar[dict[str, type[NoiseScheduler]]] = {}
+    #: sampler name -> the options that name presets on its class ({} for most).
+    SAMPLER_PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     #: alpha_bar before the first training step: ``alpha_bar(-1)``, reached by the last step.
     final_alpha_cumprod: float = 1.0
     #: x_T = init_noise_sigma * N(0, I): 1 for these variance-preserving samplers.
@@ -83,7 +87,16 @@ class NoiseScheduler:
     def __init_subclass__(cls, sampler_name: str | None = None, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         if sampler_name is not None:
-            NoiseScheduler.SAMPLERS[sampler_name] = cls
+            NoiseScheduler.register(sampler_name, cls)
+
+    @staticmethod
+    def register(name: str, cls: type[NoiseScheduler], **presets: Any) -> None:
+        """Make ``sampler=name`` mean ``cls.over(training_scheduler, **presets)``."""
+        unknown = set(presets) - cls.config_keys()
+        if unknown:
+            raise ValueError(f"{cls.__name__} takes no option {', '.join(sorted(unknown))}.")
+        NoiseScheduler.SAMPLERS[name] = cls
+        NoiseScheduler.SAMPLER_PRESETS[name] = dict(presets)
 
     @classmethod
     def config_keys(cls) -> set[str]:
@@ -105,6 +118,19 @@ class NoiseScheduler:
         """What the network sees at ``timestep``: x_t itself for variance-preserving
         samplers (samplers in sigma space scale it)."""
         return sample
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether ``step`` draws noise, so that samples depend on the generator's stream."""
+        return False
+
+    @property
+    def state_positions(self) -> list[int]:
+        """Where the sampling loop holds a state of the reverse chain: i < len(timesteps)
+        means x before the i-th call of ``step``, len(timesteps) the final x. Every
+        position for one model evaluation per step; a second-order sampler leaves out
+        the positions between the two stages of a step."""
+        return list(range(len(self.timesteps) + 1))
 
     def __init__(
         self,
@@ -191,27 +217,38 @@ class NoiseScheduler:
         Always n of them: for some n (T = 1000, n = 61) numpy's float ``arange`` gives
         diffusers' ``trailing`` one more, a spurious -1.
         """
-        T, n = self.num_train_timesteps, num_inference_steps
+        n = self._check_num_steps(num_inference_steps)
+        steps = [round(t) for t in self._spaced_timesteps(n)]
+        self.num_inference_steps = n
+        self._use_timesteps(sorted(steps, reverse=True), device)
+
+    def _check_num_steps(self, n: Any) -> int:
+        T = self.num_train_timesteps
         if not _is_int(n) or not 1 <= n <= T:
             raise ValueError(
                 f"num_inference_steps must be an integer from 1 to num_train_timesteps={T}; "
                 f"got {n!r}."
             )
+        return n
+
+    def _spaced_timesteps(self, n: int) -> list[float]:
+        """``n`` timesteps, descending, of ``timestep_spacing`` as ``set_timesteps`` documents,
+        but ``linspace`` unrounded (i * (T - 1) / (n - 1), as diffusers' sigma-space samplers)."""
+        T = self.num_train_timesteps
         if self.timestep_spacing == "leading":
-            steps = [i * (T // n) + self.steps_offset for i in range(n)]
+            steps = [float(i * (T // n) + self.steps_offset) for i in range(n)]
         elif self.timestep_spacing == "trailing":
             delta = (T - T / n) - T  # numpy's arange(T, 0, -T / n) computes T + i * delta
-            steps = [round(T + i * delta) - 1 for i in range(n)]
+            steps = [float(round(T + i * delta) - 1) for i in range(n)]
         else:
             step = (T - 1) / (n - 1) if n > 1 else 0.0
-            steps = [round(i * step) for i in range(n - 1)] + [T - 1 if n > 1 else 0]
+            steps = [i * step for i in range(n - 1)] + [float(T - 1 if n > 1 else 0)]
         if max(steps) >= T:
             raise ValueError(
                 f"steps_offset={self.steps_offset} pushes the last of {n} leading timesteps past "
                 f"num_train_timesteps - 1 = {T - 1}; use fewer steps or a smaller steps_offset."
             )
-        self.num_inference_steps = n
-        self._use_timesteps(sorted(steps, reverse=True), device)
+        return steps[::-1] if self.timestep_spacing != "trailing" else steps
 
     def _use_timesteps(self, steps: list[int], device) -> None:
         self.timesteps = torch.tensor(steps, dtype=torch.long, device=device)

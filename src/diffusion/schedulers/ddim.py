@@ -47,6 +47,10 @@ class DDIMScheduler(NoiseScheduler, sampler_name="ddim"):
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else self.alpha_bar(0)
         self._config.update(eta=eta, set_alpha_to_one=set_alpha_to_one)
 
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
     def step(
         self,
         model_output: torch.Tensor,

@@ -42,6 +42,10 @@ class DDPMScheduler(NoiseScheduler, sampler_name="ddpm"):
         self.variance_type = variance_type
         self._config["variance_type"] = variance_type
 
+    @property
+    def stochastic(self) -> bool:
+        return True
+
     def variance(self, timestep: int | torch.Tensor) -> float:
         """Variance of the noise the step from ``timestep`` adds (float64 Python float).
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from diffusion.device import PRECISIONS
 from diffusion.errors import ConfigError
+from diffusion.schedulers import NoiseScheduler
 
 LOSSES = ("mse", "l1", "huber")
 
@@ -76,5 +77,7 @@ class TrainerConfig:
         if self.divergence_factor != 0 and self.divergence_factor <= 1:
             raise ConfigError("trainer.divergence_factor must be > 1 (0 turns the check off); "
                               f"got {self.divergence_factor!r}.")
-        if self.sampler not in ("ddpm", "ddim"):
-            raise ConfigError(f"trainer.sampler must be ddpm or ddim; got {self.sampler!r}.")
+        if self.sampler not in NoiseScheduler.SAMPLERS:
+            raise ConfigError(f"trainer.sampler must be one of "
+                              f"{', '.join(sorted(NoiseScheduler.SAMPLERS))}; "
+                              f"got {self.sampler!r}.")
