@@ -172,11 +172,13 @@ def test_evaluate_writes_eval_json_metrics_and_plot(evaluated_run, cache):
         ("ddim", 2, 16), ("ddim", 4, 16)]
     key, entry = next((k, e) for k, e in entries.items() if e["steps"] == 4)
     assert key == entry_key(entry) == (
-        f"sampler=ddim steps=4 n=16 eta=0.0 seed=0 checkpoint=step_00000004.pt step=4 "
+        f"sampler=ddim steps=4 n=16 eta=0.0 timestep_spacing=trailing seed=0 "
+        f"checkpoint=step_00000004.pt step=4 "
         f"feature_id={entry['feature_id']} reference_n=32")
     assert entry["reference"] == "mnist/test" and entry["reference_n"] == 32
     assert entry["step"] == 4 and entry["floor_n"] == 16 and entry["fid"] > entry["floor"]
-    assert " n=16 sampler=ddim steps=2,4 eta=0.0 batch_size=8 " in entry["command"]
+    assert (" n=16 sampler=ddim steps=2,4 eta=0.0 timestep_spacing=trailing batch_size=8 "
+            in entry["command"])
     _evaluate(evaluated_run, cache, "n=8", "sampler=ddpm", "steps=3")  # merged, not overwritten
     entries = read_eval(evaluated_run)
     assert sorted((e["sampler"], e["steps"], e["n"]) for e in entries.values()) == [

@@ -17,7 +17,8 @@ from diffusion.schedulers import DDPMScheduler
 from test_train import run_training
 
 SAMPLE_KEYS = ("batch_size, chain, chain_frames, chain_rows, checkpoint, compile, device, eta, "
-               "labels, n, out, precision, run, sampler, save_tensors, seed, steps")
+               "labels, n, out, precision, run, sampler, save_tensors, seed, steps, "
+               "timestep_spacing")
 
 
 @pytest.fixture(scope="module")

@@ -323,10 +323,34 @@ def test_pipeline_samples_with_every_sampler_at_its_nfe(name):
     ts = out.chain_timesteps
     assert len(ts) == 4 and ts[-1] == -1 and ts == sorted(set(ts), reverse=True)
     if name == "heun":  # chain frames are whole steps, never the midpoint of one
-        sched = make_sampler(DDPMScheduler(), "heun")
+        sched = make_sampler(DDPMScheduler(), "heun", timestep_spacing="trailing")
         sched.set_timesteps(10)
         assert set(ts[:-1]) <= {round(float(t)) for t in sched.timesteps[0::2]}
         torch.testing.assert_close(out.chain[:, -1], out.images)
+
+
+class _Recording(_Counting):
+    def __init__(self):
+        super().__init__()
+        self.timesteps: list[float] = []
+
+    def forward(self, x, t, y=None):
+        self.timesteps.append(float(t[0]))
+        return super().forward(x, t, y)
+
+
+@pytest.mark.parametrize(("spacing", "first"), [(None, 900), ("leading", 900),
+                                                 ("trailing", 999), ("linspace", 999)])
+def test_timestep_spacing_chooses_where_few_steps_start(spacing, first):
+    """DDPM's default spacing is leading: 10 steps start at t=900, where the cosine schedule
+    keeps signal that x_T ~ N(0, I) does not have; trailing starts at T - 1."""
+    model = _Recording()
+    pipe = DiffusionPipeline(model, DDPMScheduler(), (1, 4, 4), device="cpu")
+    pipe(2, steps=10, sampler="dpmpp_2m", timestep_spacing=spacing)
+    assert model.timesteps[0] == first and model.calls == 10
+    with pytest.raises(ValueError, match="timestep_spacing must be one of leading, trailing, "
+                                         "linspace .or null"):
+        pipe(2, steps=10, sampler="ddim", timestep_spacing="even")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

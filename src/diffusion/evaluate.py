@@ -58,7 +58,7 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, list[int]]:
     steps_list = _steps_list(cfg.steps)
     check_sampling(cfg.sampler, steps_list, cfg.eta,
                    instantiate(run_cfg.scheduler).num_train_timesteps,
-                   batch_size=cfg.batch_size)
+                   batch_size=cfg.batch_size, timestep_spacing=cfg.timestep_spacing)
     if not is_int(cfg.n) or cfg.n < 2:
         raise ConfigError(f"n must be an integer >= 2 (images per FID); got {cfg.n!r}.")
     check_metrics(cfg.metrics)
@@ -93,17 +93,20 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     results, entry = [], None
     main = dist.is_main()  # under torchrun every rank samples its share; rank 0 writes
     jsonl = JsonlLogger(run / "metrics.jsonl") if main else None
+    spacing = cfg.timestep_spacing or pipe.scheduler.config["timestep_spacing"]
     for steps in steps_list:
         start = time.perf_counter()
         result = scorer.score_pipeline(pipe, cfg.n, sampler=cfg.sampler, steps=steps,
-                                       batch_size=cfg.batch_size, eta=cfg.eta)
+                                       batch_size=cfg.batch_size, eta=cfg.eta,
+                                       timestep_spacing=spacing)
         seconds = time.perf_counter() - start
         results.append(result)
         if not main:
             continue
         print(f"{result}  [{seconds:.0f} s]", flush=True)
         entry = {**result.to_dict(), "checkpoint": checkpoint.name, "step": step,
-                 "eta": float(cfg.eta), "batch_size": cfg.batch_size, "seed": cfg.metrics.seed,
+                 "eta": float(cfg.eta), "timestep_spacing": spacing,
+                 "batch_size": cfg.batch_size, "seed": cfg.metrics.seed,
                  "kid_subset_size": cfg.metrics.kid_subset_size if cfg.metrics.kid else None,
                  "num_classes": pipe.num_classes, "seconds": round(seconds, 1),
                  "processes": dist.world_size(), "device": str(pipe.device),
@@ -132,6 +135,7 @@ def _command(cfg: DictConfig, steps: list[int], checkpoint: Path) -> str:
     metrics = cfg.metrics
     args = [f"run={cfg.run}", f"checkpoint={checkpoint}", f"n={cfg.n}",
             f"sampler={cfg.sampler}", "steps=" + ",".join(map(str, steps)), f"eta={float(cfg.eta)}",
+            f"timestep_spacing={cfg.timestep_spacing or 'null'}",
             f"batch_size={cfg.batch_size}", f"metrics.features={metrics.features}",
             f"metrics.seed={metrics.seed}", f"metrics.kid={str(metrics.kid).lower()}",
             f"metrics.kid_subset_size={metrics.kid_subset_size}"]

@@ -33,17 +33,19 @@ FROM_MODEL = object()  # num_classes default: the model's own attribute
 
 
 def make_sampler(train_scheduler: NoiseScheduler, sampler: str | NoiseScheduler,
-                 eta: float = 0.0) -> NoiseScheduler:
+                 eta: float = 0.0, timestep_spacing: str | None = None) -> NoiseScheduler:
     """The scheduler that walks the reverse process: ``sampler`` itself when it is a scheduler
     object, else the class named ``sampler`` over the training noise schedule (its betas,
     prediction type and clipping; only the reverse-step algorithm changes), with the options
-    the name presets (``dpmpp_3m``: ``solver_order=3``) and ``eta`` where that sampler
-    takes one."""
+    the name presets (``dpmpp_3m``: ``solver_order=3``), ``eta`` where that sampler
+    takes one, and ``timestep_spacing`` (None: the training scheduler's)."""
     if isinstance(sampler, NoiseScheduler):
-        return sampler
+        return sampler  # with its own timestep_spacing
     cls, options = SAMPLERS[sampler], dict(SAMPLER_PRESETS[sampler])
     if "eta" in cls.config_keys():
         options["eta"] = eta
+    if timestep_spacing is not None:
+        options["timestep_spacing"] = timestep_spacing
     return cls.over(train_scheduler, **options)
 
 
@@ -117,6 +119,7 @@ class DiffusionPipeline:
     @torch.no_grad()
     def __call__(self, n: int, steps: int | None = None,
                  sampler: str | NoiseScheduler = "ddim", eta: float = 0.0,
+                 timestep_spacing: str | None = "trailing",
                  generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                  y: torch.Tensor | None = None, batch_size: int = 256,
                  return_chain: bool = False, chain_frames: int = 20,
@@ -128,10 +131,15 @@ class DiffusionPipeline:
         drawn for all ``n`` first, so deterministic samplers (DDIM, eta=0) give the same
         images for any batch size; DDPM's per-step noise follows the batching. ``y``: class
         labels in [0, num_classes - 1] for a conditional model (default 0..K-1 in turn).
+        ``timestep_spacing`` (trailing, leading, linspace) picks the ``steps`` timesteps
+        among the training ones; None keeps the training scheduler's; a scheduler object
+        as ``sampler`` keeps its own. Trailing starts at t = T - 1, where x_T ~ N(0, I) is
+        right for every schedule (Lin et al. 2024).
         """
-        steps = self._check(n, steps, sampler, eta, batch_size, return_chain, chain_frames)
+        steps = self._check(n, steps, sampler, eta, batch_size, return_chain, chain_frames,
+                            timestep_spacing)
         y = check_labels(y, n, self.num_classes)
-        sched = self._sampler(sampler, steps, eta)
+        sched = self._sampler(sampler, steps, eta, timestep_spacing)
         if noise is not None and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
         if noise is None:  # drawn whole, so x_T does not depend on batch_size
@@ -158,6 +166,7 @@ class DiffusionPipeline:
     def sample_across_ranks(self, n: int, *, noise: torch.Tensor | NoiseFn, seed: int,
                             chunk_size: int = 256, steps: int | None = None,
                             sampler: str | NoiseScheduler = "ddim", eta: float = 0.0,
+                            timestep_spacing: str | None = "trailing",
                             y: torch.Tensor | None = None,
                             transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                             return_chain: bool = False, chain_frames: int = 20,
@@ -173,7 +182,8 @@ class DiffusionPipeline:
         the rank that drew it (to FID features, say) before the gather. ``y`` as for
         ``__call__``: the default labels run 0..K-1 over all ``n``, not per chunk.
         """
-        steps = self._check(n, steps, sampler, eta, chunk_size, return_chain, chain_frames)
+        steps = self._check(n, steps, sampler, eta, chunk_size, return_chain, chain_frames,
+                            timestep_spacing)
         y = check_labels(y, n, self.num_classes)
         if not callable(noise) and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
@@ -188,7 +198,8 @@ class DiffusionPipeline:
                 x_t = noise(start, b) if callable(noise) else noise[start:start + b]
                 if index % world != rank:
                     continue
-                out = self(b, steps=steps, sampler=sampler, eta=eta, noise=x_t,
+                out = self(b, steps=steps, sampler=sampler, eta=eta,
+                           timestep_spacing=timestep_spacing, noise=x_t,
                            generator=torch.Generator().manual_seed(chunk_seed(seed, index)),
                            y=None if y is None else y[start:start + b], batch_size=b,
                            return_chain=return_chain, chain_frames=chain_frames)
@@ -201,20 +212,24 @@ class DiffusionPipeline:
         return PipelineOutput(
             images=torch.cat([images for images, _ in ordered]),
             chain=torch.cat(chains) if chains else None,
-            chain_timesteps=(self._chain_timesteps(self._sampler(sampler, steps, eta),
-                                                   chain_frames) if return_chain else None))
+            chain_timesteps=(self._chain_timesteps(
+                self._sampler(sampler, steps, eta, timestep_spacing), chain_frames)
+                if return_chain else None))
 
-    def _check(self, n, steps, sampler, eta, batch_size, return_chain, chain_frames) -> int:
+    def _check(self, n, steps, sampler, eta, batch_size, return_chain, chain_frames,
+               timestep_spacing=None) -> int:
         """Validate a draw's arguments before any work; returns ``steps`` (None: all T)."""
         num_train_timesteps = self.scheduler.config["num_train_timesteps"]
         steps = num_train_timesteps if steps is None else steps
-        check_sampling(sampler, steps, eta, num_train_timesteps, n=n, batch_size=batch_size)
+        check_sampling(sampler, steps, eta, num_train_timesteps, n=n, batch_size=batch_size,
+                       timestep_spacing=timestep_spacing)
         if return_chain:
             check_int("chain_frames", chain_frames, minimum=2)
         return int(steps)
 
-    def _sampler(self, sampler: str | NoiseScheduler, steps: int, eta: float):
-        sched = make_sampler(self.scheduler, sampler, eta)
+    def _sampler(self, sampler: str | NoiseScheduler, steps: int, eta: float,
+                 timestep_spacing: str | None = None):
+        sched = make_sampler(self.scheduler, sampler, eta, timestep_spacing)
         sched.set_timesteps(steps, device=self.device)
         return sched
 

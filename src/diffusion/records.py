@@ -70,8 +70,8 @@ def shell_word(arg: str) -> str:
 # ---- eval.json: a run's evaluations, keyed by their whole protocol -------------------------
 
 #: What makes two evaluations of a run comparable; an eval.json key holds all of it.
-PROTOCOL = ("sampler", "steps", "n", "eta", "batch_size", "seed", "checkpoint", "step",
-            "feature_id", "reference_n")
+PROTOCOL = ("sampler", "steps", "n", "eta", "timestep_spacing", "batch_size", "seed",
+            "checkpoint", "step", "feature_id", "reference_n")
 
 
 def entry_key(entry: dict) -> str:
@@ -82,7 +82,9 @@ def entry_key(entry: dict) -> str:
     ddim with eta > 0), whose step noise is drawn batch by batch; a deterministic sampler
     ignores it."""
     stochastic = is_stochastic(entry["sampler"], entry["eta"])
-    return " ".join(f"{k}={entry[k]}" for k in PROTOCOL if k != "batch_size" or stochastic)
+    return " ".join(f"{k}={entry.get(k)}" for k in PROTOCOL
+                    if (k != "batch_size" or stochastic)
+                    and (k != "timestep_spacing" or k in entry))  # older entries have none
 
 
 def read_eval(run: str | Path) -> dict[str, dict]:

@@ -46,7 +46,7 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None]:
     run_cfg = load_config(cfg.run)
     check_sampling(cfg.sampler, cfg.steps, cfg.eta,
                    instantiate(run_cfg.scheduler).num_train_timesteps,
-                   n=cfg.n, batch_size=cfg.batch_size)
+                   n=cfg.n, batch_size=cfg.batch_size, timestep_spacing=cfg.timestep_spacing)
     labels = labels_option(cfg.labels, cfg.n, run_cfg.model.get("num_classes"))
     if not is_int(cfg.seed):
         raise ValueError(f"seed must be an integer; got {cfg.seed!r}.")
@@ -78,6 +78,8 @@ def _stem(cfg: DictConfig) -> str:
     stem = f"{cfg.sampler}-{cfg.steps}"
     if cfg.eta:
         stem += f"-eta{cfg.eta:g}"
+    if cfg.timestep_spacing != "trailing":  # the default is left out
+        stem += f"-{cfg.timestep_spacing or 'trained'}"
     if is_stochastic(cfg.sampler, cfg.eta):  # the step noise is drawn per batch
         stem += f"-b{cfg.batch_size}"
     stem += f"_seed{cfg.seed}"
@@ -98,7 +100,8 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     noise = torch.randn((cfg.n, *pipe.sample_shape),
                         generator=torch.Generator().manual_seed(cfg.seed))
     out = pipe.sample_across_ranks(cfg.n, noise=noise, seed=cfg.seed, chunk_size=cfg.batch_size,
-                                   steps=cfg.steps, sampler=cfg.sampler, eta=cfg.eta, y=labels,
+                                   steps=cfg.steps, sampler=cfg.sampler, eta=cfg.eta,
+                                   timestep_spacing=cfg.timestep_spacing, y=labels,
                                    return_chain=cfg.chain, chain_frames=cfg.chain_frames,
                                    progress=True)
     if not dist.is_main():

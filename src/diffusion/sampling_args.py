@@ -25,6 +25,7 @@ from diffusion import distributed as dist
 from diffusion.cli import USER_ERRORS, fail
 from diffusion.paths import CONF_DIR
 from diffusion.schedulers import NoiseScheduler
+from diffusion.schedulers.base import TIMESTEP_SPACINGS
 
 SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` spells it
 SAMPLER_PRESETS = NoiseScheduler.SAMPLER_PRESETS  # name -> the options the name sets
@@ -59,7 +60,8 @@ def check_steps(steps: Any, num_train_timesteps: int, key: str = "steps") -> int
 
 
 def check_sampling(sampler: Any, steps: Any, eta: Any, num_train_timesteps: int,
-                   n: Any = None, batch_size: Any = None, prefix: str = "") -> None:
+                   n: Any = None, batch_size: Any = None, prefix: str = "",
+                   timestep_spacing: Any = None, spacing_key: str = "timestep_spacing") -> None:
     """Every argument of one sampling protocol (``n``/``batch_size`` when given).
 
     ``eta`` is DDIM's: the other samplers would ignore it, so a non-zero eta with them is an
@@ -81,6 +83,11 @@ def check_sampling(sampler: Any, steps: Any, eta: Any, num_train_timesteps: int,
                                 if "eta" in cls.config_keys()))
         raise ValueError(f"{prefix}eta only applies to sampler={takes}; got eta={eta} with "
                          f"sampler={sampler}: set eta=0 or sampler={takes}.")
+    if timestep_spacing is not None:
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"{prefix}{spacing_key} must be one of "
+                             f"{', '.join(TIMESTEP_SPACINGS)} (or null: the training "
+                             f"scheduler's); got {timestep_spacing!r}.")
     if n is not None:
         check_int(f"{prefix}n", n)
     if batch_size is not None:

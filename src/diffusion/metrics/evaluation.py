@@ -55,8 +55,8 @@ def build_scorer(metrics: DictConfig, data: DictConfig, device: str | torch.devi
 def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -> FidEvaluator:
     """The trainer's periodic FID (``trainer.eval_every``) from a training config:
     ``trainer.eval_n`` samples with the grids' sampler (``trainer.sampler``,
-    ``trainer.sample_steps``), scored as ``metrics`` says; the trainer keeps the best as
-    best.pt."""
+    ``trainer.sample_steps``, ``trainer.sample_spacing``), scored as ``metrics`` says; the
+    trainer keeps the best as best.pt."""
     metrics, trainer = cfg.get("metrics"), cfg.trainer
     if metrics is None:
         raise ConfigError("trainer.eval_every needs a metrics config: add metrics=fid (this run "
@@ -71,6 +71,7 @@ def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -
         raise ConfigError(str(exc)) from None
     scorer = build_scorer(metrics, cfg.data, device=resolve_device(device or trainer.device))
     return FidEvaluator(scorer, n=trainer.eval_n, sampler=trainer.sampler,
+                        timestep_spacing=trainer.get("sample_spacing"),
                         steps=trainer.sample_steps, batch_size=metrics.batch_size)
 
 

@@ -203,7 +203,8 @@ class FidScorer:
 
     # ---------------------------------------------------------------- sampling
     def sample_features(self, pipeline, n: int, sampler: str, steps: int,
-                        batch_size: int = 250, eta: float = 0.0) -> torch.Tensor:
+                        batch_size: int = 250, eta: float = 0.0,
+                        timestep_spacing: str | None = "trailing") -> torch.Tensor:
         """Features of ``n`` samples from ``pipeline`` on every rank, in order.
 
         x_T is read chunk by chunk from one generator seeded with ``seed`` (the same starting
@@ -217,14 +218,17 @@ class FidScorer:
         y = balanced_labels(n, pipeline.num_classes)
         return pipeline.sample_across_ranks(
             n, noise=lambda start, size: torch.randn((size, *shape), generator=stream),
-            seed=self.seed, chunk_size=batch_size, steps=steps, sampler=sampler, eta=eta, y=y,
-            transform=self.extract, progress=self.progress, desc=f"FID {sampler}-{steps}").images
+            seed=self.seed, chunk_size=batch_size, steps=steps, sampler=sampler, eta=eta,
+            timestep_spacing=timestep_spacing, y=y, transform=self.extract,
+            progress=self.progress, desc=f"FID {sampler}-{steps}").images
 
     def score_pipeline(self, pipeline, n: int, sampler: str = "ddim", steps: int = 50,
-                       batch_size: int = 250, eta: float = 0.0) -> FidResult:
+                       batch_size: int = 250, eta: float = 0.0,
+                       timestep_spacing: str | None = "trailing") -> FidResult:
         """Sample, extract and score; split across ranks under ``torchrun``, scored once on
         rank 0, and the result handed to every rank."""
-        features = self.sample_features(pipeline, n, sampler, steps, batch_size, eta)
+        features = self.sample_features(pipeline, n, sampler, steps, batch_size, eta,
+                                        timestep_spacing)
         result = (self.score(features=features, sampler=sampler, steps=steps)
                   if dist.is_main() else None)
         return dist.broadcast_object(result)
@@ -238,8 +242,9 @@ class FidEvaluator:
     """
 
     def __init__(self, scorer: FidScorer, n: int = 1000, sampler: str = "ddim", steps: int = 50,
-                 batch_size: int = 250):
+                 batch_size: int = 250, timestep_spacing: str | None = "trailing"):
         self.scorer, self.n, self.sampler, self.steps = scorer, n, sampler, steps
+        self.timestep_spacing = timestep_spacing
         self.batch_size = batch_size
         self.last: FidResult | None = None
 
@@ -249,7 +254,8 @@ class FidEvaluator:
             if device.type == "cuda" else []  # only this rank's GPU, not every visible one
         with torch.random.fork_rng(devices=cuda):  # draws nothing from the training streams
             self.last = self.scorer.score_pipeline(pipeline, self.n, self.sampler, self.steps,
-                                                   self.batch_size)
+                                                   self.batch_size,
+                                                   timestep_spacing=self.timestep_spacing)
         if dist.is_main():
             print(self.last, flush=True)
         results = {"fid": self.last.fid, "fid_floor": self.last.floor}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from diffusion.device import PRECISIONS
 from diffusion.errors import ConfigError
 from diffusion.schedulers import NoiseScheduler
+from diffusion.schedulers.base import TIMESTEP_SPACINGS
 
 LOSSES = ("mse", "l1", "huber")
 
@@ -35,6 +36,8 @@ class TrainerConfig:
     sample_n: int = 64
     sampler: str = "ddim"           # reverse process used for training-time grids
     sample_steps: int = 50
+    sample_spacing: str | None = "trailing"  # the grids' timestep_spacing; None: the training
+                                             # scheduler's
     val_every: int = 5000
     val_batches: int = 8
     eval_every: int = 0             # run the evaluator (e.g. a small FID); 0 disables
@@ -77,6 +80,10 @@ class TrainerConfig:
         if self.divergence_factor != 0 and self.divergence_factor <= 1:
             raise ConfigError("trainer.divergence_factor must be > 1 (0 turns the check off); "
                               f"got {self.divergence_factor!r}.")
+        if self.sample_spacing not in (None, *TIMESTEP_SPACINGS):
+            raise ConfigError(f"trainer.sample_spacing must be one of "
+                              f"{', '.join(TIMESTEP_SPACINGS)} or null; "
+                              f"got {self.sample_spacing!r}.")
         if self.sampler not in NoiseScheduler.SAMPLERS:
             raise ConfigError(f"trainer.sampler must be one of "
                               f"{', '.join(sorted(NoiseScheduler.SAMPLERS))}; "

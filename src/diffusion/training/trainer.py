@@ -319,7 +319,7 @@ class Trainer:
         images = self.pipeline().sample_across_ranks(
             self.cfg.sample_n, noise=self.fixed_noise, seed=self.seed, y=y,
             chunk_size=-(-self.cfg.sample_n // self.world_size), steps=self.cfg.sample_steps,
-            sampler=self.cfg.sampler).images
+            sampler=self.cfg.sampler, timestep_spacing=self.cfg.sample_spacing).images
         if not self.is_main:
             return None
         return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png")
