@@ -12,7 +12,8 @@ import diffusion
 
 SRC = Path(diffusion.__file__).parent
 ENTRY_POINTS = {"diffusion.train", "diffusion.sample", "diffusion.evaluate",
-                "diffusion.visualize", "diffusion.report", "diffusion.bench"}
+                "diffusion.visualize", "diffusion.report", "diffusion.bench",
+                "diffusion.samplers_oracle"}
 
 
 def _modules() -> dict[str, Path]:

@@ -43,6 +43,7 @@ from diffusion.exact_mixtures import (
     mode_stats,
     projections,
 )
+from diffusion.samplers_oracle_report import write_report
 from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 from diffusion.schedulers.base import PREDICTION_TYPES, TIMESTEP_SPACINGS
 from diffusion.schedules import BETA_SCHEDULES
@@ -134,7 +135,7 @@ def sample_with(mixture: GaussianMixture, train: NoiseScheduler, sampler: str, n
     pipe = pipeline.DiffusionPipeline(model, train, (mixture.dim, 1, 1), device="cpu",
                                       precision="fp32", num_classes=None)
     start = time.perf_counter()
-    out = pipe(len(x_T), steps=steps, sampler=sampler, eta=eta,
+    out = pipe(len(x_T), steps=steps, sampler=sampler, eta=eta, timestep_spacing=None,
                noise=x_T.reshape(len(x_T), mixture.dim, 1, 1),
                generator=torch.Generator().manual_seed(step_seed), batch_size=len(x_T))
     seconds = time.perf_counter() - start
@@ -225,8 +226,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[OracleConfig, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffusion.samplers_oracle_report import write_report
-
     try:
         cfg, out = parse_args(argv)
         cfg.check()
