@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shlex
 from pathlib import Path
 
@@ -65,6 +66,19 @@ def shell_word(arg: str) -> str:
             rest = value[len(var) + 1:]
             return shlex.quote(f"{key}=") + f"${var}" + (shlex.quote(rest) if rest else "")
     return shlex.quote(arg)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the system reports it (``/proc/cpuinfo``), for records that
+    state the machine as a fact."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return model
 
 
 # ---- eval.json: a run's evaluations, keyed by their whole protocol -------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.records import portable_path
+from diffusion.records import cpu_model, portable_path
 
 READING = "\n## Reading"
 
@@ -41,15 +41,7 @@ def command(config: dict, out: str) -> str:
 
 def machine() -> dict:
     """The machine as facts: CPU model, cores, threads, software versions."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
             "python": platform.python_version(), "system": platform.system()}
 

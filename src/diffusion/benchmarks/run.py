@@ -33,7 +33,7 @@ from diffusion.builders import validate
 from diffusion.device import resolve_device, resolve_precision
 from diffusion.errors import ConfigError, FeatureNetworkError
 from diffusion.metrics.evaluation import build_scorer
-from diffusion.records import portable_arg, portable_value
+from diffusion.records import cpu_model, portable_arg, portable_value
 
 OPERATIONS = {"train": "train_step", "sample": "sample", "data": "next_batch",
               "ema": "ema_update"}
@@ -55,15 +55,7 @@ ROWS = [  # (label, key, format); higher is better except where the label says o
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPU core(s)"
+    return f"{cpu_model()}, {os.cpu_count()} CPU core(s)"
 
 
 def _build_and_warm(name, factory, device, warmup: int, warm: dict) -> tuple[Side, dict]:
