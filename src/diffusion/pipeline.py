@@ -250,6 +250,16 @@ class DiffusionPipeline:
         ts = [round(t) for t in sched.timesteps.tolist()] + [-1]  # -1 marks the final x_0
         return [ts[i] for i in self._chain_positions(sched, frames)]
 
+    def model_output(self, x: torch.Tensor, t: int | torch.Tensor,
+                     y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's float32 output for the batch ``x`` (as the network sees it, i.e.
+        after ``scale_model_input``) at one timestep ``t``, with labels ``y``: the one place
+        sampling and editing (``diffusion.editing``) ask the model, in the pipeline's precision."""
+        t_batch = t.expand(x.shape[0]) if torch.is_tensor(t) else torch.full(
+            (x.shape[0],), int(t), device=self.device)
+        with autocast(self.device, self.precision):
+            return self.forward(x, t_batch, y).float()
+
     def _denoise(self, sched, x, y, generator, return_chain, chain_frames):
         """The reverse process from ``x`` (standard normal): diffusers' sampling loop, so
         any scheduler with ``init_noise_sigma``/``scale_model_input``/``step`` runs in it.
@@ -259,11 +269,8 @@ class DiffusionPipeline:
         x = x * sched.init_noise_sigma
         chain = [x.float().cpu()] if 0 in keep else []
         for i, t in enumerate(sched.timesteps):
-            t_batch = t.expand(x.shape[0]) if torch.is_tensor(t) else torch.full(
-                (x.shape[0],), int(t), device=self.device)
-            with autocast(self.device, self.precision):
-                model_output = self.forward(sched.scale_model_input(x, t), t_batch, y)
-            x = sched.step(model_output.float(), t, x, generator=generator).prev_sample
+            model_output = self.model_output(sched.scale_model_input(x, t), t, y)
+            x = sched.step(model_output, t, x, generator=generator).prev_sample
             if i + 1 in keep:
                 chain.append(x.float().cpu())
         return x, (torch.stack(chain, dim=1) if return_chain else None)

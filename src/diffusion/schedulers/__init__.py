@@ -2,7 +2,8 @@
 
 Samplers by name (``NoiseScheduler.SAMPLERS``): ``ddpm``, ``ddim``, ``dpmpp_2m``,
 ``dpmpp_3m``, ``dpmpp_2m_sde`` (DPM-Solver++ of order 2 or 3, ODE or SDE), ``euler``,
-``euler_a`` (Euler ancestral) and ``heun``.
+``euler_a`` (Euler ancestral) and ``heun``. ``RePaintScheduler`` inpaints (its step takes
+the original image and a mask), so it is not among them.
 
 >>> sched = DDPMScheduler(beta_schedule="cosine")
 >>> x_t = sched.add_noise(x0, noise, t)                    # training input
@@ -21,7 +22,8 @@ from diffusion.schedulers.ddpm import DDPMScheduler
 from diffusion.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from diffusion.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from diffusion.schedulers.heun import HeunDiscreteScheduler
+from diffusion.schedulers.repaint import RePaintScheduler
 
 __all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
            "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
-           "NoiseScheduler", "SchedulerOutput"]
+           "NoiseScheduler", "RePaintScheduler", "SchedulerOutput"]
