@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffusion import distributed as dist
+from diffusion import editing
 from diffusion.device import autocast, resolve_device, resolve_precision
 from diffusion.rundir import load_run
 from diffusion.sampling_args import (
@@ -215,6 +216,32 @@ class DiffusionPipeline:
             chain_timesteps=(self._chain_timesteps(
                 self._sampler(sampler, steps, eta, timestep_spacing), chain_frames)
                 if return_chain else None))
+
+    # ------------------------------------------------------------------ editing
+    def img2img(self, images: torch.Tensor, strength: float = 0.6, steps: int = 50,
+                **options) -> torch.Tensor:
+        """SDEdit: ``images`` noised to the level ``strength`` selects and denoised from there
+        (``diffusion.editing.img2img`` has the options)."""
+        return editing.img2img(self, images, strength=strength, steps=steps, **options)
+
+    def inpaint(self, images: torch.Tensor, mask: torch.Tensor, steps: int = 250,
+                jump_length: int = 10, jump_n_sample: int = 10, **options) -> torch.Tensor:
+        """RePaint: the pixels where ``mask`` is 1 filled in; ``jump_n_sample=1`` is the plain
+        mode without jumps (``diffusion.editing.inpaint`` has the options)."""
+        return editing.inpaint(self, images, mask, steps=steps, jump_length=jump_length,
+                               jump_n_sample=jump_n_sample, **options)
+
+    def invert(self, images: torch.Tensor, steps: int = 50, **options) -> torch.Tensor:
+        """DDIM inversion: the x_T from which ``self(len(images), steps=steps, noise=x_T)``
+        regenerates ``images`` (``diffusion.editing.invert`` has the options)."""
+        return editing.invert(self, images, steps=steps, **options)
+
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int, steps: int = 50,
+                    **options) -> PipelineOutput:
+        """``n`` images from x_T on the great-circle arc from ``a`` to ``b`` (two x_T, or two
+        images' ``invert``), both ends included; ``options`` as for ``__call__``."""
+        noise = editing.interpolation_noises(a, b, n, self.sample_shape)
+        return self(n, steps=steps, noise=noise, **options)
 
     def _check(self, n, steps, sampler, eta, batch_size, return_chain, chain_frames,
                timestep_spacing=None) -> int:

@@ -1,0 +1,75 @@
+"""Checks of what an edit starts from (images, masks, labels), shared by every editing method
+and the command line, and the batching they share.
+
+Each bad input is one ``ValueError`` sentence that says what shape or range is expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from diffusion.sampling_args import check_labels, check_sampling
+
+RANGE_SLACK = 1e-3  # images a little outside [-1, 1] (from rounding) are accepted
+
+
+def check_images(images, sample_shape: tuple[int, int, int], key: str = "images") -> torch.Tensor:
+    """``images`` as a float32 (N, C, H, W) CPU tensor of the model's shape, in [-1, 1];
+    one (C, H, W) image is a batch of one."""
+    if not torch.is_tensor(images) or not images.dtype.is_floating_point:
+        raise ValueError(f"{key} must be a float tensor in [-1, 1] of shape (N, "
+                         f"{', '.join(map(str, sample_shape))}); got {_describe(images)}.")
+    images = images.unsqueeze(0) if images.ndim == 3 else images
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(sample_shape) or not len(images):
+        raise ValueError(f"{key} must have shape (N, {', '.join(map(str, sample_shape))}) for "
+                         f"this model; got {tuple(images.shape)}.")
+    low, high = float(images.min()), float(images.max())
+    if low < -1 - RANGE_SLACK or high > 1 + RANGE_SLACK:
+        raise ValueError(f"{key} must be in [-1, 1], the model's range; got values from "
+                         f"{low:g} to {high:g} (map [0, 1] images with 2 * x - 1).")
+    return images.detach().float().cpu().clamp(-1, 1)
+
+
+def check_mask(mask, images: torch.Tensor) -> torch.Tensor:
+    """``mask`` (1 where a pixel is filled in, 0 where it is kept) as a float32 (N, 1 or C, H, W)
+    tensor for ``images`` (N, C, H, W): given as (H, W), (1 or C, H, W) or (1 or N, 1 or C, H, W),
+    values in [0, 1]."""
+    n, c, h, w = images.shape
+    if not torch.is_tensor(mask):
+        raise ValueError(f"mask must be a tensor of 0s and 1s (1: fill in) of size {h}x{w}; "
+                         f"got {_describe(mask)}.")
+    m = mask.detach().float().cpu()
+    while m.ndim < 4:
+        m = m.unsqueeze(0)
+    if m.ndim != 4 or tuple(m.shape[-2:]) != (h, w) or m.shape[1] not in (1, c) \
+            or m.shape[0] not in (1, n):
+        raise ValueError(f"mask must be {h}x{w} with 1 or {c} channels (one mask, or one per "
+                         f"image: N={n}) to match the images; got shape {tuple(mask.shape)}.")
+    if m.numel() and (float(m.min()) < 0 or float(m.max()) > 1):
+        raise ValueError(f"mask values must be in [0, 1] (1: fill in, 0: keep); got values "
+                         f"from {float(m.min()):g} to {float(m.max()):g}.")
+    return m.expand(n, -1, -1, -1).contiguous()
+
+
+def check_edit(pipe, images, steps: int, y, batch_size: int, sampler="ddim", eta=0.0,
+               timestep_spacing=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The arguments every edit takes, checked as sampling checks them: (images, labels)."""
+    images = check_images(images, pipe.sample_shape)
+    check_sampling(sampler, steps, eta, pipe.scheduler.config["num_train_timesteps"],
+                   batch_size=batch_size, timestep_spacing=timestep_spacing)
+    return images, check_labels(y, len(images), pipe.num_classes)
+
+
+def in_batches(n: int, batch_size: int,
+               work: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """``work`` on slices of ``batch_size`` of range(n), results concatenated (float32, CPU)."""
+    return torch.cat([work(slice(s, min(s + batch_size, n))).float().cpu()
+                      for s in range(0, n, batch_size)])
+
+
+def _describe(value) -> str:
+    if torch.is_tensor(value):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"

@@ -1,0 +1,90 @@
+"""DDIM inversion (Song et al. 2021, sec. 4.3; Dhariwal & Nichol 2021): run the deterministic
+DDIM update upwards, from an image to the x_T that DDIM (eta = 0) with the same steps maps back
+to it, and spherical interpolation between such x_T.
+
+Each upward step from level s to the next timestep t reuses the network's output at the
+target t (as diffusers' ``DDIMInverseScheduler``): x_t = sqrt(a_t) x0_hat + sqrt(1 - a_t)
+eps_hat, with eps_hat the output at (x_s, t) and x0_hat = (x_s - sqrt(1 - a_s) eps_hat) /
+sqrt(a_s). Sampling takes the output at (x_t, t) for the same step, so the round trip is exact
+up to how much the output changes between x_s and x_t: the error shrinks as steps grow.
+
+``fixed_point`` > 0 refines each step by fixed-point iteration (as in Pan et al. 2023,
+"Effective Real Image Editing with Accelerated Iterative Diffusion Inversion"): the output is
+taken at the current estimate of x_t instead, and x_t recomputed, that many times. A fixed
+point is exactly the x_t whose DDIM step lands on x_s, so the round trip then errs only by
+the iteration's residual (and by x_0 clipping in the sampler, which the inversion cannot
+undo); each iteration costs one more model evaluation per step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diffusion.editing.inputs import check_edit, in_batches
+from diffusion.sampling_args import check_int
+
+
+@torch.no_grad()
+def invert(pipe, images: torch.Tensor, steps: int = 50,
+           timestep_spacing: str | None = "trailing", y: torch.Tensor | None = None,
+           fixed_point: int = 0, batch_size: int = 256) -> torch.Tensor:
+    """x_T (N, C, H, W) such that ``pipe(N, steps=steps, sampler="ddim", noise=x_T)`` (same
+    ``timestep_spacing`` and ``y``) gives back ``images``; ``fixed_point`` iterations per
+    step refine it (see the module docstring)."""
+    images, y = check_edit(pipe, images, steps, y, batch_size,
+                           timestep_spacing=timestep_spacing)
+    check_int("fixed_point", fixed_point, minimum=0)
+    sched = pipe._sampler("ddim", steps, 0.0, timestep_spacing)
+    levels = [-1, *reversed(sched.timesteps.tolist())]  # -1: the clean image (final alpha)
+
+    def run(part: slice) -> torch.Tensor:
+        x = images[part].to(pipe.device)
+        labels = None if y is None else y[part].to(pipe.device)
+        for s, t in zip(levels, levels[1:], strict=False):
+            a_s, a_t = sched.alpha_bar(s), sched.alpha_bar(t)
+            x_t = x
+            for _ in range(1 + fixed_point):
+                eps = sched.pred_epsilon(pipe.model_output(x_t, t, labels), t, x_t)
+                x0 = (x - math.sqrt(1.0 - a_s) * eps) / math.sqrt(a_s)
+                x_t = math.sqrt(a_t) * x0 + math.sqrt(1.0 - a_t) * eps
+            x = x_t
+        return x
+
+    return in_batches(len(images), batch_size, run)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between two tensors of one shape, one result per weight in
+    [0, 1] (stacked first): the path between two Gaussian samples whose norm stays typical,
+    where a straight line would pass through too-small norms (White 2016)."""
+    if a.shape != b.shape:
+        raise ValueError(f"the two noises must have one shape; got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}.")
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    cos = (a64 @ b64 / (a64.norm() * b64.norm())).clamp(-1, 1)
+    theta = torch.arccos(cos)
+    w = weights.double().reshape(-1, 1)
+    if theta < 1e-6:  # (nearly) parallel: the straight line is the arc
+        out = (1 - w) * a64 + w * b64
+    else:
+        out = (torch.sin((1 - w) * theta) * a64 + torch.sin(w * theta) * b64) / torch.sin(theta)
+    return out.reshape(len(weights), *a.shape).to(a.dtype)
+
+
+def interpolation_noises(a: torch.Tensor, b: torch.Tensor, n: int,
+                         sample_shape: tuple[int, int, int]) -> torch.Tensor:
+    """``n`` x_T (n, C, H, W) on the arc from ``a`` to ``b`` (each (C, H, W) or (1, C, H, W)),
+    both ends included."""
+    ends = []
+    for key, x in (("a", a), ("b", b)):
+        if not torch.is_tensor(x) or tuple(x.shape[-3:]) != tuple(sample_shape) \
+                or x.numel() != math.prod(sample_shape):
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"{key} must be one x_T of shape {tuple(sample_shape)} (from "
+                             f"pipe.invert or torch.randn); got {shape}.")
+        ends.append(x.detach().float().cpu().reshape(sample_shape))
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (both ends included); got {n!r}.")
+    return slerp(*ends, torch.linspace(0, 1, n))
