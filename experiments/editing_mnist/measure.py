@@ -53,8 +53,8 @@ def timed(work):
 
 def inpainting(pipe, scorer, images, kind, args, pictures):
     """FID, known-region error and time of each ``INPAINT`` setting on ``kind`` masks."""
-    rows, shown = [], [images[:8], (images * (1 - make_mask(kind, 8, images.shape[-2:])))[:8]]
     mask = make_mask(kind, len(images), images.shape[-2:])
+    rows, shown = [], [images[:8], (images * (1 - mask))[:8]]
     for steps, jl, jn in INPAINT:
         out, seconds = timed(partial(pipe.inpaint, images, mask, steps=steps, jump_length=jl,
                                      jump_n_sample=jn, eta=args.eta,
