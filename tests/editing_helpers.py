@@ -2,8 +2,6 @@
 forms: with data x_0 ~ N(mu_y, s^2 I), every pixel independent, the best epsilon prediction
 at x_t is E[eps | x_t] = sqrt(1 - a_t) (x_t - sqrt(a_t) mu_y) / (a_t s^2 + 1 - a_t)."""
 
-import math
-
 import torch
 from torch import nn
 
@@ -24,9 +22,19 @@ class GaussianDenoiser(nn.Module):
     def mean(self, y=None):
         return self.mu if y is None else self.mu + y.double().reshape(-1, 1, 1, 1)
 
+    def alpha_bar(self, t):
+        """alpha_bar at integer timesteps; at fractional ones (the samplers on a sigma table)
+        through sigma interpolated linearly between training steps, as those samplers do."""
+        if not t.dtype.is_floating_point:
+            return self.alphas_cumprod[t]
+        sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        low = t.double().floor().long().clamp(max=len(sigmas) - 2)
+        sigma = torch.lerp(sigmas[low], sigmas[low + 1], t.double() - low)
+        return 1 / (1 + sigma**2)
+
     def forward(self, x, t, y=None):
         self.calls.append(int(t[0]))
-        a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        a = self.alpha_bar(t).reshape(-1, 1, 1, 1)
         eps = (1 - a).sqrt() * (x.double() - a.sqrt() * self.mean(y)) / (a * self.s**2 + 1 - a)
         return eps.to(x.dtype)
 
@@ -35,14 +43,3 @@ def gaussian_pipe(shape=(1, 16, 16), num_classes=None, **scheduler) -> Diffusion
     sched = DDPMScheduler(clip_sample=False, **scheduler)
     model = GaussianDenoiser(sched.alphas_cumprod, num_classes=num_classes)
     return DiffusionPipeline(model, sched, shape, device="cpu", precision="fp32")
-
-
-def flow_to_zero(pipe, x_t, t, y=None):
-    """The probability-flow ODE of Gaussian data from (x_t, t) to t = 0 in closed form: the
-    standardised offset from the mean is conserved, x_0 = mu + s (x_t - sqrt(a) mu) / sqrt(D),
-    D = a s^2 + 1 - a."""
-    model = pipe.model
-    a = pipe.scheduler.alpha_bar(t)
-    mean = model.mean(y)
-    return mean + model.s * (x_t.double() - math.sqrt(a) * mean) / math.sqrt(
-        a * model.s**2 + 1 - a)

@@ -9,7 +9,7 @@ import torch
 
 from diffusion.editing import interpolation_noises, repaint_nfe, slerp
 from diffusion.editing.img2img import start_index
-from editing_helpers import flow_to_zero, gaussian_pipe
+from editing_helpers import gaussian_pipe
 
 
 @pytest.fixture(scope="module")
@@ -34,32 +34,44 @@ def test_img2img_strength_zero_is_the_input_and_one_is_plain_sampling(pipe):
     torch.testing.assert_close(edited, pipe(4, steps=20, noise=noise).images, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("sampler,steps", [("ddim", 500), ("euler", 500), ("heun", 250),
+                                           ("dpmpp_2m", 100), ("ddpm", 1000)])
 @pytest.mark.parametrize("strength", [0.2, 0.5, 0.8])
-def test_img2img_starts_at_the_level_strength_selects(pipe, strength):
-    """SDEdit with DDIM and an exact model is the flow from the noised image: its output over
-    the noise has the closed-form mean and spread of the flow of x_t = sqrt(a) x0 + sqrt(1-a) z
-    from the first timestep run (fine steps, so that DDIM's discretisation stays below the
-    tolerance); the first timestep run is the one ``strength`` selects in the 50-step grid."""
-    steps = 500
+def test_img2img_starts_at_the_level_strength_selects(pipe, sampler, steps, strength):
+    """SDEdit with an exact model, from x_t = sqrt(a) x0 + sqrt(1 - a) z at the first timestep
+    run: an ODE sampler follows the flow to mu + s (x_t - sqrt(a) mu) / sqrt(D), D = a s^2 + 1
+    - a, so over z its output has mean mu + s sqrt(a) (x0 - mu) / sqrt(D) and spread
+    s sqrt((1 - a) / D); DDPM samples p(x0 | x_t) instead: mean mu + s^2 a (x0 - mu) / D and
+    variance s^4 a (1 - a) / D^2 + s^2 (1 - a) / D. Steps fine enough that the discretisation
+    stays below the tolerance; a start one grid step off fails for the larger strengths."""
     pipe.model.calls.clear()
     out = pipe.img2img(torch.full((64, 1, 16, 16), 0.8), strength=strength, steps=steps,
-                       generator=torch.Generator().manual_seed(0))
-    assert len(pipe.model.calls) == steps - start_index(strength, steps) == round(strength * 500)
-    t = pipe.model.calls[0]
-    assert t == pipe._sampler("ddim", steps, 0.0, "trailing").timesteps[start_index(strength, 500)]
+                       sampler=sampler, generator=torch.Generator().manual_seed(0))
+    runs = round(strength * steps)
+    assert len(pipe.model.calls) == (2 * runs - 1 if sampler == "heun" else runs)
+    sched = pipe._sampler(sampler, steps, 0.0, "trailing")
+    t = float(sched.timesteps[sched.state_positions[start_index(strength, steps)]])
+    assert pipe.model.calls[0] == int(t)
+    a = 1 / (1 + float(sched.sigmas[sched.state_positions[start_index(strength, steps)]])**2) \
+        if hasattr(sched, "sigmas") else pipe.scheduler.alpha_bar(int(t))
+    s, mu = pipe.model.s, pipe.model.mu
+    d = a * s**2 + 1 - a
+    if sampler == "ddpm":
+        mean, std = mu + s**2 * a * (0.8 - mu) / d, math.sqrt(s**4 * a * (1 - a) / d**2
+                                                              + s**2 * (1 - a) / d)
+    else:
+        mean = mu + s * math.sqrt(a) * (0.8 - mu) / math.sqrt(d)
+        std = s * math.sqrt((1 - a) / d)
+    assert abs(out.mean().item() - mean) < 0.01
+    assert abs(out.std().item() / std - 1) < 0.03
     assert start_index(strength, 50) == 50 - round(strength * 50)
-    a = pipe.scheduler.alpha_bar(t)
-    expected_mean = flow_to_zero(pipe, torch.tensor(math.sqrt(a) * 0.8), t).item()
-    expected_std = math.sqrt(1 - a) * pipe.model.s / math.sqrt(a * pipe.model.s**2 + 1 - a)
-    assert abs(out.mean().item() - expected_mean) < 0.01
-    assert abs(out.std().item() / expected_std - 1) < 0.03
 
 
-def test_img2img_rejects_bad_strength_and_samplers_that_cannot_restart(pipe):
+def test_img2img_rejects_bad_strength_samplers_and_images(pipe):
     with pytest.raises(ValueError, match=r"^strength must be a number in \[0, 1\]"):
         pipe.img2img(_images(), strength=1.5)
-    with pytest.raises(ValueError, match=r"^img2img runs with sampler=ddim or sampler=ddpm"):
-        pipe.img2img(_images(), sampler="euler")
+    with pytest.raises(ValueError, match=r"^sampler must be one of ddim, ddpm"):
+        pipe.img2img(_images(), sampler="euler_b")
     with pytest.raises(ValueError, match=r"^images must have shape \(N, 1, 16, 16\) for this "
                                          r"model; got \(2, 3, 16, 16\)\.$"):
         pipe.img2img(torch.zeros(2, 3, 16, 16))

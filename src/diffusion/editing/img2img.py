@@ -2,7 +2,10 @@
 ``strength`` selects, then run the reverse process from there.
 
 As in diffusers' img2img pipelines, ``strength`` picks how much of the ``steps`` schedule runs:
-the last round(down) ``strength * steps`` of its timesteps. ``strength=0`` runs none and returns
+the last round(down) ``strength * steps`` of its steps, with any sampler: DDIM and DDPM start
+from the image noised to that step's timestep, the samplers on a sigma table (Euler, Heun,
+DPM-Solver) from it noised to that step's sigma, in their own variables, and begin their run
+at that step (``set_begin_index``, as diffusers). ``strength=0`` runs none and returns
 the images; ``strength=1`` runs them all and starts from the noise alone, which is plain
 sampling from that noise (diffusers would keep sqrt(alpha_bar(T-1)) of the image, ~0.006 on
 the linear schedule).
@@ -10,14 +13,13 @@ the linear schedule).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from diffusion.editing.inputs import check_edit, in_batches
-from diffusion.schedulers import DDIMScheduler, DDPMScheduler, NoiseScheduler
-
-#: samplers whose state is x_t itself and whose step is keyed by the timestep alone, so that
-#: they can start anywhere in their schedule
-RESTARTABLE = (DDIMScheduler, DDPMScheduler)
+from diffusion.schedulers import NoiseScheduler
+from diffusion.schedulers.sigmas import SigmaScheduler
 
 
 def check_strength(strength) -> float:
@@ -28,20 +30,31 @@ def check_strength(strength) -> float:
     return float(strength)
 
 
-def restartable(sched: NoiseScheduler, task: str) -> NoiseScheduler:
-    """``sched`` if it can start in the middle of its schedule, else the one-sentence error."""
-    if not isinstance(sched, RESTARTABLE):
-        raise ValueError(f"{task} runs with sampler=ddim or sampler=ddpm, which can start from "
-                         f"any timestep; got {type(sched).__name__}.")
-    return sched
-
-
 def start_index(strength: float, steps: int) -> int:
-    """The first of the ``steps`` timesteps that img2img runs (``steps`` runs none)."""
+    """The first of the ``steps`` steps that img2img runs (``steps`` runs none)."""
     return steps - min(int(steps * strength), steps)
 
 
-def denoise(pipe, sched: NoiseScheduler, x: torch.Tensor, timesteps: list[int], y,
+def begin(sched: NoiseScheduler, first: int, x0: torch.Tensor, noise: torch.Tensor):
+    """(the sampler's state at the start of step ``first``, the timesteps of the calls left):
+    x0 noised to that step's level, in the sampler's own variables. ``first = 0`` starts from
+    the noise alone, as plain sampling does."""
+    sched.set_timesteps(sched.num_inference_steps, device=x0.device)
+    position = sched.state_positions[first]  # a second-order sampler makes two calls a step
+    timesteps = sched.timesteps[position:]
+    if first == 0:
+        return noise * sched.init_noise_sigma, timesteps
+    if not isinstance(sched, SigmaScheduler):  # the state is x_t at an integer timestep
+        return sched.add_noise(x0, noise, int(timesteps[0])), timesteps
+    sched.set_begin_index(position)
+    sigma = float(sched.sigmas[position])
+    x_t = (x0 + sigma * noise) / math.sqrt(1.0 + sigma**2)  # the level of sigma, x_t as trained
+    # the state whose network input (scale_model_input) is that x_t
+    to_state = 1.0 / float(sched.scale_model_input(torch.ones(()), timesteps[0]))
+    return x_t * to_state, timesteps
+
+
+def denoise(pipe, sched: NoiseScheduler, x: torch.Tensor, timesteps, y,
             generator: torch.Generator | None) -> torch.Tensor:
     """The reverse process over ``timesteps`` (a tail of ``sched.timesteps``) from x."""
     for t in timesteps:
@@ -63,7 +76,7 @@ def img2img(pipe, images: torch.Tensor, strength: float = 0.6, steps: int = 50,
     """
     strength = check_strength(strength)
     images, y = check_edit(pipe, images, steps, y, batch_size, sampler, eta, timestep_spacing)
-    sched = restartable(pipe._sampler(sampler, steps, eta, timestep_spacing), "img2img")
+    sched = pipe._sampler(sampler, steps, eta, timestep_spacing)
     if noise is None:
         noise = torch.randn(images.shape, generator=generator,
                             device=generator.device if generator is not None else "cpu")
@@ -71,14 +84,13 @@ def img2img(pipe, images: torch.Tensor, strength: float = 0.6, steps: int = 50,
         raise ValueError(f"noise must have the images' shape {tuple(images.shape)}; "
                          f"got {tuple(noise.shape)}.")
     first = start_index(strength, steps)
-    timesteps = sched.timesteps.tolist()[first:]
-    if not timesteps:
+    if first == steps:
         return images
 
     def run(part: slice) -> torch.Tensor:
-        x0, z = images[part].to(pipe.device), noise[part].to(pipe.device)
-        x = z * sched.init_noise_sigma if first == 0 else sched.add_noise(x0, z, timesteps[0])
-        return denoise(pipe, sched, x, timesteps, None if y is None else y[part].to(pipe.device),
-                       generator)
+        x, timesteps = begin(sched, first, images[part].to(pipe.device),
+                             noise[part].to(pipe.device))
+        return denoise(pipe, sched, x, timesteps,
+                       None if y is None else y[part].to(pipe.device), generator)
 
     return in_batches(len(images), batch_size, run)

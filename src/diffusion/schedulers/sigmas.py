@@ -104,6 +104,20 @@ class SigmaScheduler(NoiseScheduler):
         self.timesteps = as_seen.to(device)
         self._step_index = 0
 
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start this run at call ``begin_index`` of ``timesteps`` instead of the first
+        (diffusers' name; image-to-image starts part-way down the schedule). Call it after
+        ``set_timesteps``; the next ``step`` is then call ``begin_index``."""
+        if self._step_index is None:
+            raise ValueError(f"call set_timesteps(n) before set_begin_index on "
+                             f"{type(self).__name__}.")
+        calls = len(self._timestep_values)
+        if isinstance(begin_index, bool) or not isinstance(begin_index, int) \
+                or not 0 <= begin_index < calls:
+            raise ValueError(f"begin_index must be an integer from 0 to {calls - 1}; "
+                             f"got {begin_index!r}.")
+        self._step_index = begin_index
+
     @property
     def step_index(self) -> int | None:
         """How many calls of ``step`` this run has made (None before ``set_timesteps``)."""
