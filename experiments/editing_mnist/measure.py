@@ -38,7 +38,7 @@ from diffusion.rundir import load_config
 INPAINT = ((20, 5, 5), (80, 5, 1), (20, 5, 1))
 INVERSION_STEPS = (10, 20, 50, 100, 250)
 STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
-PHASES = ("inversion", "inpaint_center", "inpaint_half", "img2img")
+PHASES = ("inversion", "inpaint_center", "img2img", "inpaint_half")
 
 
 def timed(work):
@@ -123,9 +123,10 @@ def main() -> None:
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
     parser.add_argument("--n", type=int, default=250, help="test images per FID")
     parser.add_argument("--n-inversion", type=int, default=50)
+    parser.add_argument("--n-img2img", type=int, default=100)
     parser.add_argument("--eta", type=float, default=1.0, help="inpainting's eta (1: DDPM)")
     parser.add_argument("--fixed-points", type=int, nargs="+", default=[3])
-    parser.add_argument("--fixed-point-steps", type=int, nargs="+", default=[10, 20, 50])
+    parser.add_argument("--fixed-point-steps", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-root", default=os.environ.get("DIFFUSION_DATA"),
@@ -166,7 +167,9 @@ def main() -> None:
             rows = [r for r in results.get("inpainting", []) if r["mask"] != kind]
             results["inpainting"] = rows + inpainting(pipe, scorer, images, kind, args, pictures)
         else:
-            results["img2img"] = img2img(pipe, scorer, images, labels, classify, args, pictures)
+            k = args.n_img2img
+            results["img2img"] = img2img(pipe, scorer, images[:k], labels[:k], classify, args,
+                                         pictures)
         results["commands"][phase] = shlex.join(["python", *sys.argv])
         path.write_text(json.dumps(results, indent=1) + "\n")  # after every phase
         for name, grid in pictures.items():
