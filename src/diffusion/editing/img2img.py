@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from diffusion.editing.inputs import check_edit, in_batches
+from diffusion.editing.inputs import check_edit, in_batches, starting_noise
 from diffusion.schedulers import NoiseScheduler
 from diffusion.schedulers.sigmas import SigmaScheduler
 
@@ -77,12 +77,7 @@ def img2img(pipe, images: torch.Tensor, strength: float = 0.6, steps: int = 50,
     strength = check_strength(strength)
     images, y = check_edit(pipe, images, steps, y, batch_size, sampler, eta, timestep_spacing)
     sched = pipe._sampler(sampler, steps, eta, timestep_spacing)
-    if noise is None:
-        noise = torch.randn(images.shape, generator=generator,
-                            device=generator.device if generator is not None else "cpu")
-    elif noise.shape != images.shape:
-        raise ValueError(f"noise must have the images' shape {tuple(images.shape)}; "
-                         f"got {tuple(noise.shape)}.")
+    noise = starting_noise(noise, images.shape, generator)
     first = start_index(strength, steps)
     if first == steps:
         return images

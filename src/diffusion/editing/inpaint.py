@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from diffusion.editing.inputs import check_edit, check_mask, in_batches
+from diffusion.editing.inputs import check_edit, check_mask, in_batches, starting_noise
 from diffusion.schedulers import RePaintScheduler
 from diffusion.schedulers.repaint import repaint_indices
 
@@ -50,9 +50,7 @@ def inpaint(pipe, images: torch.Tensor, mask: torch.Tensor, steps: int = 250,
                            timestep_spacing=timestep_spacing)
     keep = 1.0 - check_mask(mask, images)
     sched = repaint_sampler(pipe, steps, jump_length, jump_n_sample, eta, timestep_spacing)
-    if noise is None:
-        noise = torch.randn(images.shape, generator=generator,
-                            device=generator.device if generator is not None else "cpu")
+    noise = starting_noise(noise, images.shape, generator)
     timesteps = sched.timesteps.tolist()
 
     def run(part: slice) -> torch.Tensor:

@@ -62,6 +62,19 @@ def check_edit(pipe, images, steps: int, y, batch_size: int, sampler="ddim", eta
     return images, check_labels(y, len(images), pipe.num_classes)
 
 
+def starting_noise(noise: torch.Tensor | None, shape: torch.Size,
+                   generator: torch.Generator | None) -> torch.Tensor:
+    """``noise`` checked against ``shape``, or drawn whole from ``generator`` (so that the
+    result does not depend on how the work is batched)."""
+    if noise is None:
+        return torch.randn(shape, generator=generator,
+                           device=generator.device if generator is not None else "cpu")
+    if tuple(noise.shape) != tuple(shape):
+        raise ValueError(f"noise must have the images' shape {tuple(shape)}; "
+                         f"got {tuple(noise.shape)}.")
+    return noise
+
+
 def in_batches(n: int, batch_size: int,
                work: Callable[[slice], torch.Tensor]) -> torch.Tensor:
     """``work`` on slices of ``batch_size`` of range(n), results concatenated (float32, CPU)."""
