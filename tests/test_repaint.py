@@ -153,3 +153,10 @@ def test_bad_jump_arguments_are_one_sentence():
         sched.set_timesteps(10, jump_length=0)
     with pytest.raises(ValueError, match=r"^jump_n_sample must be an integer >= 1; got 1\.5"):
         sched.set_timesteps(10, jump_n_sample=1.5)
+
+
+def test_the_last_step_must_land_on_the_clean_image():
+    with pytest.raises(ValueError, match=r"^RePaintScheduler needs set_alpha_to_one=True"):
+        RePaintScheduler(set_alpha_to_one=False)
+    over = RePaintScheduler.over(DDIMScheduler(set_alpha_to_one=False), set_alpha_to_one=True)
+    assert over.alpha_bar(-1) == 1.0

@@ -26,7 +26,7 @@ def repaint_nfe(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> i
 def repaint_sampler(pipe, steps: int, jump_length: int, jump_n_sample: int, eta: float,
                     timestep_spacing: str | None) -> RePaintScheduler:
     """The RePaint scheduler over the pipeline's noise process, its timesteps set."""
-    options = {"eta": eta}
+    options = {"eta": eta, "set_alpha_to_one": True}  # whatever the training DDIM's
     if timestep_spacing is not None:
         options["timestep_spacing"] = timestep_spacing
     sched = RePaintScheduler.over(pipe.scheduler, **options)

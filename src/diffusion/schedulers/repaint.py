@@ -58,6 +58,11 @@ class RePaintScheduler(DDIMScheduler):
     and the mask. ``timestep_spacing`` defaults to diffusers' RePaint (``leading``)."""
 
     def __init__(self, **options: Any):
+        """``options``: DDIM's (``eta``, the noise process); the last step lands on the clean
+        image, as in diffusers, so that the known pixels come out as the original."""
+        if options.get("set_alpha_to_one", True) is not True:
+            raise ValueError("RePaintScheduler needs set_alpha_to_one=True: its last step must "
+                             "land on the clean image for the known pixels to be the original.")
         super().__init__(**options)
         self.jump_length, self.jump_n_sample = 10, 10
 
