@@ -115,3 +115,16 @@ def test_png_inputs_and_masks_of_the_wrong_size(run, tmp_path):
     Image.new("L", (28, 28), 0).save(tmp_path / "mask.png")
     _, images, mask, _ = check_edit_config(cfg)
     assert images.shape == (1, 1, 28, 28) and torch.all(images == 1) and mask.sum() == 0
+
+
+def test_a_conditional_run_edits_with_its_labels(run, tmp_path, tiny_mnist_root):
+    conditional, _ = run_training(tmp_path, tiny_mnist_root, "model=basic",
+                                  "model.base_channels=8", "trainer.sample_every=0",
+                                  "trainer.val_every=0", "model.num_classes=10",
+                                  name="conditional")
+    written = edit(_cfg(conditional, "task=invert", "n=2", "labels=[3,4]"))
+    assert "labels=[3, 4]" in json.loads(written["record"].read_text())["command"]
+    with pytest.raises(ValueError, match=r"^labels must be class labels in \[0, 9\]; got 10\."):
+        check_edit_config(_cfg(conditional, "labels=10"))
+    with pytest.raises(ValueError, match=r"^labels was given but the model is unconditional"):
+        check_edit_config(_cfg(run, "labels=3"))
