@@ -138,8 +138,8 @@ def test_repaint_nfe_counts_the_model_calls():
 
 
 @pytest.mark.parametrize("mask,message", [
-    (torch.zeros(8, 8), r"^mask must be 16x16 with 1 or 1 channels .* got shape \(8, 8\)\.$"),
-    (torch.zeros(2, 3, 16, 16), r"^mask must be 16x16 with 1 or 1 channels"),
+    (torch.zeros(8, 8), r"^mask must be 16x16 with 1 channel .* got shape \(8, 8\)\.$"),
+    (torch.zeros(2, 3, 16, 16), r"^mask must be 16x16 with 1 channel \(one mask"),
     (torch.zeros(3, 1, 16, 16), r"one per image: N=2"),
     (torch.full((16, 16), 2.0), r"^mask values must be in \[0, 1\] \(1: fill in, 0: keep\); "
                                 r"got values from 2 to 2\.$"),

@@ -45,8 +45,9 @@ def check_mask(mask, images: torch.Tensor) -> torch.Tensor:
         m = m.unsqueeze(0)
     if m.ndim != 4 or tuple(m.shape[-2:]) != (h, w) or m.shape[1] not in (1, c) \
             or m.shape[0] not in (1, n):
-        raise ValueError(f"mask must be {h}x{w} with 1 or {c} channels (one mask, or one per "
-                         f"image: N={n}) to match the images; got shape {tuple(mask.shape)}.")
+        channels = "1 channel" if c == 1 else f"1 or {c} channels"
+        raise ValueError(f"mask must be {h}x{w} with {channels} (one mask, or one per image: "
+                         f"N={n}) to match the images; got shape {tuple(mask.shape)}.")
     if m.numel() and (float(m.min()) < 0 or float(m.max()) > 1):
         raise ValueError(f"mask values must be in [0, 1] (1: fill in, 0: keep); got values "
                          f"from {float(m.min()):g} to {float(m.max()):g}.")
