@@ -1,6 +1,8 @@
 """Tables (printed as Markdown) and figures from the results.json that measure.py wrote.
 
     python experiments/editing_mnist/report.py experiments/editing_mnist
+
+Also writes them to ``tables.md`` in that folder.
 """
 
 import json
@@ -14,28 +16,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 folder = Path(sys.argv[1])
 results = json.loads((folder / "results.json").read_text())
+lines: list[str] = []
+
+
+def emit(line: str = "") -> None:
+    """A line of the tables: printed, and kept for tables.md."""
+    lines.append(line)
+    print(line)
+
 
 if "inpainting" in results:
-    print("| mask | method | steps | jumps (length x n) | NFE | FID | KID | known max error "
+    emit("| mask | method | steps | jumps (length x n) | NFE | FID | KID | known max error "
           "| seconds |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    emit("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results["inpainting"]:
         jumps = f"{r['jump_length']} x {r['jump_n_sample']}" if r["method"] == "repaint" \
             else "none"
-        print(f"| {r['mask']} | {r['method']} | {r['steps']} | {jumps} | {r['nfe']} | "
+        emit(f"| {r['mask']} | {r['method']} | {r['steps']} | {jumps} | {r['nfe']} | "
               f"{r['fid']:.2f} | {r['kid']:.4f} | {r['known_max_error']:.1e} | "
               f"{r['seconds']:.0f} |")
     first = results["inpainting"][0]
-    print(f"\nn={first['n']}, eta={first['eta']}; data floor {first['floor']:.2f}; the "
+    emit(f"\nn={first['n']}, eta={first['eta']}; data floor {first['floor']:.2f}; the "
           f"{first['n']} unedited test images: FID {results['real_test_images_fid']:.2f}\n")
 
 if "inversion" in results:
     rows = results["inversion"]
-    print("| DDIM steps | fixed-point iterations | NFE | MSE mean | MSE median | MSE max | "
+    emit("| DDIM steps | fixed-point iterations | NFE | MSE mean | MSE median | MSE max | "
           "feature distance |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    emit("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['steps']} | {r['fixed_point']} | {r['nfe']} | {r['mse_mean']:.2e} | "
+        emit(f"| {r['steps']} | {r['fixed_point']} | {r['nfe']} | {r['mse_mean']:.2e} | "
               f"{r['mse_median']:.2e} | {r['mse_max']:.2e} | {r['feature_distance']:.3f} |")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for k in sorted({r["fixed_point"] for r in rows}):
@@ -54,11 +64,13 @@ if "inversion" in results:
     fig.suptitle("DDIM inversion then DDIM regeneration, MNIST test images")
     fig.tight_layout()
     fig.savefig(folder / "inversion_vs_steps.png", dpi=110)
-    print()
+    emit()
 
 if "img2img" in results:
-    print("| strength | steps run (of 50) | MSE to the input | class kept | FID |")
-    print("| --- | --- | --- | --- | --- |")
+    emit("| strength | steps run (of 50) | MSE to the input | class kept | FID |")
+    emit("| --- | --- | --- | --- | --- |")
     for r in results["img2img"]:
-        print(f"| {r['strength']} | {r['steps_run']} | {r['mse_to_input']:.3f} | "
+        emit(f"| {r['strength']} | {r['steps_run']} | {r['mse_to_input']:.3f} | "
               f"{100 * r['class_kept']:.0f}% | {r['fid']:.2f} |")
+
+(folder / "tables.md").write_text("\n".join(lines) + "\n")
