@@ -93,6 +93,9 @@ def test_a_bad_option_ends_in_one_sentence_and_writes_nothing(run, tmp_path):
                      r"'paint'\.$"),
     (["task=img2img", "strength=1.5"], r"^strength must be a number in \[0, 1\]"),
     (["task=img2img", "sampler=euler_b"], r"^sampler must be one of ddim, ddpm, dpmpp_2m"),
+    (["task=inpaint", "sampler=euler"], r"^sampler applies to task=img2img only \(inpaint runs "
+                                        r"RePaint\): leave sampler=ddim; got sampler=euler\.$"),
+    (["task=invert", "eta=0.5"], r"^invert runs deterministic DDIM: leave eta=0; got eta=0.5\.$"),
     (["task=inpaint", "jump_n_sample=0"], r"^jump_n_sample must be an integer >= 1; got 0\.$"),
     (["task=interpolate", "n=1"], r"^interpolate needs at least two input images"),
     (["input=nowhere"], r"^input must be an image file, a folder of images or a split of "

@@ -58,12 +58,13 @@ def check_edit_config(cfg: DictConfig):
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {cfg.task!r}.")
     run_cfg = load_config(cfg.run)
     T = instantiate(run_cfg.scheduler).num_train_timesteps
-    sampler = cfg.sampler if cfg.task == "img2img" else "ddim"
-    eta = cfg.eta if cfg.task in ("img2img", "inpaint") else 0.0
-    if cfg.task == "inpaint":  # RePaint's eta is its own, whatever the sampler name says
-        check_sampling("ddim", cfg.steps, eta, T, timestep_spacing=cfg.timestep_spacing)
-    else:
-        check_sampling(sampler, cfg.steps, eta, T, timestep_spacing=cfg.timestep_spacing)
+    if cfg.task != "img2img" and cfg.sampler != "ddim":
+        raise ValueError(f"sampler applies to task=img2img only ({cfg.task} runs "
+                         f"{'RePaint' if cfg.task == 'inpaint' else 'DDIM'}): leave "
+                         f"sampler=ddim; got sampler={cfg.sampler}.")
+    if cfg.task in ("invert", "interpolate") and cfg.eta != 0:
+        raise ValueError(f"{cfg.task} runs deterministic DDIM: leave eta=0; got eta={cfg.eta}.")
+    check_sampling(cfg.sampler, cfg.steps, cfg.eta, T, timestep_spacing=cfg.timestep_spacing)
     for key in ("n", "samples", "jump_length", "jump_n_sample", "batch_size"):
         check_int(key, cfg[key])
     check_int("start", cfg.start, minimum=0)
