@@ -9,6 +9,7 @@ import torch
 
 from diffusion.editing import interpolation_noises, repaint_nfe, slerp
 from diffusion.editing.img2img import start_index
+from diffusion.schedulers import EulerDiscreteScheduler
 from editing_helpers import gaussian_pipe
 
 
@@ -206,3 +207,18 @@ def test_interpolate_decodes_the_arc_between_two_inverted_images(pipe):
     torch.testing.assert_close(out[[0, -1]], images, atol=1e-3, rtol=0)
     with pytest.raises(ValueError, match=r"^b must be one x_T of shape \(1, 16, 16\)"):
         interpolation_noises(x_T[0], x_T, 5, (1, 16, 16))
+
+
+def test_set_begin_index_starts_a_sigma_sampler_part_way():
+    sched = EulerDiscreteScheduler(timestep_spacing="trailing")
+    with pytest.raises(ValueError, match=r"^call set_timesteps\(n\) before set_begin_index"):
+        sched.set_begin_index(2)
+    sched.set_timesteps(10)
+    with pytest.raises(ValueError, match=r"^begin_index must be an integer from 0 to 9; got 10"):
+        sched.set_begin_index(10)
+    sched.set_begin_index(3)
+    x = torch.ones(1, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"^call 3 of this run is at timestep"):
+        sched.step(x, sched.timesteps[0], x)
+    sched.step(x, sched.timesteps[3], x)
+    assert sched.step_index == 4
