@@ -39,7 +39,7 @@ class GaussianDenoiser(nn.Module):
         return eps.to(x.dtype)
 
 
-def gaussian_pipe(shape=(1, 16, 16), num_classes=None, **scheduler) -> DiffusionPipeline:
-    sched = DDPMScheduler(clip_sample=False, **scheduler)
-    model = GaussianDenoiser(sched.alphas_cumprod, num_classes=num_classes)
+def gaussian_pipe(shape=(1, 16, 16), num_classes=None, mu=0.3, **scheduler) -> DiffusionPipeline:
+    sched = DDPMScheduler(**{"clip_sample": False, **scheduler})
+    model = GaussianDenoiser(sched.alphas_cumprod, mu=mu, num_classes=num_classes)
     return DiffusionPipeline(model, sched, shape, device="cpu", precision="fp32")

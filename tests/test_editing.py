@@ -162,7 +162,7 @@ def test_inversion_reaches_the_closed_form_x_T_and_regenerates_the_images(pipe):
     errors = {}
     for steps in (10, 100):
         x_T = pipe.invert(images, steps=steps)
-        errors[steps] = (pipe(4, steps=steps, noise=x_T).images - images).pow(2).mean().item()
+        errors[steps] = (pipe.regenerate(x_T, steps=steps) - images).pow(2).mean().item()
     t = pipe.scheduler.num_train_timesteps - 1
     a, s, mu = pipe.scheduler.alpha_bar(t), pipe.model.s, pipe.model.mu
     closed = math.sqrt(a) * mu + math.sqrt(a * s**2 + 1 - a) * (images - mu) / s
@@ -171,7 +171,18 @@ def test_inversion_reaches_the_closed_form_x_T_and_regenerates_the_images(pipe):
     pipe.model.calls.clear()
     x_T = pipe.invert(images, steps=10, fixed_point=3)
     assert len(pipe.model.calls) == 10 * 4
-    assert (pipe(4, steps=10, noise=x_T).images - images).pow(2).mean() < errors[10] / 100
+    assert (pipe.regenerate(x_T, steps=10) - images).pow(2).mean() < errors[10] / 100
+
+
+def test_regenerate_does_not_clip_where_a_clipping_sampler_leaves_the_inverted_path():
+    """Data whose mean (1.2) lies above 1, under a scheduler with clip_sample: x0_hat on the
+    path of an image at 0.98 lies between 0.98 and 1.2, so DDIM with clipping misses the
+    image while the unclipped decoder gives it back."""
+    pipe = gaussian_pipe(clip_sample=True, mu=1.2)
+    images = torch.full((2, 1, 16, 16), 0.98)
+    x_T = pipe.invert(images, steps=50, fixed_point=3)
+    assert (pipe.regenerate(x_T, steps=50) - images).abs().max() < 1e-4
+    assert (pipe(2, steps=50, noise=x_T).images - images).abs().max() > 1e-2
 
 
 def test_conditional_edits_pass_the_labels():
@@ -179,7 +190,7 @@ def test_conditional_edits_pass_the_labels():
     images = torch.zeros(2, 1, 16, 16)
     y = torch.tensor([0, 1])
     x_T = pipe.invert(images, steps=50, y=y, fixed_point=3)
-    torch.testing.assert_close(pipe(2, steps=50, noise=x_T, y=y).images, images, atol=1e-3,
+    torch.testing.assert_close(pipe.regenerate(x_T, steps=50, y=y), images, atol=1e-3,
                                rtol=0)
     out = pipe.img2img(images, strength=1.0, steps=50, y=y,
                        generator=torch.Generator().manual_seed(0))

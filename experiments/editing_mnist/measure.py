@@ -84,7 +84,7 @@ def inversion(pipe, images, features, args, pictures):
     for steps, fixed_point in settings:
         x_T, seconds = timed(partial(pipe.invert, images, steps=steps,
                                      fixed_point=fixed_point, batch_size=args.batch_size))
-        back = pipe(len(images), steps=steps, noise=x_T, batch_size=args.batch_size).images
+        back = pipe.regenerate(x_T, steps=steps, batch_size=args.batch_size)
         mse = (back - images).pow(2).flatten(1).mean(1)
         dist = (features(back) - f_in).norm(dim=1) / scale
         rows.append({"steps": steps, "fixed_point": fixed_point,

@@ -167,7 +167,7 @@ def _inpaint(cfg, pipe, images, mask, labels):
 
 def _invert(cfg, pipe, images, mask, labels):
     x_T = pipe.invert(images, fixed_point=cfg.fixed_point, y=labels, **_common(cfg))
-    back = pipe(len(images), noise=x_T, y=labels, **_common(cfg)).images
+    back = pipe.regenerate(x_T, y=labels, **_common(cfg))
     mse = (back - images).pow(2).flatten(1).mean(1)
     rows = torch.stack([images, (x_T / 3).clamp(-1, 1), back], dim=1)  # x_T shown at +-3 std
     return rows, {"inputs": images, "x_T": x_T, "results": back}, {

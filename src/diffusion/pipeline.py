@@ -232,15 +232,23 @@ class DiffusionPipeline:
                                jump_n_sample=jump_n_sample, **options)
 
     def invert(self, images: torch.Tensor, steps: int = 50, **options) -> torch.Tensor:
-        """DDIM inversion: the x_T from which ``self(len(images), steps=steps, noise=x_T)``
-        regenerates ``images`` (``diffusion.editing.invert`` has the options)."""
+        """DDIM inversion: the x_T from which ``regenerate(x_T, steps)`` (DDIM without clipping)
+        gives back ``images`` (``diffusion.editing.invert`` has the options)."""
         return editing.invert(self, images, steps=steps, **options)
+
+    def regenerate(self, x_T: torch.Tensor, steps: int = 50, **options) -> torch.Tensor:
+        """The images back from ``invert``'s x_T: ``self(len(x_T), steps=steps, noise=x_T)``
+        with DDIM without clipping (``diffusion.editing.regenerate``)."""
+        return editing.regenerate(self, x_T, steps=steps, **options)
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int, steps: int = 50,
                     **options) -> PipelineOutput:
         """``n`` images from x_T on the great-circle arc from ``a`` to ``b`` (two x_T, or two
-        images' ``invert``), both ends included; ``options`` as for ``__call__``."""
+        images' ``invert``), both ends included, decoded as ``regenerate`` does unless
+        ``sampler=`` says otherwise; ``options`` as for ``__call__``."""
         noise = editing.interpolation_noises(a, b, n, self.sample_shape)
+        options.setdefault("sampler", editing.decoder(self, options.get("timestep_spacing",
+                                                                         "trailing")))
         return self(n, steps=steps, noise=noise, **options)
 
     def _check(self, n, steps, sampler, eta, batch_size, return_chain, chain_frames,

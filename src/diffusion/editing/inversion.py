@@ -8,6 +8,12 @@ eps_hat, with eps_hat the output at (x_s, t) and x0_hat = (x_s - sqrt(1 - a_s) e
 sqrt(a_s). Sampling takes the output at (x_t, t) for the same step, so the round trip is exact
 up to how much the output changes between x_s and x_t: the error shrinks as steps grow.
 
+The inversion follows the DDIM ODE without clipping x0_hat, so the images come back from
+DDIM without clipping too (``regenerate``, ``decoder``): a sampler that clips (the runs'
+default ``clip_sample``) leaves that ODE wherever the network's x0_hat strays out of [-1, 1],
+as it does on MNIST's saturated background, and the round trip then gets worse with more
+steps (measured in experiments/editing_mnist).
+
 ``fixed_point`` > 0 refines each step by fixed-point iteration (as in Pan et al. 2023,
 "Effective Real Image Editing with Accelerated Iterative Diffusion Inversion"): the output is
 taken at the current estimate of x_t instead, and x_t recomputed, that many times. A fixed
@@ -24,19 +30,21 @@ import torch
 
 from diffusion.editing.inputs import check_edit, in_batches
 from diffusion.sampling_args import check_int
+from diffusion.schedulers import DDIMScheduler
 
 
 @torch.no_grad()
 def invert(pipe, images: torch.Tensor, steps: int = 50,
            timestep_spacing: str | None = "trailing", y: torch.Tensor | None = None,
            fixed_point: int = 0, batch_size: int = 256) -> torch.Tensor:
-    """x_T (N, C, H, W) such that ``pipe(N, steps=steps, sampler="ddim", noise=x_T)`` (same
+    """x_T (N, C, H, W) from which DDIM without clipping (``regenerate``; same ``steps``,
     ``timestep_spacing`` and ``y``) gives back ``images``; ``fixed_point`` iterations per
     step refine it (see the module docstring)."""
     images, y = check_edit(pipe, images, steps, y, batch_size,
                            timestep_spacing=timestep_spacing)
     check_int("fixed_point", fixed_point, minimum=0)
-    sched = pipe._sampler("ddim", steps, 0.0, timestep_spacing)
+    sched = decoder(pipe, timestep_spacing)
+    sched.set_timesteps(steps)
     levels = [-1, *reversed(sched.timesteps.tolist())]  # -1: the clean image (final alpha)
 
     def run(part: slice) -> torch.Tensor:
@@ -53,6 +61,21 @@ def invert(pipe, images: torch.Tensor, steps: int = 50,
         return x
 
     return in_batches(len(images), batch_size, run)
+
+
+def decoder(pipe, timestep_spacing: str | None = "trailing") -> DDIMScheduler:
+    """The sampler that maps an inverted x_T back to its image: DDIM, eta 0, no clipping,
+    over the pipeline's noise process (``timestep_spacing`` None: the training one's)."""
+    spacing = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
+    return DDIMScheduler.over(pipe.scheduler, eta=0.0, clip_sample=False, **spacing)
+
+
+def regenerate(pipe, x_T: torch.Tensor, steps: int = 50,
+               timestep_spacing: str | None = "trailing", y: torch.Tensor | None = None,
+               batch_size: int = 256) -> torch.Tensor:
+    """The images ``invert`` started from, back from its x_T (same ``steps``, spacing, ``y``)."""
+    return pipe(len(x_T), steps=steps, sampler=decoder(pipe, timestep_spacing), noise=x_T,
+                y=y, batch_size=batch_size).images
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
