@@ -121,13 +121,14 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
-    parser.add_argument("--n", type=int, default=250, help="test images per FID")
-    parser.add_argument("--n-inversion", type=int, default=50)
+    parser.add_argument("--n", type=int, default=500, help="test images per FID")
+    parser.add_argument("--n-inversion", type=int, default=100)
     parser.add_argument("--n-img2img", type=int, default=100)
     parser.add_argument("--eta", type=float, default=1.0, help="inpainting's eta (1: DDPM)")
     parser.add_argument("--fixed-points", type=int, nargs="+", default=[3])
     parser.add_argument("--fixed-point-steps", type=int, nargs="+", default=[10, 20])
-    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images per network call (small batches run faster on one thread)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-root", default=os.environ.get("DIFFUSION_DATA"),
                         help="where MNIST is (default $DIFFUSION_DATA, else the run's data.root)")
