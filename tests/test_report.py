@@ -37,7 +37,7 @@ def sweep(tmp_path_factory, tiny_mnist_root):
         GlobalHydra.instance().clear()
     cache = root / "features"
     for job in ("0", "1"):
-        evaluate(compose_config([f"run={root / 'multirun' / job}", "n=8", "steps=[2,4]",
+        evaluate(compose_config([f"run={root / 'multirun' / job}", "n=8", "sampler.steps=[2,4]",
                                  f"metrics.cache_dir={cache}", "metrics.feature_epochs=5",
                                  "metrics.kid_subset_size=8", "batch_size=8", "device=cpu"],
                                 config_name="evaluate"))
