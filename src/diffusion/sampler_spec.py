@@ -20,8 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from diffusion.paths import CONF_DIR
 from diffusion.pipeline import make_sampler
-from diffusion.sampling_args import SAMPLER_PRESETS, SAMPLERS, check_sampling
+from diffusion.sampling_args import SAMPLER_PRESETS, SAMPLERS, check_int, check_sampling
 from diffusion.schedulers import NoiseScheduler
 
 GENERIC_KEYS = ("name", "steps", "timestep_spacing")
@@ -96,7 +99,9 @@ class SamplerSpec:
         option's value is checked by building the sampler over a probe schedule."""
         check_sampling(self.name, self.step_counts(num_train_timesteps), self.eta,
                        num_train_timesteps, prefix=f"{key}.",
-                       timestep_spacing=self.timestep_spacing, **extra)
+                       timestep_spacing=self.timestep_spacing)
+        for name, value in extra.items():
+            check_int(name, value)
         try:
             self.build(SAMPLERS["ddpm"](num_train_timesteps=num_train_timesteps))
         except ValueError as exc:
@@ -118,13 +123,6 @@ class SamplerSpec:
         return {k: v for k, v in sorted(self.options.items())
                 if k != "eta" and defaults.get(k) != v}
 
-    def label(self) -> str:
-        """``dpmpp_2m`` or, with changed options, ``dpmpp_2m[use_karras_sigmas=True]``."""
-        changed = self.changed_options()
-        inner = ",".join(f"{k}={v}" for k, v in changed.items())
-        return f"{self.name}[{inner}]" if changed else self.name
-
-
 
 OLD_TRAINER_KEYS = {"sampler": "name", "sample_steps": "steps",
                     "sample_spacing": "timestep_spacing"}
@@ -145,3 +143,10 @@ def training_sampler(cfg: Mapping[str, Any]) -> SamplerSpec:
         raise ValueError(f"sampler.steps must be one step count for the training grids and "
                          f"periodic FID; got {spec.steps}.")
     return spec
+
+
+def named_sampler(name: str, key: str = "sampler") -> SamplerSpec:
+    """The spec ``conf/sampler/<name>.yaml`` states (what ``sampler=<name>`` gives)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"{key} must be one of {', '.join(sorted(SAMPLERS))}; got {name!r}.")
+    return SamplerSpec.from_config(OmegaConf.load(CONF_DIR / "sampler" / f"{name}.yaml"), key)
