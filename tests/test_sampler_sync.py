@@ -97,12 +97,13 @@ def test_cuda_sampling_loop_never_syncs(name, eta, generator):
 @pytest.mark.parametrize(("name", "eta"), CASES, ids=IDS)
 def test_cuda_pipeline_syncs_per_batch_not_per_step(name, eta):
     """The pipeline's own loop (network under autocast, chunk-seeded CPU generator): the
-    synchronisations it makes do not grow with the number of steps."""
+    synchronisations it makes (x_T to the device, the timesteps table) do not grow with the
+    number of steps."""
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1))
     net = _TimeFree(model)
     pipe = DiffusionPipeline(net, DDPMScheduler(), (1, 8, 8), device="cuda", num_classes=None)
     counts = []
-    for steps in (4, 8):
+    for steps in (2, 4, 8):  # the first, uncounted, makes the one-off synchronisations
         sched = pipe._sampler(make_sampler(pipe.scheduler, name, eta=eta), steps, eta)
         x = torch.randn(3, 1, 8, 8, device="cuda")
         torch.cuda.synchronize()
@@ -114,7 +115,7 @@ def test_cuda_pipeline_syncs_per_batch_not_per_step(name, eta):
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
-    assert counts[0] == counts[1], counts
+    assert counts[1] == counts[2], counts  # before: DDIM 6 and 9, DDPM 8 and 16 (H200)
 
 
 class _TimeFree(torch.nn.Module):
