@@ -30,6 +30,7 @@ from diffusion.schedulers import NoiseScheduler
 GENERIC_KEYS = ("name", "steps", "timestep_spacing")
 """Keys of every ``conf/sampler/*.yaml``; the others are options of the sampler's class."""
 
+
 def sampler_options(name: str) -> set[str]:
     """The options ``sampler.<option>`` may set for sampler ``name``: its class's own
     constructor arguments, not the noise process's (those come from the trained run)."""
@@ -75,7 +76,7 @@ class SamplerSpec:
             raise ValueError(f"{key}.{unknown[0]} is not an option of {key}={name}: use one of "
                              f"{', '.join([*GENERIC_KEYS, *sorted(sampler_options(name))])}.")
         steps = node.get("steps")
-        if isinstance(steps, list | tuple) or type(steps).__name__ == "ListConfig":
+        if isinstance(steps, list | tuple) or OmegaConf.is_list(steps):
             steps = list(steps)
         return cls(name, steps, node.get("timestep_spacing"), options)
 
