@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from diffusion.builders import build_trainer_config
 from diffusion.paths import CONF_DIR
 from diffusion.pipeline import DiffusionPipeline
+from diffusion.records import entry_key
 from diffusion.sample import sample
 from diffusion.sampler_spec import (
     GENERIC_KEYS,
@@ -71,6 +72,16 @@ def test_changed_options_reach_the_scheduler_and_are_named():
         SamplerSpec.from_config({"name": "euler", "steps": 5, "eta": 0.5})
     with pytest.raises(ValueError, match=r"^sampler.solver_order must be 1, 2 or 3; got 4.$"):
         SamplerSpec.from_config({"name": "dpmpp_2m", "steps": 5, "solver_order": 4}).check(1000)
+
+
+def test_an_evaluation_with_changed_options_is_its_own_eval_json_entry():
+    entry = {"sampler": "dpmpp_2m", "steps": 10, "n": 100, "eta": 0.0,
+             "timestep_spacing": "trailing", "batch_size": 50, "seed": 0,
+             "checkpoint": "step_00000004.pt", "step": 4, "feature_id": "f", "reference_n": 10}
+    karras = {**entry, "sampler_options": {"use_karras_sigmas": True}}
+    assert entry_key(karras) == entry_key(entry).replace(
+        "timestep_spacing=trailing", "timestep_spacing=trailing "
+        "sampler_options={'use_karras_sigmas': True}")
 
 
 def test_one_spec_for_sample_evaluate_and_training():
