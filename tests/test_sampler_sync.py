@@ -95,6 +95,20 @@ def test_cuda_sampling_loop_never_syncs(name, eta, generator):
 
 @cuda
 @pytest.mark.parametrize(("name", "eta"), CASES, ids=IDS)
+def test_cuda_samples_match_the_cpu_with_a_cpu_generator(name, eta):
+    """The step noise copied to the GPU without blocking is the noise the CPU run draws."""
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for device in ("cpu", "cuda"):
+        sched = _sampler(name, eta)
+        sched.set_timesteps(10, device=device)
+        start = x.to(device) * sched.init_noise_sigma
+        runs.append(_loop(sched, start, torch.Generator().manual_seed(1)).cpu())
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-4, atol=1e-4)
+
+
+@cuda
+@pytest.mark.parametrize(("name", "eta"), CASES, ids=IDS)
 def test_cuda_pipeline_syncs_per_batch_not_per_step(name, eta):
     """The pipeline's own loop (network under autocast, chunk-seeded CPU generator): the
     synchronisations it makes (x_T to the device, the timesteps table) do not grow with the
