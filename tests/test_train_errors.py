@@ -90,6 +90,14 @@ BAD_VALUES = [
                       "adamw."),
     ("data=cifar10", "error: data=cifar10 is not an option of data: choose one of "),
     ("trainer.foo=1", "error: trainer.foo is not a config key: check the override's spelling"),
+    ("sampler=foo", "error: sampler=foo is not an option of sampler: choose one of ddim, ddpm, "
+                    "dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, euler, euler_a, heun."),
+    ("sampler.steps=2000", "error: sampler.steps must be an integer from 1 to 1000 (the "
+                           "model's num_train_timesteps); got 2000."),
+    ("sampler.solver_order=4", "error: sampler.solver_order is not a config key"),
+    ("trainer.sample_steps=25", "error: trainer.sample_steps is now sampler.steps: the sampler "
+                                "is a config group, e.g. sampler=ddim sampler.steps=50"),
+    ("trainer.sampler=heun", "error: trainer.sampler is now sampler=<name>: "),
 ]
 
 

@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion.data import dataset_info
 from diffusion.device import resolve_device
 from diffusion.errors import ConfigError, DatasetNotFoundError
+from diffusion.sampler_spec import OLD_TRAINER_KEYS, training_sampler
+from diffusion.sampling_args import moved_key_message
 
 
 def _instantiate(group: str, node: DictConfig, **kwargs):
@@ -70,7 +72,28 @@ def check_device(device: str) -> None:
 
 
 def build_trainer_config(cfg: DictConfig):
-    return _instantiate("trainer", cfg.trainer)
+    """``trainer.*`` as a TrainerConfig. The sampling keys of run folders from before the
+    ``sampler`` group are left to ``training_sampler``; anywhere else they are refused with
+    where they went."""
+    node = cfg.trainer
+    old = [key for key in OLD_TRAINER_KEYS if key in node]
+    if old and cfg.get("sampler") is not None:
+        raise ConfigError(moved_key_message(f"trainer.{old[0]}"))
+    if old:
+        node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node).items()
+                                 if k not in OLD_TRAINER_KEYS})
+    return _instantiate("trainer", node)
+
+
+def build_training_sampler(cfg: DictConfig):
+    """The grids' and periodic FID's sampler (``sampler`` group), checked against the run's
+    training scheduler."""
+    try:
+        sampler = training_sampler(cfg)
+        sampler.check(build_scheduler(cfg).num_train_timesteps)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return sampler
 
 
 def build_model(cfg: DictConfig):

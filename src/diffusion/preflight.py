@@ -35,11 +35,13 @@ from diffusion.builders import (
     build_model,
     build_scheduler,
     build_trainer_config,
+    build_training_sampler,
     check_device,
     validate,
 )
 from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
 from diffusion.rundir import check_writable
+from diffusion.sampling_args import MOVED_KEYS, moved_key_message
 from diffusion.training.checkpoint import latest_checkpoint, step_of
 
 FROZEN_ON_RESUME = ("model", "scheduler", "data.name", "data.channels", "data.image_size",
@@ -138,6 +140,8 @@ def compose(config_dir: Path, config_name: str, overrides: list[str],
         raise ConfigError(_missing_option(exc, config_name, overrides)) from None
     except (HydraException, OmegaConfBaseException) as exc:
         unknown = re.search(r"Could not override '([^']+)'", str(exc))
+        if unknown and unknown.group(1) in MOVED_KEYS:
+            raise ConfigError(moved_key_message(unknown.group(1))) from None
         what = (f"{unknown.group(1)} is not a config key" if unknown else _first_line(exc))
         raise ConfigError(f"{what}: check the override's spelling (python -m diffusion.train "
                           "--cfg job prints every key).") from None
@@ -186,6 +190,7 @@ def check_config(cfg: DictConfig) -> None:
 
     validate(cfg)
     trainer = build_trainer_config(cfg)
+    build_training_sampler(cfg)
     check_device(trainer.device)
     with torch.device("meta"):
         build_model(cfg)

@@ -35,6 +35,7 @@ from diffusion.builders import (
     build_model,
     build_scheduler,
     build_trainer_config,
+    build_training_sampler,
 )
 from diffusion.cli import USER_ERRORS, fail, seed_everything
 from diffusion.errors import ConfigError, RunError
@@ -84,7 +85,7 @@ def train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict:
         lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         seed=cfg.seed, num_workers=cfg.data.num_workers,
         conditional=cfg.model.get("num_classes") is not None,
-        on_device=cfg.data.on_device, evaluator=evaluator)
+        on_device=cfg.data.on_device, evaluator=evaluator, sampler=build_training_sampler(cfg))
     if resume is not None:
         trainer.resume(resume.checkpoint)
     if main_rank:  # from here on the run folder changes

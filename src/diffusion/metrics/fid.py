@@ -28,6 +28,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from diffusion import distributed as dist
 from diffusion.data import build_dataset, dataset_info
 from diffusion.metrics.features import cache_root, to_uint8
+from diffusion.sampler_spec import SamplerSpec
 from diffusion.sampling_args import balanced_labels
 
 
@@ -202,9 +203,10 @@ class FidScorer:
                          steps=steps, kid=scores.get("kid"), kid_std=scores.get("kid_std"))
 
     # ---------------------------------------------------------------- sampling
-    def sample_features(self, pipeline, n: int, sampler: str, steps: int,
+    def sample_features(self, pipeline, n: int, sampler, steps: int,
                         batch_size: int = 250, eta: float = 0.0,
-                        timestep_spacing: str | None = "trailing") -> torch.Tensor:
+                        timestep_spacing: str | None = "trailing",
+                        name: str | None = None) -> torch.Tensor:
         """Features of ``n`` samples from ``pipeline`` on every rank, in order.
 
         x_T is read chunk by chunk from one generator seeded with ``seed`` (the same starting
@@ -212,7 +214,9 @@ class FidScorer:
         ``batch_size`` images are shared out among the ranks, each extracts the features of
         its own, and the result does not depend on the number of processes. A conditional
         model (``pipeline.num_classes``) samples every class equally often: 0..K-1 in turn.
+        ``sampler``: a name or a scheduler object (``name`` then says what it is called).
         """
+        name = name or sampler
         stream = torch.Generator().manual_seed(self.seed)
         shape = pipeline.sample_shape
         y = balanced_labels(n, pipeline.num_classes)
@@ -220,16 +224,18 @@ class FidScorer:
             n, noise=lambda start, size: torch.randn((size, *shape), generator=stream),
             seed=self.seed, chunk_size=batch_size, steps=steps, sampler=sampler, eta=eta,
             timestep_spacing=timestep_spacing, y=y, transform=self.extract,
-            progress=self.progress, desc=f"FID {sampler}-{steps}").images
+            progress=self.progress, desc=f"FID {name}-{steps}").images
 
-    def score_pipeline(self, pipeline, n: int, sampler: str = "ddim", steps: int = 50,
+    def score_pipeline(self, pipeline, n: int, sampler="ddim", steps: int = 50,
                        batch_size: int = 250, eta: float = 0.0,
-                       timestep_spacing: str | None = "trailing") -> FidResult:
+                       timestep_spacing: str | None = "trailing",
+                       name: str | None = None) -> FidResult:
         """Sample, extract and score; split across ranks under ``torchrun``, scored once on
-        rank 0, and the result handed to every rank."""
+        rank 0, and the result handed to every rank. ``sampler``: a name, or a scheduler
+        object called ``name``."""
         features = self.sample_features(pipeline, n, sampler, steps, batch_size, eta,
-                                        timestep_spacing)
-        result = (self.score(features=features, sampler=sampler, steps=steps)
+                                        timestep_spacing, name)
+        result = (self.score(features=features, sampler=name or sampler, steps=steps)
                   if dist.is_main() else None)
         return dist.broadcast_object(result)
 
@@ -237,14 +243,15 @@ class FidScorer:
 class FidEvaluator:
     """``evaluator(pipeline) -> {"fid", "kid", "fid_floor"}``: the trainer's periodic FID.
 
-    Samples ``n`` images with ``sampler``/``steps`` from the seeded generator of ``scorer``,
-    so successive evaluations during training see the same starting noise.
+    Samples ``n`` images with ``sampler`` (its one step count; None: every training step)
+    from the seeded generator of ``scorer``, so successive evaluations during training see
+    the same starting noise.
     """
 
-    def __init__(self, scorer: FidScorer, n: int = 1000, sampler: str = "ddim", steps: int = 50,
-                 batch_size: int = 250, timestep_spacing: str | None = "trailing"):
-        self.scorer, self.n, self.sampler, self.steps = scorer, n, sampler, steps
-        self.timestep_spacing = timestep_spacing
+    def __init__(self, scorer: FidScorer, n: int = 1000, sampler: SamplerSpec | None = None,
+                 batch_size: int = 250):
+        self.scorer, self.n = scorer, n
+        self.sampler = SamplerSpec() if sampler is None else sampler
         self.batch_size = batch_size
         self.last: FidResult | None = None
 
@@ -253,9 +260,11 @@ class FidEvaluator:
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []  # only this rank's GPU, not every visible one
         with torch.random.fork_rng(devices=cuda):  # draws nothing from the training streams
-            self.last = self.scorer.score_pipeline(pipeline, self.n, self.sampler, self.steps,
-                                                   self.batch_size,
-                                                   timestep_spacing=self.timestep_spacing)
+            scheduler = pipeline.scheduler
+            steps = self.sampler.step_counts(scheduler.config["num_train_timesteps"])[0]
+            self.last = self.scorer.score_pipeline(
+                pipeline, self.n, self.sampler.build(scheduler), steps, self.batch_size,
+                name=self.sampler.name)
         if dist.is_main():
             print(self.last, flush=True)
         results = {"fid": self.last.fid, "fid_floor": self.last.floor}

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from diffusion.device import PRECISIONS
 from diffusion.errors import ConfigError
-from diffusion.schedulers import NoiseScheduler
-from diffusion.schedulers.base import TIMESTEP_SPACINGS
 
 LOSSES = ("mse", "l1", "huber")
 
@@ -38,10 +36,6 @@ class TrainerConfig:
     log_every: int = 100
     sample_every: int = 5000
     sample_n: int = 64
-    sampler: str = "ddim"           # reverse process used for training-time grids
-    sample_steps: int = 50
-    sample_spacing: str | None = "trailing"  # the grids' timestep_spacing; None: the training
-                                             # scheduler's
     val_every: int = 5000
     val_batches: int = 8
     eval_every: int = 0             # run the evaluator (e.g. a small FID); 0 disables
@@ -62,7 +56,7 @@ class TrainerConfig:
             if value is None or value < 0:
                 raise ConfigError(f"trainer.{key} must be >= 0 (0 turns it off); got {value!r}.")
 
-        for key in ("max_steps", "grad_accum", "ema_every", "sample_n", "sample_steps",
+        for key in ("max_steps", "grad_accum", "ema_every", "sample_n",
                     "val_batches", "divergence_window", "eval_n"):
             positive(key)
         for key in ("log_every", "sample_every", "val_every", "eval_every", "ckpt_every",
@@ -90,11 +84,3 @@ class TrainerConfig:
         if self.divergence_factor != 0 and self.divergence_factor <= 1:
             raise ConfigError("trainer.divergence_factor must be > 1 (0 turns the check off); "
                               f"got {self.divergence_factor!r}.")
-        if self.sample_spacing not in (None, *TIMESTEP_SPACINGS):
-            raise ConfigError(f"trainer.sample_spacing must be one of "
-                              f"{', '.join(TIMESTEP_SPACINGS)} or null; "
-                              f"got {self.sample_spacing!r}.")
-        if self.sampler not in NoiseScheduler.SAMPLERS:
-            raise ConfigError(f"trainer.sampler must be one of "
-                              f"{', '.join(sorted(NoiseScheduler.SAMPLERS))}; "
-                              f"got {self.sampler!r}.")

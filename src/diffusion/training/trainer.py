@@ -29,6 +29,7 @@ from diffusion.data import DeviceDataset
 from diffusion.device import autocast, resolve_device, resolve_precision
 from diffusion.errors import TrainingError
 from diffusion.pipeline import DiffusionPipeline
+from diffusion.sampler_spec import SamplerSpec
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.batches import ResumableBatchSampler, batch_stream
 from diffusion.training.config import TrainerConfig
@@ -54,8 +55,9 @@ class Trainer:
                  config: TrainerConfig, *, batch_size: int, run_dir: str | Path,
                  val_set: Dataset | None = None, lr_scheduler=None, logger: Logger | None = None,
                  seed: int = 0, num_workers: int = 0, conditional: bool = False,
-                 on_device: bool = False, evaluator=None):
+                 on_device: bool = False, evaluator=None, sampler: SamplerSpec | None = None):
         self.cfg = config
+        self.sampler = SamplerSpec() if sampler is None else sampler  # grids' sampler
         self.device = resolve_device(config.device, key="trainer.device")
         self.precision = resolve_precision(config.precision, self.device)
         self.run_dir = Path(run_dir)
@@ -331,8 +333,9 @@ class Trainer:
              if self.conditional else None)
         images = self.pipeline().sample_across_ranks(
             self.cfg.sample_n, noise=self.fixed_noise, seed=self.seed, y=y,
-            chunk_size=-(-self.cfg.sample_n // self.world_size), steps=self.cfg.sample_steps,
-            sampler=self.cfg.sampler, timestep_spacing=self.cfg.sample_spacing).images
+            chunk_size=-(-self.cfg.sample_n // self.world_size),
+            steps=self.sampler.step_counts(self.num_train_timesteps)[0],
+            sampler=self.sampler.build(self.scheduler)).images
         if not self.is_main:
             return None
         return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png")
