@@ -26,6 +26,8 @@ class TrainerConfig:
     divergence_window: int = 20       # median over the last window logs; 0 turns it off
     loss: str = "mse"               # mse | l1 | huber, on the scheduler's training target
     huber_delta: float = 0.1
+    deterministic: bool = False     # deterministic kernels (cuBLAS, attention backward): on
+                                    # CUDA, what makes a resumed run bit-identical; slower
     label_dropout: float = 0.1      # class-conditional runs: share of labels replaced by the
                                     # null label, so one network learns p(x|y) and p(x)
     ema_decay: float = 0.9999

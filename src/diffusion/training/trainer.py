@@ -26,7 +26,12 @@ from tqdm.auto import tqdm
 
 from diffusion import distributed as dist
 from diffusion.data import DeviceDataset
-from diffusion.device import autocast, resolve_device, resolve_precision
+from diffusion.device import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    use_deterministic_algorithms,
+)
 from diffusion.errors import TrainingError
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.sampler_spec import SamplerSpec
@@ -60,6 +65,8 @@ class Trainer:
         self.sampler = SamplerSpec() if sampler is None else sampler  # grids' sampler
         self.device = resolve_device(config.device, key="trainer.device")
         self.precision = resolve_precision(config.precision, self.device)
+        if config.deterministic:
+            use_deterministic_algorithms(True)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.sample_dir = self.run_dir / "samples"
