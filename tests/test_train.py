@@ -109,7 +109,7 @@ def test_loss_divergence_stops_with_one_sentence(tmp_path, tiny_mnist_root):
 
 @pytest.mark.parametrize(("override", "message"), [
     ("trainer.max_steps=-5", "trainer.max_steps must be a positive integer; got -5."),
-    ("trainer.loss=l3", "trainer.loss must be one of mse, l1, huber"),
+    ("objective.loss=l3", "objective.loss must be one of mse, l1, huber"),
     ("model.in_channels=3", "model.in_channels is 3 but data mnist has 1 channel"),
     ("data.batch_size=0", "data.batch_size must be a positive integer"),
     ("model.base_channels=-1", "model.base_channels"),

@@ -33,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from diffusion.builders import (
     build_model,
+    build_objective,
     build_scheduler,
     build_trainer_config,
     build_training_sampler,
@@ -194,7 +195,7 @@ def check_config(cfg: DictConfig) -> None:
     check_device(trainer.device)
     with torch.device("meta"):
         build_model(cfg)
-    build_scheduler(cfg)
+    build_objective(cfg, build_scheduler(cfg))
     _check_optimizer(cfg.optimizer)
     dummy = torch.nn.Parameter(torch.zeros(1))
     optimizer = _build("optimizer", cfg.optimizer, lambda factory: factory([dummy]))

@@ -32,14 +32,20 @@ SAMPLER_PRESETS = NoiseScheduler.SAMPLER_PRESETS  # name -> the options the name
 MOVED_KEYS = {"steps": "sampler.steps", "eta": "sampler.eta",
               "timestep_spacing": "sampler.timestep_spacing",
               "trainer.sampler": "sampler=<name>", "trainer.sample_steps": "sampler.steps",
-              "trainer.sample_spacing": "sampler.timestep_spacing"}
-"""Keys of earlier versions and where the ``sampler`` config group keeps them now."""
+              "trainer.sample_spacing": "sampler.timestep_spacing",
+              "trainer.loss": "objective.loss", "trainer.huber_delta": "objective.huber_delta"}
+"""Keys of earlier versions and where the ``sampler`` and ``objective`` config groups keep
+them now."""
 RUN_REQUIRED = ("run= is required: pass the run folder diffusion.train printed, "
                 "e.g. run=runs/<name>/<date>_<time>.")
 
 
 def moved_key_message(key: str) -> str:
     """The one sentence for a key of ``MOVED_KEYS`` typed in its old place."""
+    if MOVED_KEYS[key].startswith("objective."):
+        return (f"{key} is now {MOVED_KEYS[key]}: the training objective is a config group, "
+                f"e.g. objective=v_minsnr objective.loss=l1 (conf/objective/ holds one file "
+                f"per objective).")
     return (f"{key} is now {MOVED_KEYS[key]}: the sampler is a config group, e.g. "
             f"sampler=ddim sampler.steps=50 (conf/sampler/ holds one file per sampler).")
 

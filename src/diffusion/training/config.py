@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from diffusion.device import PRECISIONS
 from diffusion.errors import ConfigError
 
-LOSSES = ("mse", "l1", "huber")
-
 
 @dataclass
 class TrainerConfig:
@@ -24,8 +22,6 @@ class TrainerConfig:
     grad_clip: float = 1.0          # max global grad norm; 0 disables clipping
     divergence_factor: float = 100.0  # stop when the logged loss exceeds this x its running
     divergence_window: int = 20       # median over the last window logs; 0 turns it off
-    loss: str = "mse"               # mse | l1 | huber, on the scheduler's training target
-    huber_delta: float = 0.1
     deterministic: bool = False     # deterministic kernels (cuBLAS, attention backward): on
                                     # CUDA, what makes a resumed run bit-identical; slower
     label_dropout: float = 0.1      # class-conditional runs: share of labels replaced by the
@@ -65,9 +61,6 @@ class TrainerConfig:
                     "keep_last",
                     "grad_clip"):
             non_negative(key)
-        if self.loss not in LOSSES:
-            raise ConfigError(f"trainer.loss must be one of {', '.join(LOSSES)}; "
-                              f"got {self.loss!r}.")
         if not isinstance(self.max_minutes, (int, float)) or self.max_minutes < 0:
             raise ConfigError(f"trainer.max_minutes must be >= 0 (0 turns it off); "
                               f"got {self.max_minutes!r}.")
