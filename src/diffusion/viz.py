@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from diffusion.data import build_dataset, to_model_range
+from diffusion.data import build_dataset, dataset_options, to_model_range
 from diffusion.schedulers import DDPMScheduler
 
 
@@ -127,7 +127,8 @@ def forward_process_figure(images: torch.Tensor, schedulers: dict, path: str | P
 def forward_images(data, n: int, split: str = "test", seed: int = 0) -> torch.Tensor:
     """``n`` images of ``split`` (a seeded pick) in [-1, 1]."""
     images = build_dataset(data.name, root=data.root, split=split, image_size=data.image_size,
-                           center_crop=data.center_crop, download=data.download).preprocessed()[0]
+                           center_crop=data.center_crop, download=data.download,
+                           **dataset_options(data)).preprocessed()[0]
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
     return to_model_range(images[pick])
 
