@@ -187,3 +187,14 @@ def test_a_run_trains_samples_and_evaluates_on_a_folder_of_shapes(tmp_path, shap
     assert f"comparable only between scores with feature_id {entry['feature_id']}" in \
         entry["features"]
     assert json.loads((run_dir / "eval.json").read_text())["entries"]
+
+
+def test_class_conditioning_on_an_unlabelled_folder_is_refused(tmp_path, capsys):
+    flat = write_shape_folder(tmp_path / "flat", n=12, labelled=False)
+    code, message = run_main(["data=image_folder", f"data.root={flat}", "conditioning=class",
+                              "logger=none", f"paths.runs_dir={tmp_path / 'runs'}"], capsys)
+    assert code == 1 and message == (
+        "error: conditioning=class needs labelled data but data image_folder has no classes (an "
+        "image folder is labelled by one subfolder per class): label the images or drop "
+        "conditioning=class.")
+    assert not (tmp_path / "runs").exists()
