@@ -26,7 +26,7 @@ def is_image_name(name: str) -> bool:
 
 def _images_under(folder: Path):
     """Image paths under ``folder``, walked in sorted order, hidden entries skipped."""
-    for parent, dirs, files in os.walk(folder, followlinks=True):
+    for parent, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if is_image_name(name):

@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from diffusion import distributed as dist
-from diffusion.device import resolve_device
 from diffusion.data import dataset_options
+from diffusion.device import resolve_device
 from diffusion.errors import ConfigError
 from diffusion.metrics.features import load_feature_network
 from diffusion.metrics.fid import DataRef, FidEvaluator, FidScorer
