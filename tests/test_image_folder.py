@@ -18,6 +18,7 @@ from diffusion.data.synthetic import SHAPES, write_shape_folder
 from diffusion.errors import ConfigError
 from diffusion.evaluate import evaluate
 from diffusion.metrics import DataRef, FidScorer, load_feature_network
+from diffusion.metrics.features import capped_epochs
 from diffusion.records import read_eval
 from diffusion.sample import sample
 from diffusion.train import train
@@ -198,3 +199,9 @@ def test_class_conditioning_on_an_unlabelled_folder_is_refused(tmp_path, capsys)
         "image folder is labelled by one subfolder per class): label the images or drop "
         "conditioning=class.")
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_autoencoder_trains_fewer_epochs_on_large_folders():
+    assert capped_epochs(40, 2000, n=300, batch_size=64) == 40  # 4 steps an epoch
+    assert capped_epochs(40, 2000, n=10_000, batch_size=64) == 12  # 156 steps an epoch
+    assert capped_epochs(40, 2000, n=1_000_000, batch_size=64) == 1

@@ -82,8 +82,9 @@ def _decode_all(listing: FolderListing, channels: int, preprocess: Preprocess
                 kept.append(i)
     labels = (torch.tensor([listing.labels[i] for i in kept], dtype=torch.int64)
               if listing.labels is not None else torch.zeros(len(kept), dtype=torch.int64))
-    return DecodedFolder(images[:len(kept)].clone(), labels,
-                         [listing.files[i] for i in kept], skipped)
+    if skipped:  # a compact tensor of the readable ones
+        images = images[:len(kept)].clone()
+    return DecodedFolder(images, labels, [listing.files[i] for i in kept], skipped)
 
 
 def decode_folder(listing: FolderListing, channels: int, preprocess: Preprocess,

@@ -86,8 +86,10 @@ RECIPES: dict[str, dict] = {
     "fashion_mnist": dict(arch="lenet", epochs=4, shift=1),
     "flowers102": dict(arch="resnet", epochs=30, batch_size=64, lr=3e-3, flip=True, shift=4),
     "image_folder": dict(arch="autoencoder", epochs=40, batch_size=64, lr=2e-3, flip=True,
-                         shift=0),
+                         shift=0, max_steps=2000),
 }
+"""``max_steps``: fewer epochs for large training sets (a folder of the user's own images may
+hold 100 or 100,000), unless ``epochs`` is given (``metrics.feature_epochs``)."""
 
 
 class FeatureExtractor(nn.Module):
@@ -223,6 +225,12 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def capped_epochs(epochs: int, max_steps: int, n: int, batch_size: int) -> int:
+    """``epochs``, or fewer (at least one) where ``epochs`` of ``n`` images in batches of
+    ``batch_size`` would take more than ``max_steps`` steps."""
+    return max(1, min(epochs, max_steps // max(1, n // batch_size)))
+
+
 def load_feature_network(dataset: str, root: str | os.PathLike | None = None,
                          image_size: int | None = None, center_crop: bool = False,
                          cache_dir: str | os.PathLike | None = None, progress: bool = True,
@@ -245,6 +253,10 @@ def load_feature_network(dataset: str, root: str | os.PathLike | None = None,
                               image_size=image_size, center_crop=center_crop, **options)
     train = train_set.preprocessed()
     recipe = {**RECIPES[dataset], **{k: v for k, v in overrides.items() if v is not None}}
+    max_steps = recipe.pop("max_steps", None)
+    if max_steps and overrides.get("epochs") is None:
+        recipe["epochs"] = capped_epochs(recipe["epochs"], max_steps, len(train[0]),
+                                         recipe.get("batch_size", FeatureSpec.batch_size))
     spec = FeatureSpec(dataset=dataset, image_size=int(train[0].shape[-1]),
                        channels=int(train[0].shape[1]), num_classes=train_set.num_classes,
                        center_crop=center_crop, data_fingerprint=fingerprint(*train), **recipe)
