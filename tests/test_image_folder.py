@@ -122,7 +122,8 @@ def test_num_classes_comes_from_the_folder_for_conditioning(shapes, tmp_path):
     assert cfg.data.num_classes is None and cfg.model.num_classes is None
 
 
-@pytest.mark.parametrize("case", ["no root", "missing", "empty", "wrong count"])
+@pytest.mark.parametrize("case", ["no root", "missing", "empty", "wrong count", "fraction",
+                                  "seed", "channels"])
 def test_bad_folders_end_in_one_sentence(case, tmp_path, capsys, shapes):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "readme.txt").write_text("no images here")
@@ -135,6 +136,12 @@ def test_bad_folders_end_in_one_sentence(case, tmp_path, capsys, shapes):
                                           f"{tmp_path / 'empty'}: point data.root at a folder"),
         "wrong count": (shapes, ["data.num_classes=5"], "error: data.num_classes is 5 but "
                                                         "diffusion.data.ImageFolderDataset has 3"),
+        "fraction": (shapes, ["data.val_fraction=1.5"], "error: data.val_fraction must be a "
+                                                        "number in [0, 1); got 1.5."),
+        "seed": (shapes, ["data.split_seed=abc"], "error: data.split_seed must be an integer; "
+                                                  "got 'abc'."),
+        "channels": (shapes, ["data.channels=4"], "error: data.channels must be 1 (greyscale) or "
+                                                  "3 (RGB) for an image folder; got 4."),
     }[case]
     argv = ["data=image_folder", "model=basic", "model.base_channels=8", "trainer=debug",
             "logger=none", "data.num_workers=0", "data.batch_size=8", f"data.image_size={SIZE}",

@@ -90,6 +90,8 @@ class ImageFolderDataset(ImageDataset):
                 or not 0 <= val_fraction < 1):
             raise ConfigError(f"data.val_fraction must be a number in [0, 1); got "
                               f"{val_fraction!r}.")
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+            raise ConfigError(f"data.split_seed must be an integer; got {split_seed!r}.")
         self.channels = color_channels
         self.val_fraction, self.val_root, self.split_seed = val_fraction, val_root, split_seed
         super().__init__(split, root, image_size, center_crop, random_flip, download, cache_dir)
