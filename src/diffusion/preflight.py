@@ -134,6 +134,7 @@ def compose(config_dir: Path, config_name: str, overrides: list[str],
                             return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
+        _check_conditioning(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
         OmegaConf.resolve(cfg)
@@ -149,6 +150,17 @@ def compose(config_dir: Path, config_name: str, overrides: list[str],
     finally:
         GlobalHydra.instance().clear()
     return Job(overrides, cfg, run_dir, sweep_dir)
+
+
+def _check_conditioning(cfg: DictConfig) -> None:
+    """``conditioning=class`` on data without classes (an image folder without class
+    subfolders) would train an unconditional model: refuse it instead."""
+    choice = cfg.hydra.runtime.choices.get("conditioning")
+    if choice == "class" and cfg.data.get("num_classes") is None:
+        raise ConfigError(
+            f"conditioning=class needs labelled data but data {cfg.data.name} has no classes "
+            "(an image folder is labelled by one subfolder per class): label the images or "
+            "drop conditioning=class.")
 
 
 def _initialize(config_dir: Path, extra_dir: Path | None) -> None:

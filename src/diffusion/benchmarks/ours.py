@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from diffusion.builders import build_model, build_scheduler, build_trainer_config
 from diffusion.cli import seed_everything
-from diffusion.data import build_dataset, dataset_info
+from diffusion.data import build_dataset, dataset_info, dataset_options
 from diffusion.data.synthetic import MNIST_KINDS, write_tiny_mnist
 from diffusion.device import autocast
 from diffusion.errors import ConfigError, DatasetNotFoundError
@@ -94,7 +94,7 @@ def bench_dataset(cfg: DictConfig, workdir: Path) -> tuple[Dataset, str]:
     if mode not in ("auto", "real", "synthetic"):
         raise ConfigError(f"bench.data must be auto, real or synthetic; got {mode!r}.")
     common = dict(name=data.name, image_size=data.image_size, center_crop=data.center_crop,
-                  random_flip=data.random_flip)
+                  random_flip=data.random_flip, **dataset_options(data))
     if mode != "synthetic":
         try:
             train = build_dataset(root=data.root, split=data.train_split,
@@ -105,7 +105,8 @@ def bench_dataset(cfg: DictConfig, workdir: Path) -> tuple[Dataset, str]:
             if mode == "real":
                 raise
             log.warning("%s; timing the data path on synthetic MNIST-format files instead.", exc)
-    kind = getattr(getattr(dataset_info(data.name).files, "cls", None), "__name__", None)
+    kind = getattr(getattr(getattr(dataset_info(data.name), "files", None), "cls", None),
+                   "__name__", None)
     if kind not in MNIST_KINDS:
         raise ConfigError(f"bench.data=synthetic writes MNIST-format files only; {data.name} "
                           "needs its real files (set paths.data_dir or DIFFUSION_DATA).")

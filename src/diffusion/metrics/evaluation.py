@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from diffusion import distributed as dist
+from diffusion.data import dataset_options
 from diffusion.device import resolve_device
 from diffusion.errors import ConfigError
 from diffusion.metrics.features import load_feature_network
@@ -33,7 +34,7 @@ def feature_network(metrics: DictConfig, data: DataRef, device: str | torch.devi
                           f"got {metrics.features!r}.")
     return load_feature_network(data.dataset, root=data.root, image_size=data.image_size,
                                 center_crop=data.center_crop, cache_dir=metrics.get("cache_dir"),
-                                progress=progress, device=device,
+                                progress=progress, device=device, options=data.options,
                                 epochs=metrics.get("feature_epochs"))
 
 
@@ -41,12 +42,13 @@ def build_scorer(metrics: DictConfig, data: DictConfig, device: str | torch.devi
                  progress: bool = False, root: str | None = None) -> FidScorer:
     """A ``FidScorer`` for the data a run trains on, as ``metrics`` (conf/metrics) says."""
     ref = DataRef(dataset=data.name, root=root or data.get("root"),
-                  image_size=data.get("image_size"), center_crop=bool(data.get("center_crop")))
+                  image_size=data.get("image_size"), center_crop=bool(data.get("center_crop")),
+                  options=dataset_options(data))
     with dist.main_first():  # rank 0 trains or extracts and caches; the others read the cache
         features = feature_network(metrics, ref, device, progress=dist.is_main())
-        if getattr(features, "accuracy", None) is not None and dist.is_main():
-            print(f"Feature network {features.feature_id}: test accuracy "
-                  f"{100 * features.accuracy:.2f}%", flush=True)
+        if getattr(features, "description", None) is not None and dist.is_main():
+            print(f"Feature network {features.feature_id}: {features.description}",
+                  flush=True)
         return FidScorer(features, ref, reference_n=metrics.get("reference_n"), kid=metrics.kid,
                          kid_subset_size=metrics.kid_subset_size, batch_size=metrics.batch_size,
                          seed=metrics.seed, cache_dir=metrics.get("cache_dir"),

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -56,6 +56,7 @@ class FidResult:
     steps: int | None = None
     kid: float | None = None
     kid_std: float | None = None
+    features: str | None = None  # what the features are and what the score compares with
 
     @property
     def label(self) -> str:
@@ -77,12 +78,17 @@ class DataRef:
     root: str | None = None
     image_size: int | None = None
     center_crop: bool = False
+    options: dict = field(default_factory=dict)  # the dataset's own arguments (dataset_options)
 
     def images(self, split: str) -> torch.Tensor:
         """uint8 (N, C, H, W) images of ``split``, preprocessed as for training."""
         return build_dataset(self.dataset, root=self.root, split=split,
                              image_size=self.image_size, center_crop=self.center_crop,
-                             download=False).preprocessed()[0]
+                             download=False, **self.options).preprocessed()[0]
+
+    def content_key(self) -> str:
+        """What identifies the files read, beyond the arguments (a folder's file list)."""
+        return dataset_info(self.dataset).content_key(root=self.root, **self.options)
 
     @property
     def train_split(self) -> str:
@@ -146,7 +152,9 @@ class FidScorer:
 
     def _cache_file(self, split: str, n: int | None) -> Path:
         key = json.dumps([self.feature_id, asdict(self.data), str(Path(
-            self.data.root or "").absolute()), split, n, self.seed])
+            self.data.root or "").absolute()), split, n, self.seed], default=str)
+        content = self.data.content_key()
+        key += content and f"/{content}"  # unchanged for datasets of fixed files
         digest = hashlib.sha1(key.encode()).hexdigest()[:8]
         return self.cache / f"{self.data.dataset}-{split}-n{n or 'all'}@{digest}.pt"
 
@@ -200,7 +208,8 @@ class FidScorer:
         return FidResult(fid=scores["fid"], floor=floor, n=len(features),
                          feature_id=self.feature_id, reference=self.reference,
                          reference_n=self.reference_n, floor_n=floor_n, sampler=sampler,
-                         steps=steps, kid=scores.get("kid"), kid_std=scores.get("kid_std"))
+                         steps=steps, kid=scores.get("kid"), kid_std=scores.get("kid_std"),
+                         features=getattr(self.features, "description", None))
 
     # ---------------------------------------------------------------- sampling
     def sample_features(self, pipeline, n: int, sampler, steps: int,
