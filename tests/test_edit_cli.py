@@ -27,7 +27,8 @@ def run(tmp_path_factory, tiny_mnist_root):
 
 
 def _cfg(run, *overrides):
-    return compose_config([f"run={run}", "steps=4", "n=4", *overrides], config_name="edit")
+    return compose_config([f"run={run}", "sampler.steps=4", "n=4", *overrides],
+                          config_name="edit")
 
 
 def _grid_shape(path):
@@ -36,7 +37,7 @@ def _grid_shape(path):
 
 
 @pytest.mark.parametrize("task,extra,rows,cols", [
-    ("img2img", ["samples=3", "sampler=heun"], 4, 4),
+    ("img2img", ["samples=3", "sampler=heun", "sampler.steps=3"], 4, 4),
     ("inpaint", ["samples=2", "jump_length=2", "jump_n_sample=2", "mask=strokes"], 4, 4),
     ("invert", [], 4, 3),
     ("interpolate", ["frames=5"], 2, 7),
@@ -65,8 +66,8 @@ def _cli(*args, cwd=None):
 
 def test_the_recorded_command_repeats_the_edit(run):
     """Run from the run's parent folder, so the record names the run by a relative path."""
-    result = _cli("run=plain", "task=img2img", "n=2", "steps=3", "samples=2", "strength=0.5",
-                  "save_tensors=true", cwd=run.parent)
+    result = _cli("run=plain", "task=img2img", "n=2", "sampler.steps=3", "samples=2",
+                  "strength=0.5", "save_tensors=true", cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     first = run / "edits" / "img2img-test0-2-s0.5-ddim-3_seed0"
     record = json.loads(Path(f"{first}.json").read_text())
@@ -92,16 +93,19 @@ def test_a_bad_option_ends_in_one_sentence_and_writes_nothing(run, tmp_path):
     (["task=paint"], r"^task must be one of img2img, inpaint, invert, interpolate; got "
                      r"'paint'\.$"),
     (["task=img2img", "strength=1.5"], r"^strength must be a number in \[0, 1\]"),
-    (["task=img2img", "sampler=euler_b"], r"^sampler must be one of ddim, ddpm, dpmpp_2m"),
-    (["task=inpaint", "sampler=euler"], r"^sampler applies to task=img2img only \(inpaint runs "
-                                        r"RePaint\): leave sampler=ddim; got sampler=euler\.$"),
-    (["task=invert", "eta=0.5"], r"^invert runs deterministic DDIM: leave eta=0; got eta=0.5\.$"),
+    (["task=img2img", "sampler=ddpm", "sampler.steps=2000"], r"^sampler.steps must be an "
+                                                             r"integer from 1 to 1000"),
+    (["task=inpaint", "sampler=euler"], r"^inpaint runs RePaint, whose steps are DDIM "
+                                        r"\(sampler=ddim, with sampler.eta\) or DDPM "
+                                        r"\(sampler=ddpm\); got sampler=euler\.$"),
+    (["task=invert", "sampler.eta=0.5"], r"^invert runs deterministic DDIM: use sampler=ddim "
+                                         r"with sampler.eta=0; got sampler=ddim with eta=0.5\.$"),
     (["task=inpaint", "jump_n_sample=0"], r"^jump_n_sample must be an integer >= 1; got 0\.$"),
     (["task=interpolate", "n=1"], r"^interpolate needs at least two input images"),
     (["input=nowhere"], r"^input must be an image file, a folder of images or a split of "
                         r"mnist \(train, test\); got 'nowhere'\.$"),
     (["start=100"], r"^start=100 is past the 32 images of mnist/test"),
-    (["steps=0"], r"^steps must be an integer from 1 to 1000"),
+    (["sampler.steps=0"], r"^sampler.steps must be an integer from 1 to 1000"),
 ])
 def test_bad_values_are_found_before_the_model_is_loaded(run, args, message):
     with pytest.raises(ValueError, match=message):
@@ -116,7 +120,7 @@ def test_png_inputs_and_masks_of_the_wrong_size(run, tmp_path):
     with pytest.raises(ValueError, match=r"is 32x32 but the model makes 28x28 images"):
         check_edit_config(cfg)
     Image.new("L", (28, 28), 0).save(tmp_path / "mask.png")
-    _, images, mask, _ = check_edit_config(cfg)
+    _, images, mask, _, _ = check_edit_config(cfg)
     assert images.shape == (1, 1, 28, 28) and torch.all(images == 1) and mask.sum() == 0
 
 

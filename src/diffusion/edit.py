@@ -27,11 +27,11 @@ from diffusion.editing.sources import read_input
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.records import portable_arg, shell_word
 from diffusion.rundir import load_config
+from diffusion.sampler_spec import SamplerSpec
 from diffusion.sampling_args import (
     check_bool,
     check_cli_config,
     check_int,
-    check_sampling,
     check_writable,
     is_int,
     labels_option,
@@ -41,30 +41,39 @@ from diffusion.training.checkpoint import latest_checkpoint
 
 TASKS = ("img2img", "inpaint", "invert", "interpolate")  # the order of TASK_RUNS
 # the settings each task's images depend on, beyond run, checkpoint, input, n, start, seed
-TASK_KEYS = {
-    "img2img": ("samples", "strength", "sampler", "steps", "eta", "timestep_spacing"),
-    "inpaint": ("samples", "mask", "jump_length", "jump_n_sample", "steps", "eta",
-                "timestep_spacing"),
-    "invert": ("steps", "fixed_point", "timestep_spacing"),
-    "interpolate": ("frames", "steps", "fixed_point", "timestep_spacing"),
+TASK_KEYS = {  # the settings each task's images depend on, beyond the sampler's
+    "img2img": ("samples", "strength"),
+    "inpaint": ("samples", "mask", "jump_length", "jump_n_sample"),
+    "invert": ("fixed_point",),
+    "interpolate": ("frames", "fixed_point"),
 }
+
+
+def check_task_sampler(task: str, spec: SamplerSpec) -> None:
+    """The samplers a task runs with: img2img any; RePaint's steps are DDIM (with its eta) or
+    DDPM; inversion and its interpolation are deterministic DDIM."""
+    if task == "inpaint" and spec.name not in ("ddim", "ddpm"):
+        raise ValueError(f"inpaint runs RePaint, whose steps are DDIM (sampler=ddim, with "
+                         f"sampler.eta) or DDPM (sampler=ddpm); got sampler={spec.name}.")
+    if task in ("invert", "interpolate") and (spec.name != "ddim" or spec.eta != 0):
+        raise ValueError(f"{task} runs deterministic DDIM: use sampler=ddim with "
+                         f"sampler.eta=0; got sampler={spec.name} with eta={spec.eta}.")
 
 
 def check_edit_config(cfg: DictConfig):
     """Every option, the inputs and the mask, before the model is loaded: (grid path, images,
-    mask or None, labels or None)."""
+    mask or None, labels or None, the sampler's spec)."""
     check_cli_config(cfg, "edit")
     if cfg.task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {cfg.task!r}.")
     run_cfg = load_config(cfg.run)
     T = instantiate(run_cfg.scheduler).num_train_timesteps
-    if cfg.task != "img2img" and cfg.sampler != "ddim":
-        raise ValueError(f"sampler applies to task=img2img only ({cfg.task} runs "
-                         f"{'RePaint' if cfg.task == 'inpaint' else 'DDIM'}): leave "
-                         f"sampler=ddim; got sampler={cfg.sampler}.")
-    if cfg.task in ("invert", "interpolate") and cfg.eta != 0:
-        raise ValueError(f"{cfg.task} runs deterministic DDIM: leave eta=0; got eta={cfg.eta}.")
-    check_sampling(cfg.sampler, cfg.steps, cfg.eta, T, timestep_spacing=cfg.timestep_spacing)
+    spec = SamplerSpec.from_config(cfg.sampler)
+    if isinstance(spec.steps, list):
+        raise ValueError(f"sampler.steps must be one step count for diffusion.edit; got "
+                         f"{spec.steps}.")
+    spec.check(T)
+    check_task_sampler(cfg.task, spec)
     for key in ("n", "samples", "jump_length", "jump_n_sample", "batch_size"):
         check_int(key, cfg[key])
     check_int("start", cfg.start, minimum=0)
@@ -89,7 +98,7 @@ def check_edit_config(cfg: DictConfig):
         raise ValueError(f"out must be an image file name such as grid.png; got {cfg.out!r}.")
     for path in (grid, grid.with_suffix(".json"), grid.with_suffix(".pt")):
         check_writable(path, "pass out=<file.png> in a folder you can write")
-    return grid, images, mask, labels
+    return grid, images, mask, labels, spec
 
 
 def _stem(cfg: DictConfig) -> str:
@@ -101,14 +110,16 @@ def _stem(cfg: DictConfig) -> str:
         parts.append(f"j{cfg.jump_length}x{cfg.jump_n_sample}" if cfg.jump_n_sample > 1
                      else "plain")
     if cfg.task == "img2img":
-        parts += [f"s{cfg.strength:g}", cfg.sampler]
-    parts.append(str(cfg.steps))
-    if cfg.eta and cfg.task in ("img2img", "inpaint"):
-        parts.append(f"eta{cfg.eta:g}")
+        parts.append(f"s{cfg.strength:g}")
+    spec = SamplerSpec.from_config(cfg.sampler)
+    parts += [spec.name, str(spec.steps)]
+    if spec.eta:
+        parts.append(f"eta{spec.eta:g}")
+    parts += [f"{k}{v}" for k, v in spec.changed_options().items()]
+    if spec.timestep_spacing != "trailing":
+        parts.append(str(spec.timestep_spacing or "trained"))
     if cfg.fixed_point and cfg.task in ("invert", "interpolate"):
         parts.append(f"fp{cfg.fixed_point}")
-    if cfg.timestep_spacing != "trailing":
-        parts.append(str(cfg.timestep_spacing or "trained"))
     stem = "-".join(parts) + f"_seed{cfg.seed}"
     if cfg.checkpoint:
         stem += f"_{Path(cfg.checkpoint).stem}"
@@ -121,6 +132,8 @@ def command(cfg: DictConfig, checkpoint: Path | None) -> str:
     keys = ("run", "task", "input", "n", "start", *TASK_KEYS[cfg.task], "seed", "batch_size",
             "labels", "data_root")
     args = [f"{k}={cfg[k]}" for k in keys if cfg[k] is not None]
+    args += [f"sampler={cfg.sampler.name}"] + [f"sampler.{k}={'null' if v is None else v}"
+                                               for k, v in cfg.sampler.items() if k != "name"]
     if checkpoint is not None:
         args.insert(1, f"checkpoint={checkpoint}")
     return " ".join(["python", "-m", "diffusion.edit",
@@ -138,15 +151,17 @@ def _repeat(x: torch.Tensor | None, k: int) -> torch.Tensor | None:
 
 
 def _common(cfg: DictConfig) -> dict:
-    return dict(steps=cfg.steps, timestep_spacing=cfg.timestep_spacing,
+    sampler = cfg.sampler
+    return dict(steps=sampler.steps, timestep_spacing=sampler.timestep_spacing,
                 batch_size=cfg.batch_size)
 
 
 def _img2img(cfg, pipe, images, mask, labels):
     """(grid rows (rows, per_row, C, H, W), tensors to save, measurements) of each task."""
     k = cfg.samples
-    out = pipe.img2img(_repeat(images, k), strength=cfg.strength, sampler=cfg.sampler,
-                       eta=cfg.eta, generator=torch.Generator().manual_seed(cfg.seed),
+    out = pipe.img2img(_repeat(images, k), strength=cfg.strength,
+                       sampler=SamplerSpec.from_config(cfg.sampler).build(pipe.scheduler),
+                       generator=torch.Generator().manual_seed(cfg.seed),
                        y=_repeat(labels, k), **_common(cfg))
     rows = torch.cat([images[:, None], out.reshape(len(images), k, *images.shape[1:])], dim=1)
     return rows, {"inputs": images, "results": out}, {}
@@ -154,8 +169,10 @@ def _img2img(cfg, pipe, images, mask, labels):
 
 def _inpaint(cfg, pipe, images, mask, labels):
     k = cfg.samples
+    spec = SamplerSpec.from_config(cfg.sampler)
     out = pipe.inpaint(_repeat(images, k), _repeat(mask, k), jump_length=cfg.jump_length,
-                       jump_n_sample=cfg.jump_n_sample, eta=cfg.eta,
+                       jump_n_sample=cfg.jump_n_sample,
+                       eta=spec.eta if spec.name == "ddim" else 1.0,
                        generator=torch.Generator().manual_seed(cfg.seed), y=_repeat(labels, k),
                        **_common(cfg))
     known_error = ((out - _repeat(images, k)) * (1 - _repeat(mask, k))).abs().max().item()
@@ -192,7 +209,7 @@ TASK_RUNS = {"img2img": _img2img, "inpaint": _inpaint, "invert": _invert,
 
 def edit(cfg: DictConfig) -> dict[str, Path]:
     """Edit as ``cfg`` says; returns the paths written."""
-    grid, images, mask, labels = check_edit_config(cfg)
+    grid, images, mask, labels, _ = check_edit_config(cfg)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else latest_checkpoint(
         Path(cfg.run) / "checkpoints")
     pipe = DiffusionPipeline.from_run(cfg.run, checkpoint=checkpoint, device=cfg.device,

@@ -7,10 +7,6 @@ from dataclasses import dataclass
 
 from diffusion.device import PRECISIONS
 from diffusion.errors import ConfigError
-from diffusion.schedulers import NoiseScheduler
-from diffusion.schedulers.base import TIMESTEP_SPACINGS
-
-LOSSES = ("mse", "l1", "huber")
 
 
 @dataclass
@@ -18,14 +14,18 @@ class TrainerConfig:
     """``trainer.*`` in the Hydra config. Every ``*_every`` counts optimizer steps; 0 disables."""
 
     max_steps: int = 100_000
+    max_minutes: float = 0.0        # also stop (with a checkpoint) after this many minutes of
+                                    # this launch's training, checked at log steps; 0: off
     device: str = "auto"            # auto | cpu | cuda[:N]
     precision: str = "auto"         # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     grad_accum: int = 1             # micro-batches per optimizer step
     grad_clip: float = 1.0          # max global grad norm; 0 disables clipping
     divergence_factor: float = 100.0  # stop when the logged loss exceeds this x its running
     divergence_window: int = 20       # median over the last window logs; 0 turns it off
-    loss: str = "mse"               # mse | l1 | huber, on the scheduler's training target
-    huber_delta: float = 0.1
+    deterministic: bool = False     # deterministic kernels (cuBLAS, attention backward): on
+                                    # CUDA, what makes a resumed run bit-identical; slower
+    label_dropout: float = 0.1      # class-conditional runs: share of labels replaced by the
+                                    # null label, so one network learns p(x|y) and p(x)
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     ema_every: int = 1
@@ -34,10 +34,6 @@ class TrainerConfig:
     log_every: int = 100
     sample_every: int = 5000
     sample_n: int = 64
-    sampler: str = "ddim"           # reverse process used for training-time grids
-    sample_steps: int = 50
-    sample_spacing: str | None = "trailing"  # the grids' timestep_spacing; None: the training
-                                             # scheduler's
     val_every: int = 5000
     val_batches: int = 8
     eval_every: int = 0             # run the evaluator (e.g. a small FID); 0 disables
@@ -58,16 +54,19 @@ class TrainerConfig:
             if value is None or value < 0:
                 raise ConfigError(f"trainer.{key} must be >= 0 (0 turns it off); got {value!r}.")
 
-        for key in ("max_steps", "grad_accum", "ema_every", "sample_n", "sample_steps",
+        for key in ("max_steps", "grad_accum", "ema_every", "sample_n",
                     "val_batches", "divergence_window", "eval_n"):
             positive(key)
         for key in ("log_every", "sample_every", "val_every", "eval_every", "ckpt_every",
                     "keep_last",
                     "grad_clip"):
             non_negative(key)
-        if self.loss not in LOSSES:
-            raise ConfigError(f"trainer.loss must be one of {', '.join(LOSSES)}; "
-                              f"got {self.loss!r}.")
+        if not isinstance(self.max_minutes, (int, float)) or self.max_minutes < 0:
+            raise ConfigError(f"trainer.max_minutes must be >= 0 (0 turns it off); "
+                              f"got {self.max_minutes!r}.")
+        if not isinstance(self.label_dropout, (int, float)) or not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"trainer.label_dropout must be in [0, 1); "
+                              f"got {self.label_dropout!r}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"trainer.ema_decay must be in [0, 1); got {self.ema_decay!r}.")
         if self.precision not in PRECISIONS:
@@ -80,11 +79,3 @@ class TrainerConfig:
         if self.divergence_factor != 0 and self.divergence_factor <= 1:
             raise ConfigError("trainer.divergence_factor must be > 1 (0 turns the check off); "
                               f"got {self.divergence_factor!r}.")
-        if self.sample_spacing not in (None, *TIMESTEP_SPACINGS):
-            raise ConfigError(f"trainer.sample_spacing must be one of "
-                              f"{', '.join(TIMESTEP_SPACINGS)} or null; "
-                              f"got {self.sample_spacing!r}.")
-        if self.sampler not in NoiseScheduler.SAMPLERS:
-            raise ConfigError(f"trainer.sampler must be one of "
-                              f"{', '.join(sorted(NoiseScheduler.SAMPLERS))}; "
-                              f"got {self.sampler!r}.")

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
@@ -26,9 +25,16 @@ from tqdm.auto import tqdm
 
 from diffusion import distributed as dist
 from diffusion.data import DeviceDataset
-from diffusion.device import autocast, resolve_device, resolve_precision
+from diffusion.device import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    use_deterministic_algorithms,
+)
 from diffusion.errors import TrainingError
+from diffusion.objectives import Objective
 from diffusion.pipeline import DiffusionPipeline
+from diffusion.sampler_spec import SamplerSpec
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.batches import ResumableBatchSampler, batch_stream
 from diffusion.training.config import TrainerConfig
@@ -54,10 +60,16 @@ class Trainer:
                  config: TrainerConfig, *, batch_size: int, run_dir: str | Path,
                  val_set: Dataset | None = None, lr_scheduler=None, logger: Logger | None = None,
                  seed: int = 0, num_workers: int = 0, conditional: bool = False,
-                 on_device: bool = False, evaluator=None):
+                 on_device: bool = False, evaluator=None, sampler: SamplerSpec | None = None,
+                 objective: Objective | None = None):
         self.cfg = config
+        # what a step computes: t and noise draws, the target, the per-sample loss weights
+        self.objective = Objective(scheduler) if objective is None else objective
+        self.sampler = SamplerSpec() if sampler is None else sampler  # grids' sampler
         self.device = resolve_device(config.device, key="trainer.device")
         self.precision = resolve_precision(config.precision, self.device)
+        if config.deterministic:
+            use_deterministic_algorithms(True)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.sample_dir = self.run_dir / "samples"
@@ -96,6 +108,7 @@ class Trainer:
         self._pipeline: DiffusionPipeline | None = None
         self.best = math.inf
         self.step = 0
+        self._out_of_time = False
         self.skipped_steps = 0  # fp16 updates the GradScaler skipped (not counted in step)
         self.micro_batches = 0  # batches consumed, skipped steps' too: where the data resumes
         self._start_step = 0
@@ -192,14 +205,6 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------- the step
-    def _loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        prediction = prediction.float()
-        if self.cfg.loss == "l1":
-            return F.l1_loss(prediction, target)
-        if self.cfg.loss == "huber":
-            return F.huber_loss(prediction, target, delta=self.cfg.huber_delta)
-        return F.mse_loss(prediction, target)
-
     def _local(self, global_batch: torch.Tensor) -> torch.Tensor:
         """This rank's slice of a tensor drawn for the whole global batch."""
         if self.world_size == 1:
@@ -210,9 +215,8 @@ class Trainer:
         """(x_t, t, target) for clean ``x0``. Timesteps and noise are drawn for the global
         batch on every rank and sliced, so the run does not depend on the process count."""
         n = self.batch_size if local and self.world_size > 1 else x0.shape[0]
-        t = torch.randint(0, self.num_train_timesteps, (n,), device=self.device,
-                          generator=generator)
-        noise = torch.randn((n, *x0.shape[1:]), device=self.device, generator=generator)
+        t = self.objective.sample_timesteps(n, self.device, generator)
+        noise = self.objective.sample_noise((n, *x0.shape[1:]), self.device, generator)
         if n != x0.shape[0]:
             t, noise = self._local(t), self._local(noise)
         return self.scheduler.add_noise(x0, noise, t), t, self.scheduler.training_target(
@@ -221,6 +225,17 @@ class Trainer:
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return x, (y.to(self.device, non_blocking=True) if self.conditional else None)
+
+    def _drop_labels(self, y: torch.Tensor | None, generator: torch.Generator):
+        """Classifier-free guidance training: replace ``label_dropout`` of the labels by the
+        backbone's null label (index num_classes). Drawn for the global batch from the
+        resumable noise stream, after the timesteps and noise, then sliced like them."""
+        if y is None or not self.cfg.label_dropout:
+            return y
+        n = self.batch_size if self.world_size > 1 else y.shape[0]
+        drop = self._local(torch.rand(n, device=self.device, generator=generator)
+                           < self.cfg.label_dropout)
+        return torch.where(drop, torch.full_like(y, self.model.num_classes), y)
 
     def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns device tensors
@@ -235,6 +250,7 @@ class Trainer:
             data_time += time.perf_counter() - start
             x0, y = self._to_device(x0, y)
             x_t, t, target = self._noised(x0, self.noise_generator)
+            y = self._drop_labels(y, self.noise_generator)
             last = micro == self.cfg.grad_accum - 1
             # gradients are all-reduced once per optimizer step, not per micro-batch
             sync = (self.ddp.no_sync() if self.ddp is not None and not last
@@ -242,7 +258,7 @@ class Trainer:
             with sync:
                 with autocast(self.device, self.precision):
                     prediction = self.forward(x_t, t, y)
-                loss = self._loss(prediction, target) / self.cfg.grad_accum
+                loss = self.objective.loss(prediction, target, t) / self.cfg.grad_accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -296,7 +312,7 @@ class Trainer:
                 continue
             with autocast(self.device, self.precision):
                 prediction = self.ema.model(x_t, t, y)
-            total[0] += self._loss(prediction, target) * x_t.shape[0]
+            total[0] += self.objective.loss(prediction, target, t) * x_t.shape[0]
             total[1] += x_t.shape[0]
         loss, count = dist.all_sum(total).tolist()
         return loss / count
@@ -318,8 +334,9 @@ class Trainer:
              if self.conditional else None)
         images = self.pipeline().sample_across_ranks(
             self.cfg.sample_n, noise=self.fixed_noise, seed=self.seed, y=y,
-            chunk_size=-(-self.cfg.sample_n // self.world_size), steps=self.cfg.sample_steps,
-            sampler=self.cfg.sampler, timestep_spacing=self.cfg.sample_spacing).images
+            chunk_size=-(-self.cfg.sample_n // self.world_size),
+            steps=self.sampler.step_counts(self.num_train_timesteps)[0],
+            sampler=self.sampler.build(self.scheduler)).images
         if not self.is_main:
             return None
         return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png")
@@ -373,7 +390,16 @@ class Trainer:
             f"resume from it (resume={self.run_dir} optimizer.lr=...){otherwise}.")
 
     def _due(self, every: int) -> bool:
-        return every > 0 and (self.step % every == 0 or self.step == self.cfg.max_steps)
+        return every > 0 and (self.step % every == 0 or self.step == self.cfg.max_steps
+                              or self._out_of_time)
+
+    def _time_is_up(self, started: float) -> bool:
+        """Whether ``trainer.max_minutes`` of this launch are spent. Rank 0's clock decides
+        for every rank, so all of them stop at the same step."""
+        if not self.cfg.max_minutes:
+            return False
+        up = time.perf_counter() - started >= 60.0 * self.cfg.max_minutes
+        return bool(dist.broadcast_object(up)) if self.world_size > 1 else up
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -387,11 +413,16 @@ class Trainer:
         loss_sum, loss_count, data_time = torch.zeros((), device=self.device), 0, 0.0
         window_start, window_steps, wall_start = time.perf_counter(), 0, time.perf_counter()
         metrics: dict = {}
-        while self.step < cfg.max_steps:
+        self._out_of_time = False
+        while self.step < cfg.max_steps and not self._out_of_time:
             before = self.step
             loss, grad_norm, waited = self.train_step(batches)
             if self.step == before:
                 continue  # an fp16 step the GradScaler skipped: nothing new is due
+            # the budget is looked at where a log is due anyway (one host sync there); when it
+            # is spent, this step becomes the last: logged, sampled and checkpointed
+            if cfg.max_minutes and cfg.log_every and self.step % cfg.log_every == 0:
+                self._out_of_time = self._time_is_up(wall_start)
             loss_sum += loss
             loss_count += 1
             data_time += waited
@@ -434,6 +465,11 @@ class Trainer:
         bar.close()
         summary = {"step": self.step, "wall_time_sec": time.perf_counter() - wall_start,
                    "world_size": self.world_size, **metrics}
+        if self._out_of_time:
+            summary["stopped"] = f"trainer.max_minutes={cfg.max_minutes} reached"
+            log.info("Stopped at step %d: trainer.max_minutes=%g reached; resume=%s continues "
+                     "towards max_steps=%d.", self.step, cfg.max_minutes, self.run_dir,
+                     cfg.max_steps)
         if self.is_main and self.step > self._start_step:  # a no-op keeps the old summary
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         dist.barrier()  # no rank leaves while rank 0 still writes
