@@ -16,7 +16,8 @@ from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
 from test_train import run_training
 
-SAMPLE_KEYS = ("batch_size, chain, chain_frames, chain_rows, checkpoint, compile, device, eta, "
+SAMPLE_KEYS = ("batch_size, chain, chain_frames, chain_rows, checkpoint, classifier, "
+               "classifier_scale, compile, device, eta, guidance_rescale, guidance_scale, "
                "labels, n, out, precision, run, sampler, save_tensors, seed, steps, "
                "timestep_spacing")
 
@@ -71,7 +72,7 @@ SAMPLE_CASES = {
     "labels-out-of-range": (["run=conditional", "labels=[0,10]", "n=2", "steps=2"],
                             "labels must be class labels in [0, 9]; got 10."),
     "labels-not-ints": (["run=conditional", "labels=a", "n=2", "steps=2"], "labels must be "
-                        "null, a class label or a list of them, e.g. labels=3 or "
+                        "null, all, a class label or a list of them, e.g. labels=3 or "
                         "labels=[0,1,2]; got 'a'."),
 }
 

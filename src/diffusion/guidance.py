@@ -52,6 +52,14 @@ def combine(cond: torch.Tensor, uncond: torch.Tensor, scale: float,
     return guided
 
 
+def class_rows(num_classes: int, n: int, max_rows: int = 16) -> tuple[torch.Tensor, int]:
+    """Labels for a grid of one row per class (the first ``max_rows`` classes) from at most
+    ``n`` images: (labels row by row, images per row)."""
+    rows = min(num_classes, max_rows, n)
+    columns = n // rows
+    return torch.arange(rows).repeat_interleave(columns), columns
+
+
 def alpha_bar_at(scheduler: NoiseScheduler, t: torch.Tensor) -> torch.Tensor:
     """alpha_bar at (possibly fractional) timesteps ``t``: 1 / (1 + sigma(t)^2) with sigma
     interpolated linearly between training steps, as the Euler and Heun samplers place their

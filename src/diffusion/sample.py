@@ -20,6 +20,12 @@ from PIL import Image
 from diffusion import distributed as dist
 from diffusion import viz
 from diffusion.device import resolve_device, resolve_precision
+from diffusion.guidance_options import (
+    GuidanceOptions,
+    build_guidance,
+    check_guidance_options,
+    load_options_classifier,
+)
 from diffusion.pipeline import DiffusionPipeline, compile_mode
 from diffusion.rundir import load_config
 from diffusion.sampling_args import (
@@ -35,8 +41,9 @@ from diffusion.sampling_args import (
 )
 
 
-def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None]:
-    """Every option checked, before the model is loaded: (where the grid goes, the labels).
+def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, GuidanceOptions]:
+    """Every option checked, before the model is loaded: (where the grid goes, the labels,
+    the guidance).
 
     Reads only the run's config.yaml (for T and model.num_classes), so a bad value costs no
     model load and no sampling, and an output location that cannot be written is found
@@ -47,7 +54,8 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None]:
     check_sampling(cfg.sampler, cfg.steps, cfg.eta,
                    instantiate(run_cfg.scheduler).num_train_timesteps,
                    n=cfg.n, batch_size=cfg.batch_size, timestep_spacing=cfg.timestep_spacing)
-    labels = labels_option(cfg.labels, cfg.n, run_cfg.model.get("num_classes"))
+    guidance = check_guidance_options(cfg, run_cfg)
+    labels = labels_option(cfg.labels, cfg.n, guidance.label_classes)
     if not is_int(cfg.seed):
         raise ValueError(f"seed must be an integer; got {cfg.seed!r}.")
     check_int("chain_frames", cfg.chain_frames, minimum=2)
@@ -69,7 +77,7 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None]:
     if dist.is_main():
         for path in outputs:
             check_writable(path, "pass out=<file.png> in a folder you can write")
-    return grid, labels
+    return grid, labels, guidance
 
 
 def _stem(cfg: DictConfig) -> str:
@@ -85,15 +93,23 @@ def _stem(cfg: DictConfig) -> str:
     stem += f"_seed{cfg.seed}"
     if cfg.checkpoint:
         stem += f"_{Path(cfg.checkpoint).stem}"
-    if cfg.labels is not None:
+    if cfg.labels == "all":
+        stem += "_labelsall"
+    elif cfg.labels is not None:
         labels = [cfg.labels] if is_int(cfg.labels) else list(cfg.labels)
         stem += "_labels" + "-".join(map(str, labels[:8])) + ("-etc" if len(labels) > 8 else "")
+    if cfg.guidance_scale is not None:
+        stem += f"_cfg{cfg.guidance_scale:g}"
+        if cfg.guidance_rescale:
+            stem += f"-rescale{cfg.guidance_rescale:g}"
+    if cfg.classifier:
+        stem += f"_classifier{Path(cfg.classifier).name}-s{cfg.classifier_scale or 1:g}"
     return stem
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
     """Sample as ``cfg`` says; returns the paths written."""
-    grid, labels = check_sample_config(cfg)
+    grid, labels, options = check_sample_config(cfg)
     pipe = DiffusionPipeline.from_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device,
                                       precision=cfg.precision,
                                       compile=cfg.get("compile", False))
@@ -103,7 +119,9 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
                                    steps=cfg.steps, sampler=cfg.sampler, eta=cfg.eta,
                                    timestep_spacing=cfg.timestep_spacing, y=labels,
                                    return_chain=cfg.chain, chain_frames=cfg.chain_frames,
-                                   progress=True)
+                                   progress=True, guidance=build_guidance(
+                                       options, options.scales[0], options.classifier_scales[0],
+                                       load_options_classifier(options)))
     if not dist.is_main():
         return {}
     written = {"grid": viz.save_grid(out.images, grid)}

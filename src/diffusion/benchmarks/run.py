@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion.benchmarks.guidance import describe as describe_guidance
+from diffusion.benchmarks.guidance import time_guidance
 from diffusion.benchmarks.measure import (
     MemoryMeter,
     count_flops,
@@ -158,6 +160,8 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
                          "sample": top_ops(s.sample, device)} for n, s in sides.items()}
                     if bench.profile else {})
         fid_eval = _time_fid(cfg, sides["ours"], device) if bench.get("fid_n") else None
+        guided = (time_guidance(cfg, sides["ours"].pipeline, device)
+                  if bench.get("guidance_scale") is not None else None)
         for side in sides.values():
             side.close()
         results = {name: _results(side, {op: timings[op][name] for op in OPERATIONS},
@@ -189,6 +193,8 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
         record["profiles"] = profiles
     if fid_eval is not None:
         record["fid_eval"] = fid_eval
+    if guided is not None:
+        record["guidance"] = guided
     return record
 
 
@@ -309,4 +315,6 @@ def report(record: dict) -> str:
                      f"{fid['batch_size']}, {fid['feature_id']}, KID too: {fid['kid']}): "
                      f"{fid['seconds']:.1f} s, {fid['images_per_s']:.1f} images/s "
                      f"(ours; one-off setup {fid['setup_s']:.1f} s not included)"]
+    if record.get("guidance"):
+        text += ["", describe_guidance(record["guidance"])]
     return "\n".join(text)

@@ -38,6 +38,8 @@ class TrainerConfig:
     sample_steps: int = 50
     sample_spacing: str | None = "trailing"  # the grids' timestep_spacing; None: the training
                                              # scheduler's
+    sample_guidance_scale: float | None = None  # a conditional run's grids: classifier-free
+                                                # guidance weight (None: the conditional model)
     val_every: int = 5000
     val_batches: int = 8
     eval_every: int = 0             # run the evaluator (e.g. a small FID); 0 disables
@@ -84,6 +86,11 @@ class TrainerConfig:
             raise ConfigError(f"trainer.sample_spacing must be one of "
                               f"{', '.join(TIMESTEP_SPACINGS)} or null; "
                               f"got {self.sample_spacing!r}.")
+        scale = self.sample_guidance_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float)
+                                  or scale < 0):
+            raise ConfigError(f"trainer.sample_guidance_scale must be a number >= 0 or null; "
+                              f"got {scale!r}.")
         if self.sampler not in NoiseScheduler.SAMPLERS:
             raise ConfigError(f"trainer.sampler must be one of "
                               f"{', '.join(sorted(NoiseScheduler.SAMPLERS))}; "

@@ -28,6 +28,7 @@ from diffusion import distributed as dist
 from diffusion.data import DeviceDataset
 from diffusion.device import autocast, resolve_device, resolve_precision
 from diffusion.errors import TrainingError
+from diffusion.guidance import Guidance, class_rows
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.batches import ResumableBatchSampler, batch_stream
@@ -313,16 +314,22 @@ class Trainer:
 
     def sample_grid(self) -> Path | None:
         """A grid from the EMA model, starting from the same noise at every call; under DDP
-        each rank draws a share and rank 0 writes the grid (None on the other ranks)."""
-        y = (torch.arange(self.cfg.sample_n) % self.ema.model.num_classes
-             if self.conditional else None)
+        each rank draws a share and rank 0 writes the grid (None on the other ranks). A
+        conditional model's grid has one row per class (the first 16 of more), guided with
+        ``sample_guidance_scale``."""
+        n, y, columns = self.cfg.sample_n, None, None
+        if self.conditional:
+            rows, columns = class_rows(self.ema.model.num_classes, n)
+            n, y = len(rows), rows
         images = self.pipeline().sample_across_ranks(
-            self.cfg.sample_n, noise=self.fixed_noise, seed=self.seed, y=y,
-            chunk_size=-(-self.cfg.sample_n // self.world_size), steps=self.cfg.sample_steps,
-            sampler=self.cfg.sampler, timestep_spacing=self.cfg.sample_spacing).images
+            n, noise=self.fixed_noise[:n], seed=self.seed, y=y,
+            chunk_size=-(-n // self.world_size), steps=self.cfg.sample_steps,
+            sampler=self.cfg.sampler, timestep_spacing=self.cfg.sample_spacing,
+            guidance=Guidance(scale=self.cfg.sample_guidance_scale or 1.0)
+            if self.conditional else None).images
         if not self.is_main:
             return None
-        return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png")
+        return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png", nrow=columns)
 
     def evaluate(self) -> dict:
         """Run the evaluator on the EMA model (every rank: it splits the sampling and hands
