@@ -18,6 +18,8 @@ class TrainerConfig:
     """``trainer.*`` in the Hydra config. Every ``*_every`` counts optimizer steps; 0 disables."""
 
     max_steps: int = 100_000
+    max_minutes: float = 0.0        # also stop (with a checkpoint) after this many minutes of
+                                    # this launch's training, checked at log steps; 0: off
     device: str = "auto"            # auto | cpu | cuda[:N]
     precision: str = "auto"         # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     grad_accum: int = 1             # micro-batches per optimizer step
@@ -26,6 +28,8 @@ class TrainerConfig:
     divergence_window: int = 20       # median over the last window logs; 0 turns it off
     loss: str = "mse"               # mse | l1 | huber, on the scheduler's training target
     huber_delta: float = 0.1
+    label_dropout: float = 0.1      # class-conditional runs: share of labels replaced by the
+                                    # null label, so one network learns p(x|y) and p(x)
     ema_decay: float = 0.9999
     ema_warmup: bool = True
     ema_every: int = 1
@@ -70,6 +74,12 @@ class TrainerConfig:
         if self.loss not in LOSSES:
             raise ConfigError(f"trainer.loss must be one of {', '.join(LOSSES)}; "
                               f"got {self.loss!r}.")
+        if not isinstance(self.max_minutes, (int, float)) or self.max_minutes < 0:
+            raise ConfigError(f"trainer.max_minutes must be >= 0 (0 turns it off); "
+                              f"got {self.max_minutes!r}.")
+        if not isinstance(self.label_dropout, (int, float)) or not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"trainer.label_dropout must be in [0, 1); "
+                              f"got {self.label_dropout!r}.")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"trainer.ema_decay must be in [0, 1); got {self.ema_decay!r}.")
         if self.precision not in PRECISIONS:

@@ -97,6 +97,7 @@ class Trainer:
         self._pipeline: DiffusionPipeline | None = None
         self.best = math.inf
         self.step = 0
+        self._out_of_time = False
         self.skipped_steps = 0  # fp16 updates the GradScaler skipped (not counted in step)
         self.micro_batches = 0  # batches consumed, skipped steps' too: where the data resumes
         self._start_step = 0
@@ -223,6 +224,17 @@ class Trainer:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return x, (y.to(self.device, non_blocking=True) if self.conditional else None)
 
+    def _drop_labels(self, y: torch.Tensor | None, generator: torch.Generator):
+        """Classifier-free guidance training: replace ``label_dropout`` of the labels by the
+        backbone's null label (index num_classes). Drawn for the global batch from the
+        resumable noise stream, after the timesteps and noise, then sliced like them."""
+        if y is None or not self.cfg.label_dropout:
+            return y
+        n = self.batch_size if self.world_size > 1 else y.shape[0]
+        drop = self._local(torch.rand(n, device=self.device, generator=generator)
+                           < self.cfg.label_dropout)
+        return torch.where(drop, torch.full_like(y, self.model.num_classes), y)
+
     def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns device tensors
         (mean loss, grad norm) and the seconds spent waiting for data. An fp16 step whose
@@ -236,6 +248,7 @@ class Trainer:
             data_time += time.perf_counter() - start
             x0, y = self._to_device(x0, y)
             x_t, t, target = self._noised(x0, self.noise_generator)
+            y = self._drop_labels(y, self.noise_generator)
             last = micro == self.cfg.grad_accum - 1
             # gradients are all-reduced once per optimizer step, not per micro-batch
             sync = (self.ddp.no_sync() if self.ddp is not None and not last
@@ -380,7 +393,16 @@ class Trainer:
             f"resume from it (resume={self.run_dir} optimizer.lr=...){otherwise}.")
 
     def _due(self, every: int) -> bool:
-        return every > 0 and (self.step % every == 0 or self.step == self.cfg.max_steps)
+        return every > 0 and (self.step % every == 0 or self.step == self.cfg.max_steps
+                              or self._out_of_time)
+
+    def _time_is_up(self, started: float) -> bool:
+        """Whether ``trainer.max_minutes`` of this launch are spent. Rank 0's clock decides
+        for every rank, so all of them stop at the same step."""
+        if not self.cfg.max_minutes:
+            return False
+        up = time.perf_counter() - started >= 60.0 * self.cfg.max_minutes
+        return bool(dist.broadcast_object(up)) if self.world_size > 1 else up
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -394,11 +416,16 @@ class Trainer:
         loss_sum, loss_count, data_time = torch.zeros((), device=self.device), 0, 0.0
         window_start, window_steps, wall_start = time.perf_counter(), 0, time.perf_counter()
         metrics: dict = {}
-        while self.step < cfg.max_steps:
+        self._out_of_time = False
+        while self.step < cfg.max_steps and not self._out_of_time:
             before = self.step
             loss, grad_norm, waited = self.train_step(batches)
             if self.step == before:
                 continue  # an fp16 step the GradScaler skipped: nothing new is due
+            # the budget is looked at where a log is due anyway (one host sync there); when it
+            # is spent, this step becomes the last: logged, sampled and checkpointed
+            if cfg.max_minutes and cfg.log_every and self.step % cfg.log_every == 0:
+                self._out_of_time = self._time_is_up(wall_start)
             loss_sum += loss
             loss_count += 1
             data_time += waited
@@ -441,6 +468,11 @@ class Trainer:
         bar.close()
         summary = {"step": self.step, "wall_time_sec": time.perf_counter() - wall_start,
                    "world_size": self.world_size, **metrics}
+        if self._out_of_time:
+            summary["stopped"] = f"trainer.max_minutes={cfg.max_minutes} reached"
+            log.info("Stopped at step %d: trainer.max_minutes=%g reached; resume=%s continues "
+                     "towards max_steps=%d.", self.step, cfg.max_minutes, self.run_dir,
+                     cfg.max_steps)
         if self.is_main and self.step > self._start_step:  # a no-op keeps the old summary
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         dist.barrier()  # no rank leaves while rank 0 still writes
