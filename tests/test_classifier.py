@@ -17,8 +17,8 @@ from hydra_utils import compose_config
 
 def classifier_overrides(data_root, *extra: str) -> list[str]:
     """A small classifier on the tiny test data, on the CPU."""
-    return [f"paths.data_dir={data_root}", "device=cpu", "classifier.base_channels=8",
-            "classifier.channel_mult=[1,2,2]", "batch_size=32", "lr=3e-3", "eval_n=32",
+    return [f"paths.data_dir={data_root}", "device=cpu", "classifier_net.base_channels=8",
+            "classifier_net.channel_mult=[1,2,2]", "batch_size=32", "lr=3e-3", "eval_n=32",
             "noise_levels=4", "progress=false", *extra]
 
 

@@ -83,7 +83,7 @@ def build_scheduler(cfg: DictConfig):
 
 def build_classifier(cfg: DictConfig):
     """The noise-aware classifier of a ``diffusion.train_classifier`` config."""
-    return _instantiate("classifier", cfg.classifier)
+    return _instantiate("classifier_net", cfg.classifier_net)
 
 
 DATASET_SETTINGS_ELSEWHERE = ("name", "channels", "num_classes", "train_split", "val_split",

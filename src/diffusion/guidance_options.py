@@ -53,7 +53,7 @@ class GuidanceOptions:
 def check_classifier_run(classifier: str, run: str, run_cfg: DictConfig) -> DictConfig:
     """The classifier run's config; it must classify the run's data under its noise process."""
     cfg = load_config(classifier)
-    if "classifier" not in cfg:
+    if "classifier_net" not in cfg:
         raise ConfigError(f"classifier={classifier} is not a classifier run: pass a folder "
                           "that diffusion.train_classifier printed.")
     for group, keys in (("data", DATA), ("scheduler", NOISE_PROCESS)):

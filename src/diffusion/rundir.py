@@ -160,6 +160,6 @@ def load_classifier(run: str | Path, checkpoint: str | Path | None = None):
     if checkpoint is None:
         raise CheckpointError(f"Classifier run {run} has no checkpoints yet: let "
                               "diffusion.train_classifier finish (it saves at the last step).")
-    model = instantiate(cfg.classifier)
+    model = instantiate(cfg.classifier_net)
     model.load_state_dict(load(checkpoint)["model"])
     return model.eval()

@@ -1,6 +1,6 @@
 """``python -m diffusion.train_classifier data=mnist steps=1000``: a noise-aware classifier.
 
-Trains ``classifier`` (conf/classifier) on the data's training split noised by ``scheduler``
+Trains ``classifier_net`` (conf/classifier_net) on the data's training split noised by ``scheduler``
 at random timesteps, into its own run folder ``runs/classifier-<data>/<date>_<time>/``:
 ``config.yaml``, ``env.json``, ``metrics.jsonl`` (loss, and test accuracy per noise band),
 ``checkpoints/step_*.pt`` and ``accuracy.json``. Sampling uses it with

@@ -101,6 +101,10 @@ class TrainerConfig:
                                   or scale < 0):
             raise ConfigError(f"trainer.sample_guidance_scale must be a number >= 0 or null; "
                               f"got {scale!r}.")
+        if scale not in (None, 1) and not self.label_dropout:
+            raise ConfigError(f"trainer.sample_guidance_scale={scale:g} needs the unconditional "
+                              "prediction, which trainer.label_dropout=0 leaves untrained: set "
+                              "trainer.label_dropout > 0 or leave sample_guidance_scale null.")
         if self.sampler not in NoiseScheduler.SAMPLERS:
             raise ConfigError(f"trainer.sampler must be one of "
                               f"{', '.join(sorted(NoiseScheduler.SAMPLERS))}; "
