@@ -5,7 +5,6 @@ per-class grids."""
 from __future__ import annotations
 
 import pytest
-import torch
 from PIL import Image
 
 from diffusion.data import build_dataset
