@@ -17,17 +17,26 @@ from diffusion.guidance import Guidance
 from diffusion.pipeline import DiffusionPipeline
 
 
-def time_guidance(cfg: DictConfig, pipeline: DiffusionPipeline, device: torch.device) -> dict:
-    """Guided (``bench.guidance_scale``, B = ``bench.sample_n`` / 2 images) against unguided
-    (``bench.sample_n`` = 2B images) sampling, ``bench.sample_steps`` steps each."""
+def check_guidance_bench(cfg: DictConfig) -> None:
+    """``bench.guidance_scale`` can be timed: a conditional model, an even ``sample_n``."""
     bench = cfg.bench
-    scale = bench.guidance_scale
-    if pipeline.num_classes is None:
+    if cfg.model.get("num_classes") is None:
         raise ConfigError("bench.guidance_scale needs a class-conditional model: add "
                           f"model.num_classes={cfg.data.num_classes}.")
     if bench.sample_n < 2 or bench.sample_n % 2:
         raise ConfigError(f"bench.guidance_scale compares B guided images with 2B unguided "
                           f"ones: bench.sample_n must be even; got {bench.sample_n}.")
+    try:
+        Guidance(scale=bench.guidance_scale)
+    except ValueError as exc:
+        raise ConfigError(f"bench.{exc}") from None
+
+
+def time_guidance(cfg: DictConfig, pipeline: DiffusionPipeline, device: torch.device) -> dict:
+    """Guided (``bench.guidance_scale``, B = ``bench.sample_n`` / 2 images) against unguided
+    (``bench.sample_n`` = 2B images) sampling, ``bench.sample_steps`` steps each."""
+    bench = cfg.bench
+    scale = bench.guidance_scale
     half = bench.sample_n // 2
     guidance = Guidance(scale=float(scale))
     labels = torch.arange(half) % pipeline.num_classes

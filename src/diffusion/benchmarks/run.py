@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion.benchmarks.guidance import check_guidance_bench, time_guidance
 from diffusion.benchmarks.guidance import describe as describe_guidance
-from diffusion.benchmarks.guidance import time_guidance
 from diffusion.benchmarks.measure import (
     MemoryMeter,
     count_flops,
@@ -115,6 +115,8 @@ def run_benchmark(cfg: DictConfig, command: str = "") -> dict:
             fid_batch, int) or fid_batch < 1:
         raise ConfigError(f"bench.fid_n must be 0 (off) or at least 2, and bench.fid_batch a "
                           f"positive integer; got {fid_n!r} and {fid_batch!r}.")
+    if bench.get("guidance_scale") is not None:
+        check_guidance_bench(cfg)
     try:
         device = resolve_device(cfg.trainer.device)
         precision = resolve_precision(cfg.trainer.precision, device)
