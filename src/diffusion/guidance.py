@@ -6,7 +6,8 @@ Two kinds, which combine:
   null label predicts both ``cond = f(x_t, t, y)`` and ``uncond = f(x_t, t, null)``; the
   guided prediction is ``uncond + w * (cond - uncond)``. Both halves come from one batched
   forward of 2B images. ``w = 1`` is the conditional model and ``w = 0`` the unconditional
-  one: those take a single forward of B images, and are exactly the direct calls. The
+  one: those take a single forward of B images, and are exactly the direct calls (w = 0
+  with ``rescale`` takes both halves, since the rescale reads the conditional one). The
   combination is made in the model's own output space (epsilon, x_0 or v): with x_t fixed
   each is an affine function of the others with the same coefficients for both halves, and
   the weights sum to one, so the guided sample is the same whichever the model predicts.
@@ -158,7 +159,7 @@ class Guidance:
             return forward(x, t, None)
         if self.scale == 1:
             return forward(x, t, y)
-        if self.scale == 0:
+        if self.scale == 0 and not self.rescale:
             return forward(x, t, None)  # None: the null label for every sample
         null = torch.full_like(y, model_classes)
         both = forward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).float()
