@@ -156,8 +156,8 @@ class DiffusionPipeline:
             x = noise[start:start + b].to(self.device).contiguous(
                 memory_format=self.memory_format)
             yb = None if y is None else y[start:start + b].to(self.device)
-            out, chain = self._denoise(denoiser, sched, x, yb, generator, return_chain,
-                                       chain_frames)
+            out, chain = self._denoise(sched, x, yb, generator, return_chain, chain_frames,
+                                       denoiser)
             images.append(out.float().cpu())
             if chain is not None:
                 chains.append(chain)
@@ -258,12 +258,13 @@ class DiffusionPipeline:
         ts = [round(t) for t in sched.timesteps.tolist()] + [-1]  # -1 marks the final x_0
         return [ts[i] for i in self._chain_positions(sched, frames)]
 
-    def _denoise(self, denoiser, sched, x, y, generator, return_chain, chain_frames):
+    def _denoise(self, sched, x, y, generator, return_chain, chain_frames, denoiser=None):
         """The reverse process from ``x`` (standard normal): diffusers' sampling loop, so
         any scheduler with ``init_noise_sigma``/``scale_model_input``/``step`` runs in it;
-        ``denoiser(x_t, t, y)`` is the model's forward, guided or not.
+        ``denoiser(x_t, t, y)`` is the model's forward, guided or not (None: unguided).
         ``set_timesteps`` first: a multistep or second-order sampler starts each batch afresh."""
         sched.set_timesteps(sched.num_inference_steps, device=self.device)
+        denoiser = denoiser or self.forward
         keep = set(self._chain_positions(sched, chain_frames)) if return_chain else ()
         x = x * sched.init_noise_sigma
         chain = [x.float().cpu()] if 0 in keep else []
