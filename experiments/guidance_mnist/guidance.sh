@@ -10,20 +10,20 @@ set -euo pipefail
 RUN=${RUN:-runs/mnist_cpu_class}
 CLASSIFIER=${CLASSIFIER:-runs/classifier-mnist}
 N=${N:-500}
-STEPS=${STEPS:-20}
+STEPS=${STEPS:-10}
 OUT=experiments/guidance_mnist
 common=(run="$RUN" n="$N" sampler=ddim steps="$STEPS" batch_size=250 timestep_spacing=trailing
         plot=false)
 # classifier-free guidance: 0 is the unconditional model (null label), 1 the conditional one
 python -m diffusion.evaluate "${common[@]}" guidance_scale=0,1,1.5,2,3,5,7.5
-# classifier guidance of the model's unconditional half (guidance_scale=0: the null label)
-# and of its conditional one (guidance_scale=1)
-python -m diffusion.evaluate "${common[@]}" guidance_scale=0 classifier="$CLASSIFIER" \
-  classifier_scale=1,2,4,8
-python -m diffusion.evaluate "${common[@]}" guidance_scale=1 classifier="$CLASSIFIER" \
-  classifier_scale=1,4
 # one column per class (labels 0..9 along each row), ten rows of samples, three scales
 for w in 0 1 3; do
   python -m diffusion.sample run="$RUN" sampler=ddim steps="$STEPS" n=100 labels=all \
     guidance_scale="$w" out="$OUT/grid_cfg$w.png"
 done
+# classifier guidance of the model's unconditional half (guidance_scale=0: the null label)
+# and of its conditional one (guidance_scale=1)
+python -m diffusion.evaluate "${common[@]}" guidance_scale=0 classifier="$CLASSIFIER" \
+  classifier_scale=1,2,4
+python -m diffusion.evaluate "${common[@]}" guidance_scale=1 classifier="$CLASSIFIER" \
+  classifier_scale=2

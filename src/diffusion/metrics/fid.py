@@ -214,7 +214,7 @@ class FidScorer:
             return None
         predicted = torch.cat([classify(features[i:i + self.batch_size]).argmax(1).cpu()
                                for i in range(0, len(features), self.batch_size)])
-        return float((predicted == labels).float().mean())
+        return int((predicted == labels).sum()) / len(labels)
 
     def sample_features(self, pipeline, n: int, sampler: str, steps: int,
                         batch_size: int = 250, eta: float = 0.0,
