@@ -10,7 +10,7 @@ from diffusers.guiders import ClassifierFreeGuidance
 from torch import nn
 
 from diffusion.exact_mixtures import ExactModel
-from diffusion.guidance import Guidance, alpha_bar_at, combine
+from diffusion.guidance import Guidance, alpha_bar_at, class_rows, combine
 from diffusion.models import BasicUNet
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
@@ -175,3 +175,11 @@ def test_guidance_that_cannot_apply_is_one_sentence():
         Guidance(scale=-1)
     with pytest.raises(ValueError, match=r"^guidance_rescale must be a number in \[0, 1\]"):
         Guidance(rescale=1.5)
+
+
+@pytest.mark.parametrize(("classes", "n", "rows", "columns"),
+                         [(10, 64, 10, 6), (102, 64, 16, 4), (10, 4, 4, 1), (3, 36, 3, 12)])
+def test_class_rows_give_one_row_per_class_up_to_sixteen(classes, n, rows, columns):
+    labels, per_row = class_rows(classes, n)
+    assert per_row == columns and len(labels) == rows * columns <= n
+    assert labels.reshape(rows, columns).tolist() == [[k] * columns for k in range(rows)]
