@@ -26,5 +26,5 @@ def compose_config(overrides: list[str], config_name: str = "train") -> DictConf
 
 def debug_overrides(data_root: Path, *extra: str) -> list[str]:
     """A few-step CPU run on the tiny test data, with no external logger."""
-    return ["trainer=debug", "logger=none", f"paths.data_dir={data_root}", "data.batch_size=8",
-            "data.num_workers=0", *extra]
+    return ["trainer=debug", "sampler.steps=2", "logger=none", f"paths.data_dir={data_root}",
+            "data.batch_size=8", "data.num_workers=0", *extra]

@@ -7,16 +7,21 @@ import statistics
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from diffusion.bench import _hydra_argv, bench
+from diffusion.benchmarks.ours import bench_samplers
 from diffusion.builders import build_model
 from diffusion.errors import ConfigError
+from diffusion.sampler_spec import named_sampler
+from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 from hydra_utils import compose_config
 from test_records import absolute_paths
 
 pytest.importorskip("diffusers")
 
 REPEATS, SAMPLE_N, SAMPLE_STEPS = 2, 2, 2
+SAMPLERS = ["ddim", "dpmpp_2m", "euler_a", "heun"]
 TINY = ["model.base_channels=8", "model.norm_groups=4", "model.num_res_blocks=1",
         "data.batch_size=4", "data.num_workers=0", "trainer.device=cpu", "bench.warmup=1",
         "bench.min_time_s=0", f"bench.repeats={REPEATS}", f"bench.sample_n={SAMPLE_N}",
@@ -33,8 +38,12 @@ def assert_rates_follow_the_timings(result: dict, batch: int) -> None:
         assert timing["median_s"] == pytest.approx(statistics.median(timing["repeats_s"])), op
         assert min(timing["repeats_s"]) <= timing["median_s"] <= max(timing["repeats_s"]), op
     assert result["train_images_per_s"] == pytest.approx(batch / timings["train"]["median_s"])
-    assert result["sample_images_steps_per_s"] == pytest.approx(
-        SAMPLE_N * SAMPLE_STEPS / timings["sample"]["median_s"])
+    samplers = [op.removeprefix("sample:") for op in timings if op.startswith("sample:")]
+    for name in samplers:
+        assert result[f"sample_{name}_images_steps_per_s"] == pytest.approx(
+            SAMPLE_N * SAMPLE_STEPS / timings[f"sample:{name}"]["median_s"])
+    assert result["sample_images_steps_per_s"] == result[
+        f"sample_{samplers[0]}_images_steps_per_s"]
     assert result["data_images_per_s"] == pytest.approx(batch / timings["data"]["median_s"])
     assert result["ema_update_ms"] == pytest.approx(1000 * timings["ema"]["median_s"])
     assert result["params_m"] == pytest.approx(result["params"] / 1e6)
@@ -45,7 +54,7 @@ def test_tiny_bench_side_by_side_writes_table_and_json(tmp_path, tiny_mnist_root
     monkeypatch.setenv("DIFFUSION_DATA", str(tiny_mnist_root))
     out = tmp_path / "bench.json"
     overrides = [f"paths.data_dir={tiny_mnist_root}", "vs=diffusers", "bench.flops=true",
-                 f"bench.out={out}"]
+                 f"bench.sampler=[{','.join(SAMPLERS)}]", f"bench.out={out}"]
     cfg = compose_config([*TINY, *overrides], config_name="bench")
     threads = torch.get_num_threads()
     bench(cfg, " ".join(["python -m diffusion.bench", *overrides]))
@@ -56,7 +65,9 @@ def test_tiny_bench_side_by_side_writes_table_and_json(tmp_path, tiny_mnist_root
     # the record names the data root by its variable and no folder of this machine
     assert record["data_source"] == "mnist train split under $DIFFUSION_DATA"
     assert record["command"] == ("python -m diffusion.bench paths.data_dir=$DIFFUSION_DATA "
-                                 "vs=diffusers bench.flops=true bench.out=<out>")
+                                 "vs=diffusers bench.flops=true "
+                                 f"bench.sampler=[{','.join(SAMPLERS)}] bench.out=<out>")
+    assert record["samplers"] == SAMPLERS
     assert record["config"]["data"]["root"] == record["config"]["paths"]["data_dir"]
     assert record["config"]["data"]["root"] == "$DIFFUSION_DATA"
     assert absolute_paths(text) == []
@@ -76,10 +87,12 @@ def test_tiny_bench_side_by_side_writes_table_and_json(tmp_path, tiny_mnist_root
     assert results["diffusers"]["train_gflop_per_image"] == pytest.approx(
         results["ours"]["train_gflop_per_image"], rel=0.5)
     ratios = record["ratios_ours_over_diffusers"]
-    for key in ("train_images_per_s", "sample_images_steps_per_s", "ema_update_ms"):
+    keys = [f"sample_{name}_images_steps_per_s" for name in SAMPLERS]
+    for key in ("train_images_per_s", "sample_images_steps_per_s", "ema_update_ms", *keys):
         assert ratios[key] == pytest.approx(results["ours"][key] / results["diffusers"][key])
     table = capsys.readouterr().out
-    for text in ("train images/s", "sample images*steps/s", "ours/diffusers", str(out)):
+    for text in ("train images/s", "ours/diffusers", str(out),
+                 *(f"sample images*steps/s ({name})" for name in SAMPLERS)):
         assert text in table
 
 
@@ -116,6 +129,39 @@ def test_bench_times_a_whole_fid(tmp_path, tiny_mnist_root, capsys, monkeypatch)
     with pytest.raises(ConfigError, match="bench.fid_n must be 0 .off. or at least 2"):
         bench(compose_config([*TINY, f"paths.data_dir={tiny_mnist_root}", "bench.fid_n=1",
                               f"bench.out={out}"], config_name="bench"))
+
+
+@pytest.mark.parametrize("name", sorted(NoiseScheduler.SAMPLERS))
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_each_sampler_is_paired_with_diffusers_scheduler_of_its_name_and_steps(name, schedule):
+    """The diffusers side runs the scheduler of our sampler's class name with its options and
+    spacing: the same timesteps, model evaluations and starting noise scale."""
+    import diffusers
+
+    from diffusion.benchmarks.diffusers_side import BETA_SCHEDULES, diffusers_scheduler
+
+    ours = named_sampler(name).build(DDPMScheduler(beta_schedule=schedule))
+    noise = diffusers.DDPMScheduler(beta_schedule=BETA_SCHEDULES[schedule]).config
+    theirs = diffusers_scheduler(named_sampler(name), noise, "leading")
+    assert type(theirs).__name__ == type(ours).__name__
+    torch.testing.assert_close(theirs.alphas_cumprod.double(), ours.alphas_cumprod, rtol=1e-4,
+                               atol=0)
+    for key, value in named_sampler(name).options.items():
+        assert theirs.config.get(key, value) == value, key  # eta: DDIM's step argument
+    assert theirs.config.timestep_spacing == ours.config["timestep_spacing"] == "trailing"
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    torch.testing.assert_close(ours.timesteps.double(), theirs.timesteps.double())
+    assert float(ours.init_noise_sigma) == pytest.approx(float(theirs.init_noise_sigma), rel=1e-5)
+
+
+def test_bench_sampler_names_are_checked():
+    with pytest.raises(ConfigError, match=r"^bench.sampler must be one of ddim, ddpm, .*; "
+                                          r"got 'dpm'.$"):
+        bench_samplers(OmegaConf.create({"sampler": ["ddim", "dpm"]}))
+    with pytest.raises(ConfigError, match="a list of distinct names"):
+        bench_samplers(OmegaConf.create({"sampler": ["ddim", "ddim"]}))
+    assert [s.name for s in bench_samplers(OmegaConf.create({"sampler": "heun"}))] == ["heun"]
 
 
 def _sizes(overrides: list[str]) -> tuple[int, int, dict]:

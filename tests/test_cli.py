@@ -132,8 +132,8 @@ def test_resume_cli_continues_in_the_same_folder(tmp_path, tiny_mnist_root):
 
 
 def test_sample_cli_writes_grid_tensors_and_chain(trained_run):
-    result = _cli("diffusion.sample", f"run={trained_run}", "sampler=ddim", "steps=3", "n=6",
-                  "seed=0", "save_tensors=true", "chain=true", "chain_frames=3")
+    result = _cli("diffusion.sample", f"run={trained_run}", "sampler=ddim", "sampler.steps=3",
+                  "n=6", "seed=0", "save_tensors=true", "chain=true", "chain_frames=3")
     assert result.returncode == 0, result.stderr[-2000:]
     grid = trained_run / "samples" / "ddim-3_seed0.png"
     assert Image.open(grid).size[0] > 28
@@ -207,7 +207,7 @@ def test_channels_last_sampling_matches(trained_run):
 
 
 def test_sample_in_process_matches_pipeline(trained_run, tmp_path):
-    cfg = compose_config([f"run={trained_run}", "steps=2", "n=4", f"out={tmp_path}/g.png",
+    cfg = compose_config([f"run={trained_run}", "sampler.steps=2", "n=4", f"out={tmp_path}/g.png",
                           "save_tensors=true"], config_name="sample")
     sample(cfg)
     saved = torch.load(tmp_path / "g.pt", weights_only=True)

@@ -293,7 +293,7 @@ def test_cli_truncated_data_file_is_one_sentence_and_exit_1(tmp_path):
     truncate(raw / "t10k-labels-idx1-ubyte", 12)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DIFFUSION_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
-        [sys.executable, "-m", "diffusion.train", "logger=none", "trainer=debug",
+        [sys.executable, "-m", "diffusion.train", "logger=none", "trainer=debug", "sampler.steps=2",
          f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 1

@@ -21,7 +21,7 @@ FEATURE_EPOCHS = 20
 ARGS = ["model=basic", "model.base_channels=8", "trainer=debug", "logger=none",
         "data.batch_size=8", "data.num_workers=0", "trainer.grad_accum=2",
         "trainer.max_steps=4", "trainer.ckpt_every=2", "trainer.val_every=2",
-        "trainer.sample_every=4", "trainer.sample_n=6", "trainer.sample_steps=2",
+        "trainer.sample_every=4", "trainer.sample_n=6", "sampler.steps=2",
         "trainer.eval_every=4", "trainer.eval_n=10", "metrics.batch_size=3",
         "metrics.kid_subset_size=8", f"metrics.feature_epochs={FEATURE_EPOCHS}"]
 
@@ -89,7 +89,7 @@ def test_validation_sampling_and_fid_are_split_across_ranks(runs):
 def test_evaluate_splits_sampling_across_ranks(runs, tmp_path):
     """``torchrun -m diffusion.evaluate``: the stochastic DDPM chunks (3 of 4 images: rank 0
     takes two, rank 1 one) give the same FID as one process."""
-    args = ["n=12", "batch_size=4", "sampler=ddpm", "steps=3", "device=cpu", "plot=false",
+    args = ["n=12", "batch_size=4", "sampler=ddpm", "sampler.steps=3", "device=cpu", "plot=false",
             f"metrics.cache_dir={runs['cache']}", "metrics.kid_subset_size=8",
             f"metrics.feature_epochs={FEATURE_EPOCHS}"]
     entries = {}
@@ -105,7 +105,7 @@ def test_evaluate_splits_sampling_across_ranks(runs, tmp_path):
 
 
 def test_sample_splits_batches_across_ranks(runs, tmp_path):
-    args = [f"run={runs['single']}", "n=10", "batch_size=4", "sampler=ddpm", "steps=3",
+    args = [f"run={runs['single']}", "n=10", "batch_size=4", "sampler=ddpm", "sampler.steps=3",
             "save_tensors=true", "device=cpu"]
     images = {}
     for nproc in (1, 2):

@@ -16,7 +16,7 @@ import torch
 from diffusion.training.checkpoint import latest_checkpoint, list_checkpoints, step_of
 from diffusion.training.loggers import read_metrics
 
-TINY = ["model=basic", "model.base_channels=8", "trainer=debug", "logger=none",
+TINY = ["model=basic", "model.base_channels=8", "trainer=debug", "sampler.steps=2", "logger=none",
         "data.batch_size=8", "data.num_workers=0"]
 
 

@@ -44,7 +44,7 @@ def runs(tmp_path_factory, tiny_mnist_root):
 
 
 def _sample_config(runs, run: str, *overrides: str):
-    args = [f"run={runs[run]}", "n=4", "steps=2", "device=cpu"]
+    args = [f"run={runs[run]}", "n=4", "sampler.steps=2", "device=cpu"]
     for word in overrides:  # run names stand for their folders
         key, _, value = word.partition("=")
         args.append(f"{key}={runs[value]}" if value in runs else word)
@@ -142,7 +142,7 @@ def test_class_accuracy_counts_the_requested_labels(tiny_mnist_root, tmp_path):
 
 
 def test_evaluate_scores_each_guidance_scale_with_its_class_accuracy(runs, tmp_path):
-    cfg = compose_config([f"run={runs['conditional']}", "n=10", "steps=2", "device=cpu",
+    cfg = compose_config([f"run={runs['conditional']}", "n=10", "sampler.steps=2", "device=cpu",
                           "batch_size=10", "guidance_scale=[0,1,3]", "plot=false",
                           f"metrics.cache_dir={tmp_path}", "metrics.feature_epochs=2",
                           "metrics.kid=false"], config_name="evaluate")

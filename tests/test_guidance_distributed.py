@@ -20,7 +20,7 @@ def test_guided_sampling_splits_across_ranks(tmp_path, tiny_mnist_root):
     classifier = tmp_path / "classifier"
     train_classifier(compose_config(classifier_overrides(tiny_mnist_root, "steps=2"),
                                     config_name="train_classifier"), classifier)
-    args = [f"run={run}", "n=10", "batch_size=4", "sampler=ddpm", "steps=3", "labels=all",
+    args = [f"run={run}", "n=10", "batch_size=4", "sampler=ddpm", "sampler.steps=3", "labels=all",
             "guidance_scale=3", f"classifier={classifier}", "classifier_scale=2",
             "save_tensors=true", "device=cpu"]
     images = {}

@@ -118,9 +118,10 @@ def test_missing_inception_weights_name_the_file_and_place(tmp_path, monkeypatch
 
 
 def test_steps_list_is_not_a_sweep():
-    assert _list_overrides(["run=x", "steps=10,20,50", "n=5"]) == [
-        "run=x", "steps=[10,20,50]", "n=5"]
-    assert _list_overrides(["steps=[1,2]", "steps=7"]) == ["steps=[1,2]", "steps=7"]
+    assert _list_overrides(["run=x", "sampler.steps=10,20,50", "n=5"]) == [
+        "run=x", "sampler.steps=[10,20,50]", "n=5"]
+    assert _list_overrides(["sampler.steps=[1,2]", "sampler.steps=7"]) == [
+        "sampler.steps=[1,2]", "sampler.steps=7"]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def evaluated_run(tmp_path_factory, tiny_mnist_root, cache):
     """A few-step run that evaluates a small FID every 2 steps."""
     run_dir, _ = run_training(
         tmp_path_factory.mktemp("eval"), tiny_mnist_root, "model=basic", "model.base_channels=8",
-        "trainer.eval_every=2", "trainer.eval_n=8", "trainer.sample_steps=2",
+        "trainer.eval_every=2", "trainer.eval_n=8", "sampler.steps=2",
         f"metrics.cache_dir={cache}",
         f"metrics.feature_epochs={EPOCHS}", "metrics.kid_subset_size=8")
     as_hydra_writes_it(run_dir)
@@ -165,7 +166,7 @@ def _evaluate(run_dir, cache, *overrides):
 
 
 def test_evaluate_writes_eval_json_metrics_and_plot(evaluated_run, cache):
-    results = _evaluate(evaluated_run, cache, "n=16", "steps=[2,4]")
+    results = _evaluate(evaluated_run, cache, "n=16", "sampler.steps=[2,4]")
     assert [(r.sampler, r.steps, r.n) for r in results] == [("ddim", 2, 16), ("ddim", 4, 16)]
     entries = read_eval(evaluated_run)
     assert sorted((e["sampler"], e["steps"], e["n"]) for e in entries.values()) == [
@@ -177,9 +178,10 @@ def test_evaluate_writes_eval_json_metrics_and_plot(evaluated_run, cache):
         f"feature_id={entry['feature_id']} reference_n=32")
     assert entry["reference"] == "mnist/test" and entry["reference_n"] == 32
     assert entry["step"] == 4 and entry["floor_n"] == 16 and entry["fid"] > entry["floor"]
-    assert (" n=16 sampler=ddim steps=2,4 eta=0.0 timestep_spacing=trailing batch_size=8 "
-            in entry["command"])
-    _evaluate(evaluated_run, cache, "n=8", "sampler=ddpm", "steps=3")  # merged, not overwritten
+    assert (" n=16 sampler=ddim sampler.steps=2,4 sampler.eta=0.0 sampler.set_alpha_to_one=true "
+            "sampler.timestep_spacing=trailing batch_size=8 " in entry["command"])
+    # merged, not overwritten
+    _evaluate(evaluated_run, cache, "n=8", "sampler=ddpm", "sampler.steps=3")
     entries = read_eval(evaluated_run)
     assert sorted((e["sampler"], e["steps"], e["n"]) for e in entries.values()) == [
         ("ddim", 2, 16), ("ddim", 4, 16), ("ddpm", 3, 8)]
@@ -199,8 +201,9 @@ def test_eval_entries_keep_every_protocol_and_repeat_exactly(evaluated_run, cach
     shutil.copytree(evaluated_run, run_dir)
     (run_dir / "eval.json").unlink(missing_ok=True)
     older = run_dir / "checkpoints" / "step_00000002.pt"
-    for overrides in (["eta=0"], ["eta=1"], ["eta=0", f"checkpoint={older}"]):
-        _evaluate(run_dir, cache, "n=8", "steps=2", "plot=false", *overrides)
+    for overrides in (["sampler.eta=0"], ["sampler.eta=1"],
+                      ["sampler.eta=0", f"checkpoint={older}"]):
+        _evaluate(run_dir, cache, "n=8", "sampler.steps=2", "plot=false", *overrides)
     entries = read_eval(run_dir)
     assert sorted((e["eta"], e["step"]) for e in entries.values()) == [(0, 2), (0, 4), (1, 4)]
     stochastic = next(e for e in entries.values() if e["eta"] == 1)
@@ -208,7 +211,7 @@ def test_eval_entries_keep_every_protocol_and_repeat_exactly(evaluated_run, cach
     assert args[:3] == ["python", "-m", "diffusion.evaluate"]
     cfg = compose_config([*_list_overrides(args[3:]), f"metrics.cache_dir={cache}",
                           "device=cpu", "plot=false"], config_name="evaluate")
-    assert (cfg.eta, cfg.batch_size, cfg.metrics.seed, cfg.checkpoint) == (
+    assert (cfg.sampler.eta, cfg.batch_size, cfg.metrics.seed, cfg.checkpoint) == (
         1, 8, 0, str(run_dir / "checkpoints" / "step_00000004.pt"))
     [again] = evaluate(cfg)
     assert read_eval(run_dir).keys() == entries.keys()  # the same protocol, the same key

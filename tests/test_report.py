@@ -23,7 +23,8 @@ def sweep(tmp_path_factory, tiny_mnist_root):
 
     root = tmp_path_factory.mktemp("sweep")
     argv = sys.argv
-    sys.argv = ["train", "-m", "trainer=debug", "logger=none", f"paths.data_dir={tiny_mnist_root}",
+    sys.argv = ["train", "-m", "trainer=debug", "sampler.steps=2", "logger=none",
+                f"paths.data_dir={tiny_mnist_root}",
                 "data.batch_size=8", "data.num_workers=0", "model=basic",
                 "model.base_channels=8", f"hydra.sweep.dir={root / 'multirun'}",
                 "trainer.grad_clip=0", "trainer.log_every=1", "optimizer.lr=0.001,1e30",
@@ -37,7 +38,7 @@ def sweep(tmp_path_factory, tiny_mnist_root):
         GlobalHydra.instance().clear()
     cache = root / "features"
     for job in ("0", "1"):
-        evaluate(compose_config([f"run={root / 'multirun' / job}", "n=8", "steps=[2,4]",
+        evaluate(compose_config([f"run={root / 'multirun' / job}", "n=8", "sampler.steps=[2,4]",
                                  f"metrics.cache_dir={cache}", "metrics.feature_epochs=5",
                                  "metrics.kid_subset_size=8", "batch_size=8", "device=cpu"],
                                 config_name="evaluate"))

@@ -17,9 +17,12 @@ from diffusion.schedulers import DDPMScheduler
 from test_train import run_training
 
 SAMPLE_KEYS = ("batch_size, chain, chain_frames, chain_rows, checkpoint, classifier, "
-               "classifier_scale, compile, device, eta, guidance_rescale, guidance_scale, "
-               "labels, n, out, precision, run, sampler, save_tensors, seed, steps, "
-               "timestep_spacing")
+               "classifier_scale, compile, device, guidance_rescale, guidance_scale, labels, n, "
+               "out, precision, run, sampler, save_tensors, seed")
+STEPS_RANGE = ("sampler.steps must be an integer from 1 to 1000 (the model's "
+               "num_train_timesteps)")
+MOVED = ("is now sampler.{key}: the sampler is a config group, e.g. sampler=ddim "
+         "sampler.steps=50 (conf/sampler/ holds one file per sampler).")
 
 
 @pytest.fixture(scope="module")
@@ -48,32 +51,37 @@ def _fails_with(result: subprocess.CompletedProcess, last_line: str) -> None:
 
 # (arguments after run=, the last line of stderr); run=plain unless the case names the run
 SAMPLE_CASES = {
-    "steps-0": (["steps=0", "n=2"], "steps must be an integer from 1 to 1000 (the model's "
-                "num_train_timesteps); got 0."),
-    "steps-above-T": (["steps=1001"], "steps must be an integer from 1 to 1000 (the model's "
-                      "num_train_timesteps); got 1001."),
+    "steps-0": (["sampler.steps=0", "n=2"], f"{STEPS_RANGE}; got 0."),
+    "steps-above-T": (["sampler.steps=1001"], f"{STEPS_RANGE}; got 1001."),
     "n-0": (["n=0"], "n must be an integer >= 1; got 0."),
-    "batch_size-0": (["batch_size=0", "n=2", "steps=2"], "batch_size must be an integer >= 1; "
-                     "got 0."),
-    "eta-negative": (["eta=-0.5", "n=2", "steps=2"], "eta must be a number in [0, 1] "
-                     "(0: deterministic DDIM); got -0.5."),
-    "eta-with-ddpm": (["sampler=ddpm", "eta=0.5", "n=2", "steps=2"], "eta only applies to "
-                      "sampler=ddim; got eta=0.5 with sampler=ddpm: set eta=0 or sampler=ddim."),
+    "batch_size-0": (["batch_size=0", "n=2", "sampler.steps=2"],
+                     "batch_size must be an integer >= 1; got 0."),
+    "eta-negative": (["sampler.eta=-0.5", "n=2", "sampler.steps=2"],
+                     "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); got -0.5."),
+    "eta-with-ddpm": (["sampler=ddpm", "sampler.eta=0.5", "n=2", "sampler.steps=2"],
+                      "sampler.eta is not an option of sampler=ddpm: use one of name, steps, "
+                      "timestep_spacing, variance_type."),
+    "option-value": (["sampler=dpmpp_2m", "sampler.solver_order=5", "n=2"],
+                     "sampler.solver_order must be 1, 2 or 3; got 5."),
+    "steps-list": (["sampler.steps=[2,3]", "n=2"], "sampler.steps must be one step count for "
+                   "diffusion.sample; got [2, 3] (diffusion.evaluate takes several)."),
+    "old-steps-key": (["steps=2", "n=2"], "steps " + MOVED.format(key="steps")),
+    "old-eta-key": (["eta=0.5", "n=2"], "eta " + MOVED.format(key="eta")),
     "sampler": (["sampler=foo"], "sampler must be one of ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, "
                 "dpmpp_3m, euler, euler_a, heun; got 'foo'."),
-    "seed": (["seed=abc", "n=2", "steps=2"], "seed must be an integer; got 'abc'."),
-    "chain_frames": (["chain=true", "chain_frames=1", "n=2", "steps=2"],
+    "seed": (["seed=abc", "n=2", "sampler.steps=2"], "seed must be an integer; got 'abc'."),
+    "chain_frames": (["chain=true", "chain_frames=1", "n=2", "sampler.steps=2"],
                      "chain_frames must be an integer >= 2; got 1."),
-    "unknown-plus-key": (["+y=11", "n=2", "steps=2"], f"y is not a diffusion.sample option: "
-                         f"use one of {SAMPLE_KEYS}."),
+    "unknown-plus-key": (["+y=11", "n=2", "sampler.steps=2"],
+                         f"y is not a diffusion.sample option: use one of {SAMPLE_KEYS}."),
     "unknown-key": (["y=11"], f"y is not a diffusion.sample option: use one of {SAMPLE_KEYS}."),
-    "labels-unconditional": (["labels=3", "n=2", "steps=2"], "labels was given but the model "
-                             "is unconditional (num_classes=None): leave labels out."),
-    "labels-out-of-range": (["run=conditional", "labels=[0,10]", "n=2", "steps=2"],
+    "labels-unconditional": (["labels=3", "n=2", "sampler.steps=2"], "labels was given but the "
+                             "model is unconditional (num_classes=None): leave labels out."),
+    "labels-out-of-range": (["run=conditional", "labels=[0,10]", "n=2", "sampler.steps=2"],
                             "labels must be class labels in [0, 9]; got 10."),
-    "labels-not-ints": (["run=conditional", "labels=a", "n=2", "steps=2"], "labels must be "
-                        "null, all, a class label or a list of them, e.g. labels=3 or "
-                        "labels=[0,1,2]; got 'a'."),
+    "labels-not-ints": (["run=conditional", "labels=a", "n=2", "sampler.steps=2"],
+                        "labels must be null, all, a class label or a list of them, e.g. labels=3 "
+                        "or labels=[0,1,2]; got 'a'."),
 }
 
 
@@ -98,17 +106,18 @@ def test_unwritable_output_fails_before_sampling(runs, tmp_path):
     run = runs["plain"]
     (run / "samples").write_text("a file where the samples folder would go")
     try:
-        _fails_with(_cli("diffusion.sample", f"run={run}", "steps=2", "n=2"),
+        _fails_with(_cli("diffusion.sample", f"run={run}", "sampler.steps=2", "n=2"),
                     f"{run / 'samples'} is a file, so {run / 'samples' / 'ddim-2_seed0.png'} "
                     "cannot be written: pass out=<file.png> in a folder you can write.")
     finally:
         (run / "samples").unlink()
     taken = tmp_path / "taken.png"
     taken.mkdir()
-    _fails_with(_cli("diffusion.sample", f"run={run}", "steps=2", "n=2", f"out={taken}"),
+    _fails_with(_cli("diffusion.sample", f"run={run}", "sampler.steps=2", "n=2",
+                     f"out={taken}"),
                 f"{taken} is a folder, not a file: pass out=<file.png> in a folder you can "
                 "write.")
-    _fails_with(_cli("diffusion.sample", f"run={run}", "steps=2", "n=2",
+    _fails_with(_cli("diffusion.sample", f"run={run}", "sampler.steps=2", "n=2",
                      f"out={tmp_path / 'grid'}"),
                 f"out must be an image file name such as grid.png; got '{tmp_path / 'grid'}'.")
     assert list(tmp_path.iterdir()) == [taken] and not list(taken.iterdir())
@@ -117,10 +126,12 @@ def test_unwritable_output_fails_before_sampling(runs, tmp_path):
 EVALUATE_CASES = {
     "sampler": (["sampler=foo"], "sampler must be one of ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, "
                 "dpmpp_3m, euler, euler_a, heun; got 'foo'."),
-    "steps-above-T": (["steps=10,2000"], "steps must be an integer from 1 to 1000 (the "
-                      "model's num_train_timesteps); got 2000."),
-    "eta": (["eta=2"], "eta must be a number in [0, 1] (0: deterministic DDIM); got 2."),
+    "steps-above-T": (["sampler.steps=10,2000"], f"{STEPS_RANGE}; got 2000."),
+    "eta": (["sampler.eta=2"], "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); "
+            "got 2."),
     "n": (["n=1"], "n must be an integer >= 2 (images per FID); got 1."),
+    "old-spacing-key": (["timestep_spacing=leading"],
+                        "timestep_spacing " + MOVED.format(key="timestep_spacing")),
     "batch_size": (["batch_size=0"], "batch_size must be an integer >= 1; got 0."),
     "features": (["metrics.features=foo"], "metrics.features must be one of domain, "
                  "inception; got 'foo'."),
@@ -149,8 +160,9 @@ def test_evaluate_rejects_bad_arguments_before_the_feature_network(runs, tmp_pat
         blocker.mkdir() if blocker.suffix else blocker.write_text("")
     cache = tmp_path / "cache"
     try:
-        result = _cli("diffusion.evaluate", f"run={run}", "n=4", "steps=2", "device=cpu",
-                      f"metrics.cache_dir={cache}", "metrics.feature_epochs=1", *args)
+        result = _cli("diffusion.evaluate", f"run={run}", "n=4", "sampler.steps=2",
+                      "device=cpu", f"metrics.cache_dir={cache}", "metrics.feature_epochs=1",
+                      *args)
     finally:
         if blocker is not None:
             blocker.rmdir() if blocker.is_dir() else blocker.unlink()

@@ -109,7 +109,7 @@ def test_loss_divergence_stops_with_one_sentence(tmp_path, tiny_mnist_root):
 
 @pytest.mark.parametrize(("override", "message"), [
     ("trainer.max_steps=-5", "trainer.max_steps must be a positive integer; got -5."),
-    ("trainer.loss=l3", "trainer.loss must be one of mse, l1, huber"),
+    ("objective.loss=l3", "objective.loss must be one of mse, l1, huber"),
     ("model.in_channels=3", "model.in_channels is 3 but data mnist has 1 channel"),
     ("data.batch_size=0", "data.batch_size must be a positive integer"),
     ("model.base_channels=-1", "model.base_channels"),
@@ -124,3 +124,17 @@ def test_bad_values_name_the_key(tmp_path, tiny_mnist_root, override, message):
                        .replace("[", r"\[")):
         run_training(tmp_path, tiny_mnist_root, *overrides)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_deterministic_turns_on_deterministic_kernels(tmp_path, tiny_mnist_root):
+    """trainer.deterministic=true is what makes a CUDA resume bit-exact (tests/test_cuda.py)."""
+    try:
+        run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
+                     "trainer.deterministic=true", "trainer.max_steps=2")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
+                 "trainer.max_steps=2", name="default")
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -90,6 +90,24 @@ BAD_VALUES = [
                       "adamw."),
     ("data=cifar10", "error: data=cifar10 is not an option of data: choose one of "),
     ("trainer.foo=1", "error: trainer.foo is not a config key: check the override's spelling"),
+    ("sampler=foo", "error: sampler=foo is not an option of sampler: choose one of ddim, ddpm, "
+                    "dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, euler, euler_a, heun."),
+    ("sampler.steps=2000", "error: sampler.steps must be an integer from 1 to 1000 (the "
+                           "model's num_train_timesteps); got 2000."),
+    ("sampler.solver_order=4", "error: sampler.solver_order is not a config key"),
+    ("trainer.sample_steps=25", "error: trainer.sample_steps is now sampler.steps: the sampler "
+                                "is a config group, e.g. sampler=ddim sampler.steps=50"),
+    ("trainer.sampler=heun", "error: trainer.sampler is now sampler=<name>: "),
+    ("trainer.loss=l1", "error: trainer.loss is now objective.loss: the training objective is "
+                        "a config group, e.g. objective=v_minsnr objective.loss=l1"),
+    ("objective=foo", "error: objective=foo is not an option of objective: choose one of eps, "
+                      "eps_minsnr, eps_p2, v, v_minsnr, v_zero_snr, x0, x0_minsnr."),
+    ("objective.weighting=snr", "error: objective.weighting must be one of none, min_snr, p2; "
+                                "got 'snr'."),
+    ("objective=eps_minsnr scheduler.rescale_betas_zero_snr=true",
+     "error: Invalid scheduler config: rescale_betas_zero_snr=True needs prediction_type "
+     "'v_prediction' or 'sample', because at zero terminal SNR an epsilon prediction cannot "
+     "recover x_0."),
 ]
 
 
@@ -97,7 +115,7 @@ BAD_VALUES = [
                          ids=[o for o, _ in BAD_VALUES])
 def test_bad_value_is_one_sentence_and_no_folder(override, message, runs, tiny_mnist_root,
                                                   capsys):
-    code, last = run_main([*_base(runs, tiny_mnist_root), override], capsys)
+    code, last = run_main([*_base(runs, tiny_mnist_root), *override.split()], capsys)
     assert code == 1
     assert last.startswith(message), last
     assert not runs.exists(), "a rejected command created a run folder"

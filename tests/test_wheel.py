@@ -80,7 +80,8 @@ def test_installed_wheel_trains_with_its_own_and_a_users_configs(tmp_path, tiny_
     assert "name: my_exp" in shown and "base_channels: 8" in shown
 
     _run([python, "-m", "diffusion.train", "--config-dir", conf, "experiment=my_exp",
-          "trainer=debug", "logger=none", "data.batch_size=8", "data.num_workers=0",
+          "trainer=debug", "sampler.steps=2", "logger=none", "data.batch_size=8",
+          "data.num_workers=0",
           "trainer.max_steps=2", f"paths.data_dir={tiny_mnist_root}"], cwd=work)
     (run,) = (work / "runs" / "my_exp").iterdir()
     assert (run / "checkpoints" / "step_00000002.pt").is_file()

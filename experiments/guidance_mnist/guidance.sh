@@ -12,13 +12,13 @@ CLASSIFIER=${CLASSIFIER:-runs/classifier-mnist}
 N=${N:-500}
 STEPS=${STEPS:-10}
 OUT=experiments/guidance_mnist
-common=(run="$RUN" n="$N" sampler=ddim steps="$STEPS" batch_size=250 timestep_spacing=trailing
-        plot=false)
+common=(run="$RUN" n="$N" sampler=ddim sampler.steps="$STEPS" batch_size=250
+        sampler.timestep_spacing=trailing plot=false)
 # classifier-free guidance: 0 is the unconditional model (null label), 1 the conditional one
 python -m diffusion.evaluate "${common[@]}" guidance_scale=0,1,1.5,2,3,5,7.5
 # one column per class (labels 0..9 along each row), ten rows of samples, three scales
 for w in 0 1 3; do
-  python -m diffusion.sample run="$RUN" sampler=ddim steps="$STEPS" n=100 labels=all \
+  python -m diffusion.sample run="$RUN" sampler=ddim sampler.steps="$STEPS" n=100 labels=all \
     guidance_scale="$w" out="$OUT/grid_cfg$w.png"
 done
 # classifier guidance of the model's unconditional half (guidance_scale=0: the null label)

@@ -8,8 +8,8 @@ set -euo pipefail
 # add 100 (heun: 50) to the step lists where time allows.
 RUN=${RUN:-runs/mnist_cpu_samplers}
 N=${N:-500}
-common=(run="$RUN" n="$N" batch_size=250 timestep_spacing=trailing plot=false)
-python -m diffusion.evaluate "${common[@]}" sampler=dpmpp_2m steps=5,10,20,50
-python -m diffusion.evaluate "${common[@]}" sampler=ddim steps=5,10,20,50
+common=(run="$RUN" n="$N" batch_size=250 sampler.timestep_spacing=trailing plot=false)
+python -m diffusion.evaluate "${common[@]}" sampler=dpmpp_2m sampler.steps=5,10,20,50
+python -m diffusion.evaluate "${common[@]}" sampler=ddim sampler.steps=5,10,20,50
 # Heun evaluates the network twice per step but once in the last: steps s cost 2s - 1 NFE
-python -m diffusion.evaluate "${common[@]}" sampler=heun steps=3,5,10,25
+python -m diffusion.evaluate "${common[@]}" sampler=heun sampler.steps=3,5,10,25

@@ -14,6 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from diffusion.data import dataset_info
 from diffusion.device import resolve_device
 from diffusion.errors import ConfigError, DatasetNotFoundError
+from diffusion.objectives import Objective
+from diffusion.sampler_spec import OLD_TRAINER_KEYS, training_sampler
+from diffusion.sampling_args import moved_key_message
 
 
 def _instantiate(group: str, node: DictConfig, **kwargs):
@@ -70,7 +73,47 @@ def check_device(device: str) -> None:
 
 
 def build_trainer_config(cfg: DictConfig):
-    return _instantiate("trainer", cfg.trainer)
+    """``trainer.*`` as a TrainerConfig. The sampling keys of run folders from before the
+    ``sampler`` group are left to ``training_sampler``; anywhere else they are refused with
+    where they went."""
+    node = cfg.trainer
+    for keys, group in ((OLD_TRAINER_KEYS, "sampler"), (OLD_OBJECTIVE_KEYS, "objective")):
+        old = [key for key in keys if key in node]
+        if old and cfg.get(group) is not None:
+            raise ConfigError(moved_key_message(f"trainer.{old[0]}"))
+        if old:
+            node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node).items()
+                                     if k not in keys})
+    return _instantiate("trainer", node)
+
+
+OLD_OBJECTIVE_KEYS = ("loss", "huber_delta")
+"""``trainer.*`` keys of run folders from before the ``objective`` group."""
+
+
+def build_objective(cfg: DictConfig, scheduler) -> Objective:
+    """The ``objective`` group's Objective over the training ``scheduler``. A run folder
+    from before the group trained its scheduler's target, unweighted, with trainer.loss."""
+    node = cfg.get("objective")
+    try:
+        if node is None:
+            trainer = cfg.get("trainer") or {}
+            return Objective(scheduler, **{k: trainer[k] for k in OLD_OBJECTIVE_KEYS
+                                           if k in trainer})
+        return _instantiate("objective", node)(scheduler)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def build_training_sampler(cfg: DictConfig):
+    """The grids' and periodic FID's sampler (``sampler`` group), checked against the run's
+    training scheduler."""
+    try:
+        sampler = training_sampler(cfg)
+        sampler.check(build_scheduler(cfg).num_train_timesteps)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return sampler
 
 
 def build_model(cfg: DictConfig):

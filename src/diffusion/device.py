@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def use_deterministic_algorithms(on: bool) -> None:
+    """Deterministic kernels where PyTorch has them (a warning where it has none). On CUDA
+    the attention backward and cuBLAS otherwise vary from run to run, so a run stopped and
+    resumed differs from an uninterrupted one in the last bits; on the CPU they already agree.
+    cuBLAS reads its workspace setting when its first handle is made, so set it first."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(on, warn_only=True)
 
 
 def resolve_device(device: str | torch.device = "auto", key: str = "device") -> torch.device:

@@ -34,15 +34,17 @@ FROM_MODEL = object()  # num_classes default: the model's own attribute
 
 
 def make_sampler(train_scheduler: NoiseScheduler, sampler: str | NoiseScheduler,
-                 eta: float = 0.0, timestep_spacing: str | None = None) -> NoiseScheduler:
+                 eta: float = 0.0, timestep_spacing: str | None = None,
+                 **options) -> NoiseScheduler:
     """The scheduler that walks the reverse process: ``sampler`` itself when it is a scheduler
     object, else the class named ``sampler`` over the training noise schedule (its betas,
     prediction type and clipping; only the reverse-step algorithm changes), with the options
-    the name presets (``dpmpp_3m``: ``solver_order=3``), ``eta`` where that sampler
-    takes one, and ``timestep_spacing`` (None: the training scheduler's)."""
+    the name presets (``dpmpp_3m``: ``solver_order=3``) updated by ``options``
+    (``use_karras_sigmas=True``, say), ``eta`` where that sampler takes one, and
+    ``timestep_spacing`` (None: the training scheduler's)."""
     if isinstance(sampler, NoiseScheduler):
         return sampler  # with its own timestep_spacing
-    cls, options = SAMPLERS[sampler], dict(SAMPLER_PRESETS[sampler])
+    cls, options = SAMPLERS[sampler], {**SAMPLER_PRESETS[sampler], **options}
     if "eta" in cls.config_keys():
         options["eta"] = eta
     if timestep_spacing is not None:

@@ -33,13 +33,16 @@ from omegaconf.errors import OmegaConfBaseException
 
 from diffusion.builders import (
     build_model,
+    build_objective,
     build_scheduler,
     build_trainer_config,
+    build_training_sampler,
     check_device,
     validate,
 )
 from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
 from diffusion.rundir import check_writable
+from diffusion.sampling_args import MOVED_KEYS, moved_key_message
 from diffusion.training.checkpoint import latest_checkpoint, step_of
 
 FROZEN_ON_RESUME = ("model", "scheduler", "data.name", "data.channels", "data.image_size",
@@ -131,6 +134,7 @@ def compose(config_dir: Path, config_name: str, overrides: list[str],
                             return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
+        _check_conditioning(cfg)
         with open_dict(cfg):
             del cfg["hydra"]
         OmegaConf.resolve(cfg)
@@ -138,12 +142,25 @@ def compose(config_dir: Path, config_name: str, overrides: list[str],
         raise ConfigError(_missing_option(exc, config_name, overrides)) from None
     except (HydraException, OmegaConfBaseException) as exc:
         unknown = re.search(r"Could not override '([^']+)'", str(exc))
+        if unknown and unknown.group(1) in MOVED_KEYS:
+            raise ConfigError(moved_key_message(unknown.group(1))) from None
         what = (f"{unknown.group(1)} is not a config key" if unknown else _first_line(exc))
         raise ConfigError(f"{what}: check the override's spelling (python -m diffusion.train "
                           "--cfg job prints every key).") from None
     finally:
         GlobalHydra.instance().clear()
     return Job(overrides, cfg, run_dir, sweep_dir)
+
+
+def _check_conditioning(cfg: DictConfig) -> None:
+    """``conditioning=class`` on data without classes (an image folder without class
+    subfolders) would train an unconditional model: refuse it instead."""
+    choice = cfg.hydra.runtime.choices.get("conditioning")
+    if choice == "class" and cfg.data.get("num_classes") is None:
+        raise ConfigError(
+            f"conditioning=class needs labelled data but data {cfg.data.name} has no classes "
+            "(an image folder is labelled by one subfolder per class): label the images or "
+            "drop conditioning=class.")
 
 
 def _initialize(config_dir: Path, extra_dir: Path | None) -> None:
@@ -186,10 +203,11 @@ def check_config(cfg: DictConfig) -> None:
 
     validate(cfg)
     trainer = build_trainer_config(cfg)
+    build_training_sampler(cfg)
     check_device(trainer.device)
     with torch.device("meta"):
         build_model(cfg)
-    build_scheduler(cfg)
+    build_objective(cfg, build_scheduler(cfg))
     _check_optimizer(cfg.optimizer)
     dummy = torch.nn.Parameter(torch.zeros(1))
     optimizer = _build("optimizer", cfg.optimizer, lambda factory: factory([dummy]))

@@ -84,9 +84,13 @@ def cpu_model() -> str:
 # ---- eval.json: a run's evaluations, keyed by their whole protocol -------------------------
 
 #: What makes two evaluations of a run comparable; an eval.json key holds all of it.
-PROTOCOL = ("sampler", "steps", "n", "eta", "timestep_spacing", "batch_size", "seed",
-            "checkpoint", "step", "feature_id", "reference_n", "guidance_scale",
+PROTOCOL = ("sampler", "steps", "n", "eta", "timestep_spacing", "sampler_options", "batch_size",
+            "seed", "checkpoint", "step", "feature_id", "reference_n", "guidance_scale",
             "guidance_rescale", "classifier", "classifier_scale")
+#: Parts of the protocol that an entry may lack: older entries have no timestep_spacing, and
+#: sampler_options (the sampler's options changed from its defaults) is there only when set.
+OPTIONAL = ("timestep_spacing", "sampler_options")
+#: The guidance settings: part of the key where they are set (not None).
 GUIDANCE = ("guidance_scale", "guidance_rescale", "classifier", "classifier_scale")
 
 
@@ -99,8 +103,7 @@ def entry_key(entry: dict) -> str:
     ignores it. The guidance settings are part of it where they are set."""
     stochastic = is_stochastic(entry["sampler"], entry["eta"])
     return " ".join(f"{k}={entry.get(k)}" for k in PROTOCOL
-                    if (k != "batch_size" or stochastic)
-                    and (k != "timestep_spacing" or k in entry)  # older entries have none
+                    if (k != "batch_size" or stochastic) and (k not in OPTIONAL or k in entry)
                     and (k not in GUIDANCE or entry.get(k) is not None))
 
 

@@ -1,7 +1,8 @@
-"""``python -m diffusion.sample run=<run folder> sampler=ddim steps=50 n=64 seed=0``
+"""``python -m diffusion.sample run=<run folder> sampler=ddim sampler.steps=50 n=64 seed=0``
 
 Writes a PNG grid from the run's EMA weights (and, on request, the tensors and
-the denoising chain as a grid and an animated GIF) into ``<run>/samples/``. A class-
+the denoising chain as a grid and an animated GIF) into ``<run>/samples/``. ``sampler`` is
+the config group ``conf/sampler/<name>.yaml`` (``diffusion.sampler_spec``). A class-
 conditional run samples ``labels`` (default: 0..K-1 in turn). Every option is checked, and
 the output location probed, before the model is loaded.
 ``torchrun --nproc_per_node=N -m diffusion.sample ... n=10000 batch_size=500`` shares the
@@ -28,22 +29,22 @@ from diffusion.guidance_options import (
 )
 from diffusion.pipeline import DiffusionPipeline, compile_mode
 from diffusion.rundir import load_config
+from diffusion.sampler_spec import SamplerSpec
 from diffusion.sampling_args import (
     check_bool,
     check_cli_config,
     check_int,
-    check_sampling,
     check_writable,
     is_int,
-    is_stochastic,
     labels_option,
     run_command,
 )
 
 
-def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, GuidanceOptions]:
+def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, SamplerSpec, int,
+                                                  GuidanceOptions]:
     """Every option checked, before the model is loaded: (where the grid goes, the labels,
-    the guidance).
+    the sampler, its step count, the guidance).
 
     Reads only the run's config.yaml (for T and model.num_classes), so a bad value costs no
     model load and no sampling, and an output location that cannot be written is found
@@ -51,9 +52,13 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Gui
     """
     check_cli_config(cfg, "sample")
     run_cfg = load_config(cfg.run)
-    check_sampling(cfg.sampler, cfg.steps, cfg.eta,
-                   instantiate(run_cfg.scheduler).num_train_timesteps,
-                   n=cfg.n, batch_size=cfg.batch_size, timestep_spacing=cfg.timestep_spacing)
+    spec = SamplerSpec.from_config(cfg.sampler)
+    if isinstance(spec.steps, list):
+        raise ValueError(f"sampler.steps must be one step count for diffusion.sample; got "
+                         f"{spec.steps} (diffusion.evaluate takes several).")
+    num_train_timesteps = instantiate(run_cfg.scheduler).num_train_timesteps
+    spec.check(num_train_timesteps, n=cfg.n, batch_size=cfg.batch_size)
+    steps = spec.step_counts(num_train_timesteps)[0]
     guidance = check_guidance_options(cfg, run_cfg)
     labels = labels_option(cfg.labels, cfg.n, guidance.label_classes)
     if not is_int(cfg.seed):
@@ -65,7 +70,8 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Gui
     resolve_precision(cfg.precision, resolve_device(cfg.device))
     if cfg.compile:
         compile_mode(cfg.compile)
-    grid = Path(cfg.out) if cfg.out else Path(cfg.run) / "samples" / f"{_stem(cfg)}.png"
+    grid = (Path(cfg.out) if cfg.out
+            else Path(cfg.run) / "samples" / f"{_stem(cfg, spec, steps)}.png")
     if grid.suffix.lower() not in Image.registered_extensions():
         raise ValueError(f"out must be an image file name such as grid.png; got {cfg.out!r}.")
     outputs = [grid]
@@ -77,18 +83,20 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Gui
     if dist.is_main():
         for path in outputs:
             check_writable(path, "pass out=<file.png> in a folder you can write")
-    return grid, labels, guidance
+    return grid, labels, spec, steps, guidance
 
 
-def _stem(cfg: DictConfig) -> str:
+def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
     """The default file name: every setting that changes the images, so two samplings that
     differ in one of them do not overwrite each other (defaults left out: ddim-50_seed0)."""
-    stem = f"{cfg.sampler}-{cfg.steps}"
-    if cfg.eta:
-        stem += f"-eta{cfg.eta:g}"
-    if cfg.timestep_spacing != "trailing":  # the default is left out
-        stem += f"-{cfg.timestep_spacing or 'trained'}"
-    if is_stochastic(cfg.sampler, cfg.eta):  # the step noise is drawn per batch
+    stem = f"{spec.name}-{steps}"
+    for key, value in spec.changed_options().items():
+        stem += f"-{key}{value}"
+    if spec.eta:
+        stem += f"-eta{spec.eta:g}"
+    if spec.timestep_spacing != "trailing":  # the default is left out
+        stem += f"-{spec.timestep_spacing or 'trained'}"
+    if spec.stochastic:  # the step noise is drawn per batch
         stem += f"-b{cfg.batch_size}"
     stem += f"_seed{cfg.seed}"
     if cfg.checkpoint:
@@ -109,15 +117,14 @@ def _stem(cfg: DictConfig) -> str:
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
     """Sample as ``cfg`` says; returns the paths written."""
-    grid, labels, options = check_sample_config(cfg)
+    grid, labels, spec, steps, options = check_sample_config(cfg)
     pipe = DiffusionPipeline.from_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device,
                                       precision=cfg.precision,
                                       compile=cfg.get("compile", False))
     noise = torch.randn((cfg.n, *pipe.sample_shape),
                         generator=torch.Generator().manual_seed(cfg.seed))
     out = pipe.sample_across_ranks(cfg.n, noise=noise, seed=cfg.seed, chunk_size=cfg.batch_size,
-                                   steps=cfg.steps, sampler=cfg.sampler, eta=cfg.eta,
-                                   timestep_spacing=cfg.timestep_spacing, y=labels,
+                                   steps=steps, sampler=spec.build(pipe.scheduler), y=labels,
                                    return_chain=cfg.chain, chain_frames=cfg.chain_frames,
                                    progress=True, guidance=build_guidance(
                                        options, options.scales[0], options.classifier_scales[0],

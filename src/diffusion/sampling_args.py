@@ -29,8 +29,25 @@ from diffusion.schedulers.base import TIMESTEP_SPACINGS
 
 SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` spells it
 SAMPLER_PRESETS = NoiseScheduler.SAMPLER_PRESETS  # name -> the options the name sets
+MOVED_KEYS = {"steps": "sampler.steps", "eta": "sampler.eta",
+              "timestep_spacing": "sampler.timestep_spacing",
+              "trainer.sampler": "sampler=<name>", "trainer.sample_steps": "sampler.steps",
+              "trainer.sample_spacing": "sampler.timestep_spacing",
+              "trainer.loss": "objective.loss", "trainer.huber_delta": "objective.huber_delta"}
+"""Keys of earlier versions and where the ``sampler`` and ``objective`` config groups keep
+them now."""
 RUN_REQUIRED = ("run= is required: pass the run folder diffusion.train printed, "
                 "e.g. run=runs/<name>/<date>_<time>.")
+
+
+def moved_key_message(key: str) -> str:
+    """The one sentence for a key of ``MOVED_KEYS`` typed in its old place."""
+    if MOVED_KEYS[key].startswith("objective."):
+        return (f"{key} is now {MOVED_KEYS[key]}: the training objective is a config group, "
+                f"e.g. objective=v_minsnr objective.loss=l1 (conf/objective/ holds one file "
+                f"per objective).")
+    return (f"{key} is now {MOVED_KEYS[key]}: the sampler is a config group, e.g. "
+            f"sampler=ddim sampler.steps=50 (conf/sampler/ holds one file per sampler).")
 
 
 def is_int(value: Any) -> bool:
@@ -168,35 +185,59 @@ def known_keys(config_name: str) -> dict[str, set[str] | None]:
     {group: keys of any of its options} for a config group from the defaults list."""
     conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
     keys: dict[str, set[str] | None] = {k: None for k in conf if k not in ("defaults", "hydra")}
-    for entry in conf.get("defaults", []):
-        if isinstance(entry, dict):
-            for group in entry:
-                if "/" not in group and (CONF_DIR / group).is_dir():
-                    keys[group] = {k for option in (CONF_DIR / group).glob("*.yaml")
-                                   for k in OmegaConf.load(option)}
+    for group in default_choices(config_name):
+        keys[group] = {k for option in group_options(group) for k in option_keys(group, option)}
     return keys
 
 
+def default_choices(config_name: str) -> dict[str, str | None]:
+    """{group: its default option} of ``conf/<config_name>.yaml``'s defaults list."""
+    conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
+    return {group: option for entry in conf.get("defaults", []) if isinstance(entry, dict)
+            for group, option in entry.items()
+            if "/" not in group and (CONF_DIR / group).is_dir()}
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def option_keys(group: str, option: str) -> set[str]:
+    return set(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
+
+
 def _check_key(key: str, sub: str | None, known: dict[str, set[str] | None],
-               config_name: str) -> None:
+               config_name: str, option: str | None = None) -> None:
     if key not in known:
+        if key in MOVED_KEYS:
+            raise ValueError(moved_key_message(key))
         raise ValueError(f"{key} is not a diffusion.{config_name} option: use one of "
                          f"{', '.join(sorted(known))}.")
-    if sub is not None and known[key] is not None and sub not in known[key]:
-        raise ValueError(f"{key}.{sub} is not a {key} option: use one of "
-                         f"{', '.join(sorted(known[key]))}.")
+    keys = option_keys(key, option) if option is not None else known[key]
+    if sub is not None and keys is not None and sub not in keys:
+        what = f"an option of {key}={option}" if option is not None else f"a {key} option"
+        raise ValueError(f"{key}.{sub} is not {what}: use one of {', '.join(sorted(keys))}.")
 
 
 def check_overrides(argv: list[str], config_name: str) -> None:
-    """Plain ``key=value`` arguments name known keys; checked before Hydra, whose own error
-    for an unknown key is several lines ending in advice about stack traces."""
+    """Plain ``key=value`` arguments name known keys, and a group's option exists and has
+    the keys set below it (``sampler=euler sampler.eta=1`` is refused); checked before
+    Hydra, whose own errors are several lines ending in advice about stack traces."""
     known = known_keys(config_name)
+    choices = default_choices(config_name)
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key in choices:
+            if value not in group_options(key):
+                raise ValueError(f"{key} must be one of {', '.join(group_options(key))}; "
+                                 f"got {value!r}.")
+            choices[key] = value
     for arg in argv:
         key, eq, _ = arg.partition("=")
         if not eq or key.startswith(("+", "~", "-", "hydra")) or "@" in key:
             continue  # Hydra's own syntax (+add, ~delete, flags, packages) and hydra.*
         top, _, sub = key.partition(".")
-        _check_key(top, sub.partition(".")[0] or None, known, config_name)
+        _check_key(top, sub.partition(".")[0] or None, known, config_name, choices.get(top))
 
 
 def check_cli_config(cfg, config_name: str) -> None:

@@ -33,8 +33,10 @@ from diffusion.builders import (
     build_datasets,
     build_logger,
     build_model,
+    build_objective,
     build_scheduler,
     build_trainer_config,
+    build_training_sampler,
 )
 from diffusion.cli import USER_ERRORS, fail, seed_everything
 from diffusion.errors import ConfigError, RunError
@@ -84,7 +86,8 @@ def train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict:
         lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         seed=cfg.seed, num_workers=cfg.data.num_workers,
         conditional=cfg.model.get("num_classes") is not None,
-        on_device=cfg.data.on_device, evaluator=evaluator)
+        on_device=cfg.data.on_device, evaluator=evaluator, sampler=build_training_sampler(cfg),
+        objective=build_objective(cfg, scheduler))
     if resume is not None:
         trainer.resume(resume.checkpoint)
     if main_rank:  # from here on the run folder changes

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid, save_image
 
-from diffusion.data import build_dataset, to_model_range
+from diffusion.data import build_dataset, dataset_info, dataset_options, to_model_range
 from diffusion.schedulers import DDPMScheduler
 
 
@@ -124,17 +124,20 @@ def forward_process_figure(images: torch.Tensor, schedulers: dict, path: str | P
     return _save_figure(fig, path)
 
 
-def forward_images(data, n: int, split: str = "test", seed: int = 0) -> torch.Tensor:
-    """``n`` images of ``split`` (a seeded pick) in [-1, 1]."""
+def forward_images(data, n: int, split: str | None = None, seed: int = 0) -> torch.Tensor:
+    """``n`` images of ``split`` (None: the dataset's evaluation split; a seeded pick) in
+    [-1, 1]."""
+    split = split or dataset_info(data.name).eval_split
     images = build_dataset(data.name, root=data.root, split=split, image_size=data.image_size,
-                           center_crop=data.center_crop, download=data.download).preprocessed()[0]
+                           center_crop=data.center_crop, download=data.download,
+                           **dataset_options(data)).preprocessed()[0]
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
     return to_model_range(images[pick])
 
 
 def forward_figure(data, path: str | Path, schedules=("linear", "cosine"),
                    num_train_timesteps: int = 1000, images: int = 4, columns: int = 11,
-                   split: str = "test", seed: int = 0) -> Path:
+                   split: str | None = None, seed: int = 0) -> Path:
     """The forward process on ``images`` data images, one block per beta schedule."""
     schedulers = {name: DDPMScheduler(num_train_timesteps=num_train_timesteps,
                                       beta_schedule=name) for name in schedules}

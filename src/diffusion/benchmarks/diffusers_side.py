@@ -2,6 +2,13 @@
 ``DDPMPipeline``/``DDIMPipeline`` for sampling, and the training step of diffusers'
 ``examples/unconditional_image_generation/train_unconditional.py``.
 
+Each other sampler of ``bench.sampler`` is paired with diffusers' scheduler of the same class
+name (``DPMSolverMultistepScheduler``, ``EulerDiscreteScheduler``,
+``EulerAncestralDiscreteScheduler``, ``HeunDiscreteScheduler``) with the same options and
+spacing as ``conf/sampler/<name>.yaml`` gives ours, run in the sampling loop diffusers
+documents for a scheduler without a pipeline of its own (``init_noise_sigma``,
+``scale_model_input``, ``step``) and finished as its pipelines finish (to [0, 1], on the CPU).
+
 The example's step, with accelerate's parts written out: AdamW (lr 1e-4, betas (0.95, 0.999),
 weight decay 1e-6), a cosine LR schedule with 500 warm-up steps, inputs cast to the mixed
 precision dtype, the forward under autocast at the same precision, MSE on the noise, gradient
@@ -14,6 +21,7 @@ after every optimizer step, and ``loss.item()`` for its progress bar. Its data p
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 from collections.abc import Mapping
 
@@ -22,10 +30,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from diffusion.benchmarks.ours import Side, synthetic_batch
+from diffusion.benchmarks.ours import Side, bench_samplers, synthetic_batch
 from diffusion.device import autocast
 from diffusion.errors import ConfigError
 from diffusion.models.layers import level_resolutions
+from diffusion.sampler_spec import SamplerSpec
+from diffusion.sampling_args import SAMPLERS
 
 TOLERANCE = 0.05
 """How far the diffusers network's parameter count may be from ours (relative)."""
@@ -136,6 +146,22 @@ def unet2d_config(model_cfg: Mapping | DictConfig, channels: int, image_size: in
     return best[1], best[2]
 
 
+def diffusers_scheduler(spec: SamplerSpec, noise_config: Mapping, training_spacing: str):
+    """diffusers' scheduler of the class name of our sampler ``spec.name``, over the noise
+    schedule ``noise_config`` (a diffusers scheduler's config), with the options and spacing
+    ``spec`` gives ours (None: ``training_spacing``); DDIM's eta goes to its step instead."""
+    import diffusers
+
+    cls = getattr(diffusers, SAMPLERS[spec.name].__name__)
+    # Passed as arguments: from_config leaves some classes' own beta_start/beta_end defaults
+    # in place of the config's (HeunDiscreteScheduler gets Stable Diffusion's betas).
+    accepted = inspect.signature(cls.__init__).parameters
+    process = {k: v for k, v in dict(noise_config).items() if k in accepted}
+    options = {k: v for k, v in spec.options.items() if k != "eta"}
+    return cls(**{**process, "timestep_spacing": spec.timestep_spacing or training_spacing,
+                  **options})
+
+
 class _Transformed(Dataset):
     """A torchvision dataset's (image, label) items through the example's transforms."""
 
@@ -174,13 +200,7 @@ class DiffusersSide(Side):
 
     def __init__(self, cfg: DictConfig, target_params: int, train_set, device: torch.device,
                  precision: str):
-        from diffusers import (
-            DDIMPipeline,
-            DDIMScheduler,
-            DDPMPipeline,
-            DDPMScheduler,
-            UNet2DModel,
-        )
+        from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler, UNet2DModel
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import EMAModel
 
@@ -212,13 +232,16 @@ class DiffusersSide(Side):
         # Sampling uses the EMA weights in their own copy of the network, as the example does.
         self.sample_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.ema.copy_to(self.sample_model.parameters())
-        ddim = cfg.bench.sampler == "ddim"
-        sampler = (DDIMScheduler if ddim else DDPMScheduler).from_config(
-            self.noise_scheduler.config)
-        self.pipeline = (DDIMPipeline if ddim else DDPMPipeline)(unet=self.sample_model,
-                                                                 scheduler=sampler)
-        self.pipeline.set_progress_bar_config(disable=True)
-        self._sample_kwargs = {"eta": 0.0} if ddim else {}
+        spacing = cfg.scheduler.get("timestep_spacing", "leading")
+        self.samplers = {spec.name: diffusers_scheduler(spec, self.noise_scheduler.config,
+                                                        spacing)
+                         for spec in bench_samplers(cfg.bench)}
+        self.pipelines = {name: pipeline(unet=self.sample_model, scheduler=self.samplers[name])
+                          for name, pipeline in (("ddim", DDIMPipeline), ("ddpm", DDPMPipeline))
+                          if name in self.samplers}
+        for pipe in self.pipelines.values():
+            pipe.set_progress_bar_config(disable=True)
+        self._eta = {spec.name: spec.eta for spec in bench_samplers(cfg.bench)}
         mode = "RGB" if channels == 3 else "L"
         dataset = _Transformed(train_set.source, example_transforms(
             resolution, cfg.data.center_crop, cfg.data.random_flip), mode)
@@ -255,12 +278,34 @@ class DiffusersSide(Side):
         self.logs = {"loss": loss.detach().item(), "lr": self.lr_scheduler.get_last_lr()[0],
                      "ema_decay": self.ema.cur_decay_value}
 
-    def sample(self) -> None:
+    def sample(self, name: str) -> None:
         bench = self.cfg.bench
+        generator = torch.Generator().manual_seed(self.cfg.seed)
         with autocast(self.device, self.precision):
-            self.pipeline(batch_size=bench.sample_n, num_inference_steps=bench.sample_steps,
-                          generator=torch.Generator().manual_seed(self.cfg.seed),
-                          output_type="np", **self._sample_kwargs)
+            if name in self.pipelines:
+                kwargs = {"eta": self._eta[name]} if name == "ddim" else {}
+                self.pipelines[name](batch_size=bench.sample_n,
+                                     num_inference_steps=bench.sample_steps,
+                                     generator=generator, output_type="np", **kwargs)
+            else:
+                self._sample_loop(self.samplers[name], bench.sample_n, bench.sample_steps,
+                                  generator)
+
+    @torch.no_grad()
+    def _sample_loop(self, scheduler, n: int, steps: int, generator: torch.Generator):
+        """diffusers' documented loop for a scheduler, finished as its pipelines finish."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        scheduler.set_timesteps(steps, device=self.device)
+        x = randn_tensor((n, *self.shape), generator=generator, device=self.device)
+        x = x * scheduler.init_noise_sigma
+        # Heun's and Euler's steps take no generator (they draw nothing)
+        noise = {"generator": generator} if "generator" in inspect.signature(
+            scheduler.step).parameters else {}
+        for t in scheduler.timesteps:
+            out = self.sample_model(scheduler.scale_model_input(x, t), t).sample
+            x = scheduler.step(out, t, x, **noise).prev_sample
+        return (x / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
 
     def next_batch(self) -> None:
         if self._data is None:  # one pass per epoch, as the example loops over epochs

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from diffusion.benchmarks.measure import time_interleaved, warm_up
+from diffusion.benchmarks.ours import bench_samplers
 from diffusion.errors import ConfigError
 from diffusion.guidance import Guidance
 from diffusion.pipeline import DiffusionPipeline
@@ -34,15 +35,18 @@ def check_guidance_bench(cfg: DictConfig) -> None:
 
 def time_guidance(cfg: DictConfig, pipeline: DiffusionPipeline, device: torch.device) -> dict:
     """Guided (``bench.guidance_scale``, B = ``bench.sample_n`` / 2 images) against unguided
-    (``bench.sample_n`` = 2B images) sampling, ``bench.sample_steps`` steps each."""
+    (``bench.sample_n`` = 2B images) sampling, ``bench.sample_steps`` steps each of the first
+    sampler of ``bench.sampler``."""
     bench = cfg.bench
     scale = bench.guidance_scale
     half = bench.sample_n // 2
     guidance = Guidance(scale=float(scale))
     labels = torch.arange(half) % pipeline.num_classes
+    spec = bench_samplers(bench)[0]  # the first of bench.sampler
+    sampler = spec.build(pipeline.scheduler)
 
     def draw(n, **kwargs):
-        return lambda: pipeline(n, steps=bench.sample_steps, sampler=bench.sampler,
+        return lambda: pipeline(n, steps=bench.sample_steps, sampler=sampler,
                                 generator=torch.Generator().manual_seed(cfg.seed), **kwargs)
 
     fns = {"unguided": draw(bench.sample_n, y=labels.repeat(2)),
@@ -52,7 +56,7 @@ def time_guidance(cfg: DictConfig, pipeline: DiffusionPipeline, device: torch.de
     forward_image_steps = bench.sample_n * bench.sample_steps
     return {"guidance_scale": float(scale), "guided_images": half,
             "forward_batch": bench.sample_n, "steps": bench.sample_steps,
-            "sampler": bench.sampler,
+            "sampler": spec.name,
             "unguided_s": timings["unguided"].median, "guided_s": timings["guided"].median,
             "unguided_forward_image_steps_per_s": forward_image_steps
             / timings["unguided"].median,

@@ -1,9 +1,9 @@
 """This framework's side of the benchmark: the production ``Trainer.train_step``, the
 ``DiffusionPipeline`` the trainer samples with, and the trainer's own data path.
 
-A side is a set of zero-argument calls the runner times. The training step is fed one fixed
-synthetic batch already on the device, so that it measures the step alone; the data path is
-timed on its own, through the real dataset.
+A side is a set of calls the runner times (``sample`` takes the sampler's name). The training
+step is fed one fixed synthetic batch already on the device, so that it measures the step
+alone; the data path is timed on its own, through the real dataset.
 """
 
 from __future__ import annotations
@@ -14,17 +14,18 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
 from diffusion.builders import build_model, build_scheduler, build_trainer_config
 from diffusion.cli import seed_everything
-from diffusion.data import build_dataset, dataset_info
+from diffusion.data import build_dataset, dataset_info, dataset_options
 from diffusion.data.synthetic import MNIST_KINDS, write_tiny_mnist
 from diffusion.device import autocast
 from diffusion.errors import ConfigError, DatasetNotFoundError
 from diffusion.records import portable_path
+from diffusion.sampler_spec import SamplerSpec, named_sampler
 from diffusion.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class Side:
     """One implementation of the measured operations.
 
     ``train_step``: one optimizer step (forward, backward, optimizer, EMA) on ``batch_size``
-    images; ``sample``: ``sample_n`` images with ``sample_steps`` reverse steps;
+    images; ``sample(name)``: ``sample_n`` images with ``sample_steps`` reverse steps of the
+    sampler ``name`` (``bench.sampler``, as ``conf/sampler/<name>.yaml`` states it);
     ``next_batch``: one training batch from the data path; ``ema_update``: one EMA update;
     ``forward_backward`` and ``forward``: the plain model passes whose FLOPs are counted.
     """
@@ -44,7 +46,7 @@ class Side:
     info: dict
 
     def train_step(self) -> None: ...
-    def sample(self) -> None: ...
+    def sample(self, name: str) -> None: ...
     def next_batch(self) -> None: ...
     def ema_update(self) -> None: ...
     def forward_backward(self) -> None: ...
@@ -56,6 +58,19 @@ class Side:
     @property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+def bench_samplers(bench: DictConfig) -> list[SamplerSpec]:
+    """``bench.sampler``: one sampler name or a list of them, each as its group file states
+    it (its options and spacing; the step count is ``bench.sample_steps``)."""
+    names = bench.sampler if OmegaConf.is_list(bench.sampler) else [bench.sampler]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"bench.sampler must be a sampler name or a list of distinct names, "
+                          f"e.g. bench.sampler=[ddim,dpmpp_2m]; got {names!r}.")
+    try:
+        return [named_sampler(name, key="bench.sampler") for name in names]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def synthetic_batch(batch_size: int, shape: tuple[int, ...], num_classes: int | None,
@@ -79,7 +94,7 @@ def bench_dataset(cfg: DictConfig, workdir: Path) -> tuple[Dataset, str]:
     if mode not in ("auto", "real", "synthetic"):
         raise ConfigError(f"bench.data must be auto, real or synthetic; got {mode!r}.")
     common = dict(name=data.name, image_size=data.image_size, center_crop=data.center_crop,
-                  random_flip=data.random_flip)
+                  random_flip=data.random_flip, **dataset_options(data))
     if mode != "synthetic":
         try:
             train = build_dataset(root=data.root, split=data.train_split,
@@ -90,7 +105,8 @@ def bench_dataset(cfg: DictConfig, workdir: Path) -> tuple[Dataset, str]:
             if mode == "real":
                 raise
             log.warning("%s; timing the data path on synthetic MNIST-format files instead.", exc)
-    kind = getattr(getattr(dataset_info(data.name).files, "cls", None), "__name__", None)
+    kind = getattr(getattr(getattr(dataset_info(data.name), "files", None), "cls", None),
+                   "__name__", None)
     if kind not in MNIST_KINDS:
         raise ConfigError(f"bench.data=synthetic writes MNIST-format files only; {data.name} "
                           "needs its real files (set paths.data_dir or DIFFUSION_DATA).")
@@ -125,6 +141,8 @@ class OurSide(Side):
         self._batch = (x, y)
         self._fixed = itertools.repeat(self._batch)
         self.pipeline = self.trainer.pipeline()
+        self.samplers = {spec.name: spec.build(self.pipeline.scheduler)
+                         for spec in bench_samplers(cfg.bench)}
         self._data = None
         self.info = {
             "model": cfg.model._target_.rsplit(".", 1)[-1],
@@ -140,9 +158,9 @@ class OurSide(Side):
     def train_step(self) -> None:
         self.trainer.train_step(self._fixed)
 
-    def sample(self) -> None:
+    def sample(self, name: str) -> None:
         bench = self.cfg.bench
-        self.pipeline(bench.sample_n, steps=bench.sample_steps, sampler=bench.sampler,
+        self.pipeline(bench.sample_n, steps=bench.sample_steps, sampler=self.samplers[name],
                       generator=torch.Generator().manual_seed(self.cfg.seed))
 
     def next_batch(self) -> None:

@@ -7,6 +7,7 @@ and activations; sampling: what a sampling call adds on top). Times are medians 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -30,20 +31,19 @@ from diffusion.benchmarks.measure import (
     top_ops,
     warm_up,
 )
-from diffusion.benchmarks.ours import OurSide, Side, bench_dataset
+from diffusion.benchmarks.ours import OurSide, Side, bench_dataset, bench_samplers
 from diffusion.builders import validate
 from diffusion.device import resolve_device, resolve_precision
 from diffusion.errors import ConfigError, FeatureNetworkError
 from diffusion.metrics.evaluation import build_scorer
 from diffusion.records import cpu_model, portable_arg, portable_value
 
-OPERATIONS = {"train": "train_step", "sample": "sample", "data": "next_batch",
-              "ema": "ema_update"}
+OPERATIONS = {"train": "train_step", "data": "next_batch", "ema": "ema_update"}
+"""The operations besides sampling, which is timed once per sampler (``sample:<name>``)."""
 
 ROWS = [  # (label, key, format); higher is better except where the label says otherwise
     ("parameters (M)", "params_m", "{:.3f}"),
     ("train images/s", "train_images_per_s", "{:.2f}"),
-    ("sample images*steps/s", "sample_images_steps_per_s", "{:.2f}"),
     ("data images/s", "data_images_per_s", "{:.0f}"),
     ("EMA update ms (lower is better)", "ema_update_ms", "{:.2f}"),
     ("train peak MiB (lower is better)", "train_peak_mib", "{:.0f}"),
@@ -60,14 +60,25 @@ def _machine(device: torch.device) -> str:
     return f"{cpu_model()}, {os.cpu_count()} CPU core(s)"
 
 
-def _build_and_warm(name, factory, device, warmup: int, warm: dict) -> tuple[Side, dict]:
+def sample_rows(samplers: list[str]) -> list[tuple[str, str, str]]:
+    """The table rows of sampling speed, one per sampler of ``bench.sampler``."""
+    return [(f"sample images*steps/s ({name})", f"sample_{name}_images_steps_per_s", "{:.2f}")
+            for name in samplers]
+
+
+def _build_and_warm(name, factory, device, warmup: int, warm: dict,
+                    samplers: list[str]) -> tuple[Side, dict]:
     """Build a side and warm each operation up, measuring the memory of training and
-    sampling on the way."""
+    sampling (with the first sampler) on the way."""
     with MemoryMeter(device) as train_memory:
         side = factory()
         warm["train"][name] = warm_up(side.train_step, device, warmup)
     with MemoryMeter(device) as sample_memory:
-        warm["sample"][name] = warm_up(side.sample, device, warmup)
+        warm[f"sample:{samplers[0]}"][name] = warm_up(
+            functools.partial(side.sample, samplers[0]), device, warmup)
+    for sampler in samplers[1:]:
+        warm[f"sample:{sampler}"][name] = warm_up(functools.partial(side.sample, sampler),
+                                                  device, warmup)
     warm["data"][name] = warm_up(side.next_batch, device, warmup + 1)  # +1: worker start-up
     warm["ema"][name] = warm_up(side.ema_update, device, warmup + 1)
     return side, {"train_peak_mib": train_memory.peak_mib,
@@ -75,14 +86,18 @@ def _build_and_warm(name, factory, device, warmup: int, warm: dict) -> tuple[Sid
 
 
 def _results(side: Side, timings: dict, memory: dict, cfg: DictConfig, flops: dict | None,
-             peak: float | None) -> dict:
+             peak: float | None, samplers: list[str]) -> dict:
+    """Rates from the median timings; ``sample_images_steps_per_s`` is the first sampler's
+    (as records before several samplers have it), ``sample_<name>_...`` each sampler's."""
     batch, bench = cfg.data.batch_size, cfg.bench
     train_s = timings["train"].median
+    sampling = {f"sample_{name}_images_steps_per_s": bench.sample_n * bench.sample_steps
+                / timings[f"sample:{name}"].median for name in samplers}
     out = {
         "params": side.num_params, "params_m": side.num_params / 1e6,
         "train_images_per_s": batch / train_s,
-        "sample_images_steps_per_s": bench.sample_n * bench.sample_steps
-        / timings["sample"].median,
+        "sample_images_steps_per_s": sampling[f"sample_{samplers[0]}_images_steps_per_s"],
+        **sampling,
         "data_images_per_s": batch / timings["data"].median,
         "ema_update_ms": 1000 * timings["ema"].median,
         **memory,
@@ -107,6 +122,7 @@ def run_benchmark(cfg: DictConfig, command: str = "") -> dict:
         raise ConfigError(f"vs must be diffusers or null; got {cfg.vs!r}.")
     if bench.flops not in ("auto", True, False):
         raise ConfigError(f"bench.flops must be auto, true or false; got {bench.flops!r}.")
+    bench_samplers(bench)
     for key in ("repeats", "sample_n", "sample_steps"):
         if not isinstance(bench[key], int) or bench[key] < 1:
             raise ConfigError(f"bench.{key} must be a positive integer; got {bench[key]!r}.")
@@ -148,26 +164,32 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
                 cfg, sides["ours"].num_params, train_set, device, precision)
         sides: dict[str, Side] = {}
         memory: dict[str, dict] = {}
-        warm: dict[str, dict] = {op: {} for op in OPERATIONS}
+        samplers = [spec.name for spec in bench_samplers(bench)]
+        calls = {op: lambda s, method=method: getattr(s, method)
+                 for op, method in OPERATIONS.items()}
+        calls.update({f"sample:{name}": lambda s, name=name: functools.partial(s.sample, name)
+                      for name in samplers})
+        warm: dict[str, dict] = {op: {} for op in calls}
         for name, factory in factories.items():
             sides[name], memory[name] = _build_and_warm(name, factory, device, bench.warmup,
-                                                        warm)
-        timings = {op: time_interleaved({n: getattr(s, method) for n, s in sides.items()},
+                                                        warm, samplers)
+        timings = {op: time_interleaved({n: call(s) for n, s in sides.items()},
                                         device, bench.repeats, bench.min_time_s, warm[op])
-                   for op, method in OPERATIONS.items()}
+                   for op, call in calls.items()}
         flops = ({n: {"train": count_flops(s.forward_backward), "sample": count_flops(s.forward)}
                   for n, s in sides.items()} if count_ops else {})
         peak = matmul_peak_flops(device) if count_ops and device.type == "cuda" else None
         profiles = ({n: {"train": top_ops(s.train_step, device),
-                         "sample": top_ops(s.sample, device)} for n, s in sides.items()}
+                         **{f"sample {name}": top_ops(functools.partial(s.sample, name), device)
+                            for name in samplers}} for n, s in sides.items()}
                     if bench.profile else {})
         fid_eval = _time_fid(cfg, sides["ours"], device) if bench.get("fid_n") else None
         guided = (time_guidance(cfg, sides["ours"].pipeline, device)
                   if bench.get("guidance_scale") is not None else None)
         for side in sides.values():
             side.close()
-        results = {name: _results(side, {op: timings[op][name] for op in OPERATIONS},
-                                  memory[name], cfg, flops.get(name), peak)
+        results = {name: _results(side, {op: timings[op][name] for op in calls},
+                                  memory[name], cfg, flops.get(name), peak, samplers)
                    for name, side in sides.items()}
 
     record = {
@@ -183,6 +205,9 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
         "versions": _versions(),
         "data_source": data_source,
         "batch_size": cfg.data.batch_size,
+        "samplers": samplers,
+        "sample_n": cfg.bench.sample_n,
+        "sample_steps": cfg.bench.sample_steps,
         "matmul_peak_tflop_per_s": peak / 1e12 if peak else None,
         "results": results,
         "config": _portable(OmegaConf.to_container(cfg, resolve=True)),
@@ -190,7 +215,8 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
     if "diffusers" in results:
         record["ratios_ours_over_diffusers"] = {
             key: results["ours"][key] / results["diffusers"][key]
-            for _, key, _ in ROWS if _ratio_defined(results, key)}
+            for _, key, _ in [*ROWS, *sample_rows(samplers), ("", "sample_images_steps_per_s", "")]
+            if _ratio_defined(results, key)}
     if profiles:
         record["profiles"] = profiles
     if fid_eval is not None:
@@ -210,8 +236,9 @@ def _portable(node, key: str = ""):
 
 
 def _time_fid(cfg: DictConfig, side: OurSide, device: torch.device) -> dict:
-    """Seconds for one whole FID of ``bench.fid_n`` images from the pipeline the trainer
-    samples with (its EMA weights as they are: the time does not depend on them).
+    """Seconds for one whole FID of ``bench.fid_n`` images (the first sampler of
+    ``bench.sampler``) from the pipeline the trainer samples with (its EMA weights as they
+    are: the time does not depend on them).
 
     Timed: sampling, feature extraction, FID and KID, as ``diffusion.evaluate`` does them.
     Not timed: building the feature network and the cached reference and floor features
@@ -226,14 +253,16 @@ def _time_fid(cfg: DictConfig, side: OurSide, device: torch.device) -> dict:
         raise ConfigError(str(exc)) from None
     scorer.floor(n)  # cached by the scorer, as a repeated evaluation would find it
     setup_s = time.perf_counter() - start
-    kwargs = dict(sampler=bench.sampler, steps=bench.fid_steps, batch_size=batch)
+    spec = bench_samplers(bench)[0]
+    kwargs = dict(sampler=spec.build(side.pipeline.scheduler), steps=bench.fid_steps,
+                  batch_size=batch, name=spec.name)
     scorer.score_pipeline(side.pipeline, min(n, batch), **kwargs)  # warm-up
     synchronize(device)
     start = time.perf_counter()
     result = scorer.score_pipeline(side.pipeline, n, **kwargs)
     synchronize(device)
     seconds = time.perf_counter() - start
-    return {"n": n, "sampler": bench.sampler, "steps": bench.fid_steps, "batch_size": batch,
+    return {"n": n, "sampler": spec.name, "steps": bench.fid_steps, "batch_size": batch,
             "seconds": seconds, "images_per_s": n / seconds,
             "image_steps_per_s": n * bench.fid_steps / seconds, "setup_s": setup_s,
             "feature_id": result.feature_id, "reference": result.reference,
@@ -286,7 +315,8 @@ def report(record: dict) -> str:
     names = list(results)
     header = ["", *names] + (["ours/diffusers"] if "diffusers" in names else [])
     rows = []
-    for label, key, fmt in ROWS:
+    rows_spec = [*ROWS[:2], *sample_rows(record.get("samplers", [])), *ROWS[2:]]
+    for label, key, fmt in rows_spec:
         if not any(key in results[n] for n in names):
             continue
         row = [label] + [fmt.format(results[n][key]) if key in results[n] else "-"

@@ -5,6 +5,8 @@
 - ``datasets``: ``ImageDataset``, the base of every dataset class, with its preprocessing,
   its per-item random flips and the registry behind ``dataset_info`` / ``build_dataset``;
 - ``catalog``: the datasets the framework ships (MNIST, FashionMNIST, Flowers102);
+- ``image_folder``: ``ImageFolderDataset``, a folder of the user's own images, decoded once
+  and cached (``decoded``);
 - ``on_device``: ``DeviceDataset``, a whole split held on the training device.
 
 Adding a dataset takes one class and one YAML, no edit here. The class subclasses
@@ -42,6 +44,7 @@ from diffusion.data.datasets import (
     SampleKey,
     build_dataset,
     dataset_info,
+    dataset_options,
     epoch_generator,
     sample_generator,
     to_model_range,
@@ -52,6 +55,7 @@ from diffusion.data.files import (
     resolve_cache,
     resolve_root,
 )
+from diffusion.data.image_folder import ImageFolderDataset
 from diffusion.data.on_device import DeviceDataset
 
 __all__ = [
@@ -61,12 +65,14 @@ __all__ = [
     "FashionMNISTDataset",
     "Flowers102Dataset",
     "ImageDataset",
+    "ImageFolderDataset",
     "MNISTDataset",
     "Preprocess",
     "SampleKey",
     "TorchvisionDataset",
     "build_dataset",
     "dataset_info",
+    "dataset_options",
     "epoch_generator",
     "resolve_cache",
     "resolve_root",

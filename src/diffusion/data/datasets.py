@@ -9,7 +9,9 @@ only on (seed, epoch, index), so it is the same in any worker process and after 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
@@ -147,6 +149,13 @@ class ImageDataset(Dataset):
         """Split ``split``'s (image, label) items, images as PIL images or uint8 (C, H, W)."""
         raise NotImplementedError(f"{type(self).__qualname__} does not say how to load it")
 
+    @classmethod
+    def content_key(cls, **arguments) -> str:
+        """What identifies the files the dataset built with ``arguments`` reads, beyond its
+        name and arguments (cached FID references are keyed by it): nothing for datasets of
+        fixed, checksummed files; a folder of the user's own images hashes its file list."""
+        return ""
+
     def __len__(self) -> int:
         return len(self.source)
 
@@ -196,6 +205,16 @@ def dataset_info(name: str) -> type[ImageDataset]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
+
+
+def dataset_options(data: Mapping) -> dict:
+    """The arguments of dataset ``data["name"]``'s own constructor (beyond ``ImageDataset``'s)
+    that the data config ``data`` sets: an image folder's ``val_fraction``, ``val_root``, ...
+    What a dataset built by name (FID references, figures, the bench) needs besides root,
+    size and crop to be the dataset the config describes."""
+    own = (inspect.signature(dataset_info(data["name"]).__init__).parameters.keys()
+           - inspect.signature(ImageDataset.__init__).parameters.keys())
+    return {key: data[key] for key in sorted(own) if key in data}
 
 
 def build_dataset(name: str, **arguments) -> ImageDataset:

@@ -157,3 +157,41 @@ def write_tiny_flowers(root: str | Path, n: int = 24, seed: int = 0) -> Path:
         },
     )
     return base
+
+
+SHAPES = ("circle", "square", "triangle")
+_FORMATS = ("png", "jpg", "webp", "bmp")
+
+
+def _shape_image(shape: str, rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
+    """One filled ``shape`` of a random colour, size and place on a random dark background."""
+    width, height = size
+    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 70, size=3)))
+    draw = ImageDraw.Draw(image)
+    colour = tuple(int(v) for v in rng.integers(120, 256, size=3))
+    r = min(width, height) * rng.uniform(0.2, 0.35)
+    cx, cy = width * rng.uniform(0.4, 0.6), height * rng.uniform(0.4, 0.6)
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    elif shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    return image
+
+
+def write_shape_folder(root: str | Path, n: int = 300, labelled: bool = True,
+                       seed: int = 0) -> Path:
+    """A folder of ``n`` images of filled circles, squares and triangles, as a user's own
+    images might be: in one subfolder per shape (``labelled``) or all in the folder, in turns
+    png, jpg, webp and bmp, of mixed sizes and aspect ratios (shorter side 32 px or more)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    sizes = ((32, 32), (48, 32), (32, 40), (64, 64))
+    for i in range(n):
+        shape = SHAPES[i % len(SHAPES)]
+        folder = root / shape if labelled else root
+        folder.mkdir(parents=True, exist_ok=True)
+        image = _shape_image(shape, rng, sizes[i % len(sizes)])
+        image.save(folder / f"{shape}_{i:04d}.{_FORMATS[i % len(_FORMATS)]}")
+    return root

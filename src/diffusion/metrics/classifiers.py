@@ -1,7 +1,10 @@
 """The feature networks' architectures: images in [-1, 1] -> penultimate features -> logits.
 
-Each has ``features(x)`` (what FID and KID compare) and ``num_features``; ``ARCHITECTURES``
-names them for ``FeatureSpec.arch``, so a recipe picks one by name and its id records it.
+Each has ``features(x)`` (what FID and KID compare), ``num_features``, the training
+``loss(x, labels)`` and ``test_scores(x, labels)`` (what ``info.json`` reports);
+``ARCHITECTURES`` names them for ``FeatureSpec.arch``, so a recipe picks one by name and its
+id records it. The classifiers need the dataset's labels; the autoencoder
+(``diffusion.metrics.autoencoder``) needs none, for folders of unlabelled images.
 """
 
 from __future__ import annotations
@@ -10,8 +13,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.metrics.autoencoder import ConvAutoencoder
 
-class LeNet(nn.Module):
+
+class Classifier(nn.Module):
+    """``body`` -> features -> ``head`` -> logits, trained with cross-entropy."""
+
+    body: nn.Module
+    head: nn.Module
+    kind = "classifier"
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(x), labels)
+
+    @torch.no_grad()
+    def test_scores(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """{"test_accuracy": top-1 accuracy} of one batch."""
+        return {"test_accuracy": (self(x).argmax(1) == labels).float().mean().item()}
+
+
+class LeNet(Classifier):
     """LeNet-style CNN for 28x28 greyscale: two conv-pool stages, a 128-d feature layer."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, num_features: int = 128,
@@ -26,12 +53,6 @@ class LeNet(nn.Module):
         )
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(num_features, num_classes))
         self.num_features = num_features
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class _ResBlock(nn.Module):
@@ -50,7 +71,7 @@ class _ResBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(h)) + self.skip(x))
 
 
-class SmallResNet(nn.Module):
+class SmallResNet(Classifier):
     """A ResNet-ish classifier for small RGB images: a stride-2 stem, one residual block per
     stage (each halving the resolution after the first), global average pooling."""
 
@@ -67,11 +88,5 @@ class SmallResNet(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(widths[-1], num_classes))
         self.num_features = widths[-1]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-ARCHITECTURES = {"lenet": LeNet, "resnet": SmallResNet}
+ARCHITECTURES = {"lenet": LeNet, "resnet": SmallResNet, "autoencoder": ConvAutoencoder}

@@ -12,12 +12,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from diffusion import distributed as dist
+from diffusion.data import dataset_options
 from diffusion.device import resolve_device
 from diffusion.errors import ConfigError
 from diffusion.metrics.features import load_feature_network
 from diffusion.metrics.fid import DataRef, FidEvaluator, FidScorer
 from diffusion.metrics.inception import InceptionFeatures
-from diffusion.sampling_args import check_bool, check_int, check_sampling, is_int
+from diffusion.sampler_spec import training_sampler
+from diffusion.sampling_args import check_bool, check_int, is_int
 
 FEATURES = ("domain", "inception")
 
@@ -32,7 +34,7 @@ def feature_network(metrics: DictConfig, data: DataRef, device: str | torch.devi
                           f"got {metrics.features!r}.")
     return load_feature_network(data.dataset, root=data.root, image_size=data.image_size,
                                 center_crop=data.center_crop, cache_dir=metrics.get("cache_dir"),
-                                progress=progress, device=device,
+                                progress=progress, device=device, options=data.options,
                                 epochs=metrics.get("feature_epochs"))
 
 
@@ -40,12 +42,13 @@ def build_scorer(metrics: DictConfig, data: DictConfig, device: str | torch.devi
                  progress: bool = False, root: str | None = None) -> FidScorer:
     """A ``FidScorer`` for the data a run trains on, as ``metrics`` (conf/metrics) says."""
     ref = DataRef(dataset=data.name, root=root or data.get("root"),
-                  image_size=data.get("image_size"), center_crop=bool(data.get("center_crop")))
+                  image_size=data.get("image_size"), center_crop=bool(data.get("center_crop")),
+                  options=dataset_options(data))
     with dist.main_first():  # rank 0 trains or extracts and caches; the others read the cache
         features = feature_network(metrics, ref, device, progress=dist.is_main())
-        if getattr(features, "accuracy", None) is not None and dist.is_main():
-            print(f"Feature network {features.feature_id}: test accuracy "
-                  f"{100 * features.accuracy:.2f}%", flush=True)
+        if getattr(features, "description", None) is not None and dist.is_main():
+            print(f"Feature network {features.feature_id}: {features.description}",
+                  flush=True)
         return FidScorer(features, ref, reference_n=metrics.get("reference_n"), kid=metrics.kid,
                          kid_subset_size=metrics.kid_subset_size, batch_size=metrics.batch_size,
                          seed=metrics.seed, cache_dir=metrics.get("cache_dir"),
@@ -54,25 +57,23 @@ def build_scorer(metrics: DictConfig, data: DictConfig, device: str | torch.devi
 
 def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -> FidEvaluator:
     """The trainer's periodic FID (``trainer.eval_every``) from a training config:
-    ``trainer.eval_n`` samples with the grids' sampler (``trainer.sampler``,
-    ``trainer.sample_steps``, ``trainer.sample_spacing``), scored as ``metrics`` says; the
-    trainer keeps the best as best.pt."""
+    ``trainer.eval_n`` samples with the grids' sampler (the ``sampler`` group, one step
+    count), scored as ``metrics`` says; the trainer keeps the best as best.pt."""
     metrics, trainer = cfg.get("metrics"), cfg.trainer
     if metrics is None:
         raise ConfigError("trainer.eval_every needs a metrics config: add metrics=fid (this run "
                           "was made before metrics existed) or set trainer.eval_every=0.")
     try:  # before the feature network is trained or loaded
-        check_sampling(trainer.sampler, trainer.sample_steps, 0.0,
-                       instantiate(cfg.scheduler).num_train_timesteps,
-                       batch_size=metrics.batch_size, prefix="trainer.")
+        sampler = training_sampler(cfg)
+        sampler.check(instantiate(cfg.scheduler).num_train_timesteps)
+        check_int("metrics.batch_size", metrics.batch_size)
         check_int("trainer.eval_n", trainer.eval_n, minimum=2)
         check_metrics(metrics)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     scorer = build_scorer(metrics, cfg.data, device=resolve_device(device or trainer.device))
-    return FidEvaluator(scorer, n=trainer.eval_n, sampler=trainer.sampler,
-                        timestep_spacing=trainer.get("sample_spacing"),
-                        steps=trainer.sample_steps, batch_size=metrics.batch_size)
+    return FidEvaluator(scorer, n=trainer.eval_n, sampler=sampler,
+                        batch_size=metrics.batch_size)
 
 
 def check_metrics(metrics: DictConfig) -> None:

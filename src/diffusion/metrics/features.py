@@ -1,11 +1,14 @@
-"""Domain feature networks for FID: a small classifier per dataset, trained by the framework.
+"""Domain feature networks for FID: a small network per dataset, trained by the framework.
 
 Inception features suit 28x28 greyscale digits poorly (and its weights may not be at hand),
 so each dataset gets its own classifier, trained once on the dataset's train split with a
-fixed seed and cached outside the repository under ``<cache>/features/<id>/``:
+fixed seed and cached outside the repository under ``<cache>/features/<id>/``; a folder of the
+user's own images, which may have no labels, gets an autoencoder instead (its bottleneck is the
+feature space, ``diffusion.metrics.autoencoder``):
 
 - ``weights.pt``: the classifier's state dict (loaded with ``weights_only=True``);
-- ``info.json``: its id, the settings it was trained with and its test accuracy.
+- ``info.json``: its id, the settings it was trained with and its test accuracy (an
+  autoencoder's: its test reconstruction error).
 
 The id (``mnist-lenet@1a2b3c4d``) names the dataset, the architecture and a hash of every
 setting that changes the weights, including a fingerprint of the training images, so a
@@ -25,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -83,7 +85,11 @@ RECIPES: dict[str, dict] = {
     "mnist": dict(arch="lenet", epochs=3),
     "fashion_mnist": dict(arch="lenet", epochs=4, shift=1),
     "flowers102": dict(arch="resnet", epochs=30, batch_size=64, lr=3e-3, flip=True, shift=4),
+    "image_folder": dict(arch="autoencoder", epochs=40, batch_size=64, lr=2e-3, flip=True,
+                         shift=0, max_steps=2000),
 }
+"""``max_steps``: fewer epochs for large training sets (a folder of the user's own images may
+hold 100 or 100,000), unless ``epochs`` is given (``metrics.feature_epochs``)."""
 
 
 class FeatureExtractor(nn.Module):
@@ -96,12 +102,14 @@ class FeatureExtractor(nn.Module):
     set are fed to the same metrics' ``update`` without recomputing them.
     """
 
-    def __init__(self, net: nn.Module, feature_id: str, accuracy: float | None = None):
+    def __init__(self, net: nn.Module, feature_id: str, accuracy: float | None = None,
+                 description: str | None = None):
         super().__init__()
         self.net = net.eval()
         self.num_features = int(net.num_features)
         self.feature_id = feature_id
         self.accuracy = accuracy
+        self.description = description
         for p in self.net.parameters():
             p.requires_grad_(False)
 
@@ -156,16 +164,18 @@ def _augment(x: torch.Tensor, spec: FeatureSpec, generator: torch.Generator) -> 
 
 
 @torch.no_grad()
-def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             batch_size: int = 1000) -> float:
-    """Top-1 accuracy of ``net`` on uint8 ``images``."""
+def test_scores(net: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                batch_size: int = 1000) -> dict[str, float]:
+    """``net.test_scores`` (a classifier's accuracy, an autoencoder's reconstruction error)
+    over uint8 ``images``, batch by batch, weighted by batch size."""
     net.eval()
     device = next(net.parameters()).device
-    correct = 0
+    totals: dict[str, float] = {}
     for i in range(0, len(images), batch_size):
-        logits = net(to_model_range(images[i:i + batch_size].to(device)))
-        correct += (logits.argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
-    return correct / len(images)
+        x = to_model_range(images[i:i + batch_size].to(device))
+        for key, value in net.test_scores(x, labels[i:i + batch_size].to(device)).items():
+            totals[key] = totals.get(key, 0.0) + value * len(x)
+    return {key: value / len(images) for key, value in totals.items()}
 
 
 def train_classifier(spec: FeatureSpec, train: tuple[torch.Tensor, torch.Tensor],
@@ -195,7 +205,7 @@ def _train(spec: FeatureSpec, images: torch.Tensor, labels: torch.Tensor, progre
             index = order[b * spec.batch_size:(b + 1) * spec.batch_size]
             x = _augment(images[index], spec, generator)
             x = to_model_range(x.to(device))
-            loss = F.cross_entropy(net(x), labels[index].to(device))
+            loss = net.loss(x, labels[index].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -221,13 +231,22 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def capped_epochs(epochs: int, max_steps: int, n: int, batch_size: int) -> int:
+    """``epochs``, or fewer (at least one) where ``epochs`` of ``n`` images in batches of
+    ``batch_size`` would take more than ``max_steps`` steps."""
+    return max(1, min(epochs, max_steps // max(1, n // batch_size)))
+
+
 def load_feature_network(dataset: str, root: str | os.PathLike | None = None,
                          image_size: int | None = None, center_crop: bool = False,
                          cache_dir: str | os.PathLike | None = None, progress: bool = True,
-                         device: str | torch.device = "cpu", **overrides) -> FeatureExtractor:
+                         device: str | torch.device = "cpu", options: dict | None = None,
+                         **overrides) -> FeatureExtractor:
     """The cached feature network for ``dataset`` (trained first if it is not cached yet).
 
-    ``overrides`` change the dataset's recipe (``epochs``, ``lr``, ``seed``, ...), and so its id.
+    ``options``: the dataset's own arguments (``diffusion.data.dataset_options``: an image
+    folder's held-out split). ``overrides`` change the dataset's recipe (``epochs``, ``lr``,
+    ``seed``, ...), and so its id.
     """
     from filelock import FileLock
 
@@ -235,10 +254,15 @@ def load_feature_network(dataset: str, root: str | os.PathLike | None = None,
         raise FeatureNetworkError(
             f"No feature network recipe for dataset {dataset!r}; known: {', '.join(RECIPES)} "
             "(or use metrics.features=inception).")
+    options = options or {}
     train_set = build_dataset(dataset, root=root, split=None,
-                              image_size=image_size, center_crop=center_crop)
+                              image_size=image_size, center_crop=center_crop, **options)
     train = train_set.preprocessed()
     recipe = {**RECIPES[dataset], **{k: v for k, v in overrides.items() if v is not None}}
+    max_steps = recipe.pop("max_steps", None)
+    if max_steps and overrides.get("epochs") is None:
+        recipe["epochs"] = capped_epochs(recipe["epochs"], max_steps, len(train[0]),
+                                         recipe.get("batch_size", FeatureSpec.batch_size))
     spec = FeatureSpec(dataset=dataset, image_size=int(train[0].shape[-1]),
                        channels=int(train[0].shape[1]), num_classes=train_set.num_classes,
                        center_crop=center_crop, data_fingerprint=fingerprint(*train), **recipe)
@@ -250,16 +274,19 @@ def load_feature_network(dataset: str, root: str | os.PathLike | None = None,
             start = time.perf_counter()
             net = train_classifier(spec, train, progress=progress, device=device)
             test = build_dataset(dataset, root=root, split=train_set.eval_split,
-                                 image_size=image_size, center_crop=center_crop).preprocessed()
-            info = {"id": spec.id, "test_accuracy": accuracy(net, *test),
-                    "test_split": train_set.eval_split, "train_images": len(train[0]),
+                                 image_size=image_size, center_crop=center_crop,
+                                 **options).preprocessed()
+            info = {"id": spec.id, **test_scores(net, *test),
+                    "test_split": train_set.eval_split, "train_split": train_set.split,
+                    "train_images": len(train[0]),
                     "train_seconds": round(time.perf_counter() - start, 1),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "torch": torch.__version__, "settings": asdict(spec)}
             _save_atomic({k: v.cpu() for k, v in net.state_dict().items()}, weights)
             _save_atomic(json.dumps(info, indent=2) + "\n", info_file)
-            log.info("Feature network %s: test accuracy %.2f%% (%s)", spec.id,
-                     100 * info["test_accuracy"], folder)
+            log.info("Feature network %s trained (%s): %s", spec.id, folder,
+                     ", ".join(f"{k} {v:.4g}" for k, v in info.items() if k.startswith("test_")
+                               and isinstance(v, float)))
     info = json.loads(info_file.read_text())
     net = spec.build()
     try:
@@ -268,4 +295,20 @@ def load_feature_network(dataset: str, root: str | os.PathLike | None = None,
         raise FeatureNetworkError(
             f"Feature network weights {weights} are unreadable ({type(exc).__name__}); "
             f"delete {folder} to retrain it.") from None
-    return FeatureExtractor(net.to(device), spec.id, info["test_accuracy"])
+    return FeatureExtractor(net.to(device), spec.id, info.get("test_accuracy"),
+                            describe(spec, info, net.num_features))
+
+
+def describe(spec: FeatureSpec, info: dict, num_features: int) -> str:
+    """What the features are, for ``eval.json``: the network, what it learnt from, and what
+    its scores can be compared with."""
+    if spec.arch == "autoencoder":
+        learnt = (f"the {num_features}-d bottleneck of an autoencoder the framework trained on the "
+                  f"{info['train_images']} {spec.dataset}/{info.get('train_split', 'train')} "
+                  f"images without labels (test reconstruction MSE {info['test_mse']:.4f})")
+    else:
+        learnt = (f"the penultimate layer of a {spec.arch} classifier the framework trained "
+                  f"on {spec.dataset}'s labels (test accuracy "
+                  f"{100 * info['test_accuracy']:.1f}%)")
+    return (f"{learnt}; FID and KID are comparable only between scores with feature_id "
+            f"{spec.id}")

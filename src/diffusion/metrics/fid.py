@@ -17,7 +17,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from diffusion import distributed as dist
 from diffusion.data import build_dataset, dataset_info
 from diffusion.guidance import Guidance
 from diffusion.metrics.features import cache_root, to_uint8
+from diffusion.sampler_spec import SamplerSpec
 from diffusion.sampling_args import balanced_labels
 
 
@@ -56,6 +57,7 @@ class FidResult:
     steps: int | None = None
     kid: float | None = None
     kid_std: float | None = None
+    features: str | None = None  # what the features are and what the score compares with
     class_accuracy: float | None = None  # share of samples classified as their requested label
 
     @property
@@ -80,12 +82,17 @@ class DataRef:
     root: str | None = None
     image_size: int | None = None
     center_crop: bool = False
+    options: dict = field(default_factory=dict)  # the dataset's own arguments (dataset_options)
 
     def images(self, split: str) -> torch.Tensor:
         """uint8 (N, C, H, W) images of ``split``, preprocessed as for training."""
         return build_dataset(self.dataset, root=self.root, split=split,
                              image_size=self.image_size, center_crop=self.center_crop,
-                             download=False).preprocessed()[0]
+                             download=False, **self.options).preprocessed()[0]
+
+    def content_key(self) -> str:
+        """What identifies the files read, beyond the arguments (a folder's file list)."""
+        return dataset_info(self.dataset).content_key(root=self.root, **self.options)
 
     @property
     def train_split(self) -> str:
@@ -149,7 +156,9 @@ class FidScorer:
 
     def _cache_file(self, split: str, n: int | None) -> Path:
         key = json.dumps([self.feature_id, asdict(self.data), str(Path(
-            self.data.root or "").absolute()), split, n, self.seed])
+            self.data.root or "").absolute()), split, n, self.seed], default=str)
+        content = self.data.content_key()
+        key += content and f"/{content}"  # unchanged for datasets of fixed files
         digest = hashlib.sha1(key.encode()).hexdigest()[:8]
         return self.cache / f"{self.data.dataset}-{split}-n{n or 'all'}@{digest}.pt"
 
@@ -203,7 +212,8 @@ class FidScorer:
         return FidResult(fid=scores["fid"], floor=floor, n=len(features),
                          feature_id=self.feature_id, reference=self.reference,
                          reference_n=self.reference_n, floor_n=floor_n, sampler=sampler,
-                         steps=steps, kid=scores.get("kid"), kid_std=scores.get("kid_std"))
+                         steps=steps, kid=scores.get("kid"), kid_std=scores.get("kid_std"),
+                         features=getattr(self.features, "description", None))
 
     # ---------------------------------------------------------------- sampling
     def class_accuracy(self, features: torch.Tensor, labels: torch.Tensor | None) -> float | None:
@@ -216,9 +226,10 @@ class FidScorer:
                                for i in range(0, len(features), self.batch_size)])
         return int((predicted == labels).sum()) / len(labels)
 
-    def sample_features(self, pipeline, n: int, sampler: str, steps: int,
+    def sample_features(self, pipeline, n: int, sampler, steps: int,
                         batch_size: int = 250, eta: float = 0.0,
                         timestep_spacing: str | None = "trailing",
+                        name: str | None = None,
                         guidance: Guidance | None = None) -> torch.Tensor:
         """Features of ``n`` samples from ``pipeline`` on every rank, in order.
 
@@ -227,8 +238,10 @@ class FidScorer:
         ``batch_size`` images are shared out among the ranks, each extracts the features of
         its own, and the result does not depend on the number of processes. A conditional
         model (``pipeline.num_classes``), or a guided one, samples every class equally often:
-        0..K-1 in turn (``guidance`` as for the pipeline).
+        0..K-1 in turn (``guidance`` as for the pipeline). ``sampler``: a name or a scheduler
+        object (``name`` then says what it is called).
         """
+        name = name or sampler
         stream = torch.Generator().manual_seed(self.seed)
         shape = pipeline.sample_shape
         y = self.labels(pipeline, n, guidance)
@@ -236,7 +249,7 @@ class FidScorer:
             n, noise=lambda start, size: torch.randn((size, *shape), generator=stream),
             seed=self.seed, chunk_size=batch_size, steps=steps, sampler=sampler, eta=eta,
             timestep_spacing=timestep_spacing, y=y, transform=self.extract,
-            progress=self.progress, desc=f"FID {sampler}-{steps}", guidance=guidance).images
+            progress=self.progress, desc=f"FID {name}-{steps}", guidance=guidance).images
 
     @staticmethod
     def labels(pipeline, n: int, guidance: Guidance | None = None) -> torch.Tensor | None:
@@ -244,18 +257,18 @@ class FidScorer:
         model)."""
         return balanced_labels(n, (guidance or Guidance()).label_classes(pipeline.num_classes))
 
-    def score_pipeline(self, pipeline, n: int, sampler: str = "ddim", steps: int = 50,
+    def score_pipeline(self, pipeline, n: int, sampler="ddim", steps: int = 50,
                        batch_size: int = 250, eta: float = 0.0,
                        timestep_spacing: str | None = "trailing",
-                       guidance: Guidance | None = None) -> FidResult:
+                       name: str | None = None, guidance: Guidance | None = None) -> FidResult:
         """Sample, extract and score (with the class accuracy of a conditional or guided
         draw); split across ranks under ``torchrun``, scored once on rank 0, and the result
-        handed to every rank."""
+        handed to every rank. ``sampler``: a name, or a scheduler object called ``name``."""
         features = self.sample_features(pipeline, n, sampler, steps, batch_size, eta,
-                                        timestep_spacing, guidance)
+                                        timestep_spacing, name, guidance)
         result = None
         if dist.is_main():
-            result = self.score(features=features, sampler=sampler, steps=steps)
+            result = self.score(features=features, sampler=name or sampler, steps=steps)
             result.class_accuracy = self.class_accuracy(features,
                                                         self.labels(pipeline, n, guidance))
         return dist.broadcast_object(result)
@@ -264,14 +277,15 @@ class FidScorer:
 class FidEvaluator:
     """``evaluator(pipeline) -> {"fid", "kid", "fid_floor"}``: the trainer's periodic FID.
 
-    Samples ``n`` images with ``sampler``/``steps`` from the seeded generator of ``scorer``,
-    so successive evaluations during training see the same starting noise.
+    Samples ``n`` images with ``sampler`` (its one step count; None: every training step)
+    from the seeded generator of ``scorer``, so successive evaluations during training see
+    the same starting noise.
     """
 
-    def __init__(self, scorer: FidScorer, n: int = 1000, sampler: str = "ddim", steps: int = 50,
-                 batch_size: int = 250, timestep_spacing: str | None = "trailing"):
-        self.scorer, self.n, self.sampler, self.steps = scorer, n, sampler, steps
-        self.timestep_spacing = timestep_spacing
+    def __init__(self, scorer: FidScorer, n: int = 1000, sampler: SamplerSpec | None = None,
+                 batch_size: int = 250):
+        self.scorer, self.n = scorer, n
+        self.sampler = SamplerSpec() if sampler is None else sampler
         self.batch_size = batch_size
         self.last: FidResult | None = None
 
@@ -280,9 +294,11 @@ class FidEvaluator:
         cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else []  # only this rank's GPU, not every visible one
         with torch.random.fork_rng(devices=cuda):  # draws nothing from the training streams
-            self.last = self.scorer.score_pipeline(pipeline, self.n, self.sampler, self.steps,
-                                                   self.batch_size,
-                                                   timestep_spacing=self.timestep_spacing)
+            scheduler = pipeline.scheduler
+            steps = self.sampler.step_counts(scheduler.config["num_train_timesteps"])[0]
+            self.last = self.scorer.score_pipeline(
+                pipeline, self.n, self.sampler.build(scheduler), steps, self.batch_size,
+                name=self.sampler.name)
         if dist.is_main():
             print(self.last, flush=True)
         results = {"fid": self.last.fid, "fid_floor": self.last.floor}

@@ -51,6 +51,9 @@ class InceptionFeatures(nn.Module):
     num_features = 2048
     feature_id = INCEPTION_ID
     accuracy = None
+    description = ("Inception-v3 pool features (torch-fidelity's weights), the standard FID "
+                   "features; comparable with other Inception FIDs of the same reference, n and "
+                   "image size")
 
     def __init__(self, weights: str | Path | None = None):
         super().__init__()

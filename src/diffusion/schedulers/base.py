@@ -252,7 +252,18 @@ class NoiseScheduler:
 
     def _use_timesteps(self, steps: list[int], device) -> None:
         self.timesteps = torch.tensor(steps, dtype=torch.long, device=device)
+        self._steps = list(steps)  # the same on the host, read where the device is not
         self._previous = dict(zip(steps, steps[1:] + [-1], strict=True))
+
+    def _position_in_timesteps(self, timestep: Tensor) -> int | None:
+        """The index of ``timestep`` in ``timesteps`` when it is one of its elements, as a
+        loop over ``timesteps`` yields them (a 0-d view of it), read from the view's offset
+        without waiting for the device; None for any other tensor."""
+        ts = self.timesteps
+        if timestep.ndim != 0 or timestep._base is not ts or ts.stride(0) != 1:
+            return None
+        index = timestep.storage_offset() - ts.storage_offset()
+        return index if 0 <= index < len(ts) else None
 
     def previous_timestep(self, timestep: int | Tensor) -> int:
         """The entry after ``timestep`` in ``timesteps``, where its step lands; -1 after the end."""
@@ -264,14 +275,20 @@ class NoiseScheduler:
             )
         return self._previous[t]
 
-    @staticmethod
-    def _as_int(timestep: int | Tensor) -> int:
+    def _as_int(self, timestep: int | Tensor) -> int:
+        """``timestep`` as a Python int. An element of ``timesteps`` on an accelerator is
+        read from the host's copy (reading the device tensor would make the host wait for
+        every queued kernel, at every step); any other tensor is read."""
         if torch.is_tensor(timestep):
             if timestep.numel() != 1:
                 raise ValueError(
                     "step takes one timestep for the whole batch; got a tensor of shape "
                     f"{tuple(timestep.shape)}."
                 )
+            if timestep.device.type != "cpu":
+                index = self._position_in_timesteps(timestep)
+                if index is not None:
+                    return self._steps[index]
             return int(timestep.item())
         return int(timestep)
 
@@ -407,5 +424,8 @@ class NoiseScheduler:
         generator gives the same numbers on every device.
         """
         device = generator.device if generator is not None else like.device
-        noise = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
-        return noise.to(like.device)
+        # drawn into pinned memory and copied without blocking: no host-device sync per step
+        pinned = device.type == "cpu" and like.device.type == "cuda"
+        noise = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype,
+                            pin_memory=pinned)
+        return noise.to(like.device, non_blocking=pinned)

@@ -60,7 +60,7 @@ class DDPMScheduler(NoiseScheduler, sampler_name="ddpm"):
         if self.variance_type == "fixed_large":
             return 1.0 - self.alpha_bar(t) / self.alpha_bar(prev)
         if prev < 0 and len(self.timesteps) > 1:
-            return self.variance(self.timesteps[-2])
+            return self.variance(self._steps[-2])
         return max(self.posterior_variance(t), 1e-20)
 
     def step(

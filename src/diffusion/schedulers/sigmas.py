@@ -119,7 +119,15 @@ class SigmaScheduler(NoiseScheduler):
                              "call set_timesteps(n) to sample again.")
         if torch.is_tensor(timestep):
             if timestep.device.type != "cpu" or timestep.numel() != 1:
-                return i  # reading a device tensor would make the host wait for it
+                # reading a device tensor would make the host wait for it; an element of
+                # timesteps is checked by its position instead
+                position = self._position_in_timesteps(timestep)
+                if position is not None and position != i:
+                    raise ValueError(
+                        f"call {i} of this run is at timesteps[{i}], not timesteps[{position}]: "
+                        "pass the entries of scheduler.timesteps in order, each to "
+                        "scale_model_input and step.")
+                return i
             timestep = timestep.item()
         expected = self._timestep_values[i]
         if timestep is not None and abs(float(timestep) - expected) > 1e-4 * max(1.0, expected):

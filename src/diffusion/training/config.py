@@ -7,10 +7,6 @@ from dataclasses import dataclass
 
 from diffusion.device import PRECISIONS
 from diffusion.errors import ConfigError
-from diffusion.schedulers import NoiseScheduler
-from diffusion.schedulers.base import TIMESTEP_SPACINGS
-
-LOSSES = ("mse", "l1", "huber")
 
 
 @dataclass
@@ -26,8 +22,8 @@ class TrainerConfig:
     grad_clip: float = 1.0          # max global grad norm; 0 disables clipping
     divergence_factor: float = 100.0  # stop when the logged loss exceeds this x its running
     divergence_window: int = 20       # median over the last window logs; 0 turns it off
-    loss: str = "mse"               # mse | l1 | huber, on the scheduler's training target
-    huber_delta: float = 0.1
+    deterministic: bool = False     # deterministic kernels (cuBLAS, attention backward): on
+                                    # CUDA, what makes a resumed run bit-identical; slower
     label_dropout: float = 0.1      # class-conditional runs: share of labels replaced by the
                                     # null label, so one network learns p(x|y) and p(x)
     ema_decay: float = 0.9999
@@ -38,10 +34,6 @@ class TrainerConfig:
     log_every: int = 100
     sample_every: int = 5000
     sample_n: int = 64
-    sampler: str = "ddim"           # reverse process used for training-time grids
-    sample_steps: int = 50
-    sample_spacing: str | None = "trailing"  # the grids' timestep_spacing; None: the training
-                                             # scheduler's
     sample_guidance_scale: float | None = None  # a conditional run's grids: classifier-free
                                                 # guidance weight (None: the conditional model)
     val_every: int = 5000
@@ -64,16 +56,13 @@ class TrainerConfig:
             if value is None or value < 0:
                 raise ConfigError(f"trainer.{key} must be >= 0 (0 turns it off); got {value!r}.")
 
-        for key in ("max_steps", "grad_accum", "ema_every", "sample_n", "sample_steps",
+        for key in ("max_steps", "grad_accum", "ema_every", "sample_n",
                     "val_batches", "divergence_window", "eval_n"):
             positive(key)
         for key in ("log_every", "sample_every", "val_every", "eval_every", "ckpt_every",
                     "keep_last",
                     "grad_clip"):
             non_negative(key)
-        if self.loss not in LOSSES:
-            raise ConfigError(f"trainer.loss must be one of {', '.join(LOSSES)}; "
-                              f"got {self.loss!r}.")
         if not isinstance(self.max_minutes, (int, float)) or self.max_minutes < 0:
             raise ConfigError(f"trainer.max_minutes must be >= 0 (0 turns it off); "
                               f"got {self.max_minutes!r}.")
@@ -92,10 +81,6 @@ class TrainerConfig:
         if self.divergence_factor != 0 and self.divergence_factor <= 1:
             raise ConfigError("trainer.divergence_factor must be > 1 (0 turns the check off); "
                               f"got {self.divergence_factor!r}.")
-        if self.sample_spacing not in (None, *TIMESTEP_SPACINGS):
-            raise ConfigError(f"trainer.sample_spacing must be one of "
-                              f"{', '.join(TIMESTEP_SPACINGS)} or null; "
-                              f"got {self.sample_spacing!r}.")
         scale = self.sample_guidance_scale
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float)
                                   or scale < 0):
@@ -105,7 +90,3 @@ class TrainerConfig:
             raise ConfigError(f"trainer.sample_guidance_scale={scale:g} needs the unconditional "
                               "prediction, which trainer.label_dropout=0 leaves untrained: set "
                               "trainer.label_dropout > 0 or leave sample_guidance_scale null.")
-        if self.sampler not in NoiseScheduler.SAMPLERS:
-            raise ConfigError(f"trainer.sampler must be one of "
-                              f"{', '.join(sorted(NoiseScheduler.SAMPLERS))}; "
-                              f"got {self.sampler!r}.")

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
@@ -26,10 +25,17 @@ from tqdm.auto import tqdm
 
 from diffusion import distributed as dist
 from diffusion.data import DeviceDataset
-from diffusion.device import autocast, resolve_device, resolve_precision
+from diffusion.device import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    use_deterministic_algorithms,
+)
 from diffusion.errors import TrainingError
 from diffusion.guidance import Guidance, class_rows
+from diffusion.objectives import Objective
 from diffusion.pipeline import DiffusionPipeline
+from diffusion.sampler_spec import SamplerSpec
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.batches import ResumableBatchSampler, batch_stream
 from diffusion.training.config import TrainerConfig
@@ -55,10 +61,16 @@ class Trainer:
                  config: TrainerConfig, *, batch_size: int, run_dir: str | Path,
                  val_set: Dataset | None = None, lr_scheduler=None, logger: Logger | None = None,
                  seed: int = 0, num_workers: int = 0, conditional: bool = False,
-                 on_device: bool = False, evaluator=None):
+                 on_device: bool = False, evaluator=None, sampler: SamplerSpec | None = None,
+                 objective: Objective | None = None):
         self.cfg = config
+        # what a step computes: t and noise draws, the target, the per-sample loss weights
+        self.objective = Objective(scheduler) if objective is None else objective
+        self.sampler = SamplerSpec() if sampler is None else sampler  # grids' sampler
         self.device = resolve_device(config.device, key="trainer.device")
         self.precision = resolve_precision(config.precision, self.device)
+        if config.deterministic:
+            use_deterministic_algorithms(True)
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.sample_dir = self.run_dir / "samples"
@@ -194,14 +206,6 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------- the step
-    def _loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        prediction = prediction.float()
-        if self.cfg.loss == "l1":
-            return F.l1_loss(prediction, target)
-        if self.cfg.loss == "huber":
-            return F.huber_loss(prediction, target, delta=self.cfg.huber_delta)
-        return F.mse_loss(prediction, target)
-
     def _local(self, global_batch: torch.Tensor) -> torch.Tensor:
         """This rank's slice of a tensor drawn for the whole global batch."""
         if self.world_size == 1:
@@ -212,9 +216,8 @@ class Trainer:
         """(x_t, t, target) for clean ``x0``. Timesteps and noise are drawn for the global
         batch on every rank and sliced, so the run does not depend on the process count."""
         n = self.batch_size if local and self.world_size > 1 else x0.shape[0]
-        t = torch.randint(0, self.num_train_timesteps, (n,), device=self.device,
-                          generator=generator)
-        noise = torch.randn((n, *x0.shape[1:]), device=self.device, generator=generator)
+        t = self.objective.sample_timesteps(n, self.device, generator)
+        noise = self.objective.sample_noise((n, *x0.shape[1:]), self.device, generator)
         if n != x0.shape[0]:
             t, noise = self._local(t), self._local(noise)
         return self.scheduler.add_noise(x0, noise, t), t, self.scheduler.training_target(
@@ -256,7 +259,7 @@ class Trainer:
             with sync:
                 with autocast(self.device, self.precision):
                     prediction = self.forward(x_t, t, y)
-                loss = self._loss(prediction, target) / self.cfg.grad_accum
+                loss = self.objective.loss(prediction, target, t) / self.cfg.grad_accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -310,7 +313,7 @@ class Trainer:
                 continue
             with autocast(self.device, self.precision):
                 prediction = self.ema.model(x_t, t, y)
-            total[0] += self._loss(prediction, target) * x_t.shape[0]
+            total[0] += self.objective.loss(prediction, target, t) * x_t.shape[0]
             total[1] += x_t.shape[0]
         loss, count = dist.all_sum(total).tolist()
         return loss / count
@@ -336,8 +339,9 @@ class Trainer:
             n, y = len(rows), rows
         images = self.pipeline().sample_across_ranks(
             n, noise=self.fixed_noise[:n], seed=self.seed, y=y,
-            chunk_size=-(-n // self.world_size), steps=self.cfg.sample_steps,
-            sampler=self.cfg.sampler, timestep_spacing=self.cfg.sample_spacing,
+            chunk_size=-(-n // self.world_size),
+            steps=self.sampler.step_counts(self.num_train_timesteps)[0],
+            sampler=self.sampler.build(self.scheduler),
             guidance=Guidance(scale=self.cfg.sample_guidance_scale or 1.0)
             if self.conditional else None).images
         if not self.is_main:

@@ -1,0 +1,153 @@
+"""A sampler as the ``sampler`` config group states it (``conf/sampler/<name>.yaml``).
+
+Every option of the group holds the registered sampler ``name``, its ``steps``, its
+``timestep_spacing`` and the sampler's own options (DDIM's ``eta``, DPM-Solver's
+``solver_order`` and ``algorithm_type``, ``use_karras_sigmas``, ...), so that
+
+    python -m diffusion.sample run=<run> sampler=dpmpp_2m sampler.steps=10
+    python -m diffusion.evaluate run=<run> sampler=heun sampler.steps=10,20
+    python -m diffusion.train experiment=mnist_cpu sampler=euler_a sampler.steps=25
+
+all read one description. ``SamplerSpec.build`` turns it into a scheduler over a run's
+training scheduler: the beta schedule, prediction type and clipping carry over, only the
+reverse step and the options above change.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from diffusion.paths import CONF_DIR
+from diffusion.pipeline import make_sampler
+from diffusion.sampling_args import SAMPLER_PRESETS, SAMPLERS, check_int, check_sampling
+from diffusion.schedulers import NoiseScheduler
+
+GENERIC_KEYS = ("name", "steps", "timestep_spacing")
+"""Keys of every ``conf/sampler/*.yaml``; the others are options of the sampler's class."""
+
+
+def sampler_options(name: str) -> set[str]:
+    """The options ``sampler.<option>`` may set for sampler ``name``: its class's own
+    constructor arguments, not the noise process's (those come from the trained run)."""
+    return SAMPLERS[name].config_keys() - NoiseScheduler.config_keys()
+
+
+def default_options(name: str) -> dict[str, Any]:
+    """What ``name`` uses for each of its options when none is given: its presets, else
+    the class's defaults."""
+    defaults = {}
+    for klass in SAMPLERS[name].__mro__:
+        if "__init__" in vars(klass):
+            for key, p in inspect.signature(klass.__init__).parameters.items():
+                if p.default is not inspect.Parameter.empty:
+                    defaults.setdefault(key, p.default)
+    return {key: SAMPLER_PRESETS[name].get(key, defaults.get(key))
+            for key in sorted(sampler_options(name))}
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """``name`` (a key of ``NoiseScheduler.SAMPLERS``), ``steps`` (one count, a list of counts
+    for ``diffusion.evaluate``, or None for every training step), ``timestep_spacing``
+    (None: the training scheduler's) and ``options`` of the sampler's class."""
+
+    name: str = "ddim"
+    steps: int | list[int] | None = 50
+    timestep_spacing: str | None = "trailing"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any], key: str = "sampler") -> SamplerSpec:
+        """The spec of a ``sampler`` config node; an unknown sampler or option is a
+        one-sentence ValueError naming ``key`` as the user types it."""
+        node = dict(node)
+        name = node.get("name")
+        if name not in SAMPLERS:
+            raise ValueError(f"{key} must be one of {', '.join(sorted(SAMPLERS))}; "
+                             f"got {name!r}.")
+        options = {k: v for k, v in node.items() if k not in GENERIC_KEYS}
+        unknown = sorted(set(options) - sampler_options(name))
+        if unknown:
+            raise ValueError(f"{key}.{unknown[0]} is not an option of {key}={name}: use one of "
+                             f"{', '.join([*GENERIC_KEYS, *sorted(sampler_options(name))])}.")
+        steps = node.get("steps")
+        if isinstance(steps, list | tuple) or OmegaConf.is_list(steps):
+            steps = list(steps)
+        return cls(name, steps, node.get("timestep_spacing"), options)
+
+    @property
+    def eta(self) -> float:
+        return self.options.get("eta", 0.0)
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether its steps draw noise (its images then depend on the batching)."""
+        return SAMPLERS[self.name](**{**SAMPLER_PRESETS[self.name], **self.options}).stochastic
+
+    def step_counts(self, num_train_timesteps: int) -> list[int]:
+        """``steps`` as a list, None meaning every training step."""
+        if self.steps is None:
+            return [num_train_timesteps]
+        return list(self.steps) if isinstance(self.steps, list) else [self.steps]
+
+    def check(self, num_train_timesteps: int, key: str = "sampler", **extra: Any) -> None:
+        """Every value, before any model is loaded (``extra``: ``n``, ``batch_size``); an
+        option's value is checked by building the sampler over a probe schedule."""
+        check_sampling(self.name, self.step_counts(num_train_timesteps), self.eta,
+                       num_train_timesteps, prefix=f"{key}.",
+                       timestep_spacing=self.timestep_spacing)
+        for name, value in extra.items():
+            check_int(name, value)
+        try:
+            self.build(SAMPLERS["ddpm"](num_train_timesteps=num_train_timesteps))
+        except ValueError as exc:
+            message = str(exc)
+            named = message.split(" ", 1)[0] in self.options
+            raise ValueError(f"{key}.{message}" if named else message) from None
+
+    def build(self, train_scheduler: NoiseScheduler) -> NoiseScheduler:
+        """The scheduler over ``train_scheduler``'s noise process (betas, prediction type,
+        clipping) with these options and this spacing."""
+        options = {k: v for k, v in self.options.items() if k != "eta"}
+        return make_sampler(train_scheduler, self.name, self.eta, self.timestep_spacing,
+                            **options)
+
+    def changed_options(self) -> dict[str, Any]:
+        """The options that differ from the sampler's defaults (eta aside: it is recorded
+        on its own), as an evaluation record states them."""
+        defaults = default_options(self.name)
+        return {k: v for k, v in sorted(self.options.items())
+                if k != "eta" and defaults.get(k) != v}
+
+
+OLD_TRAINER_KEYS = {"sampler": "name", "sample_steps": "steps",
+                    "sample_spacing": "timestep_spacing"}
+"""``trainer.*`` sampling keys of run folders from before the ``sampler`` group, and theirs."""
+
+
+def training_sampler(cfg: Mapping[str, Any]) -> SamplerSpec:
+    """The sampler of a training config's grids and periodic FID: its ``sampler`` group, one
+    step count. A run folder from before the group states it as ``trainer.sampler``,
+    ``trainer.sample_steps`` and ``trainer.sample_spacing``, which are read instead."""
+    node = cfg.get("sampler")
+    if node is None:
+        trainer = cfg.get("trainer") or {}
+        node = {"name": "ddim", "steps": 50, "timestep_spacing": "trailing",
+                **{new: trainer[old] for old, new in OLD_TRAINER_KEYS.items() if old in trainer}}
+    spec = SamplerSpec.from_config(node)
+    if isinstance(spec.steps, list):
+        raise ValueError(f"sampler.steps must be one step count for the training grids and "
+                         f"periodic FID; got {spec.steps}.")
+    return spec
+
+
+def named_sampler(name: str, key: str = "sampler") -> SamplerSpec:
+    """The spec ``conf/sampler/<name>.yaml`` states (what ``sampler=<name>`` gives)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"{key} must be one of {', '.join(sorted(SAMPLERS))}; got {name!r}.")
+    return SamplerSpec.from_config(OmegaConf.load(CONF_DIR / "sampler" / f"{name}.yaml"), key)

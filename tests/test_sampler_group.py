@@ -1,0 +1,135 @@
+"""The ``sampler`` config group: one file per registered sampler stating its options as the
+registry presets them, the same spec for sample, evaluate and the trainer, and any trained run
+sampled by any of them with its own noise schedule and prediction type."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffusion.builders import build_trainer_config
+from diffusion.paths import CONF_DIR
+from diffusion.pipeline import DiffusionPipeline
+from diffusion.records import entry_key
+from diffusion.sample import sample
+from diffusion.sampler_spec import (
+    GENERIC_KEYS,
+    SamplerSpec,
+    default_options,
+    sampler_options,
+    training_sampler,
+)
+from diffusion.schedulers import DDPMScheduler, NoiseScheduler
+from hydra_utils import compose_config
+from test_train import run_training
+
+FILES = sorted((CONF_DIR / "sampler").glob("*.yaml"))
+
+
+def test_every_registered_sampler_has_one_file_and_no_file_names_another():
+    assert sorted(p.stem for p in FILES) == sorted(NoiseScheduler.SAMPLERS)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_file_states_every_option_as_the_registry_presets_it(path):
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    assert node["name"] == path.stem
+    assert set(node) == {*GENERIC_KEYS, *sampler_options(path.stem)}
+    spec = SamplerSpec.from_config(node)
+    assert spec.options == default_options(path.stem) and spec.changed_options() == {}
+    assert spec.timestep_spacing == "trailing"
+    spec.check(1000)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_built_sampler_keeps_the_training_noise_process(path):
+    train = DDPMScheduler(beta_schedule="cosine", prediction_type="v_prediction",
+                          clip_sample=False, timestep_spacing="leading")
+    spec = SamplerSpec.from_config(OmegaConf.load(path))
+    sched = spec.build(train)
+    assert type(sched) is NoiseScheduler.SAMPLERS[spec.name]
+    for key in ("beta_schedule", "prediction_type", "clip_sample", "num_train_timesteps"):
+        assert sched.config[key] == train.config[key], key
+    assert torch.equal(sched.alphas_cumprod, train.alphas_cumprod)
+    assert sched.config["timestep_spacing"] == "trailing"  # the spec's, not the run's
+    assert {k: sched.config[k] for k in spec.options} == spec.options
+    kept = SamplerSpec(spec.name, spec.steps, None, spec.options).build(train)
+    assert kept.config["timestep_spacing"] == "leading"  # null: the training scheduler's
+
+
+def test_changed_options_reach_the_scheduler_and_are_named():
+    cfg = compose_config(["run=x", "sampler=dpmpp_2m", "sampler.steps=[10,20]",
+                          "sampler.use_karras_sigmas=true"], config_name="evaluate")
+    spec = SamplerSpec.from_config(cfg.sampler)
+    assert spec.steps == [10, 20] and spec.step_counts(1000) == [10, 20]
+    assert spec.changed_options() == {"use_karras_sigmas": True}
+    assert spec.build(DDPMScheduler()).config["use_karras_sigmas"] is True
+    assert SamplerSpec.from_config({"name": "ddpm", "steps": None}).step_counts(500) == [500]
+    with pytest.raises(ValueError, match=r"^sampler.eta is not an option of sampler=euler: use "
+                                         r"one of name, steps, timestep_spacing, "
+                                         r"use_karras_sigmas.$"):
+        SamplerSpec.from_config({"name": "euler", "steps": 5, "eta": 0.5})
+    with pytest.raises(ValueError, match=r"^sampler.solver_order must be 1, 2 or 3; got 4.$"):
+        SamplerSpec.from_config({"name": "dpmpp_2m", "steps": 5, "solver_order": 4}).check(1000)
+
+
+def test_an_evaluation_with_changed_options_is_its_own_eval_json_entry():
+    entry = {"sampler": "dpmpp_2m", "steps": 10, "n": 100, "eta": 0.0,
+             "timestep_spacing": "trailing", "batch_size": 50, "seed": 0,
+             "checkpoint": "step_00000004.pt", "step": 4, "feature_id": "f", "reference_n": 10}
+    karras = {**entry, "sampler_options": {"use_karras_sigmas": True}}
+    assert entry_key(karras) == entry_key(entry).replace(
+        "timestep_spacing=trailing", "timestep_spacing=trailing "
+        "sampler_options={'use_karras_sigmas': True}")
+
+
+def test_one_spec_for_sample_evaluate_and_training():
+    sample_cfg = compose_config(["run=x", "sampler=dpmpp_2m", "sampler.steps=10"],
+                                config_name="sample")
+    assert SamplerSpec.from_config(sample_cfg.sampler).steps == 10
+    assert SamplerSpec.from_config(compose_config(["run=x"], config_name="sample").sampler) \
+        == SamplerSpec("ddim", 50, "trailing", {"eta": 0.0, "set_alpha_to_one": True})
+    evaluate_cfg = compose_config(["run=x", "sampler=heun", "sampler.steps=[10,20]"],
+                                  config_name="evaluate")
+    assert SamplerSpec.from_config(evaluate_cfg.sampler).step_counts(1000) == [10, 20]
+    train_cfg = compose_config(["sampler=euler_a", "sampler.steps=25"])
+    assert training_sampler(train_cfg) == SamplerSpec("euler_a", 25, "trailing", {})
+    assert "sampler" not in build_trainer_config(train_cfg).__dict__
+
+
+def test_a_run_folder_from_before_the_group_keeps_its_grid_sampler():
+    """Its config.yaml states the grids' sampler as trainer.sampler/sample_steps/
+    sample_spacing and has no sampler node: those are read, and not passed to the trainer."""
+    cfg = compose_config([])
+    container = OmegaConf.to_container(cfg)
+    del container["sampler"]
+    container["trainer"].update(sampler="heun", sample_steps=7, sample_spacing="leading")
+    old = OmegaConf.create(container)
+    assert training_sampler(old) == SamplerSpec("heun", 7, "leading", {})
+    assert build_trainer_config(old).sample_n == cfg.trainer.sample_n
+
+
+def test_any_trained_run_samples_with_every_sampler(tmp_path, tiny_mnist_root):
+    """A cosine, v-prediction run (unclipped: DDIM clips x_0 but not the noise it uses)
+    sampled through diffusion.sample with each group option:
+    the sampler runs over the run's own schedule, and Euler in sigma space, which is the
+    DDIM update, gives DDIM's images."""
+    run, _ = run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
+                          "scheduler.beta_schedule=cosine",
+                          "scheduler.prediction_type=v_prediction", "scheduler.clip_sample=false",
+                          "trainer.sample_every=0",
+                          "trainer.val_every=0")
+    pipe = DiffusionPipeline.from_run(run, device="cpu")
+    images = {}
+    for path in FILES:
+        cfg = compose_config([f"run={run}", f"sampler={path.stem}", "sampler.steps=3", "n=3",
+                              "device=cpu", "save_tensors=true"], config_name="sample")
+        written = sample(cfg)
+        images[path.stem] = torch.load(written["tensors"], weights_only=True)
+        assert images[path.stem].shape == (3, 1, 28, 28)
+        built = SamplerSpec.from_config(cfg.sampler).build(pipe.scheduler)
+        assert (built.config["beta_schedule"], built.config["prediction_type"]) == (
+            "cosine", "v_prediction")
+    torch.testing.assert_close(images["euler"], images["ddim"], atol=1e-4, rtol=0)
+    assert not torch.allclose(images["ddpm"], images["ddim"], atol=1e-2)
