@@ -111,7 +111,8 @@ def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
         if cfg.guidance_rescale:
             stem += f"-rescale{cfg.guidance_rescale:g}"
     if cfg.classifier:
-        stem += f"_classifier{Path(cfg.classifier).name}-s{cfg.classifier_scale or 1:g}"
+        scale = 1 if cfg.classifier_scale is None else cfg.classifier_scale
+        stem += f"_classifier{Path(cfg.classifier).name}-s{scale:g}"
     return stem
 
 

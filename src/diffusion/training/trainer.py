@@ -342,7 +342,8 @@ class Trainer:
             chunk_size=-(-n // self.world_size),
             steps=self.sampler.step_counts(self.num_train_timesteps)[0],
             sampler=self.sampler.build(self.scheduler),
-            guidance=Guidance(scale=self.cfg.sample_guidance_scale or 1.0)
+            guidance=Guidance(scale=1.0 if self.cfg.sample_guidance_scale is None
+                              else self.cfg.sample_guidance_scale)
             if self.conditional else None).images
         if not self.is_main:
             return None
