@@ -16,8 +16,9 @@ from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
 from test_train import run_training
 
-SAMPLE_KEYS = ("batch_size, chain, chain_frames, chain_rows, checkpoint, compile, device, "
-               "labels, n, out, precision, run, sampler, save_tensors, seed")
+SAMPLE_KEYS = ("batch_size, chain, chain_frames, chain_rows, checkpoint, classifier, "
+               "classifier_scale, compile, device, guidance_rescale, guidance_scale, labels, n, "
+               "out, precision, run, sampler, save_tensors, seed")
 STEPS_RANGE = ("sampler.steps must be an integer from 1 to 1000 (the model's "
                "num_train_timesteps)")
 MOVED = ("is now sampler.{key}: the sampler is a config group, e.g. sampler=ddim "
@@ -79,7 +80,7 @@ SAMPLE_CASES = {
     "labels-out-of-range": (["run=conditional", "labels=[0,10]", "n=2", "sampler.steps=2"],
                             "labels must be class labels in [0, 9]; got 10."),
     "labels-not-ints": (["run=conditional", "labels=a", "n=2", "sampler.steps=2"],
-                        "labels must be null, a class label or a list of them, e.g. labels=3 "
+                        "labels must be null, all, a class label or a list of them, e.g. labels=3 "
                         "or labels=[0,1,2]; got 'a'."),
 }
 

@@ -13,7 +13,7 @@ import diffusion
 SRC = Path(diffusion.__file__).parent
 ENTRY_POINTS = {"diffusion.train", "diffusion.sample", "diffusion.evaluate",
                 "diffusion.visualize", "diffusion.report", "diffusion.bench",
-                "diffusion.samplers_oracle", "diffusion.edit"}
+                "diffusion.samplers_oracle", "diffusion.edit", "diffusion.train_classifier"}
 
 
 def _modules() -> dict[str, Path]:

@@ -124,6 +124,11 @@ def build_scheduler(cfg: DictConfig):
     return _instantiate("scheduler", cfg.scheduler)
 
 
+def build_classifier(cfg: DictConfig):
+    """The noise-aware classifier of a ``diffusion.train_classifier`` config."""
+    return _instantiate("classifier_net", cfg.classifier_net)
+
+
 DATASET_SETTINGS_ELSEWHERE = ("name", "channels", "num_classes", "train_split", "val_split",
                               "batch_size", "num_workers", "on_device")
 """Keys of ``data`` that are not arguments of its ``_target_``: the description that other

@@ -13,6 +13,7 @@ FID and the bench); ``eval.json`` is read and written through ``diffusion.record
 
 from __future__ import annotations
 
+import itertools
 import shlex
 import time
 from pathlib import Path
@@ -24,6 +25,14 @@ from diffusion import distributed as dist
 from diffusion import viz
 from diffusion.device import resolve_device, resolve_precision
 from diffusion.errors import CheckpointError, ConfigError
+from diffusion.guidance_options import (
+    GuidanceOptions,
+    build_guidance,
+    check_guidance_options,
+    guidance_args,
+    guidance_record,
+    load_options_classifier,
+)
 from diffusion.metrics import FidResult
 from diffusion.metrics.evaluation import build_scorer, check_metrics
 from diffusion.pipeline import DiffusionPipeline, compile_mode
@@ -41,9 +50,11 @@ from diffusion.training.checkpoint import latest_checkpoint, saved_step
 from diffusion.training.loggers import JsonlLogger
 
 
-def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, list[int]]:
+def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, list[int],
+                                                    GuidanceOptions]:
     """Every option checked before the model is loaded or the feature network trained:
-    (the run's config, the sampler, its step counts). The run folder must take eval.json,
+    (the run's config, the sampler, its step counts, the guidance). The run folder must take
+    eval.json,
     metrics.jsonl and the plot, so a read-only run fails now rather than after the scoring."""
     check_cli_config(cfg, "evaluate")
     run = Path(cfg.run)
@@ -58,6 +69,7 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
     if not is_int(cfg.n) or cfg.n < 2:
         raise ConfigError(f"n must be an integer >= 2 (images per FID); got {cfg.n!r}.")
     check_metrics(cfg.metrics)
+    guidance = check_guidance_options(cfg, run_cfg, allow_lists=True)
     check_bool("plot", cfg.plot)
     resolve_precision(cfg.precision, resolve_device(cfg.device))
     if cfg.compile:
@@ -68,13 +80,13 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
         for name in ("eval.json", "metrics.jsonl", *(["figures/fid_vs_steps.png"]
                                                      if cfg.plot else [])):
             check_writable(run / name, what)
-    return run_cfg, spec, steps_list
+    return run_cfg, spec, steps_list, guidance
 
 
 def evaluate(cfg: DictConfig) -> list[FidResult]:
     """Evaluate ``cfg.run`` as ``cfg`` (conf/evaluate.yaml) says; returns the results."""
 
-    run_cfg, spec, steps_list = check_evaluate_config(cfg)
+    run_cfg, spec, steps_list, guided = check_evaluate_config(cfg)
     run = Path(cfg.run)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else latest_checkpoint(run / "checkpoints")
     if checkpoint is None:
@@ -92,10 +104,14 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     sampler = spec.build(pipe.scheduler)
     spacing = sampler.config["timestep_spacing"]
     options = spec.changed_options()
-    for steps in steps_list:
+    classifier = load_options_classifier(guided)
+    for steps, scale, classifier_scale in itertools.product(steps_list, guided.scales,
+                                                            guided.classifier_scales):
+        guidance = build_guidance(guided, scale, classifier_scale, classifier)
         start = time.perf_counter()
         result = scorer.score_pipeline(pipe, cfg.n, sampler=sampler, steps=steps,
-                                       batch_size=cfg.batch_size, name=spec.name)
+                                       batch_size=cfg.batch_size, name=spec.name,
+                                       guidance=guidance)
         seconds = time.perf_counter() - start
         results.append(result)
         if not main:
@@ -108,13 +124,17 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
                  "kid_subset_size": cfg.metrics.kid_subset_size if cfg.metrics.kid else None,
                  "num_classes": pipe.num_classes, "seconds": round(seconds, 1),
                  "processes": dist.world_size(), "device": str(pipe.device),
+                 **guidance_record(guided, scale, classifier_scale),
                  "command": _command(cfg, spec, steps_list, checkpoint),
                  "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_eval(run, {entry_key(entry): entry})
         jsonl.log_metrics({"eval/fid": result.fid, "eval/fid_floor": result.floor,
                            "eval/kid": result.kid, "eval/n": result.n,
                            "eval/sampler": result.sampler, "eval/steps": result.steps,
-                           "eval/eta": spec.eta, "eval/features": result.feature_id}, step)
+                           "eval/eta": spec.eta, "eval/features": result.feature_id,
+                           "eval/class_accuracy": result.class_accuracy,
+                           "eval/guidance_scale": scale,
+                           "eval/classifier_scale": classifier_scale}, step)
     if main and cfg.plot:
         path = viz.plot_fid_vs_steps(
             {run.name: plot_entries(list(read_eval(run).values()), entry)},
@@ -141,6 +161,7 @@ def _command(cfg: DictConfig, spec: SamplerSpec, steps: list[int], checkpoint: P
     for key in ("feature_epochs", "reference_n", "inception_weights"):
         if metrics.get(key) is not None:
             args.append(f"metrics.{key}={metrics[key]}")
+    args += guidance_args(cfg)
     if cfg.data_root:
         args.append(f"data_root={cfg.data_root}")
     if cfg.precision != "auto":
@@ -155,9 +176,10 @@ def _value(value) -> str:
     return "null" if value is None else str(value)
 
 
-def _list_overrides(argv: list[str], keys: tuple[str, ...] = ("sampler.steps",)) -> list[str]:
+def _list_overrides(argv: list[str], keys: tuple[str, ...] = (
+        "sampler.steps", "guidance_scale", "classifier_scale")) -> list[str]:
     """``sampler.steps=10,20,50`` -> ``sampler.steps=[10,20,50]``: a list, not a Hydra
-    sweep."""
+    sweep (so too the guidance scales)."""
     out = []
     for arg in argv:
         key, _, value = arg.partition("=")

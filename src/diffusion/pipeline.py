@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from diffusion import distributed as dist
 from diffusion import editing
 from diffusion.device import autocast, resolve_device, resolve_precision
+from diffusion.guidance import Guidance
 from diffusion.rundir import load_run
 from diffusion.sampling_args import (
     SAMPLER_PRESETS,
@@ -126,7 +127,7 @@ class DiffusionPipeline:
                  generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
                  y: torch.Tensor | None = None, batch_size: int = 256,
                  return_chain: bool = False, chain_frames: int = 20,
-                 progress: bool = False) -> PipelineOutput:
+                 progress: bool = False, guidance: Guidance | None = None) -> PipelineOutput:
         """Draw ``n`` samples with ``steps`` reverse steps (default: all training steps).
 
         ``noise`` fixes the starting x_T (used for comparable grids across training);
@@ -137,11 +138,14 @@ class DiffusionPipeline:
         ``timestep_spacing`` (trailing, leading, linspace) picks the ``steps`` timesteps
         among the training ones; None keeps the training scheduler's; a scheduler object
         as ``sampler`` keeps its own. Trailing starts at t = T - 1, where x_T ~ N(0, I) is
-        right for every schedule (Lin et al. 2024).
+        right for every schedule (Lin et al. 2024). ``guidance`` (``diffusion.guidance``):
+        classifier-free and/or classifier guidance towards the labels ``y``.
         """
         steps = self._check(n, steps, sampler, eta, batch_size, return_chain, chain_frames,
                             timestep_spacing)
-        y = check_labels(y, n, self.num_classes)
+        guidance = guidance or Guidance()
+        y = check_labels(y, n, guidance.label_classes(self.num_classes))
+        denoiser = guidance.denoiser(self.forward, self.num_classes, self.scheduler, self.device)
         sched = self._sampler(sampler, steps, eta, timestep_spacing)
         if noise is not None and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
@@ -155,7 +159,8 @@ class DiffusionPipeline:
             x = noise[start:start + b].to(self.device).contiguous(
                 memory_format=self.memory_format)
             yb = None if y is None else y[start:start + b].to(self.device)
-            out, chain = self._denoise(sched, x, yb, generator, return_chain, chain_frames)
+            out, chain = self._denoise(sched, x, yb, generator, return_chain, chain_frames,
+                                       denoiser)
             images.append(out.float().cpu())
             if chain is not None:
                 chains.append(chain)
@@ -173,7 +178,8 @@ class DiffusionPipeline:
                             y: torch.Tensor | None = None,
                             transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                             return_chain: bool = False, chain_frames: int = 20,
-                            progress: bool = False, desc: str = "sampling") -> PipelineOutput:
+                            progress: bool = False, desc: str = "sampling",
+                            guidance: Guidance | None = None) -> PipelineOutput:
         """Draw ``n`` samples in chunks of ``chunk_size``, the chunks shared out among the
         ranks of the process group (``torchrun``); every rank gets the whole result, in order.
 
@@ -183,11 +189,12 @@ class DiffusionPipeline:
         samplers comes from a generator seeded by (``seed``, chunk index). So the images depend
         on ``chunk_size`` but not on the number of processes. ``transform`` maps each chunk on
         the rank that drew it (to FID features, say) before the gather. ``y`` as for
-        ``__call__``: the default labels run 0..K-1 over all ``n``, not per chunk.
+        ``__call__``: the default labels run 0..K-1 over all ``n``, not per chunk; ``guidance``
+        as for ``__call__``.
         """
         steps = self._check(n, steps, sampler, eta, chunk_size, return_chain, chain_frames,
                             timestep_spacing)
-        y = check_labels(y, n, self.num_classes)
+        y = check_labels(y, n, (guidance or Guidance()).label_classes(self.num_classes))
         if not callable(noise) and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
         rank, world = dist.rank(), dist.world_size()
@@ -205,7 +212,8 @@ class DiffusionPipeline:
                            timestep_spacing=timestep_spacing, noise=x_t,
                            generator=torch.Generator().manual_seed(chunk_seed(seed, index)),
                            y=None if y is None else y[start:start + b], batch_size=b,
-                           return_chain=return_chain, chain_frames=chain_frames)
+                           return_chain=return_chain, chain_frames=chain_frames,
+                           guidance=guidance)
                 images = out.images if transform is None else transform(out.images)
                 local[start] = (images, out.chain)
                 bar.update(b)
@@ -288,25 +296,28 @@ class DiffusionPipeline:
         return [ts[i] for i in self._chain_positions(sched, frames)]
 
     def model_output(self, x: torch.Tensor, t: int | torch.Tensor,
-                     y: torch.Tensor | None = None) -> torch.Tensor:
+                     y: torch.Tensor | None = None, denoiser=None) -> torch.Tensor:
         """The network's float32 output for the batch ``x`` (as the network sees it, i.e.
         after ``scale_model_input``) at one timestep ``t``, with labels ``y``: the one place
-        sampling and editing (``diffusion.editing``) ask the model, in the pipeline's precision."""
+        sampling and editing (``diffusion.editing``) ask the model, in the pipeline's precision.
+        ``denoiser`` replaces the bare forward (the guided one of ``diffusion.guidance``)."""
         t_batch = t.expand(x.shape[0]) if torch.is_tensor(t) else torch.full(
             (x.shape[0],), int(t), device=self.device)
         with autocast(self.device, self.precision):
-            return self.forward(x, t_batch, y).float()
+            return (denoiser or self.forward)(x, t_batch, y).float()
 
-    def _denoise(self, sched, x, y, generator, return_chain, chain_frames):
+    def _denoise(self, sched, x, y, generator, return_chain, chain_frames, denoiser=None):
         """The reverse process from ``x`` (standard normal): diffusers' sampling loop, so
-        any scheduler with ``init_noise_sigma``/``scale_model_input``/``step`` runs in it.
+        any scheduler with ``init_noise_sigma``/``scale_model_input``/``step`` runs in it;
+        ``denoiser(x_t, t, y)`` is the model's forward, guided or not (None: unguided).
         ``set_timesteps`` first: a multistep or second-order sampler starts each batch afresh."""
         sched.set_timesteps(sched.num_inference_steps, device=self.device)
+        denoiser = denoiser or self.forward
         keep = set(self._chain_positions(sched, chain_frames)) if return_chain else ()
         x = x * sched.init_noise_sigma
         chain = [x.float().cpu()] if 0 in keep else []
         for i, t in enumerate(sched.timesteps):
-            model_output = self.model_output(sched.scale_model_input(x, t), t, y)
+            model_output = self.model_output(sched.scale_model_input(x, t), t, y, denoiser)
             x = sched.step(model_output, t, x, generator=generator).prev_sample
             if i + 1 in keep:
                 chain.append(x.float().cpu())

@@ -85,10 +85,13 @@ def cpu_model() -> str:
 
 #: What makes two evaluations of a run comparable; an eval.json key holds all of it.
 PROTOCOL = ("sampler", "steps", "n", "eta", "timestep_spacing", "sampler_options", "batch_size",
-            "seed", "checkpoint", "step", "feature_id", "reference_n")
+            "seed", "checkpoint", "step", "feature_id", "reference_n", "guidance_scale",
+            "guidance_rescale", "classifier", "classifier_scale")
 #: Parts of the protocol that an entry may lack: older entries have no timestep_spacing, and
 #: sampler_options (the sampler's options changed from its defaults) is there only when set.
 OPTIONAL = ("timestep_spacing", "sampler_options")
+#: The guidance settings: part of the key where they are set (not None).
+GUIDANCE = ("guidance_scale", "guidance_rescale", "classifier", "classifier_scale")
 
 
 def entry_key(entry: dict) -> str:
@@ -97,10 +100,11 @@ def entry_key(entry: dict) -> str:
     (eta, checkpoint, seed, ...) are kept side by side instead of overwriting each other.
     ``batch_size`` is part of it only for stochastic samplers (ddpm, euler_a, dpmpp_2m_sde,
     ddim with eta > 0), whose step noise is drawn batch by batch; a deterministic sampler
-    ignores it."""
+    ignores it. The guidance settings are part of it where they are set."""
     stochastic = is_stochastic(entry["sampler"], entry["eta"])
     return " ".join(f"{k}={entry.get(k)}" for k in PROTOCOL
-                    if (k != "batch_size" or stochastic) and (k not in OPTIONAL or k in entry))
+                    if (k != "batch_size" or stochastic) and (k not in OPTIONAL or k in entry)
+                    and (k not in GUIDANCE or entry.get(k) is not None))
 
 
 def read_eval(run: str | Path) -> dict[str, dict]:
@@ -124,9 +128,9 @@ def plot_entries(entries: list[dict], current: dict) -> list[dict]:
     """The entries one FID-vs-steps plot can show beside ``current``: the same checkpoint
     and feature network, and for each (sampler, n, steps) only the newest, so results that
     differ in eta or seed do not zigzag along one line."""
-    same = ("checkpoint", "step", "feature_id")
+    same = ("checkpoint", "step", "feature_id", *GUIDANCE)
     newest: dict[tuple, dict] = {}
     for e in sorted(entries, key=lambda e: e.get("time", "")):
-        if all(e.get(k) == current[k] for k in same):
+        if all(e.get(k) == current.get(k) for k in same):
             newest[(e["sampler"], e["n"], e["steps"])] = e
     return list(newest.values())

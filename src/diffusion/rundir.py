@@ -149,3 +149,17 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None):
     model.load_state_dict(state["ema"]["model"])
     scheduler = instantiate(cfg.scheduler)
     return model, scheduler, cfg
+
+
+def load_classifier(run: str | Path, checkpoint: str | Path | None = None):
+    """The noise-aware classifier of a ``diffusion.train_classifier`` run folder, with the
+    weights of ``checkpoint`` (default: its newest), in eval mode."""
+    run = Path(run)
+    cfg = load_config(run)
+    checkpoint = checkpoint or latest_checkpoint(run / "checkpoints")
+    if checkpoint is None:
+        raise CheckpointError(f"Classifier run {run} has no checkpoints yet: let "
+                              "diffusion.train_classifier finish (it saves at the last step).")
+    model = instantiate(cfg.classifier_net)
+    model.load_state_dict(load(checkpoint)["model"])
+    return model.eval()

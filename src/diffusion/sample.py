@@ -21,6 +21,12 @@ from PIL import Image
 from diffusion import distributed as dist
 from diffusion import viz
 from diffusion.device import resolve_device, resolve_precision
+from diffusion.guidance_options import (
+    GuidanceOptions,
+    build_guidance,
+    check_guidance_options,
+    load_options_classifier,
+)
 from diffusion.pipeline import DiffusionPipeline, compile_mode
 from diffusion.rundir import load_config
 from diffusion.sampler_spec import SamplerSpec
@@ -35,9 +41,10 @@ from diffusion.sampling_args import (
 )
 
 
-def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, SamplerSpec, int]:
+def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, SamplerSpec, int,
+                                                  GuidanceOptions]:
     """Every option checked, before the model is loaded: (where the grid goes, the labels,
-    the sampler, its step count).
+    the sampler, its step count, the guidance).
 
     Reads only the run's config.yaml (for T and model.num_classes), so a bad value costs no
     model load and no sampling, and an output location that cannot be written is found
@@ -52,7 +59,8 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Sam
     num_train_timesteps = instantiate(run_cfg.scheduler).num_train_timesteps
     spec.check(num_train_timesteps, n=cfg.n, batch_size=cfg.batch_size)
     steps = spec.step_counts(num_train_timesteps)[0]
-    labels = labels_option(cfg.labels, cfg.n, run_cfg.model.get("num_classes"))
+    guidance = check_guidance_options(cfg, run_cfg)
+    labels = labels_option(cfg.labels, cfg.n, guidance.label_classes)
     if not is_int(cfg.seed):
         raise ValueError(f"seed must be an integer; got {cfg.seed!r}.")
     check_int("chain_frames", cfg.chain_frames, minimum=2)
@@ -75,7 +83,7 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Sam
     if dist.is_main():
         for path in outputs:
             check_writable(path, "pass out=<file.png> in a folder you can write")
-    return grid, labels, spec, steps
+    return grid, labels, spec, steps, guidance
 
 
 def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
@@ -93,15 +101,24 @@ def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
     stem += f"_seed{cfg.seed}"
     if cfg.checkpoint:
         stem += f"_{Path(cfg.checkpoint).stem}"
-    if cfg.labels is not None:
+    if cfg.labels == "all":
+        stem += "_labelsall"
+    elif cfg.labels is not None:
         labels = [cfg.labels] if is_int(cfg.labels) else list(cfg.labels)
         stem += "_labels" + "-".join(map(str, labels[:8])) + ("-etc" if len(labels) > 8 else "")
+    if cfg.guidance_scale is not None:
+        stem += f"_cfg{cfg.guidance_scale:g}"
+        if cfg.guidance_rescale:
+            stem += f"-rescale{cfg.guidance_rescale:g}"
+    if cfg.classifier:
+        scale = 1 if cfg.classifier_scale is None else cfg.classifier_scale
+        stem += f"_classifier{Path(cfg.classifier).name}-s{scale:g}"
     return stem
 
 
 def sample(cfg: DictConfig) -> dict[str, Path]:
     """Sample as ``cfg`` says; returns the paths written."""
-    grid, labels, spec, steps = check_sample_config(cfg)
+    grid, labels, spec, steps, options = check_sample_config(cfg)
     pipe = DiffusionPipeline.from_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device,
                                       precision=cfg.precision,
                                       compile=cfg.get("compile", False))
@@ -110,7 +127,9 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     out = pipe.sample_across_ranks(cfg.n, noise=noise, seed=cfg.seed, chunk_size=cfg.batch_size,
                                    steps=steps, sampler=spec.build(pipe.scheduler), y=labels,
                                    return_chain=cfg.chain, chain_frames=cfg.chain_frames,
-                                   progress=True)
+                                   progress=True, guidance=build_guidance(
+                                       options, options.scales[0], options.classifier_scales[0],
+                                       load_options_classifier(options)))
     if not dist.is_main():
         return {}
     written = {"grid": viz.save_grid(out.images, grid)}

@@ -157,13 +157,17 @@ def check_labels(y: Any, n: int, num_classes: int | None, key: str = "y") -> tor
 
 def labels_option(labels: Any, n: int, num_classes: int | None) -> torch.Tensor | None:
     """The ``labels`` option of ``diffusion.sample``: null (balanced 0..K-1, or none for an
-    unconditional run), one label, or a list of labels repeated to fill ``n``."""
-    if labels is None:
+    unconditional run), ``all`` (balanced 0..K-1), one label, or a list of labels repeated to
+    fill ``n``."""
+    if labels is None or labels == "all":
+        if labels == "all" and num_classes is None:
+            raise ValueError("labels=all needs a class-conditional run or a classifier; this "
+                             "run is unconditional: leave labels out.")
         return check_labels(None, n, num_classes, key="labels")
     values = [labels] if not isinstance(labels, Iterable) or isinstance(labels, str) \
         else list(labels)
     if not values or not all(is_int(v) for v in values):
-        raise ValueError(f"labels must be null, a class label or a list of them, e.g. "
+        raise ValueError(f"labels must be null, all, a class label or a list of them, e.g. "
                          f"labels=3 or labels=[0,1,2]; got {labels!r}.")
     if num_classes is None:
         return check_labels(values, n, None, key="labels")

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from diffusion.benchmarks.guidance import check_guidance_bench, time_guidance
+from diffusion.benchmarks.guidance import describe as describe_guidance
 from diffusion.benchmarks.measure import (
     MemoryMeter,
     count_flops,
@@ -129,6 +131,8 @@ def run_benchmark(cfg: DictConfig, command: str = "") -> dict:
             fid_batch, int) or fid_batch < 1:
         raise ConfigError(f"bench.fid_n must be 0 (off) or at least 2, and bench.fid_batch a "
                           f"positive integer; got {fid_n!r} and {fid_batch!r}.")
+    if bench.get("guidance_scale") is not None:
+        check_guidance_bench(cfg)
     try:
         device = resolve_device(cfg.trainer.device)
         precision = resolve_precision(cfg.trainer.precision, device)
@@ -180,6 +184,8 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
                             for name in samplers}} for n, s in sides.items()}
                     if bench.profile else {})
         fid_eval = _time_fid(cfg, sides["ours"], device) if bench.get("fid_n") else None
+        guided = (time_guidance(cfg, sides["ours"].pipeline, device)
+                  if bench.get("guidance_scale") is not None else None)
         for side in sides.values():
             side.close()
         results = {name: _results(side, {op: timings[op][name] for op in calls},
@@ -215,6 +221,8 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
         record["profiles"] = profiles
     if fid_eval is not None:
         record["fid_eval"] = fid_eval
+    if guided is not None:
+        record["guidance"] = guided
     return record
 
 
@@ -339,4 +347,6 @@ def report(record: dict) -> str:
                      f"{fid['batch_size']}, {fid['feature_id']}, KID too: {fid['kid']}): "
                      f"{fid['seconds']:.1f} s, {fid['images_per_s']:.1f} images/s "
                      f"(ours; one-off setup {fid['setup_s']:.1f} s not included)"]
+    if record.get("guidance"):
+        text += ["", describe_guidance(record["guidance"])]
     return "\n".join(text)

@@ -117,6 +117,12 @@ class FeatureExtractor(nn.Module):
         return super().train(False)  # BatchNorm and dropout stay in inference mode
 
     @torch.no_grad()
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits of (N, num_features) features: the classifier's own head."""
+        device = next(self.net.parameters()).device
+        return self.net.head(features.to(device))
+
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim == 2 and x.shape[1] == self.num_features and x.is_floating_point():
             return x

@@ -27,6 +27,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffusion import distributed as dist
 from diffusion.data import build_dataset, dataset_info
+from diffusion.guidance import Guidance
 from diffusion.metrics.features import cache_root, to_uint8
 from diffusion.sampler_spec import SamplerSpec
 from diffusion.sampling_args import balanced_labels
@@ -57,14 +58,17 @@ class FidResult:
     kid: float | None = None
     kid_std: float | None = None
     features: str | None = None  # what the features are and what the score compares with
+    class_accuracy: float | None = None  # share of samples classified as their requested label
 
     @property
     def label(self) -> str:
         return f"{self.sampler}-{self.steps}" if self.sampler else "images"
 
     def __str__(self) -> str:
+        accuracy = ("" if self.class_accuracy is None
+                    else f", class accuracy {100 * self.class_accuracy:.1f}%")
         return (f"FID {format_score(self.fid)} (floor {format_score(self.floor)}, n={self.n}, "
-                f"{self.label}, {self.feature_id})")
+                f"{self.label}, {self.feature_id}){accuracy}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -212,40 +216,61 @@ class FidScorer:
                          features=getattr(self.features, "description", None))
 
     # ---------------------------------------------------------------- sampling
+    def class_accuracy(self, features: torch.Tensor, labels: torch.Tensor | None) -> float | None:
+        """The share of images whose features the feature network's own classifier head
+        assigns to ``labels``; None without labels or for a network without a head (Inception)."""
+        classify = getattr(self.features, "classify", None)
+        if labels is None or classify is None:
+            return None
+        predicted = torch.cat([classify(features[i:i + self.batch_size]).argmax(1).cpu()
+                               for i in range(0, len(features), self.batch_size)])
+        return int((predicted == labels).sum()) / len(labels)
+
     def sample_features(self, pipeline, n: int, sampler, steps: int,
                         batch_size: int = 250, eta: float = 0.0,
                         timestep_spacing: str | None = "trailing",
-                        name: str | None = None) -> torch.Tensor:
+                        name: str | None = None,
+                        guidance: Guidance | None = None) -> torch.Tensor:
         """Features of ``n`` samples from ``pipeline`` on every rank, in order.
 
         x_T is read chunk by chunk from one generator seeded with ``seed`` (the same starting
         noise for every sampler and step count); under ``torchrun`` the chunks of
         ``batch_size`` images are shared out among the ranks, each extracts the features of
         its own, and the result does not depend on the number of processes. A conditional
-        model (``pipeline.num_classes``) samples every class equally often: 0..K-1 in turn.
-        ``sampler``: a name or a scheduler object (``name`` then says what it is called).
+        model (``pipeline.num_classes``), or a guided one, samples every class equally often:
+        0..K-1 in turn (``guidance`` as for the pipeline). ``sampler``: a name or a scheduler
+        object (``name`` then says what it is called).
         """
         name = name or sampler
         stream = torch.Generator().manual_seed(self.seed)
         shape = pipeline.sample_shape
-        y = balanced_labels(n, pipeline.num_classes)
+        y = self.labels(pipeline, n, guidance)
         return pipeline.sample_across_ranks(
             n, noise=lambda start, size: torch.randn((size, *shape), generator=stream),
             seed=self.seed, chunk_size=batch_size, steps=steps, sampler=sampler, eta=eta,
             timestep_spacing=timestep_spacing, y=y, transform=self.extract,
-            progress=self.progress, desc=f"FID {name}-{steps}").images
+            progress=self.progress, desc=f"FID {name}-{steps}", guidance=guidance).images
+
+    @staticmethod
+    def labels(pipeline, n: int, guidance: Guidance | None = None) -> torch.Tensor | None:
+        """The class-balanced labels of ``n`` samples (None for an unguided unconditional
+        model)."""
+        return balanced_labels(n, (guidance or Guidance()).label_classes(pipeline.num_classes))
 
     def score_pipeline(self, pipeline, n: int, sampler="ddim", steps: int = 50,
                        batch_size: int = 250, eta: float = 0.0,
                        timestep_spacing: str | None = "trailing",
-                       name: str | None = None) -> FidResult:
-        """Sample, extract and score; split across ranks under ``torchrun``, scored once on
-        rank 0, and the result handed to every rank. ``sampler``: a name, or a scheduler
-        object called ``name``."""
+                       name: str | None = None, guidance: Guidance | None = None) -> FidResult:
+        """Sample, extract and score (with the class accuracy of a conditional or guided
+        draw); split across ranks under ``torchrun``, scored once on rank 0, and the result
+        handed to every rank. ``sampler``: a name, or a scheduler object called ``name``."""
         features = self.sample_features(pipeline, n, sampler, steps, batch_size, eta,
-                                        timestep_spacing, name)
-        result = (self.score(features=features, sampler=name or sampler, steps=steps)
-                  if dist.is_main() else None)
+                                        timestep_spacing, name, guidance)
+        result = None
+        if dist.is_main():
+            result = self.score(features=features, sampler=name or sampler, steps=steps)
+            result.class_accuracy = self.class_accuracy(features,
+                                                        self.labels(pipeline, n, guidance))
         return dist.broadcast_object(result)
 
 
@@ -279,4 +304,6 @@ class FidEvaluator:
         results = {"fid": self.last.fid, "fid_floor": self.last.floor}
         if self.last.kid is not None:
             results["kid"] = self.last.kid
+        if self.last.class_accuracy is not None:
+            results["class_accuracy"] = self.last.class_accuracy
         return results

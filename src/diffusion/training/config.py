@@ -34,6 +34,8 @@ class TrainerConfig:
     log_every: int = 100
     sample_every: int = 5000
     sample_n: int = 64
+    sample_guidance_scale: float | None = None  # a conditional run's grids: classifier-free
+                                                # guidance weight (None: the conditional model)
     val_every: int = 5000
     val_batches: int = 8
     eval_every: int = 0             # run the evaluator (e.g. a small FID); 0 disables
@@ -79,3 +81,12 @@ class TrainerConfig:
         if self.divergence_factor != 0 and self.divergence_factor <= 1:
             raise ConfigError("trainer.divergence_factor must be > 1 (0 turns the check off); "
                               f"got {self.divergence_factor!r}.")
+        scale = self.sample_guidance_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float)
+                                  or scale < 0):
+            raise ConfigError(f"trainer.sample_guidance_scale must be a number >= 0 or null; "
+                              f"got {scale!r}.")
+        if scale not in (None, 1) and not self.label_dropout:
+            raise ConfigError(f"trainer.sample_guidance_scale={scale:g} needs the unconditional "
+                              "prediction, which trainer.label_dropout=0 leaves untrained: set "
+                              "trainer.label_dropout > 0 or leave sample_guidance_scale null.")

@@ -32,6 +32,7 @@ from diffusion.device import (
     use_deterministic_algorithms,
 )
 from diffusion.errors import TrainingError
+from diffusion.guidance import Guidance, class_rows
 from diffusion.objectives import Objective
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.sampler_spec import SamplerSpec
@@ -329,17 +330,24 @@ class Trainer:
 
     def sample_grid(self) -> Path | None:
         """A grid from the EMA model, starting from the same noise at every call; under DDP
-        each rank draws a share and rank 0 writes the grid (None on the other ranks)."""
-        y = (torch.arange(self.cfg.sample_n) % self.ema.model.num_classes
-             if self.conditional else None)
+        each rank draws a share and rank 0 writes the grid (None on the other ranks). A
+        conditional model's grid has one row per class (the first 16 of more), guided with
+        ``sample_guidance_scale``."""
+        n, y, columns = self.cfg.sample_n, None, None
+        if self.conditional:
+            rows, columns = class_rows(self.ema.model.num_classes, n)
+            n, y = len(rows), rows
         images = self.pipeline().sample_across_ranks(
-            self.cfg.sample_n, noise=self.fixed_noise, seed=self.seed, y=y,
-            chunk_size=-(-self.cfg.sample_n // self.world_size),
+            n, noise=self.fixed_noise[:n], seed=self.seed, y=y,
+            chunk_size=-(-n // self.world_size),
             steps=self.sampler.step_counts(self.num_train_timesteps)[0],
-            sampler=self.sampler.build(self.scheduler)).images
+            sampler=self.sampler.build(self.scheduler),
+            guidance=Guidance(scale=1.0 if self.cfg.sample_guidance_scale is None
+                              else self.cfg.sample_guidance_scale)
+            if self.conditional else None).images
         if not self.is_main:
             return None
-        return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png")
+        return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png", nrow=columns)
 
     def evaluate(self) -> dict:
         """Run the evaluator on the EMA model (every rank: it splits the sampling and hands
