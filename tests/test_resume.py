@@ -115,20 +115,21 @@ def test_interrupted_saves_are_removed_on_start_and_resume(tmp_path, tiny_mnist_
 
 
 def _blow_up_after(step: int, factor: float):
-    """Trainer._loss, scaled by ``factor`` from optimizer step ``step`` on: a loss that rises
-    to about 1e33 while staying finite, as a diverging run's does."""
-    original = Trainer._loss
+    """Trainer.train_step whose loss is scaled by ``factor`` from optimizer step ``step`` on:
+    a logged loss that rises to about 1e33 while staying finite, as a diverging run's does."""
+    original = Trainer.train_step
 
-    def loss(self, prediction, target):
-        value = original(self, prediction, target)
-        return value * factor if self.step >= step else value
+    def train_step(self, batches):
+        before = self.step
+        loss, grad_norm, waited = original(self, batches)
+        return (loss * factor if before >= step else loss), grad_norm, waited
 
-    return loss
+    return train_step
 
 
 def test_a_finite_loss_far_above_its_median_stops_the_run(tmp_path, tiny_mnist_root,
                                                           monkeypatch):
-    monkeypatch.setattr(Trainer, "_loss", _blow_up_after(8, 1e33))
+    monkeypatch.setattr(Trainer, "train_step", _blow_up_after(8, 1e33))
     with pytest.raises(TrainingError) as info:
         run_training(tmp_path, tiny_mnist_root, *TINY, "trainer.max_steps=20",
                      "trainer.ckpt_every=3", "trainer.keep_last=0")
@@ -146,7 +147,7 @@ def test_a_finite_loss_far_above_its_median_stops_the_run(tmp_path, tiny_mnist_r
 
 def test_divergence_before_any_checkpoint_does_not_advise_resuming(tmp_path, tiny_mnist_root,
                                                                    monkeypatch):
-    monkeypatch.setattr(Trainer, "_loss", _blow_up_after(5, 1e6))
+    monkeypatch.setattr(Trainer, "train_step", _blow_up_after(5, 1e6))
     with pytest.raises(TrainingError) as info:
         run_training(tmp_path, tiny_mnist_root, *TINY, "trainer.max_steps=20",
                      "trainer.ckpt_every=0")
@@ -155,7 +156,7 @@ def test_divergence_before_any_checkpoint_does_not_advise_resuming(tmp_path, tin
 
 
 def test_divergence_check_can_be_turned_off(tmp_path, tiny_mnist_root, monkeypatch):
-    monkeypatch.setattr(Trainer, "_loss", _blow_up_after(5, 1e6))
+    monkeypatch.setattr(Trainer, "train_step", _blow_up_after(5, 1e6))
     _, summary = run_training(tmp_path, tiny_mnist_root, *TINY, "trainer.max_steps=8",
                               "trainer.divergence_factor=0")
     assert summary["step"] == 8

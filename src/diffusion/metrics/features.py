@@ -116,6 +116,12 @@ class FeatureExtractor(nn.Module):
     def train(self, mode: bool = True) -> FeatureExtractor:
         return super().train(False)  # BatchNorm and dropout stay in inference mode
 
+    @property
+    def classifies(self) -> bool:
+        """Whether the network has a class head: a domain classifier does, the autoencoder
+        of an image folder does not."""
+        return isinstance(getattr(self.net, "head", None), nn.Module)
+
     @torch.no_grad()
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Class logits of (N, num_features) features: the classifier's own head."""

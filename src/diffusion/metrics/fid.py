@@ -218,10 +218,11 @@ class FidScorer:
     # ---------------------------------------------------------------- sampling
     def class_accuracy(self, features: torch.Tensor, labels: torch.Tensor | None) -> float | None:
         """The share of images whose features the feature network's own classifier head
-        assigns to ``labels``; None without labels or for a network without a head (Inception)."""
-        classify = getattr(self.features, "classify", None)
-        if labels is None or classify is None:
+        assigns to ``labels``; None without labels or for a network without a head (Inception,
+        the autoencoder of an image folder)."""
+        if labels is None or not getattr(self.features, "classifies", False):
             return None
+        classify = self.features.classify
         predicted = torch.cat([classify(features[i:i + self.batch_size]).argmax(1).cpu()
                                for i in range(0, len(features), self.batch_size)])
         return int((predicted == labels).sum()) / len(labels)
