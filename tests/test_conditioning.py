@@ -15,7 +15,7 @@ from diffusion.training import TrainerConfig
 from diffusion.training.checkpoint import list_checkpoints
 from diffusion.training.loggers import read_metrics
 from diffusion.training.trainer import Trainer
-from test_train import _weights, run_training
+from test_train import _weights, assert_same_state, run_training, straight_and_resumed
 
 CONDITIONAL = ("conditioning=class", "model=basic", "model.base_channels=8")
 
@@ -66,21 +66,14 @@ def test_conditioning_class_sets_num_classes_from_the_data(tmp_path, tiny_mnist_
 def test_conditional_resume_is_bit_exact(tmp_path, tiny_mnist_root):
     """The dropout draws come from the checkpointed noise stream, so a resumed conditional
     run drops the same labels as an uninterrupted one."""
-    args = (*CONDITIONAL, "trainer.label_dropout=0.5", "trainer.max_steps=6",
-            "trainer.ckpt_every=3", "trainer.keep_last=0")
-    straight, _ = run_training(tmp_path, tiny_mnist_root, *args, name="straight")
-    first, _ = run_training(tmp_path, tiny_mnist_root, *args, "trainer.max_steps=3",
-                            name="resumed")
-    cfg = OmegaConf.load(first / "config.yaml")
-    cfg.resume, cfg.trainer.max_steps = str(first), 6
-    train(cfg, first)
-    a, b = _weights(straight), _weights(first)
-    for part in ("model", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    args = (*CONDITIONAL, "trainer.label_dropout=0.5", "trainer.ckpt_every=3",
+            "trainer.keep_last=0")
+    straight, first = straight_and_resumed(tmp_path, tiny_mnist_root, *args)
+    assert_same_state(straight, first)
+    a = _weights(straight)
     # and the dropout matters: without it the same run ends elsewhere
     other, _ = run_training(tmp_path, tiny_mnist_root, *args, "trainer.label_dropout=0",
-                            name="other")
+                            "trainer.max_steps=6", name="other")
     c = _weights(other)
     assert any(not torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
 

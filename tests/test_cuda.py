@@ -14,17 +14,15 @@ import os
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from diffusion.data import MNISTDataset
 from diffusion.models import AttentionUNet, BasicUNet
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
-from diffusion.train import train
 from diffusion.training import EMA, TrainerConfig
 from diffusion.training.loggers import read_metrics
 from diffusion.training.trainer import Trainer
-from test_train import _weights, run_training
+from test_train import assert_same_state, run_training, straight_and_resumed
 
 DEVICE = os.environ.get("DIFFUSION_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(),
@@ -102,24 +100,12 @@ def test_resume_on_the_device_is_exact(tmp_path, tiny_mnist_root, precision):
     Adam state as a straight run, bit for bit (on an H200 without it, the attention
     backward's kernels made the resumed weights differ in the last bits)."""
     args = (*SMALL_ATTN, *ON_DEVICE, f"trainer.precision={precision}", "model.dropout=0.1",
-            "trainer.deterministic=true", "trainer.max_steps=6", "trainer.ckpt_every=3",
-            "trainer.keep_last=0")
+            "trainer.deterministic=true", "trainer.ckpt_every=3", "trainer.keep_last=0")
     try:
-        straight, _ = run_training(tmp_path, tiny_mnist_root, *args, name="straight")
-        first, _ = run_training(tmp_path, tiny_mnist_root, *args, "trainer.max_steps=3",
-                                name="resumed")
-        cfg = OmegaConf.load(first / "config.yaml")
-        cfg.resume, cfg.trainer.max_steps = str(first), 6
-        train(cfg, first)
+        straight, resumed = straight_and_resumed(tmp_path, tiny_mnist_root, *args)
     finally:
         torch.use_deterministic_algorithms(False)
-    a, b = _weights(straight), _weights(first)
-    for part in ("model", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
-    for idx, slots in a["opt"].items():
-        for key, value in slots.items():
-            assert torch.equal(value, b["opt"][idx][key])
+    assert_same_state(straight, resumed)
 
 
 def _final_weights(run_dir):

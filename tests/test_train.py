@@ -75,25 +75,36 @@ def _weights(run_dir: Path) -> dict:
             "opt": state["optimizer"]["state"]}
 
 
-def test_resume_is_bit_exact(tmp_path, tiny_mnist_root):
-    args = ("model=unet_attn", *SMALL_MODELS["unet_attn"], "model.dropout=0.1",
-            "trainer.max_steps=6", "trainer.ckpt_every=3", "trainer.keep_last=0")
-    straight, _ = run_training(tmp_path, tiny_mnist_root, *args, name="straight")
+def straight_and_resumed(tmp_path: Path, data_root: Path, *args: str, stop: int = 3,
+                         end: int = 6) -> tuple[Path, Path]:
+    """Two runs of ``args``: one straight to ``end`` steps, one stopped at ``stop`` and
+    resumed to ``end``."""
+    straight, _ = run_training(tmp_path, data_root, *args, f"trainer.max_steps={end}",
+                               name="straight")
+    resumed, _ = run_training(tmp_path, data_root, *args, f"trainer.max_steps={stop}",
+                              name="resumed")
+    cfg = OmegaConf.load(resumed / "config.yaml")
+    cfg.resume, cfg.trainer.max_steps = str(resumed), end
+    train(cfg, resumed)
+    return straight, resumed
 
-    first, _ = run_training(tmp_path, tiny_mnist_root, *args, "trainer.max_steps=3",
-                            name="resumed")
-    cfg = OmegaConf.load(first / "config.yaml")
-    cfg.resume = str(first)
-    cfg.trainer.max_steps = 6
-    train(cfg, first)
 
-    a, b = _weights(straight), _weights(first)
+def assert_same_state(a: Path, b: Path) -> None:
+    """The newest checkpoints of two runs hold bit-identical weights, EMA and Adam state."""
+    a, b = _weights(a), _weights(b)
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
     for idx, slots in a["opt"].items():
         for key, value in slots.items():
             assert torch.equal(value, b["opt"][idx][key])
+
+
+def test_resume_is_bit_exact(tmp_path, tiny_mnist_root):
+    args = ("model=unet_attn", *SMALL_MODELS["unet_attn"], "model.dropout=0.1",
+            "trainer.ckpt_every=3", "trainer.keep_last=0")
+    straight, first = straight_and_resumed(tmp_path, tiny_mnist_root, *args)
+    assert_same_state(straight, first)
     steps = [r["step"] for r in read_metrics(first / "metrics.jsonl") if "train/loss" in r]
     assert steps == [2, 3, 4, 6]
 

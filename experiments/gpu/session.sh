@@ -23,10 +23,10 @@ SMALL_RUNS=${SMALL_RUNS:-objectives beta}
 EVAL_N=${EVAL_N:-10000}
 BENCH=${BENCH:-1}
 BENCH_RESERVE=$(( BENCH == 1 ? ${BENCH_RESERVE:-240} : 0 ))
-export WANDB_MODE=disabled PYTHONUNBUFFERED=1 DIFFUSION_CACHE=${DIFFUSION_CACHE:-/tmp/diffusion-cache}
+export WANDB_MODE=disabled PYTHONUNBUFFERED=1 DIFFUSION_CACHE=${DIFFUSION_CACHE:-runs/gpu-cache}
 PY=${PY:-python3}
 RUNS=runs/gpu
-LOGS=/tmp/session-logs   # packed into $OUT at the end ($OUT brings back 8 files at most)
+LOGS=runs/gpu-logs   # packed into $OUT at the end ($OUT brings back 8 files at most)
 rm -rf "$LOGS"; mkdir -p "$LOGS" "$RUNS"
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
@@ -158,7 +158,7 @@ if [[ $BENCH == 1 ]]; then
     bench.sample_n=2048 "${BENCH_ARGS[@]}" "${DEV[@]}" \
     bench.out=$LOGS/bench-mnist-b128-compile.json > "$LOGS/bench-mnist-compile.log" 2>&1
   stamp "  rc=$? $(tail -n 8 "$LOGS/bench-mnist-compile.log" | tr '\n' '|' | cut -c1-700)"
-  tar -czf "$OUT/bench.tgz" -C /tmp session-logs
+  tar -czf "$OUT/bench.tgz" -C runs gpu-logs
 fi
 
 # ------------------------------------------------------------------------ 5. pack
@@ -176,7 +176,7 @@ for run in sorted(pathlib.Path(sys.argv[1]).iterdir()):
     torch.save(keep, run / "weights" / ckpts[-1].name)
 EOF
 tar -czf "$OUT/records.tgz" --exclude='checkpoints' --exclude='weights' -C runs gpu \
-  -C /tmp session-logs
+  gpu-logs
 for run in $RUNS/*/weights; do  # one archive per run (each stays under 16 MB)
   run=$(basename "$(dirname "$run")")
   tar -czf "$OUT/weights-$run.tgz" -C runs "gpu/$run/weights"
