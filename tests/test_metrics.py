@@ -270,3 +270,40 @@ def test_short_training_beats_no_training(tmp_path, tiny_mnist_root, cache):
                            DataRef("mnist", root=str(tiny_mnist_root)), kid=False, seed=0)
         scores[steps] = scorer.score_pipeline(pipe, 32, "ddim", 20).fid
     assert scores[400] < scores[1] / 2, scores
+
+
+def test_report_keeps_spacings_apart_and_shows_the_fid_during_training(
+        evaluated_run, cache, tmp_path):
+    """A run scored with leading and trailing DDIM gets one column per spacing (they used to
+    share ``ddim-2`` and one hid the other), and the trainer's periodic FIDs make a table by
+    training step that leaves diffusion.evaluate's records out."""
+    from diffusion.report import find_jobs, write_report
+
+    run_dir = tmp_path / "runs" / "0"
+    shutil.copytree(evaluated_run, run_dir)
+    (run_dir / "eval.json").unlink(missing_ok=True)
+    for spacing in ("leading", "trailing"):
+        _evaluate(run_dir, cache, "n=8", "sampler.steps=2", "plot=false",
+                  f"sampler.timestep_spacing={spacing}")
+    _evaluate(run_dir, cache, "n=8", "sampler=ddpm", "sampler.steps=3", "plot=false")
+    entries = read_eval(run_dir)
+    fid = {e["timestep_spacing"]: e["fid"] for e in entries.values() if e["sampler"] == "ddim"}
+    assert fid["leading"] != fid["trailing"]
+    readme = write_report([run_dir], tmp_path / "out").read_text()
+    header = next(line for line in readme.splitlines() if line.startswith("| job"))
+    assert "FID ddim leading-2 (n=8)" in header and "FID ddim trailing-2 (n=8)" in header
+    assert "FID ddpm-3 (n=8)" in header  # one spacing: not named
+    row = next(line for line in readme.splitlines() if line.startswith("| runs/0 ")).split(" | ")
+    names = header.split(" | ")
+    for spacing in ("leading", "trailing"):
+        assert row[names.index(f"FID ddim {spacing}-2 (n=8)")] == format_score(fid[spacing])
+    periodic = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/fid" in r]
+    assert len(periodic) == 5  # two during training, three from diffusion.evaluate
+    [job] = find_jobs([run_dir])
+    assert [r["step"] for r in job.periodic_fids] == [2, 4]
+    section = readme.split("### FID during training", 1)[1]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert table[0] == "| job | sampled as | step 2 | step 4 |"
+    assert table[2].startswith("| runs/0 | ddim-2 (trailing), n=8 |")
+    assert table[-1].startswith("| data floor | real train images |")
+    assert (tmp_path / "out" / "fid_during_training.png").stat().st_size > 0

@@ -84,6 +84,13 @@ class Job:
         times = [r["time"] for r in self.records if "time" in r and "train/loss" in r]
         return times[-1] - times[0] if len(times) > 1 else None
 
+    @property
+    def periodic_fids(self) -> list[dict]:
+        """The trainer's periodic FIDs (``trainer.eval_every``): ``eval/fid`` records that
+        ``diffusion.evaluate`` did not write (its records name their sampler)."""
+        return [r for r in self.records
+                if isinstance(r.get("eval/fid"), int | float) and "eval/sampler" not in r]
+
     def latest_samples(self) -> Path | None:
         grids = sorted((self.path / "samples").glob("step_*.png"))
         return grids[-1] if grids else None
@@ -171,14 +178,32 @@ def eval_command(command: str, run: str) -> str:
     return " ".join(shown(word) for word in words)
 
 
-def _eval_columns(jobs: list[Job]) -> list[tuple[str, int, int]]:
-    keys = {(e["sampler"], e["n"], e["steps"]) for j in jobs for e in j.evals.values()}
+Column = tuple[str, str, int, int]  # (sampler, timestep spacing, n, steps)
+
+
+def _spacing(entry: dict) -> str:
+    return entry.get("timestep_spacing") or ""
+
+
+def _eval_columns(jobs: list[Job]) -> list[Column]:
+    keys = {(e["sampler"], _spacing(e), e["n"], e["steps"]) for j in jobs for e in j.evals.values()}
     return sorted(keys)
 
 
-def _find_entry(job: Job, sampler: str, n: int, steps: int) -> dict | None:
-    return next((e for e in job.evals.values()
-                 if (e["sampler"], e["n"], e["steps"]) == (sampler, n, steps)), None)
+def _column_name(column: Column, columns: list[Column]) -> str:
+    """``ddim-10 (n=1000)``, with the spacing (``ddim trailing-10``) where the sampler was
+    evaluated with more than one."""
+    sampler, spacing, n, steps = column
+    spacings = {c[1] for c in columns if c[0] == sampler}
+    shown = f"{sampler} {spacing}" if len(spacings) > 1 and spacing else sampler
+    return f"{shown}-{steps} (n={n})"
+
+
+def _find_entry(job: Job, column: Column) -> dict | None:
+    """The job's evaluation in ``column``; of several checkpoints, the latest."""
+    found = [e for e in job.evals.values()
+             if (e["sampler"], _spacing(e), e["n"], e["steps"]) == column]
+    return max(found, key=lambda e: e.get("step") or 0, default=None)
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -195,10 +220,10 @@ def results_table(jobs: list[Job]) -> str:
     """The markdown table: one row per job, then the data floor of each FID column."""
     columns = _eval_columns(jobs)
     head = ["job", "overrides", "status", "train loss", "val loss",
-            *[f"FID {s}-{k} (n={n})" for s, n, k in columns], "wall time", "images/s"]
+            *[f"FID {_column_name(c, columns)}" for c in columns], "wall time", "images/s"]
     rows = [head, ["---"] * len(head)]
     for job in jobs:
-        fids = [_find_entry(job, s, n, k) for s, n, k in columns]
+        fids = [_find_entry(job, c) for c in columns]
         wall = job.wall_time
         rows.append([
             job.name, " ".join(f"`{o}`" for o in job.varying) or "–",
@@ -209,8 +234,8 @@ def results_table(jobs: list[Job]) -> str:
             "–" if job.images_per_sec is None else f"{job.images_per_sec:.0f}"])
     if columns:
         floors = []
-        for s, n, k in columns:
-            entry = next((e for j in jobs if (e := _find_entry(j, s, n, k))), None)
+        for column in columns:
+            entry = next((e for j in jobs if (e := _find_entry(j, column))), None)
             floors.append(format_score(entry["floor"]) if entry else "–")
         rows.append(["data floor", "real train images", "", "", "", *floors, "", ""])
     return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
@@ -227,6 +252,40 @@ def _protocol(jobs: list[Job]) -> str | None:
             "training images against the same reference. Compare only columns with equal n.")
 
 
+def _periodic_protocol(job: Job) -> str | None:
+    """How a job's periodic FIDs were sampled, from its config: ``dpmpp_2m-10 (trailing),
+    n=500``."""
+    cfg = job.config
+    if cfg is None or cfg.get("sampler") is None:
+        return None
+    steps = cfg.sampler.steps
+    steps = steps[0] if isinstance(steps, ListConfig) else steps
+    spacing = cfg.sampler.get("timestep_spacing")
+    return (f"{cfg.sampler.name}-{steps}" + (f" ({spacing})" if spacing else "")
+            + f", n={cfg.trainer.eval_n}")
+
+
+def periodic_table(jobs: list[Job]) -> str | None:
+    """FID at each training step where the trainer scored one (``trainer.eval_every``):
+    one row per job, the data floor last; None when no job has any."""
+    steps = sorted({r["step"] for j in jobs for r in j.periodic_fids})
+    if not steps:
+        return None
+    rows = [["job", "sampled as", *[f"step {s:,}" for s in steps]], ["---"] * (len(steps) + 2)]
+    floors: dict[int, float] = {}
+    for job in jobs:
+        by_step = {r["step"]: r for r in job.periodic_fids}
+        for r in by_step.values():
+            if isinstance(r.get("eval/fid_floor"), int | float):
+                floors.setdefault(r["step"], r["eval/fid_floor"])
+        rows.append([job.label or job.name, _periodic_protocol(job) or "–",
+                     *[format_score(by_step[s]["eval/fid"]) if s in by_step else "–"
+                       for s in steps]])
+    rows.append(["data floor", "real train images",
+                 *[format_score(floors[s]) if s in floors else "–" for s in steps]])
+    return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
+
+
 def _plots(jobs: list[Job], out: Path) -> dict[str, str]:
     plots = {}
     if any(j.records for j in jobs):
@@ -237,6 +296,10 @@ def _plots(jobs: list[Job], out: Path) -> dict[str, str]:
         viz.plot_fid_vs_steps({j.label: list(j.evals.values()) for j in jobs if j.evals},
                               out / "fid_vs_steps.png")
         plots["FID against sampling steps"] = "fid_vs_steps.png"
+    if any(j.periodic_fids for j in jobs):
+        viz.plot_fid_during_training({j.label: j.periodic_fids for j in jobs if j.periodic_fids},
+                                     out / "fid_during_training.png")
+        plots["FID during training"] = "fid_during_training.png"
     grids = {f"{j.label}\n({j.latest_samples().stem})": j.latest_samples()
              for j in jobs if j.latest_samples() is not None}
     if grids:
@@ -283,6 +346,11 @@ def write_report(sweeps: list[Path], out: Path, title: str | None = None) -> Pat
     lines += ["Final losses are the last logged values; images/s is the median training "
               "throughput; wall time covers the whole job (training, sampling grids, "
               "validation).", ""]
+    if (periodic := periodic_table(jobs)) is not None:
+        lines += ["### FID during training", "",
+                  "The trainer's own FIDs (`trainer.eval_every`) from the EMA weights at each "
+                  "step, with the same starting noise every time, scored like the table above.",
+                  "", periodic, ""]
     for caption, file in plots.items():
         lines += [f"### {caption}", "", f"![{caption}]({file})", ""]
     readme = out / "README.md"

@@ -175,14 +175,17 @@ def plot_fid_vs_steps(runs: dict[str, list[dict]], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     floors: dict[int, float] = {}
     for i, (label, entries) in enumerate(runs.items()):
-        groups: dict[tuple[str, int], list[tuple[int, float]]] = {}
+        groups: dict[tuple[str, str, int], dict[int, float]] = {}
         for e in entries:
-            groups.setdefault((e["sampler"], e["n"]), []).append((e["steps"], e["fid"]))
+            key = (e["sampler"], e.get("timestep_spacing") or "", e["n"])
+            groups.setdefault(key, {})[e["steps"]] = e["fid"]
             floors[e["n"]] = e["floor"]
-        for j, ((sampler, n), points) in enumerate(sorted(groups.items())):
-            steps, fids = zip(*sorted(points), strict=True)
-            ax.plot(steps, fids, marker="o", color=f"C{i}", linestyle=["-", "--", ":"][j % 3],
-                    label=f"{label} {sampler} (n={n})")
+        for j, ((sampler, spacing, n), points) in enumerate(sorted(groups.items())):
+            spacings = {k[1] for k in groups if k[0] == sampler}
+            name = f"{sampler} {spacing}" if len(spacings) > 1 and spacing else sampler
+            steps, fids = zip(*sorted(points.items()), strict=True)
+            ax.plot(steps, fids, marker="o", color=f"C{i}",
+                    linestyle=["-", "--", ":", "-."][j % 4], label=f"{label} {name} (n={n})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     for n, floor in sorted(floors.items()):
@@ -191,6 +194,29 @@ def plot_fid_vs_steps(runs: dict[str, list[dict]], path: str | Path) -> Path:
                 va="bottom", transform=ax.get_yaxis_transform())
     ax.set_xlabel("sampling steps")
     ax.set_ylabel("FID")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save_figure(fig, path)
+
+
+def plot_fid_during_training(runs: dict[str, list[dict]], path: str | Path) -> Path:
+    """The trainer's periodic FID against the training step, one line per run ({label:
+    metrics.jsonl records with ``eval/fid``}), and the data floor as a grey dotted line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    floors = set()
+    for i, (label, records) in enumerate(runs.items()):
+        points = sorted((r["step"], r["eval/fid"]) for r in records)
+        ax.plot(*zip(*points, strict=True), marker="o", color=f"C{i}", label=label)
+        floors |= {r["eval/fid_floor"] for r in records
+                   if isinstance(r.get("eval/fid_floor"), int | float)}
+    for floor in sorted(floors)[:1]:
+        ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
+        ax.text(0.01, floor, f"data floor: {floor:.2f}", fontsize=7, color="grey",
+                va="bottom", transform=ax.get_yaxis_transform())
+    ax.set_xlabel("training step")
+    ax.set_ylabel("FID")
+    ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save_figure(fig, path)
