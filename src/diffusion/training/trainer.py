@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from diffusion import distributed as dist
@@ -31,8 +30,6 @@ from diffusion.device import (
     resolve_precision,
     use_deterministic_algorithms,
 )
-from diffusion.errors import TrainingError
-from diffusion.guidance import Guidance, class_rows
 from diffusion.objectives import Objective
 from diffusion.pipeline import DiffusionPipeline
 from diffusion.sampler_spec import SamplerSpec
@@ -41,12 +38,13 @@ from diffusion.training.batches import ResumableBatchSampler, batch_stream
 from diffusion.training.config import TrainerConfig
 from diffusion.training.ema import EMA
 from diffusion.training.loggers import JsonlLogger, Logger, LoggerGroup
-from diffusion.viz import save_grid
+from diffusion.training.periodic import PeriodicWork
+from diffusion.training.state import CheckpointState
 
 log = logging.getLogger(__name__)
 
 
-class Trainer:
+class Trainer(CheckpointState, PeriodicWork):
     """Trains ``model`` to predict ``scheduler.training_target`` on noised images.
 
     ``optimizer`` and ``lr_scheduler`` are factories (Hydra ``_partial_``):
@@ -55,6 +53,10 @@ class Trainer:
     ``eval_every`` steps on the EMA model; it must draw from its own generators,
     not the global RNG. The checkpoint with the lowest ``best_metric`` is kept as
     ``checkpoints/best.pt``.
+
+    The step and the loop are here; what a checkpoint holds is ``CheckpointState``
+    (``training/state.py``), the work between steps (validation, grids, periodic FID, the
+    stop checks) is ``PeriodicWork`` (``training/periodic.py``).
     """
 
     def __init__(self, model: nn.Module, scheduler, optimizer, train_set: Dataset,
@@ -139,72 +141,6 @@ class Trainer:
         return batch_stream(self.train_set, sampler, self.device, self.noise_generator,
                             self.device_data, self.num_workers)
 
-    # ------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
-            "scaler": self.scaler.state_dict(),
-            "noise_generator": self.noise_generator.get_state(),
-            "rng": ckpt.rng_state(),
-            "best": self.best,
-            "logged_losses": list(self._logged_losses),
-            "micro_batches": self.micro_batches,
-            "skipped_steps": self.skipped_steps,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state``. The hyperparameters of this trainer's config win over the
-        checkpoint's (a resume with ``optimizer.lr=...`` trains at the new rate): the
-        optimizer's moments and the step are restored, its settings are not, and a LambdaLR
-        schedule (``lr_scheduler=warmup``) is re-evaluated at the restored step."""
-        settings = [{k: v for k, v in group.items() if k != "params"}
-                    for group in self.optimizer.param_groups]
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, fresh in zip(self.optimizer.param_groups, settings, strict=True):
-            group.update(fresh)
-        self.step = int(state["step"])
-        if isinstance(self.lr_scheduler, LambdaLR):  # a pure function of the step
-            schedule = self.lr_scheduler
-            schedule.last_epoch = self.step
-            for group, base, factor in zip(self.optimizer.param_groups, schedule.base_lrs,
-                                           schedule.lr_lambdas, strict=True):
-                group["lr"] = base * factor(self.step)
-            schedule._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        elif self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.noise_generator.set_state(state["noise_generator"])
-        ckpt.set_rng_state(state["rng"])
-        self.best = float(state.get("best", math.inf))
-        self._logged_losses = [float(v) for v in state.get("logged_losses", [])]
-        self.micro_batches = int(state.get("micro_batches", self.step * self.cfg.grad_accum))
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-
-    def resume(self, path: str | Path | None = None) -> Path:
-        """Continue from ``path`` or the run's newest checkpoint. Everything is read onto
-        the CPU first: the RNG states must stay there, and the model, EMA and optimizer
-        copy their tensors onto the training device as they load."""
-        path = Path(path) if path else ckpt.latest_checkpoint(self.ckpt_dir)
-        if path is None:
-            raise ckpt.CheckpointError(
-                f"Nothing to resume in {self.run_dir}: it has no checkpoints/step_*.pt; "
-                "start a new run instead.")
-        self.load_state_dict(ckpt.load(path, map_location="cpu"))
-        self._start_step = self.step
-        log.info("Resumed from %s at step %d.", path, self.step)
-        return path
-
-    def save_checkpoint(self) -> Path:
-        path = ckpt.save_atomic(self.state_dict(), ckpt.checkpoint_path(self.ckpt_dir, self.step))
-        ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
-        return path
-
     # ------------------------------------------------------------- the step
     def _local(self, global_batch: torch.Tensor) -> torch.Tensor:
         """This rank's slice of a tensor drawn for the whole global batch."""
@@ -287,115 +223,6 @@ class Trainer:
         self.step += 1
         self.ema.update(self.model, self.step)
         return total, grad_norm, data_time
-
-    # ------------------------------------------------------- periodic work
-    @torch.no_grad()
-    def validation_loss(self) -> float | None:
-        """EMA-model loss on the first ``val_batches`` batches of the validation split,
-        with the same noise and timesteps every time so values are comparable. It draws
-        nothing from the global RNG, so validating never changes the training stream.
-        Under DDP every rank takes its slice of each batch (and of the noise drawn for it)."""
-        if self.val_set is None:
-            return None
-        n = min(len(self.val_set), self.cfg.val_batches * self.batch_size)
-        loader = DataLoader(torch.utils.data.Subset(self.val_set, range(n)),
-                            batch_size=self.batch_size, num_workers=self.num_workers,
-                            generator=torch.Generator().manual_seed(self.seed))
-        generator = torch.Generator(self.device).manual_seed(self.seed + 1)
-        total = torch.zeros(2, device=self.device)  # (sum of losses, images)
-        for x0, y in loader:
-            x0, y = self._to_device(x0, y)
-            x_t, t, target = self._noised(x0, generator, local=False)
-            parts = [part.tensor_split(self.world_size)[self.rank] if part is not None else None
-                     for part in (x_t, t, target, y)]
-            x_t, t, target, y = parts
-            if x_t.shape[0] == 0:
-                continue
-            with autocast(self.device, self.precision):
-                prediction = self.ema.model(x_t, t, y)
-            total[0] += self.objective.loss(prediction, target, t) * x_t.shape[0]
-            total[1] += x_t.shape[0]
-        loss, count = dist.all_sum(total).tolist()
-        return loss / count
-
-    def pipeline(self) -> DiffusionPipeline:
-        """Sampling from the EMA weights, compiled and in channels_last when training is
-        (built once: the EMA module is updated in place, so a compiled forward is reused)."""
-        if self._pipeline is None:
-            self._pipeline = DiffusionPipeline(
-                self.ema.model, self.scheduler, self.sample_shape, device=self.device,
-                precision=self.precision, compile=self.cfg.compile,
-                channels_last=self.cfg.channels_last)
-        return self._pipeline
-
-    def sample_grid(self) -> Path | None:
-        """A grid from the EMA model, starting from the same noise at every call; under DDP
-        each rank draws a share and rank 0 writes the grid (None on the other ranks). A
-        conditional model's grid has one row per class (the first 16 of more), guided with
-        ``sample_guidance_scale``."""
-        n, y, columns = self.cfg.sample_n, None, None
-        if self.conditional:
-            rows, columns = class_rows(self.ema.model.num_classes, n)
-            n, y = len(rows), rows
-        images = self.pipeline().sample_across_ranks(
-            n, noise=self.fixed_noise[:n], seed=self.seed, y=y,
-            chunk_size=-(-n // self.world_size),
-            steps=self.sampler.step_counts(self.num_train_timesteps)[0],
-            sampler=self.sampler.build(self.scheduler),
-            guidance=Guidance(scale=1.0 if self.cfg.sample_guidance_scale is None
-                              else self.cfg.sample_guidance_scale)
-            if self.conditional else None).images
-        if not self.is_main:
-            return None
-        return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png", nrow=columns)
-
-    def evaluate(self) -> dict:
-        """Run the evaluator on the EMA model (every rank: it splits the sampling and hands
-        every rank the same result); keep ``best.pt`` when it improves."""
-        results = self.evaluator(self.pipeline())
-        self.logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, self.step)
-        value = results.get(self.cfg.best_metric)
-        if value is not None and value < self.best:
-            self.best = float(value)
-            if self.is_main:
-                ckpt.save_atomic(self.state_dict(), self.ckpt_dir / "best.pt")
-        return results
-
-    def _check_replicas(self) -> None:
-        """Before a checkpoint: every rank must hold rank 0's weights bit for bit."""
-        difference = dist.max_param_difference(self.model)
-        if difference != 0.0:
-            raise TrainingError(
-                f"Model replicas differ across ranks by up to {difference:g} at step {self.step}; "
-                "rerun with the same code and config on every node.")
-
-    def _check_loss(self, loss: float) -> None:
-        """Stop on a non-finite loss, or one ``divergence_factor`` times the median of the
-        last ``divergence_window`` logged losses: a run heading to 1e33 is diverged long
-        before it overflows, and no checkpoint may be written from that state."""
-        history = self._logged_losses
-        factor = self.cfg.divergence_factor
-        if not math.isfinite(loss):
-            raise self._diverged(f"The loss became {loss}")
-        if factor and len(history) >= 3:
-            median = sorted(history)[len(history) // 2]
-            if loss > factor * median:
-                raise self._diverged(
-                    f"The loss rose to {loss:.4g}, {loss / median:.3g} times its running median "
-                    f"{median:.4g},", "; if that rise is expected, raise "
-                    "trainer.divergence_factor or set it to 0")
-        history.append(loss)
-        del history[:-self.cfg.divergence_window]
-
-    def _diverged(self, what: str, otherwise: str = "") -> TrainingError:
-        last = ckpt.latest_checkpoint(self.ckpt_dir)
-        fix = "lower optimizer.lr, keep trainer.grad_clip on or use trainer.precision=fp32"
-        if last is None:
-            return TrainingError(f"{what} at step {self.step}, before any checkpoint was "
-                                 f"written: {fix}, then start the run again{otherwise}.")
-        return TrainingError(
-            f"{what} at step {self.step}; the last good checkpoint is {last}: {fix}, then "
-            f"resume from it (resume={self.run_dir} optimizer.lr=...){otherwise}.")
 
     def _due(self, every: int) -> bool:
         return every > 0 and (self.step % every == 0 or self.step == self.cfg.max_steps

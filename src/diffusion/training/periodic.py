@@ -1,0 +1,135 @@
+"""The ``Trainer``'s periodic work between steps: the validation loss, the sample grids, the
+periodic FID (kept as ``best.pt``), and the checks that stop a run before a bad checkpoint
+(replicas that differ, a loss that diverged).
+
+None of it draws from the training streams, so validating, sampling or scoring never
+changes what the next step computes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from diffusion import distributed as dist
+from diffusion.device import autocast
+from diffusion.errors import TrainingError
+from diffusion.guidance import Guidance, class_rows
+from diffusion.pipeline import DiffusionPipeline
+from diffusion.training import checkpoint as ckpt
+from diffusion.viz import save_grid
+
+
+class PeriodicWork:
+    """Validation, grids, periodic FID and the stop checks of a ``Trainer``."""
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """EMA-model loss on the first ``val_batches`` batches of the validation split,
+        with the same noise and timesteps every time so values are comparable. It draws
+        nothing from the global RNG, so validating never changes the training stream.
+        Under DDP every rank takes its slice of each batch (and of the noise drawn for it)."""
+        if self.val_set is None:
+            return None
+        n = min(len(self.val_set), self.cfg.val_batches * self.batch_size)
+        loader = DataLoader(torch.utils.data.Subset(self.val_set, range(n)),
+                            batch_size=self.batch_size, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(self.seed))
+        generator = torch.Generator(self.device).manual_seed(self.seed + 1)
+        total = torch.zeros(2, device=self.device)  # (sum of losses, images)
+        for x0, y in loader:
+            x0, y = self._to_device(x0, y)
+            x_t, t, target = self._noised(x0, generator, local=False)
+            parts = [part.tensor_split(self.world_size)[self.rank] if part is not None else None
+                     for part in (x_t, t, target, y)]
+            x_t, t, target, y = parts
+            if x_t.shape[0] == 0:
+                continue
+            with autocast(self.device, self.precision):
+                prediction = self.ema.model(x_t, t, y)
+            total[0] += self.objective.loss(prediction, target, t) * x_t.shape[0]
+            total[1] += x_t.shape[0]
+        loss, count = dist.all_sum(total).tolist()
+        return loss / count
+
+    def pipeline(self) -> DiffusionPipeline:
+        """Sampling from the EMA weights, compiled and in channels_last when training is
+        (built once: the EMA module is updated in place, so a compiled forward is reused)."""
+        if self._pipeline is None:
+            self._pipeline = DiffusionPipeline(
+                self.ema.model, self.scheduler, self.sample_shape, device=self.device,
+                precision=self.precision, compile=self.cfg.compile,
+                channels_last=self.cfg.channels_last)
+        return self._pipeline
+
+    def sample_grid(self) -> Path | None:
+        """A grid from the EMA model, starting from the same noise at every call; under DDP
+        each rank draws a share and rank 0 writes the grid (None on the other ranks). A
+        conditional model's grid has one row per class (the first 16 of more), guided with
+        ``sample_guidance_scale``."""
+        n, y, columns = self.cfg.sample_n, None, None
+        if self.conditional:
+            rows, columns = class_rows(self.ema.model.num_classes, n)
+            n, y = len(rows), rows
+        images = self.pipeline().sample_across_ranks(
+            n, noise=self.fixed_noise[:n], seed=self.seed, y=y,
+            chunk_size=-(-n // self.world_size),
+            steps=self.sampler.step_counts(self.num_train_timesteps)[0],
+            sampler=self.sampler.build(self.scheduler),
+            guidance=Guidance(scale=1.0 if self.cfg.sample_guidance_scale is None
+                              else self.cfg.sample_guidance_scale)
+            if self.conditional else None).images
+        if not self.is_main:
+            return None
+        return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png", nrow=columns)
+
+    def evaluate(self) -> dict:
+        """Run the evaluator on the EMA model (every rank: it splits the sampling and hands
+        every rank the same result); keep ``best.pt`` when it improves."""
+        results = self.evaluator(self.pipeline())
+        self.logger.log_metrics({f"eval/{k}": v for k, v in results.items()}, self.step)
+        value = results.get(self.cfg.best_metric)
+        if value is not None and value < self.best:
+            self.best = float(value)
+            if self.is_main:
+                ckpt.save_atomic(self.state_dict(), self.ckpt_dir / "best.pt")
+        return results
+
+    def _check_replicas(self) -> None:
+        """Before a checkpoint: every rank must hold rank 0's weights bit for bit."""
+        difference = dist.max_param_difference(self.model)
+        if difference != 0.0:
+            raise TrainingError(
+                f"Model replicas differ across ranks by up to {difference:g} at step {self.step}; "
+                "rerun with the same code and config on every node.")
+
+    def _check_loss(self, loss: float) -> None:
+        """Stop on a non-finite loss, or one ``divergence_factor`` times the median of the
+        last ``divergence_window`` logged losses: a run heading to 1e33 is diverged long
+        before it overflows, and no checkpoint may be written from that state."""
+        history = self._logged_losses
+        factor = self.cfg.divergence_factor
+        if not math.isfinite(loss):
+            raise self._diverged(f"The loss became {loss}")
+        if factor and len(history) >= 3:
+            median = sorted(history)[len(history) // 2]
+            if loss > factor * median:
+                raise self._diverged(
+                    f"The loss rose to {loss:.4g}, {loss / median:.3g} times its running median "
+                    f"{median:.4g},", "; if that rise is expected, raise "
+                    "trainer.divergence_factor or set it to 0")
+        history.append(loss)
+        del history[:-self.cfg.divergence_window]
+
+    def _diverged(self, what: str, otherwise: str = "") -> TrainingError:
+        last = ckpt.latest_checkpoint(self.ckpt_dir)
+        fix = "lower optimizer.lr, keep trainer.grad_clip on or use trainer.precision=fp32"
+        if last is None:
+            return TrainingError(f"{what} at step {self.step}, before any checkpoint was "
+                                 f"written: {fix}, then start the run again{otherwise}.")
+        return TrainingError(
+            f"{what} at step {self.step}; the last good checkpoint is {last}: {fix}, then "
+            f"resume from it (resume={self.run_dir} optimizer.lr=...){otherwise}.")

@@ -1,0 +1,89 @@
+"""What a checkpoint holds of a ``Trainer`` and how a run continues from one.
+
+Everything that decides the next step is saved: the weights, the EMA, the optimizer's
+moments, the LR schedule, the loss scaler, the noise stream and every RNG, the data position
+and the divergence check's history, so a resumed run continues bit for bit (on a GPU with
+``trainer.deterministic=true``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from torch.optim.lr_scheduler import LambdaLR
+
+from diffusion.training import checkpoint as ckpt
+
+log = logging.getLogger("diffusion.training.trainer")
+
+
+class CheckpointState:
+    """The ``Trainer``'s state as a checkpoint: ``state_dict``, ``load_state_dict``,
+    ``resume`` and ``save_checkpoint``."""
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "noise_generator": self.noise_generator.get_state(),
+            "rng": ckpt.rng_state(),
+            "best": self.best,
+            "logged_losses": list(self._logged_losses),
+            "micro_batches": self.micro_batches,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``. The hyperparameters of this trainer's config win over the
+        checkpoint's (a resume with ``optimizer.lr=...`` trains at the new rate): the
+        optimizer's moments and the step are restored, its settings are not, and a LambdaLR
+        schedule (``lr_scheduler=warmup``) is re-evaluated at the restored step."""
+        settings = [{k: v for k, v in group.items() if k != "params"}
+                    for group in self.optimizer.param_groups]
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, fresh in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(fresh)
+        self.step = int(state["step"])
+        if isinstance(self.lr_scheduler, LambdaLR):  # a pure function of the step
+            schedule = self.lr_scheduler
+            schedule.last_epoch = self.step
+            for group, base, factor in zip(self.optimizer.param_groups, schedule.base_lrs,
+                                           schedule.lr_lambdas, strict=True):
+                group["lr"] = base * factor(self.step)
+            schedule._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        elif self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.noise_generator.set_state(state["noise_generator"])
+        ckpt.set_rng_state(state["rng"])
+        self.best = float(state.get("best", math.inf))
+        self._logged_losses = [float(v) for v in state.get("logged_losses", [])]
+        self.micro_batches = int(state.get("micro_batches", self.step * self.cfg.grad_accum))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    def resume(self, path: str | Path | None = None) -> Path:
+        """Continue from ``path`` or the run's newest checkpoint. Everything is read onto
+        the CPU first: the RNG states must stay there, and the model, EMA and optimizer
+        copy their tensors onto the training device as they load."""
+        path = Path(path) if path else ckpt.latest_checkpoint(self.ckpt_dir)
+        if path is None:
+            raise ckpt.CheckpointError(
+                f"Nothing to resume in {self.run_dir}: it has no checkpoints/step_*.pt; "
+                "start a new run instead.")
+        self.load_state_dict(ckpt.load(path, map_location="cpu"))
+        self._start_step = self.step
+        log.info("Resumed from %s at step %d.", path, self.step)
+        return path
+
+    def save_checkpoint(self) -> Path:
+        path = ckpt.save_atomic(self.state_dict(), ckpt.checkpoint_path(self.ckpt_dir, self.step))
+        ckpt.prune(self.ckpt_dir, self.cfg.keep_last)
+        return path
