@@ -160,12 +160,7 @@ def plot_loss_curves(runs: dict[str, list[dict]], path: str | Path,
                 ax.plot(steps, values, styles.get(key, ":"), color=f"C{i}",
                         label=f"{label} {key.split('/')[0]}",
                         marker="o" if len(points) < 4 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return _save_figure(fig, path)
+    return _finish_log_plot(fig, ax, path, "step", "loss")
 
 
 def plot_fid_vs_steps(runs: dict[str, list[dict]], path: str | Path) -> Path:
@@ -187,16 +182,9 @@ def plot_fid_vs_steps(runs: dict[str, list[dict]], path: str | Path) -> Path:
             ax.plot(steps, fids, marker="o", color=f"C{i}",
                     linestyle=["-", "--", ":", "-."][j % 4], label=f"{label} {name} (n={n})")
     ax.set_xscale("log")
-    ax.set_yscale("log")
     for n, floor in sorted(floors.items()):
-        ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
-        ax.text(0.01, floor, f"data floor, n={n}: {floor:.2f}", fontsize=7, color="grey",
-                va="bottom", transform=ax.get_yaxis_transform())
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("FID")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    return _save_figure(fig, path)
+        _floor_line(ax, floor, f"data floor, n={n}: {floor:.2f}")
+    return _finish_log_plot(fig, ax, path, "sampling steps", "FID")
 
 
 def plot_fid_during_training(runs: dict[str, list[dict]], path: str | Path) -> Path:
@@ -211,11 +199,20 @@ def plot_fid_during_training(runs: dict[str, list[dict]], path: str | Path) -> P
         floors |= {r["eval/fid_floor"] for r in records
                    if isinstance(r.get("eval/fid_floor"), int | float)}
     for floor in sorted(floors)[:1]:
-        ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
-        ax.text(0.01, floor, f"data floor: {floor:.2f}", fontsize=7, color="grey",
-                va="bottom", transform=ax.get_yaxis_transform())
-    ax.set_xlabel("training step")
-    ax.set_ylabel("FID")
+        _floor_line(ax, floor, f"data floor: {floor:.2f}")
+    return _finish_log_plot(fig, ax, path, "training step", "FID")
+
+
+def _floor_line(ax, floor: float, text: str) -> None:
+    ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
+    ax.text(0.01, floor, text, fontsize=7, color="grey", va="bottom",
+            transform=ax.get_yaxis_transform())
+
+
+def _finish_log_plot(fig, ax, path: str | Path, xlabel: str, ylabel: str) -> Path:
+    """Labels, a log y axis, a grid and the legend; the figure saved to ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
