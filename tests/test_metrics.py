@@ -301,7 +301,7 @@ def test_report_keeps_spacings_apart_and_shows_the_fid_during_training(
     assert len(periodic) == 5  # two during training, three from diffusion.evaluate
     [job] = find_jobs([run_dir])
     assert [r["step"] for r in job.periodic_fids] == [2, 4]
-    section = readme.split("### FID during training", 1)[1]
+    section = readme.split("### FID by training step", 1)[1]
     table = [line for line in section.splitlines() if line.startswith("| ")]
     assert table[0] == "| job | sampled as | step 2 | step 4 |"
     assert table[2].startswith("| runs/0 | ddim-2 (trailing), n=8 |")

@@ -347,7 +347,7 @@ def write_report(sweeps: list[Path], out: Path, title: str | None = None) -> Pat
               "throughput; wall time covers the whole job (training, sampling grids, "
               "validation).", ""]
     if (periodic := periodic_table(jobs)) is not None:
-        lines += ["### FID during training", "",
+        lines += ["### FID by training step", "",
                   "The trainer's own FIDs (`trainer.eval_every`) from the EMA weights at each "
                   "step, with the same starting noise every time, scored like the table above.",
                   "", periodic, ""]
