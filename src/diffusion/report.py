@@ -3,11 +3,13 @@
 Reads the run folders of a sweep (``<multirun>/<job>/``: ``.hydra/overrides.yaml``,
 ``config.yaml``, ``env.json``, ``metrics.jsonl``, ``summary.json``, ``status.json``,
 ``eval.json``, ``samples/``) and writes ``<out>/README.md`` (the command, the git commit and
-a table with one row per job: overrides, final train and validation loss, FID per sampler and
-step count with the data floor, wall time, images/s) and PNG plots: loss curves overlaid, FID
-against sampling steps, the jobs' last sample grids side by side, and the forward process when
-the jobs differ in beta schedule. Nothing else is read, so a report can be regenerated. The
-commands name folders as anyone can paste them: relative to the current folder,
+a table with one row per job: overrides, final train and validation loss, FID per sampler,
+spacing and step count with the data floor, wall time, images/s; and, when the jobs trained
+with ``trainer.eval_every``, their FID by training step) and PNG plots: loss curves overlaid,
+FID against sampling steps, FID during training, the jobs' last sample grids side by side, and
+the forward process when the jobs differ in beta schedule. Nothing else is read, so a report
+can be regenerated. The commands name folders as anyone can paste them: relative to the
+current folder,
 ``$DIFFUSION_DATA``/``$DIFFUSION_RUNS``, else a placeholder (``diffusion.records``).
 
 ``sweep`` may also list several folders, multirun or single runs, to compare jobs of
