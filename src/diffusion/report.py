@@ -9,8 +9,8 @@ with ``trainer.eval_every``, their FID by training step) and PNG plots: loss cur
 FID against sampling steps, FID during training, the jobs' last sample grids side by side, and
 the forward process when the jobs differ in beta schedule. Nothing else is read, so a report
 can be regenerated. The commands name folders as anyone can paste them: relative to the
-current folder,
-``$DIFFUSION_DATA``/``$DIFFUSION_RUNS``, else a placeholder (``diffusion.records``).
+current folder, ``$DIFFUSION_DATA``/``$DIFFUSION_RUNS``, else a placeholder
+(``diffusion.records``).
 
 ``sweep`` may also list several folders, multirun or single runs, to compare jobs of
 different sweeps (``sweep=[runs/multirun/A,runs/multirun/B/0]``). A ``notes.md`` in ``out`` is
