@@ -5,7 +5,7 @@ at x_t is E[eps | x_t] = sqrt(1 - a_t) (x_t - sqrt(a_t) mu_y) / (a_t s^2 + 1 - a
 import torch
 from torch import nn
 
-from diffusion.pipeline import DiffusionPipeline
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffusion.exact_mixtures import ExactModel, GaussianMixture
+from diffusion.oracle.mixtures import ExactModel, GaussianMixture
 
 f64 = torch.float64
 

@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from diffusion.paths import CONF_DIR
+from diffusion.config.paths import CONF_DIR
 
 
 def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:

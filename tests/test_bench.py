@@ -9,11 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffusion.bench import _hydra_argv, bench
-from diffusion.benchmarks.ours import bench_samplers
-from diffusion.builders import build_model
+from diffusion.commands.bench import _hydra_argv, bench
+from diffusion.commands.benchmarks.ours import bench_samplers
+from diffusion.config.build import build_model
 from diffusion.errors import ConfigError
-from diffusion.sampler_spec import named_sampler
+from diffusion.sampling.sampler import named_sampler
 from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 from hydra_utils import compose_config
 from test_records import absolute_paths
@@ -138,7 +138,7 @@ def test_each_sampler_is_paired_with_diffusers_scheduler_of_its_name_and_steps(n
     spacing: the same timesteps, model evaluations and starting noise scale."""
     import diffusers
 
-    from diffusion.benchmarks.diffusers_side import BETA_SCHEDULES, diffusers_scheduler
+    from diffusion.commands.benchmarks.diffusers_side import BETA_SCHEDULES, diffusers_scheduler
 
     ours = named_sampler(name).build(DDPMScheduler(beta_schedule=schedule))
     noise = diffusers.DDPMScheduler(beta_schedule=BETA_SCHEDULES[schedule]).config
@@ -165,7 +165,7 @@ def test_bench_sampler_names_are_checked():
 
 
 def _sizes(overrides: list[str]) -> tuple[int, int, dict]:
-    from diffusion.benchmarks.diffusers_side import unet2d_config
+    from diffusion.commands.benchmarks.diffusers_side import unet2d_config
 
     cfg = compose_config(overrides, config_name="bench")
     with torch.device("meta"):

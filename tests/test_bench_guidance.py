@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffusion.bench import bench
+from diffusion.commands.bench import bench
 from diffusion.errors import ConfigError
 from hydra_utils import compose_config
 from test_bench import TINY

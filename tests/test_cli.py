@@ -14,8 +14,8 @@ from hydra.errors import MissingConfigException
 from PIL import Image
 
 from diffusion.errors import CheckpointError, ConfigError
-from diffusion.pipeline import DiffusionPipeline
-from diffusion.sample import sample
+from diffusion.sampling.pipeline import DiffusionPipeline
+from diffusion.commands.sample import sample
 from diffusion.training.checkpoint import latest_checkpoint
 from diffusion.training.loggers import WandbLogger, read_metrics
 from hydra_utils import compose_config
@@ -86,7 +86,7 @@ def write_user_conf(folder: Path) -> Path:
 @pytest.mark.parametrize("how", ["--config-dir", "-cd=", "hydra.searchpath"])
 def test_own_config_folder_reaches_the_checks(tmp_path, how):
     """Options from a user's folder are found by the checks before the run, as by Hydra."""
-    from diffusion.train import _prepare, _read_command_line
+    from diffusion.commands.train import _prepare, _read_command_line
 
     conf = write_user_conf(tmp_path / "my_conf")
     added, flags = {"--config-dir": (["--config-dir", str(conf)], [f"--config-dir={conf}"]),
@@ -104,7 +104,7 @@ def test_own_config_folder_reaches_the_checks(tmp_path, how):
 
 def test_own_primary_config_reaches_the_checks(tmp_path):
     """``--config-name`` picks a primary config of the user's folder for the checks too."""
-    from diffusion.train import _prepare, _read_command_line
+    from diffusion.commands.train import _prepare, _read_command_line
 
     conf = write_user_conf(tmp_path / "my_conf")
     (conf / "mine.yaml").write_text("defaults:\n  - train\n  - _self_\n"
@@ -163,7 +163,7 @@ def test_pipeline_from_run_is_reproducible(trained_run, sampler):
 def test_chunked_sampling_is_reproducible_and_chunk_seeded(trained_run, sampler):
     """``sample_across_ranks`` in one process: chunk c draws its step noise from its own seed,
     so it equals the plain pipeline given that chunk's x_T and generator."""
-    from diffusion.pipeline import chunk_seed
+    from diffusion.sampling.pipeline import chunk_seed
 
     pipe = DiffusionPipeline.from_run(trained_run, device="cpu")
     noise = torch.randn((5, 1, 28, 28), generator=torch.Generator().manual_seed(1))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffusion.models import BasicUNet
-from diffusion.pipeline import DiffusionPipeline
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
 from test_train import run_training
 

@@ -5,8 +5,8 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from diffusion.data import ImageDataset, dataset_info
-from diffusion.paths import CONF_DIR
-from diffusion.preflight import flatten
+from diffusion.config.paths import CONF_DIR
+from diffusion.config.jobs import flatten
 from hydra_utils import compose_config
 
 

@@ -17,7 +17,7 @@ import torch
 
 from diffusion.data import MNISTDataset
 from diffusion.models import AttentionUNet, BasicUNet
-from diffusion.pipeline import DiffusionPipeline
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
 from diffusion.training import EMA, TrainerConfig
 from diffusion.training.loggers import read_metrics

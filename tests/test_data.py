@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.datasets import MNIST
 
-from diffusion.builders import build_datasets
+from diffusion.config.build import build_datasets
 from diffusion.data import (
     DatasetNotFoundError,
     DeviceDataset,

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from diffusion.records import read_eval
+from diffusion.runs.records import read_eval
 from diffusion.training.checkpoint import latest_checkpoint
 from diffusion.training.loggers import read_metrics
 

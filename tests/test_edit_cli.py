@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.edit import check_edit_config, edit
+from diffusion.commands.edit import check_edit_config, edit
 from hydra_utils import compose_config
 from test_train import run_training
 

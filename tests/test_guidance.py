@@ -1,4 +1,4 @@
-"""Classifier-free and classifier guidance (``diffusion.guidance``) through the pipeline:
+"""Classifier-free and classifier guidance (``diffusion.sampling.guidance``) through the pipeline:
 against diffusers' guider, two separate passes, and the closed form of a Gaussian mixture
 whose components are the classes."""
 
@@ -9,10 +9,10 @@ import torch
 from diffusers.guiders import ClassifierFreeGuidance
 from torch import nn
 
-from diffusion.exact_mixtures import ExactModel
-from diffusion.guidance import Guidance, alpha_bar_at, class_rows, combine
+from diffusion.oracle.mixtures import ExactModel
+from diffusion.sampling.guidance import Guidance, alpha_bar_at, class_rows, combine
 from diffusion.models import BasicUNet
-from diffusion.pipeline import DiffusionPipeline
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
 from guidance_helpers import ExactClassifier, ExactClassModel, mixture
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffusion.train_classifier import train_classifier
+from diffusion.commands.train_classifier import train_classifier
 from hydra_utils import compose_config
 from test_classifier import classifier_overrides
 from test_distributed import assert_same_samples_on_two_ranks

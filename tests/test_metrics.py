@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from diffusion.evaluate import _list_overrides, evaluate
+from diffusion.commands.evaluate import _list_overrides, evaluate
 from diffusion.metrics import (
     DataRef,
     FeatureNetworkError,
@@ -24,7 +24,7 @@ from diffusion.metrics import (
     to_uint8,
 )
 from diffusion.metrics.inception import default_weights_path
-from diffusion.records import entry_key, read_eval
+from diffusion.runs.records import entry_key, read_eval
 from diffusion.training.loggers import read_metrics
 from hydra_utils import compose_config
 from test_train import run_training
@@ -234,7 +234,7 @@ def test_conditional_run_is_scored_with_balanced_labels(tmp_path, tiny_mnist_roo
     """The labels reach the model, 0..K-1 in turn over all n (not restarting per batch),
     also when the model is wrapped: the pipeline states num_classes instead of FID guessing
     it with getattr and falling back to the untrained null label."""
-    from diffusion.pipeline import DiffusionPipeline
+    from diffusion.sampling.pipeline import DiffusionPipeline
 
     run_dir, _ = run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
                               "model.num_classes=10", "trainer.sample_every=0",
@@ -253,7 +253,7 @@ def test_conditional_run_is_scored_with_balanced_labels(tmp_path, tiny_mnist_roo
 @pytest.mark.slow
 def test_short_training_beats_no_training(tmp_path, tiny_mnist_root, cache):
     """A basic UNet trained for a few hundred steps samples closer to the data than at step 1."""
-    from diffusion.pipeline import DiffusionPipeline
+    from diffusion.sampling.pipeline import DiffusionPipeline
 
     common = ("model=basic", "model.base_channels=16", "optimizer.lr=2e-3",
               "trainer.ema_decay=0.99", "trainer.sample_every=0", "trainer.val_every=0",
@@ -277,7 +277,7 @@ def test_report_keeps_spacings_apart_and_shows_the_fid_during_training(
     """A run scored with leading and trailing DDIM gets one column per spacing (they used to
     share ``ddim-2`` and one hid the other), and the trainer's periodic FIDs make a table by
     training step that leaves diffusion.evaluate's records out."""
-    from diffusion.report import find_jobs, write_report
+    from diffusion.commands.report import find_jobs, write_report
 
     run_dir = tmp_path / "runs" / "0"
     shutil.copytree(evaluated_run, run_dir)

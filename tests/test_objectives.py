@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffusion.builders import build_objective, build_scheduler
-from diffusion.objectives import Objective
+from diffusion.config.build import build_objective, build_scheduler
+from diffusion.training.objectives import Objective
 from diffusion.schedulers import DDPMScheduler
 from diffusion.training.loggers import read_metrics
 from hydra_utils import compose_config, debug_overrides

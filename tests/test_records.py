@@ -1,5 +1,5 @@
 """Committed records name no folder of the machine they were made on, and the rule that keeps
-the tools' records portable (``diffusion.records``)."""
+the tools' records portable (``diffusion.runs.records``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion.records import portable_arg, portable_path, shell_word
+from diffusion.runs.records import portable_arg, portable_path, shell_word
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT_SUFFIXES = {".md", ".yaml", ".json", ".txt", ".csv"}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from diffusion.evaluate import evaluate
-from diffusion.report import find_jobs, write_report
+from diffusion.commands.evaluate import evaluate
+from diffusion.commands.report import find_jobs, write_report
 from hydra_utils import compose_config
 from test_records import absolute_paths
 
@@ -19,7 +19,7 @@ from test_records import absolute_paths
 def sweep(tmp_path_factory, tiny_mnist_root):
     """``diffusion.train -m optimizer.lr=0.001,1e30 scheduler.beta_schedule=linear,cosine`` on
     tiny data: jobs 0 and 1 complete, jobs 2 and 3 diverge (a NaN loss)."""
-    from diffusion.train import main
+    from diffusion.commands.train import main
 
     root = tmp_path_factory.mktemp("sweep")
     argv = sys.argv

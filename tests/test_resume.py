@@ -14,8 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 from diffusion.errors import TrainingError
-from diffusion.rundir import create_run_dir
-from diffusion.train import train
+from diffusion.runs.folder import create_run_dir
+from diffusion.commands.train import train
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.loggers import read_metrics
 from diffusion.training.trainer import Trainer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from diffusion.train import train
+from diffusion.commands.train import train
 from diffusion.training.checkpoint import latest_checkpoint
 from test_train import SMALL_MODELS, run_training
 

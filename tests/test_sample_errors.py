@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.pipeline import DiffusionPipeline
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
 from test_train import run_training
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffusion.builders import build_trainer_config
-from diffusion.paths import CONF_DIR
-from diffusion.pipeline import DiffusionPipeline
-from diffusion.records import entry_key
-from diffusion.sample import sample
-from diffusion.sampler_spec import (
+from diffusion.config.build import build_trainer_config
+from diffusion.config.paths import CONF_DIR
+from diffusion.sampling.pipeline import DiffusionPipeline
+from diffusion.runs.records import entry_key
+from diffusion.commands.sample import sample
+from diffusion.sampling.sampler import (
     GENERIC_KEYS,
     SamplerSpec,
     default_options,

@@ -14,7 +14,7 @@ import warnings
 import pytest
 import torch
 
-from diffusion.pipeline import DiffusionPipeline, make_sampler
+from diffusion.sampling.pipeline import DiffusionPipeline, make_sampler
 from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 
 CASES = [(name, 0.0) for name in sorted(NoiseScheduler.SAMPLERS)] + [("ddim", 0.5)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion.exact_mixtures import (
+from diffusion.oracle.mixtures import (
     ExactModel,
     GaussianMixture,
     SlicedW2,
@@ -20,8 +20,8 @@ from diffusion.exact_mixtures import (
     projections,
     ring,
 )
-from diffusion.samplers_oracle import OracleConfig, main, run_oracle, steps_for_nfe
-from diffusion.samplers_oracle_report import write_report
+from diffusion.commands.samplers_oracle import OracleConfig, main, run_oracle, steps_for_nfe
+from diffusion.oracle.report import write_report
 from diffusion.schedulers import DDPMScheduler
 
 REPO = Path(__file__).resolve().parents[1]

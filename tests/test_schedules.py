@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffusion.schedules import (
+from diffusion.schedulers.betas import (
     BETA_SCHEDULES,
     cosine,
     get_beta_schedule,

@@ -76,14 +76,14 @@ def test_library_imports_inside_functions_are_only_optional_dependencies():
     modules = _modules()
     for name, path in modules.items():
         _, lazy = _imports(path, modules)
-        allowed = {"diffusion.benchmarks.diffusers_side"}  # needs the optional diffusers
+        allowed = {"diffusion.commands.benchmarks.diffusers_side"}  # needs the optional diffusers
         assert lazy <= allowed, f"{name} imports {sorted(lazy - allowed)} inside a function"
 
 
 def test_the_command_helpers_do_not_load_the_trainer():
-    code = ("import diffusion.cli, diffusion.errors, sys; "
+    code = ("import diffusion.commands.launcher, diffusion.errors, sys; "
             "print(sorted(m for m in sys.modules if m in {'diffusion.training.trainer', "
-            "'diffusion.pipeline', 'diffusion.data', 'diffusion.viz'}))")
+            "'diffusion.sampling.pipeline', 'diffusion.data', 'diffusion.reporting.figures'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "[]", out

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion import train as train_cli
+from diffusion.commands import train as train_cli
 from test_faults import TINY, _env
 
 

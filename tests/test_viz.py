@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion import viz
+from diffusion.reporting import figures as viz
 from diffusion.schedulers import DDPMScheduler
-from diffusion.visualize import visualize
-from diffusion.viz import forward_figure
+from diffusion.commands.visualize import visualize
+from diffusion.reporting.figures import forward_figure
 from hydra_utils import compose_config
 
 
@@ -95,7 +95,7 @@ def test_command_line_takes_the_figure_as_first_word(tmp_path, tiny_mnist_root, 
                                                      capsys):
     from hydra.core.global_hydra import GlobalHydra
 
-    from diffusion.visualize import main
+    from diffusion.commands.visualize import main
 
     out = tmp_path / "f.png"
     monkeypatch.setattr(sys, "argv", ["visualize", "forward", "data=mnist",

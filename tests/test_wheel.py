@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusion.paths import CONF_DIR
+from diffusion.config.paths import CONF_DIR
 from test_cli import write_user_conf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_installed_wheel_trains_with_its_own_and_a_users_configs(tmp_path, tiny_
 
     work = tmp_path / "work"  # outside the repository, with no conf/ of its own
     work.mkdir()
-    where = _run([python, "-c", "import diffusion, diffusion.paths as p; "
+    where = _run([python, "-c", "import diffusion, diffusion.config.paths as p; "
                   "print(diffusion.__file__, p.CONF_DIR)"], cwd=work).stdout.split()
     assert all(Path(path).is_relative_to(venv) for path in where), where  # not the checkout
 

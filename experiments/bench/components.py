@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from einops import rearrange
 
-from diffusion.benchmarks.measure import format_table, time_interleaved, warm_up
+from diffusion.commands.benchmarks.measure import format_table, time_interleaved, warm_up
 from diffusion.models import AttentionUNet
 from diffusion.models.layers import AttentionBlock
 from diffusion.training.ema import EMA

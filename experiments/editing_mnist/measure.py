@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from diffusion import viz
+from diffusion.reporting import figures as viz
 from diffusion.data import build_dataset, to_model_range
 from diffusion.editing import make_mask, repaint_nfe
-from diffusion.metrics.evaluation import build_scorer
+from diffusion.config.metrics import build_scorer
 from diffusion.metrics.features import to_uint8
-from diffusion.paths import CONF_DIR
-from diffusion.pipeline import DiffusionPipeline
-from diffusion.rundir import load_config
+from diffusion.config.paths import CONF_DIR
+from diffusion.sampling.pipeline import DiffusionPipeline
+from diffusion.runs.folder import load_config
 
 # (steps, jump_length, jump_n_sample): RePaint with jumps at 80 NFE, the plain mode (no jumps)
 # at the same 80 NFE and on RePaint's own 20-step grid

@@ -2,7 +2,7 @@
 
 Each message is one sentence that names the setting or file at fault and says what to do.
 The entry points end with that sentence and exit status 1 for every type in ``USER_ERRORS``
-(``diffusion.cli.fail``); anything else is a bug and keeps its traceback.
+(``diffusion.commands.launcher.fail``); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ returning (image, label) items::
 The YAML, ``conf/data/stripes.yaml`` (or ``data/stripes.yaml`` in a config folder of your
 own, added with ``--config-dir``), names the class in ``_target_`` and repeats its
 description for the other groups to interpolate (``model.in_channels: ${data.channels}``);
-``diffusion.builders.build_datasets`` refuses a config whose description differs from the
+``diffusion.config.build.build_datasets`` refuses a config whose description differs from the
 class's. Copy ``conf/data/mnist.yaml`` and change ``_target_``, ``name``, ``channels``,
 ``image_size``, ``num_classes`` and the splits. Name lookups (FID references, benchmarks) find
 a class once its module is imported: the ones in ``catalog`` always, others once their module is

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from diffusion.data.datasets import Preprocess
 from diffusion.data.files import resolve_cache
-from diffusion.image_files import FolderListing
+from diffusion.data.image_files import FolderListing
 
 log = logging.getLogger(__name__)
 

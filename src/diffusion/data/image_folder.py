@@ -1,6 +1,6 @@
 """A folder of the user's own images as a dataset: ``data=image_folder data.root=<folder>``.
 
-Every image under the folder (png, jpg, jpeg, webp, bmp, recursively; ``diffusion.image_files``
+Every image under the folder (png, jpg, jpeg, webp, bmp, recursively; ``diffusion.data.image_files``
 says which files count and how class subfolders label them) is converted to greyscale or RGB
 (``data.channels``), resized and centre-cropped like Flowers102, decoded once and cached
 (``diffusion.data.decoded``). The held-out split ``val`` (validation loss, FID reference) is a
@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from diffusion.data.datasets import ImageDataset
 from diffusion.data.decoded import DecodedFolder, decode_folder, listing_key
 from diffusion.errors import ConfigError, DatasetNotFoundError
-from diffusion.image_files import IMAGE_SUFFIXES, FolderListing, list_images
+from diffusion.data.image_files import IMAGE_SUFFIXES, FolderListing, list_images
 
 
 class DecodedImages(Dataset):

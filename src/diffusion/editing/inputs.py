@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion.sampling_args import check_labels, check_sampling
+from diffusion.sampling.checks import check_labels, check_sampling
 
 RANGE_SLACK = 1e-3  # images a little outside [-1, 1] (from rounding) are accepted
 

@@ -25,12 +25,12 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from diffusion import distributed as dist
+from diffusion.runtime import distributed as dist
 from diffusion.data import build_dataset, dataset_info
-from diffusion.guidance import Guidance
+from diffusion.sampling.guidance import Guidance
 from diffusion.metrics.features import cache_root, to_uint8
-from diffusion.sampler_spec import SamplerSpec
-from diffusion.sampling_args import balanced_labels
+from diffusion.sampling.sampler import SamplerSpec
+from diffusion.sampling.checks import balanced_labels
 
 
 def format_score(value: float | None) -> str:

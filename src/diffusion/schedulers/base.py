@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from diffusion.schedules import BETA_SCHEDULES, get_beta_schedule, rescale_zero_terminal_snr
+from diffusion.schedulers.betas import BETA_SCHEDULES, get_beta_schedule, rescale_zero_terminal_snr
 
 Tensor = torch.Tensor
 

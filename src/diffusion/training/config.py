@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from diffusion.device import PRECISIONS
+from diffusion.runtime.device import PRECISIONS
 from diffusion.errors import ConfigError
 
 

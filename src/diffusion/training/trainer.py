@@ -22,17 +22,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from diffusion import distributed as dist
+from diffusion.runtime import distributed as dist
 from diffusion.data import DeviceDataset
-from diffusion.device import (
+from diffusion.runtime.device import (
     autocast,
     resolve_device,
     resolve_precision,
     use_deterministic_algorithms,
 )
-from diffusion.objectives import Objective
-from diffusion.pipeline import DiffusionPipeline
-from diffusion.sampler_spec import SamplerSpec
+from diffusion.training.objectives import Objective
+from diffusion.sampling.pipeline import DiffusionPipeline
+from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.batches import ResumableBatchSampler, batch_stream
 from diffusion.training.config import TrainerConfig

@@ -15,7 +15,7 @@ import platform
 import shlex
 from pathlib import Path
 
-from diffusion.sampling_args import is_stochastic
+from diffusion.sampling.checks import is_stochastic
 
 ENV_ROOTS = ("DIFFUSION_DATA", "DIFFUSION_RUNS")
 

@@ -22,9 +22,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from diffusion.paths import CONF_DIR
-from diffusion.pipeline import make_sampler
-from diffusion.sampling_args import SAMPLER_PRESETS, SAMPLERS, check_int, check_sampling
+from diffusion.config.paths import CONF_DIR
+from diffusion.sampling.pipeline import make_sampler
+from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS, check_int, check_sampling
 from diffusion.schedulers import NoiseScheduler
 
 GENERIC_KEYS = ("name", "steps", "timestep_spacing")

@@ -12,11 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.data import dataset_info
-from diffusion.device import resolve_device
+from diffusion.runtime.device import resolve_device
 from diffusion.errors import ConfigError, DatasetNotFoundError
-from diffusion.objectives import Objective
-from diffusion.sampler_spec import OLD_TRAINER_KEYS, training_sampler
-from diffusion.sampling_args import moved_key_message
+from diffusion.training.objectives import Objective
+from diffusion.sampling.sampler import OLD_TRAINER_KEYS, training_sampler
+from diffusion.sampling.checks import moved_key_message
 
 
 def _instantiate(group: str, node: DictConfig, **kwargs):

@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from diffusion.benchmarks.ours import Side, bench_samplers, synthetic_batch
-from diffusion.device import autocast
+from diffusion.commands.benchmarks.ours import Side, bench_samplers, synthetic_batch
+from diffusion.runtime.device import autocast
 from diffusion.errors import ConfigError
 from diffusion.models.layers import level_resolutions
-from diffusion.sampler_spec import SamplerSpec
-from diffusion.sampling_args import SAMPLERS
+from diffusion.sampling.sampler import SamplerSpec
+from diffusion.sampling.checks import SAMPLERS
 
 TOLERANCE = 0.05
 """How far the diffusers network's parameter count may be from ours (relative)."""

@@ -11,15 +11,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from diffusion import distributed as dist
+from diffusion.runtime import distributed as dist
 from diffusion.data import dataset_options
-from diffusion.device import resolve_device
+from diffusion.runtime.device import resolve_device
 from diffusion.errors import ConfigError
 from diffusion.metrics.features import load_feature_network
 from diffusion.metrics.fid import DataRef, FidEvaluator, FidScorer
 from diffusion.metrics.inception import InceptionFeatures
-from diffusion.sampler_spec import training_sampler
-from diffusion.sampling_args import check_bool, check_int, is_int
+from diffusion.sampling.sampler import training_sampler
+from diffusion.sampling.checks import check_bool, check_int, is_int
 
 FEATURES = ("domain", "inception")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from diffusion.benchmarks.measure import time_interleaved, warm_up
-from diffusion.benchmarks.ours import bench_samplers
+from diffusion.commands.benchmarks.measure import time_interleaved, warm_up
+from diffusion.commands.benchmarks.ours import bench_samplers
 from diffusion.errors import ConfigError
-from diffusion.guidance import Guidance
-from diffusion.pipeline import DiffusionPipeline
+from diffusion.sampling.guidance import Guidance
+from diffusion.sampling.pipeline import DiffusionPipeline
 
 
 def check_guidance_bench(cfg: DictConfig) -> None:

@@ -1,6 +1,6 @@
 """Which files of a folder are images, and what their labels are; the standard library only.
 
-Light on purpose: the config resolver ``${folder_classes:<folder>}`` (``diffusion.paths``)
+Light on purpose: the config resolver ``${folder_classes:<folder>}`` (``diffusion.config.paths``)
 counts a folder's classes while Hydra composes a config, before torch is imported, and
 ``diffusion.data.image_folder`` lists the same files with the same rule.
 

@@ -6,18 +6,18 @@ checkout the top-level ``conf`` is a link to it. A folder of your own is added w
 ``--config-dir`` or ``hydra.searchpath``.
 
 ``${folder_classes:<folder>}`` is the number of class subfolders of a folder of images (null
-when it is unlabelled; ``diffusion.image_files``), so ``data=image_folder`` describes its
+when it is unlabelled; ``diffusion.data.image_files``), so ``data=image_folder`` describes its
 classes for ``conditioning=class`` as the built-in datasets do. It is registered on import of
-this module, which every command (and ``diffusion.cli``) imports before composing a config.
+this module, which every command (and ``diffusion.commands.launcher``) imports before composing a config.
 """
 
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from diffusion.image_files import count_classes
+from diffusion.data.image_files import count_classes
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 if not OmegaConf.has_resolver("folder_classes"):
     OmegaConf.register_new_resolver("folder_classes", count_classes, use_cache=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.records import cpu_model, portable_path
+from diffusion.runs.records import cpu_model, portable_path
 
 READING = "\n## Reading"
 
@@ -126,7 +126,7 @@ def markdown(result: dict, out: str, reading: str = "") -> str:
     text = [
         "# Samplers against an exact model", "",
         "Each sampler runs through `DiffusionPipeline` with the Bayes-optimal model of a "
-        "Gaussian mixture (`diffusion.exact_mixtures`) in place of a network, so the distance "
+        "Gaussian mixture (`diffusion.oracle.mixtures`) in place of a network, so the distance "
         "left is the sampler's own error. Cells: sliced Wasserstein-2 distance of "
         f"n = {cfg['n']} samples to {cfg['n']} fresh exact samples ({cfg['projections']} "
         "random directions, the same for every sampler), and in brackets its ratio to the "

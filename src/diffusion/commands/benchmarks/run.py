@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.benchmarks.guidance import check_guidance_bench, time_guidance
-from diffusion.benchmarks.guidance import describe as describe_guidance
-from diffusion.benchmarks.measure import (
+from diffusion.commands.benchmarks.guidance import check_guidance_bench, time_guidance
+from diffusion.commands.benchmarks.guidance import describe as describe_guidance
+from diffusion.commands.benchmarks.measure import (
     MemoryMeter,
     count_flops,
     format_table,
@@ -31,12 +31,12 @@ from diffusion.benchmarks.measure import (
     top_ops,
     warm_up,
 )
-from diffusion.benchmarks.ours import OurSide, Side, bench_dataset, bench_samplers
-from diffusion.builders import validate
-from diffusion.device import resolve_device, resolve_precision
+from diffusion.commands.benchmarks.ours import OurSide, Side, bench_dataset, bench_samplers
+from diffusion.config.build import validate
+from diffusion.runtime.device import resolve_device, resolve_precision
 from diffusion.errors import ConfigError, FeatureNetworkError
-from diffusion.metrics.evaluation import build_scorer
-from diffusion.records import cpu_model, portable_arg, portable_value
+from diffusion.config.metrics import build_scorer
+from diffusion.runs.records import cpu_model, portable_arg, portable_value
 
 OPERATIONS = {"train": "train_step", "data": "next_batch", "ema": "ema_update"}
 """The operations besides sampling, which is timed once per sampler (``sample:<name>``)."""
@@ -158,7 +158,7 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
         train_set, data_source = bench_dataset(cfg, workdir)
         factories = {"ours": lambda: OurSide(cfg, train_set, device, workdir)}
         if cfg.vs == "diffusers":
-            from diffusion.benchmarks.diffusers_side import DiffusersSide
+            from diffusion.commands.benchmarks.diffusers_side import DiffusersSide
 
             factories["diffusers"] = lambda: DiffusersSide(
                 cfg, sides["ours"].num_params, train_set, device, precision)
@@ -227,7 +227,7 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
 
 
 def _portable(node, key: str = ""):
-    """The resolved config with each path in it made portable (``diffusion.records``)."""
+    """The resolved config with each path in it made portable (``diffusion.runs.records``)."""
     if isinstance(node, dict):
         return {k: _portable(v, f"{key}.{k}") for k, v in node.items()}
     if isinstance(node, list):

@@ -21,9 +21,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion import distributed as dist
-from diffusion.cli import USER_ERRORS, fail
-from diffusion.paths import CONF_DIR
+from diffusion.runtime import distributed as dist
+from diffusion.commands.launcher import USER_ERRORS, fail
+from diffusion.config.paths import CONF_DIR
 from diffusion.schedulers import NoiseScheduler
 from diffusion.schedulers.base import TIMESTEP_SPACINGS
 

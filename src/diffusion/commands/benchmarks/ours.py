@@ -18,14 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from diffusion.builders import build_model, build_scheduler, build_trainer_config
-from diffusion.cli import seed_everything
+from diffusion.config.build import build_model, build_scheduler, build_trainer_config
+from diffusion.commands.launcher import seed_everything
 from diffusion.data import build_dataset, dataset_info, dataset_options
 from diffusion.data.synthetic import MNIST_KINDS, write_tiny_mnist
-from diffusion.device import autocast
+from diffusion.runtime.device import autocast
 from diffusion.errors import ConfigError, DatasetNotFoundError
-from diffusion.records import portable_path
-from diffusion.sampler_spec import SamplerSpec, named_sampler
+from diffusion.runs.records import portable_path
+from diffusion.sampling.sampler import SamplerSpec, named_sampler
 from diffusion.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def synthetic_batch(batch_size: int, shape: tuple[int, ...], num_classes: int | 
 
 def bench_dataset(cfg: DictConfig, workdir: Path) -> tuple[Dataset, str]:
     """The training split the data path reads, and a sentence saying which it is (its root
-    as ``diffusion.records.portable_path`` writes it).
+    as ``diffusion.runs.records.portable_path`` writes it).
 
     ``bench.data``: ``real`` needs the dataset; ``synthetic`` writes tiny MNIST-format files
     (same shapes and loaders, made-up digits); ``auto`` uses the real dataset when it can be

@@ -3,7 +3,7 @@
 
 Checked from the run's config.yaml (and the classifier run's) before any model is loaded, so
 a mistake costs no sampling; each ends in one sentence. ``build_guidance`` then turns the
-checked values into a ``diffusion.guidance.Guidance``, loading the classifier once.
+checked values into a ``diffusion.sampling.guidance.Guidance``, loading the classifier once.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from diffusion.errors import ConfigError
-from diffusion.guidance import Guidance
-from diffusion.rundir import load_classifier, load_config
+from diffusion.sampling.guidance import Guidance
+from diffusion.runs.folder import load_classifier, load_config
 
 NOISE_PROCESS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
                  "rescale_betas_zero_snr")

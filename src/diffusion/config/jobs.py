@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from diffusion.builders import (
+from diffusion.config.build import (
     build_model,
     build_objective,
     build_scheduler,
@@ -41,8 +41,8 @@ from diffusion.builders import (
     validate,
 )
 from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
-from diffusion.rundir import check_writable
-from diffusion.sampling_args import MOVED_KEYS, moved_key_message
+from diffusion.runs.folder import check_writable
+from diffusion.sampling.checks import MOVED_KEYS, moved_key_message
 from diffusion.training.checkpoint import latest_checkpoint, step_of
 
 FROZEN_ON_RESUME = ("model", "scheduler", "data.name", "data.channels", "data.image_size",

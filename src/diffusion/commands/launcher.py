@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from diffusion.errors import USER_ERRORS
-from diffusion.paths import CONF_DIR
+from diffusion.config.paths import CONF_DIR
 
 __all__ = ["CONF_DIR", "USER_ERRORS", "fail", "seed_everything"]
 

@@ -1,0 +1,239 @@
+"""``python -m diffusion.edit run=<run folder> task=img2img|inpaint|invert|interpolate
+input=<image file, folder or data split> ...``
+
+Edits images with a trained model (``DiffusionPipeline``'s ``img2img``, ``inpaint``,
+``invert`` and ``interpolate``) and writes a before/after grid into ``<run>/edits/``: one row
+per input image (input, [mask,] results), with a ``.json`` beside it holding the command that
+repeats it and what was measured (the known-region error of inpainting, the reconstruction
+error of inversion), and on request the tensors. Every option is checked, and the inputs and
+the output location read or probed, before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image
+
+from diffusion.reporting import figures as viz
+from diffusion.runtime.device import resolve_device, resolve_precision
+from diffusion.editing import mask_option
+from diffusion.editing.img2img import check_strength
+from diffusion.editing.sources import read_input
+from diffusion.sampling.pipeline import DiffusionPipeline
+from diffusion.runs.records import portable_arg, shell_word
+from diffusion.runs.folder import load_config
+from diffusion.sampling.sampler import SamplerSpec
+from diffusion.sampling.checks import (
+    check_bool,
+    check_cli_config,
+    check_int,
+    check_writable,
+    is_int,
+    labels_option,
+    run_command,
+)
+from diffusion.training.checkpoint import latest_checkpoint
+
+TASKS = ("img2img", "inpaint", "invert", "interpolate")  # the order of TASK_RUNS
+# the settings each task's images depend on, beyond run, checkpoint, input, n, start, seed
+TASK_KEYS = {  # the settings each task's images depend on, beyond the sampler's
+    "img2img": ("samples", "strength"),
+    "inpaint": ("samples", "mask", "jump_length", "jump_n_sample"),
+    "invert": ("fixed_point",),
+    "interpolate": ("frames", "fixed_point"),
+}
+
+
+def check_task_sampler(task: str, spec: SamplerSpec) -> None:
+    """The samplers a task runs with: img2img any; RePaint's steps are DDIM (with its eta) or
+    DDPM; inversion and its interpolation are deterministic DDIM."""
+    if task == "inpaint" and spec.name not in ("ddim", "ddpm"):
+        raise ValueError(f"inpaint runs RePaint, whose steps are DDIM (sampler=ddim, with "
+                         f"sampler.eta) or DDPM (sampler=ddpm); got sampler={spec.name}.")
+    if task in ("invert", "interpolate") and (spec.name != "ddim" or spec.eta != 0):
+        raise ValueError(f"{task} runs deterministic DDIM: use sampler=ddim with "
+                         f"sampler.eta=0; got sampler={spec.name} with eta={spec.eta}.")
+
+
+def check_edit_config(cfg: DictConfig):
+    """Every option, the inputs and the mask, before the model is loaded: (grid path, images,
+    mask or None, labels or None, the sampler's spec)."""
+    check_cli_config(cfg, "edit")
+    if cfg.task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {cfg.task!r}.")
+    run_cfg = load_config(cfg.run)
+    T = instantiate(run_cfg.scheduler).num_train_timesteps
+    spec = SamplerSpec.from_config(cfg.sampler)
+    if isinstance(spec.steps, list):
+        raise ValueError(f"sampler.steps must be one step count for diffusion.edit; got "
+                         f"{spec.steps}.")
+    spec.check(T)
+    check_task_sampler(cfg.task, spec)
+    for key in ("n", "samples", "jump_length", "jump_n_sample", "batch_size"):
+        check_int(key, cfg[key])
+    check_int("start", cfg.start, minimum=0)
+    check_int("fixed_point", cfg.fixed_point, minimum=0)
+    check_int("frames", cfg.frames, minimum=2)
+    check_strength(cfg.strength)
+    check_bool("save_tensors", cfg.save_tensors)
+    if not is_int(cfg.seed):
+        raise ValueError(f"seed must be an integer; got {cfg.seed!r}.")
+    resolve_precision(cfg.precision, resolve_device(cfg.device))
+    images = read_input(cfg.input, cfg.n, cfg.start, run_cfg.data, cfg.data_root)
+    if cfg.task == "interpolate" and len(images) < 2:
+        raise ValueError(f"interpolate needs at least two input images; {cfg.input} gave "
+                         f"{len(images)}: pass a folder or a data split with n >= 2.")
+    size = (int(run_cfg.data.image_size),) * 2
+    mask = None
+    if cfg.task == "inpaint":  # a PNG's one mask serves every image
+        mask = mask_option(cfg.mask, len(images), size, cfg.seed).expand(len(images), -1, -1, -1)
+    labels = labels_option(cfg.labels, len(images), run_cfg.model.get("num_classes"))
+    grid = Path(cfg.out) if cfg.out else Path(cfg.run) / "edits" / f"{_stem(cfg)}.png"
+    if grid.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"out must be an image file name such as grid.png; got {cfg.out!r}.")
+    for path in (grid, grid.with_suffix(".json"), grid.with_suffix(".pt")):
+        check_writable(path, "pass out=<file.png> in a folder you can write")
+    return grid, images, mask, labels, spec
+
+
+def _stem(cfg: DictConfig) -> str:
+    """The default file name: the task, the input and every setting the images depend on."""
+    source = Path(str(cfg.input)).stem or "input"
+    parts = [cfg.task, f"{source}{cfg.start}-{cfg.start + cfg.n}"]
+    if cfg.task == "inpaint":
+        parts.append(Path(str(cfg.mask)).stem)
+        parts.append(f"j{cfg.jump_length}x{cfg.jump_n_sample}" if cfg.jump_n_sample > 1
+                     else "plain")
+    if cfg.task == "img2img":
+        parts.append(f"s{cfg.strength:g}")
+    spec = SamplerSpec.from_config(cfg.sampler)
+    parts += [spec.name, str(spec.steps)]
+    if spec.eta:
+        parts.append(f"eta{spec.eta:g}")
+    parts += [f"{k}{v}" for k, v in spec.changed_options().items()]
+    if spec.timestep_spacing != "trailing":
+        parts.append(str(spec.timestep_spacing or "trained"))
+    if cfg.fixed_point and cfg.task in ("invert", "interpolate"):
+        parts.append(f"fp{cfg.fixed_point}")
+    stem = "-".join(parts) + f"_seed{cfg.seed}"
+    if cfg.checkpoint:
+        stem += f"_{Path(cfg.checkpoint).stem}"
+    return stem
+
+
+def command(cfg: DictConfig, checkpoint: Path | None) -> str:
+    """The command line that repeats this edit: the checkpoint used (not "the newest", which
+    moves on) and every setting the images depend on, stated even where it is the default."""
+    keys = ("run", "task", "input", "n", "start", *TASK_KEYS[cfg.task], "seed", "batch_size",
+            "labels", "data_root")
+    args = [f"{k}={cfg[k]}" for k in keys if cfg[k] is not None]
+    args += [f"sampler={cfg.sampler.name}"] + [f"sampler.{k}={'null' if v is None else v}"
+                                               for k, v in cfg.sampler.items() if k != "name"]
+    if checkpoint is not None:
+        args.insert(1, f"checkpoint={checkpoint}")
+    return " ".join(["python", "-m", "diffusion.edit",
+                     *(shell_word(portable_arg(a)) for a in args)])
+
+
+def _grey(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The input with its filled-in region shown mid-grey (0 in [-1, 1])."""
+    return images * (1 - mask)
+
+
+def _repeat(x: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """Each image (or mask, or label) ``k`` times in a row: ``samples`` results per input."""
+    return None if x is None else x.repeat_interleave(k, dim=0)
+
+
+def _common(cfg: DictConfig) -> dict:
+    sampler = cfg.sampler
+    return dict(steps=sampler.steps, timestep_spacing=sampler.timestep_spacing,
+                batch_size=cfg.batch_size)
+
+
+def _img2img(cfg, pipe, images, mask, labels):
+    """(grid rows (rows, per_row, C, H, W), tensors to save, measurements) of each task."""
+    k = cfg.samples
+    out = pipe.img2img(_repeat(images, k), strength=cfg.strength,
+                       sampler=SamplerSpec.from_config(cfg.sampler).build(pipe.scheduler),
+                       generator=torch.Generator().manual_seed(cfg.seed),
+                       y=_repeat(labels, k), **_common(cfg))
+    rows = torch.cat([images[:, None], out.reshape(len(images), k, *images.shape[1:])], dim=1)
+    return rows, {"inputs": images, "results": out}, {}
+
+
+def _inpaint(cfg, pipe, images, mask, labels):
+    k = cfg.samples
+    spec = SamplerSpec.from_config(cfg.sampler)
+    out = pipe.inpaint(_repeat(images, k), _repeat(mask, k), jump_length=cfg.jump_length,
+                       jump_n_sample=cfg.jump_n_sample,
+                       eta=spec.eta if spec.name == "ddim" else 1.0,
+                       generator=torch.Generator().manual_seed(cfg.seed), y=_repeat(labels, k),
+                       **_common(cfg))
+    known_error = ((out - _repeat(images, k)) * (1 - _repeat(mask, k))).abs().max().item()
+    rows = torch.cat([images[:, None], _grey(images, mask)[:, None],
+                      out.reshape(len(images), k, *images.shape[1:])], dim=1)
+    return rows, {"inputs": images, "masks": mask, "results": out}, {
+        "known_region_max_error": known_error}
+
+
+def _invert(cfg, pipe, images, mask, labels):
+    x_T = pipe.invert(images, fixed_point=cfg.fixed_point, y=labels, **_common(cfg))
+    back = pipe.regenerate(x_T, y=labels, **_common(cfg))
+    mse = (back - images).pow(2).flatten(1).mean(1)
+    rows = torch.stack([images, (x_T / 3).clamp(-1, 1), back], dim=1)  # x_T shown at +-3 std
+    return rows, {"inputs": images, "x_T": x_T, "results": back}, {
+        "mse": mse.mean().item(), "mse_per_image": mse.tolist()}
+
+
+def _interpolate(cfg, pipe, images, mask, labels):
+    """Inputs 0 and 1, 2 and 3, ...: each pair inverted and the arc between decoded."""
+    x_T = pipe.invert(images, fixed_point=cfg.fixed_point, y=labels, **_common(cfg))
+    rows = []
+    for a in range(0, len(images) - 1, 2):
+        y = None if labels is None else labels[a].repeat(cfg.frames)
+        frames = pipe.interpolate(x_T[a], x_T[a + 1], cfg.frames, y=y, **_common(cfg)).images
+        rows.append(torch.cat([images[a:a + 1], frames, images[a + 1:a + 2]]))
+    rows = torch.stack(rows)
+    return rows, {"inputs": images, "x_T": x_T, "results": rows[:, 1:-1]}, {}
+
+
+TASK_RUNS = {"img2img": _img2img, "inpaint": _inpaint, "invert": _invert,
+             "interpolate": _interpolate}
+
+
+def edit(cfg: DictConfig) -> dict[str, Path]:
+    """Edit as ``cfg`` says; returns the paths written."""
+    grid, images, mask, labels, _ = check_edit_config(cfg)
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else latest_checkpoint(
+        Path(cfg.run) / "checkpoints")
+    pipe = DiffusionPipeline.from_run(cfg.run, checkpoint=checkpoint, device=cfg.device,
+                                      precision=cfg.precision)
+    rows, tensors, measured = TASK_RUNS[cfg.task](cfg, pipe, images, mask, labels)
+    written = {"grid": viz.save_grid(rows.flatten(0, 1), grid, nrow=rows.shape[1])}
+    record = {"command": command(cfg, checkpoint), "task": cfg.task, **measured}
+    written["record"] = grid.with_suffix(".json")
+    written["record"].write_text(json.dumps(record, indent=2) + "\n")
+    if cfg.save_tensors:
+        written["tensors"] = grid.with_suffix(".pt")
+        torch.save(tensors, written["tensors"])
+    for key, value in measured.items():
+        if not isinstance(value, list):
+            print(f"{key}: {value:.3g}")
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return written
+
+
+def main() -> None:
+    """``python -m diffusion.edit ...``; see the module docstring."""
+    run_command("edit", edit)
+
+
+if __name__ == "__main__":
+    main()

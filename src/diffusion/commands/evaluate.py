@@ -1,0 +1,198 @@
+"""``python -m diffusion.evaluate run=<run folder> n=10000 sampler=ddim sampler.steps=10,20,50,100``
+
+Samples ``n`` images from the run's EMA weights with the ``sampler`` config group
+(``conf/sampler/<name>.yaml``) for each of its step counts, scores them with FID and
+KID against the dataset's test split (``diffusion.metrics``), prints each score with its
+protocol and the data floor, merges the results into ``<run>/eval.json`` (keyed by the whole
+protocol, ``entry_key``, each with the command that repeats it), appends them to
+``<run>/metrics.jsonl`` and plots FID against sampling steps (``<run>/figures/fid_vs_steps.png``).
+
+The scorer comes from ``diffusion.config.metrics`` (shared with the trainer's periodic
+FID and the bench); ``eval.json`` is read and written through ``diffusion.runs.records``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shlex
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from diffusion.runtime import distributed as dist
+from diffusion.reporting import figures as viz
+from diffusion.runtime.device import resolve_device, resolve_precision
+from diffusion.errors import CheckpointError, ConfigError
+from diffusion.config.guidance import (
+    GuidanceOptions,
+    build_guidance,
+    check_guidance_options,
+    guidance_args,
+    guidance_record,
+    load_options_classifier,
+)
+from diffusion.metrics import FidResult
+from diffusion.config.metrics import build_scorer, check_metrics
+from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
+from diffusion.runs.records import entry_key, plot_entries, read_eval, write_eval
+from diffusion.runs.folder import load_config
+from diffusion.sampling.sampler import SamplerSpec
+from diffusion.sampling.checks import (
+    check_bool,
+    check_cli_config,
+    check_writable,
+    is_int,
+    run_command,
+)
+from diffusion.training.checkpoint import latest_checkpoint, saved_step
+from diffusion.training.loggers import JsonlLogger
+
+
+def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, list[int],
+                                                    GuidanceOptions]:
+    """Every option checked before the model is loaded or the feature network trained:
+    (the run's config, the sampler, its step counts, the guidance). The run folder must take
+    eval.json,
+    metrics.jsonl and the plot, so a read-only run fails now rather than after the scoring."""
+    check_cli_config(cfg, "evaluate")
+    run = Path(cfg.run)
+    run_cfg = load_config(run)
+    spec = SamplerSpec.from_config(cfg.sampler)
+    num_train_timesteps = instantiate(run_cfg.scheduler).num_train_timesteps
+    steps_list = spec.step_counts(num_train_timesteps)
+    if not steps_list:
+        raise ConfigError("sampler.steps must be one or more step counts, e.g. "
+                          "sampler.steps=50 or sampler.steps=10,20,50; got none.")
+    spec.check(num_train_timesteps, batch_size=cfg.batch_size)
+    if not is_int(cfg.n) or cfg.n < 2:
+        raise ConfigError(f"n must be an integer >= 2 (images per FID); got {cfg.n!r}.")
+    check_metrics(cfg.metrics)
+    guidance = check_guidance_options(cfg, run_cfg, allow_lists=True)
+    check_bool("plot", cfg.plot)
+    resolve_precision(cfg.precision, resolve_device(cfg.device))
+    if cfg.compile:
+        compile_mode(cfg.compile)
+    if dist.is_main():
+        what = ("diffusion.evaluate records its results there: make the run folder writable "
+                "or evaluate a copy of it")
+        for name in ("eval.json", "metrics.jsonl", *(["figures/fid_vs_steps.png"]
+                                                     if cfg.plot else [])):
+            check_writable(run / name, what)
+    return run_cfg, spec, steps_list, guidance
+
+
+def evaluate(cfg: DictConfig) -> list[FidResult]:
+    """Evaluate ``cfg.run`` as ``cfg`` (conf/evaluate.yaml) says; returns the results."""
+
+    run_cfg, spec, steps_list, guided = check_evaluate_config(cfg)
+    run = Path(cfg.run)
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else latest_checkpoint(run / "checkpoints")
+    if checkpoint is None:
+        raise CheckpointError(f"Run {run} has no checkpoints yet: train it longer "
+                              "(trainer.ckpt_every sets how often they are written).")
+    pipe = DiffusionPipeline.from_run(run, checkpoint=checkpoint, device=cfg.device,
+                                      precision=cfg.precision,
+                                      compile=cfg.get("compile", False))
+    step = saved_step(checkpoint)
+    scorer = build_scorer(cfg.metrics, run_cfg.data, device=pipe.device, progress=True,
+                          root=cfg.data_root)
+    results, entry = [], None
+    main = dist.is_main()  # under torchrun every rank samples its share; rank 0 writes
+    jsonl = JsonlLogger(run / "metrics.jsonl") if main else None
+    sampler = spec.build(pipe.scheduler)
+    spacing = sampler.config["timestep_spacing"]
+    options = spec.changed_options()
+    classifier = load_options_classifier(guided)
+    for steps, scale, classifier_scale in itertools.product(steps_list, guided.scales,
+                                                            guided.classifier_scales):
+        guidance = build_guidance(guided, scale, classifier_scale, classifier)
+        start = time.perf_counter()
+        result = scorer.score_pipeline(pipe, cfg.n, sampler=sampler, steps=steps,
+                                       batch_size=cfg.batch_size, name=spec.name,
+                                       guidance=guidance)
+        seconds = time.perf_counter() - start
+        results.append(result)
+        if not main:
+            continue
+        print(f"{result}  [{seconds:.0f} s]", flush=True)
+        entry = {**result.to_dict(), "checkpoint": checkpoint.name, "step": step,
+                 "eta": float(spec.eta), "timestep_spacing": spacing,
+                 **({"sampler_options": options} if options else {}),
+                 "batch_size": cfg.batch_size, "seed": cfg.metrics.seed,
+                 "kid_subset_size": cfg.metrics.kid_subset_size if cfg.metrics.kid else None,
+                 "num_classes": pipe.num_classes, "seconds": round(seconds, 1),
+                 "processes": dist.world_size(), "device": str(pipe.device),
+                 **guidance_record(guided, scale, classifier_scale),
+                 "command": _command(cfg, spec, steps_list, checkpoint),
+                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_eval(run, {entry_key(entry): entry})
+        jsonl.log_metrics({"eval/fid": result.fid, "eval/fid_floor": result.floor,
+                           "eval/kid": result.kid, "eval/n": result.n,
+                           "eval/sampler": result.sampler, "eval/steps": result.steps,
+                           "eval/eta": spec.eta, "eval/features": result.feature_id,
+                           "eval/class_accuracy": result.class_accuracy,
+                           "eval/guidance_scale": scale,
+                           "eval/classifier_scale": classifier_scale}, step)
+    if main and cfg.plot:
+        path = viz.plot_fid_vs_steps(
+            {run.name: plot_entries(list(read_eval(run).values()), entry)},
+            run / "figures" / "fid_vs_steps.png")
+        print(f"plot: {path}")
+    if main:
+        print(f"eval: {run / 'eval.json'}")
+    dist.barrier()
+    return results
+
+
+def _command(cfg: DictConfig, spec: SamplerSpec, steps: list[int], checkpoint: Path) -> str:
+    """The command line that repeats this evaluation exactly: the checkpoint it scored
+    (not "the newest", which moves on) and every setting the scores depend on, stated
+    even where it is the default, since defaults change."""
+    metrics = cfg.metrics
+    args = [f"run={cfg.run}", f"checkpoint={checkpoint}", f"n={cfg.n}",
+            f"sampler={spec.name}", "sampler.steps=" + ",".join(map(str, steps)),
+            *(f"sampler.{k}={_value(v)}" for k, v in spec.options.items()),
+            f"sampler.timestep_spacing={spec.timestep_spacing or 'null'}",
+            f"batch_size={cfg.batch_size}", f"metrics.features={metrics.features}",
+            f"metrics.seed={metrics.seed}", f"metrics.kid={str(metrics.kid).lower()}",
+            f"metrics.kid_subset_size={metrics.kid_subset_size}"]
+    for key in ("feature_epochs", "reference_n", "inception_weights"):
+        if metrics.get(key) is not None:
+            args.append(f"metrics.{key}={metrics[key]}")
+    args += guidance_args(cfg)
+    if cfg.data_root:
+        args.append(f"data_root={cfg.data_root}")
+    if cfg.precision != "auto":
+        args.append(f"precision={cfg.precision}")
+    return shlex.join(["python", "-m", "diffusion.evaluate", *args])
+
+
+def _value(value) -> str:
+    """A value as an override spells it: true/false, null, numbers and words as they are."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def _list_overrides(argv: list[str], keys: tuple[str, ...] = (
+        "sampler.steps", "guidance_scale", "classifier_scale")) -> list[str]:
+    """``sampler.steps=10,20,50`` -> ``sampler.steps=[10,20,50]``: a list, not a Hydra
+    sweep (so too the guidance scales)."""
+    out = []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in keys and "," in value and not value.startswith("["):
+            arg = f"{key}=[{value}]"
+        out.append(arg)
+    return out
+
+
+def main() -> None:
+    """``python -m diffusion.evaluate ...``; see the module docstring."""
+    run_command("evaluate", evaluate, rewrite=_list_overrides)
+
+
+if __name__ == "__main__":
+    main()

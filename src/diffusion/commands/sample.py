@@ -1,0 +1,155 @@
+"""``python -m diffusion.sample run=<run folder> sampler=ddim sampler.steps=50 n=64 seed=0``
+
+Writes a PNG grid from the run's EMA weights (and, on request, the tensors and
+the denoising chain as a grid and an animated GIF) into ``<run>/samples/``. ``sampler`` is
+the config group ``conf/sampler/<name>.yaml`` (``diffusion.sampling.sampler``). A class-
+conditional run samples ``labels`` (default: 0..K-1 in turn). Every option is checked, and
+the output location probed, before the model is loaded.
+``torchrun --nproc_per_node=N -m diffusion.sample ... n=10000 batch_size=500`` shares the
+batches out among N processes; the images are the same as from one process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image
+
+from diffusion.runtime import distributed as dist
+from diffusion.reporting import figures as viz
+from diffusion.runtime.device import resolve_device, resolve_precision
+from diffusion.config.guidance import (
+    GuidanceOptions,
+    build_guidance,
+    check_guidance_options,
+    load_options_classifier,
+)
+from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
+from diffusion.runs.folder import load_config
+from diffusion.sampling.sampler import SamplerSpec
+from diffusion.sampling.checks import (
+    check_bool,
+    check_cli_config,
+    check_int,
+    check_writable,
+    is_int,
+    labels_option,
+    run_command,
+)
+
+
+def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, SamplerSpec, int,
+                                                  GuidanceOptions]:
+    """Every option checked, before the model is loaded: (where the grid goes, the labels,
+    the sampler, its step count, the guidance).
+
+    Reads only the run's config.yaml (for T and model.num_classes), so a bad value costs no
+    model load and no sampling, and an output location that cannot be written is found
+    before minutes of sampling are spent rather than after.
+    """
+    check_cli_config(cfg, "sample")
+    run_cfg = load_config(cfg.run)
+    spec = SamplerSpec.from_config(cfg.sampler)
+    if isinstance(spec.steps, list):
+        raise ValueError(f"sampler.steps must be one step count for diffusion.sample; got "
+                         f"{spec.steps} (diffusion.evaluate takes several).")
+    num_train_timesteps = instantiate(run_cfg.scheduler).num_train_timesteps
+    spec.check(num_train_timesteps, n=cfg.n, batch_size=cfg.batch_size)
+    steps = spec.step_counts(num_train_timesteps)[0]
+    guidance = check_guidance_options(cfg, run_cfg)
+    labels = labels_option(cfg.labels, cfg.n, guidance.label_classes)
+    if not is_int(cfg.seed):
+        raise ValueError(f"seed must be an integer; got {cfg.seed!r}.")
+    check_int("chain_frames", cfg.chain_frames, minimum=2)
+    check_int("chain_rows", cfg.chain_rows)
+    for key in ("chain", "save_tensors"):
+        check_bool(key, cfg[key])
+    resolve_precision(cfg.precision, resolve_device(cfg.device))
+    if cfg.compile:
+        compile_mode(cfg.compile)
+    grid = (Path(cfg.out) if cfg.out
+            else Path(cfg.run) / "samples" / f"{_stem(cfg, spec, steps)}.png")
+    if grid.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"out must be an image file name such as grid.png; got {cfg.out!r}.")
+    outputs = [grid]
+    if cfg.save_tensors:
+        outputs.append(grid.with_suffix(".pt"))
+    if cfg.chain:
+        outputs += [grid.with_name(f"{grid.stem}_chain.png"),
+                    grid.with_name(f"{grid.stem}_chain.gif")]
+    if dist.is_main():
+        for path in outputs:
+            check_writable(path, "pass out=<file.png> in a folder you can write")
+    return grid, labels, spec, steps, guidance
+
+
+def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
+    """The default file name: every setting that changes the images, so two samplings that
+    differ in one of them do not overwrite each other (defaults left out: ddim-50_seed0)."""
+    stem = f"{spec.name}-{steps}"
+    for key, value in spec.changed_options().items():
+        stem += f"-{key}{value}"
+    if spec.eta:
+        stem += f"-eta{spec.eta:g}"
+    if spec.timestep_spacing != "trailing":  # the default is left out
+        stem += f"-{spec.timestep_spacing or 'trained'}"
+    if spec.stochastic:  # the step noise is drawn per batch
+        stem += f"-b{cfg.batch_size}"
+    stem += f"_seed{cfg.seed}"
+    if cfg.checkpoint:
+        stem += f"_{Path(cfg.checkpoint).stem}"
+    if cfg.labels == "all":
+        stem += "_labelsall"
+    elif cfg.labels is not None:
+        labels = [cfg.labels] if is_int(cfg.labels) else list(cfg.labels)
+        stem += "_labels" + "-".join(map(str, labels[:8])) + ("-etc" if len(labels) > 8 else "")
+    if cfg.guidance_scale is not None:
+        stem += f"_cfg{cfg.guidance_scale:g}"
+        if cfg.guidance_rescale:
+            stem += f"-rescale{cfg.guidance_rescale:g}"
+    if cfg.classifier:
+        scale = 1 if cfg.classifier_scale is None else cfg.classifier_scale
+        stem += f"_classifier{Path(cfg.classifier).name}-s{scale:g}"
+    return stem
+
+
+def sample(cfg: DictConfig) -> dict[str, Path]:
+    """Sample as ``cfg`` says; returns the paths written."""
+    grid, labels, spec, steps, options = check_sample_config(cfg)
+    pipe = DiffusionPipeline.from_run(cfg.run, checkpoint=cfg.checkpoint, device=cfg.device,
+                                      precision=cfg.precision,
+                                      compile=cfg.get("compile", False))
+    noise = torch.randn((cfg.n, *pipe.sample_shape),
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    out = pipe.sample_across_ranks(cfg.n, noise=noise, seed=cfg.seed, chunk_size=cfg.batch_size,
+                                   steps=steps, sampler=spec.build(pipe.scheduler), y=labels,
+                                   return_chain=cfg.chain, chain_frames=cfg.chain_frames,
+                                   progress=True, guidance=build_guidance(
+                                       options, options.scales[0], options.classifier_scales[0],
+                                       load_options_classifier(options)))
+    if not dist.is_main():
+        return {}
+    written = {"grid": viz.save_grid(out.images, grid)}
+    if cfg.save_tensors:
+        written["tensors"] = grid.with_suffix(".pt")
+        torch.save(out.images, written["tensors"])
+    if cfg.chain:
+        rows = out.chain[: cfg.chain_rows]
+        written["chain"] = viz.save_chain_grid(rows, grid.with_name(f"{grid.stem}_chain.png"),
+                                               timesteps=out.chain_timesteps)
+        written["gif"] = viz.save_chain_gif(rows, grid.with_name(f"{grid.stem}_chain.gif"))
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return written
+
+
+def main() -> None:
+    """``python -m diffusion.sample ...``; see the module docstring."""
+    run_command("sample", sample)
+
+
+if __name__ == "__main__":
+    main()

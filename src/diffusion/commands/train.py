@@ -1,0 +1,298 @@
+"""``python -m diffusion.train``: compose the config, build the parts, train.
+
+    python -m diffusion.train model=unet_attn data=mnist
+    python -m diffusion.train -m scheduler.beta_schedule=linear,cosine
+    python -m diffusion.train resume=runs/unet_attn-mnist/2026-01-01_12-00-00 trainer.max_steps=M
+
+This is the only layer that reads Hydra: everything it builds is a plain object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from diffusion.runtime import distributed as dist
+from diffusion.config import jobs as preflight
+from diffusion.config.build import (
+    build_datasets,
+    build_logger,
+    build_model,
+    build_objective,
+    build_scheduler,
+    build_trainer_config,
+    build_training_sampler,
+)
+from diffusion.commands.launcher import USER_ERRORS, fail, seed_everything
+from diffusion.errors import ConfigError, RunError
+from diffusion.config.metrics import build_evaluator
+from diffusion.config.paths import CONF_DIR
+from diffusion.config.jobs import NothingToDo, check_config, check_resume
+from diffusion.runs.folder import create_run_dir, write_env
+from diffusion.training.trainer import Trainer
+
+log = logging.getLogger("diffusion.train")
+
+
+def train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict:
+    """Train from a composed config into ``run_dir``; returns the trainer's summary.
+
+    Everything is checked, and a resume's checkpoint loaded, before the run folder is
+    written to, so a rejected command or a failed resume leaves the folder as it was.
+    ``progress["started"]`` is set once training begins.
+    """
+    progress = {} if progress is None else progress
+    check_config(cfg)
+    resuming = cfg.resume is not None
+    resume = None
+    if resuming:
+        try:
+            resume = check_resume(run_dir, cfg)
+        except NothingToDo as done:
+            log.info("%s", done)
+            summary = run_dir / "summary.json"
+            return json.loads(summary.read_text()) if summary.is_file() else {}
+    trainer_cfg = build_trainer_config(cfg)
+    local_rank = dist.init_from_env()
+    if dist.world_size() > 1 and trainer_cfg.device == "auto" and torch.cuda.is_available():
+        trainer_cfg.device = f"cuda:{local_rank}"
+    evaluator = None
+    if trainer_cfg.eval_every:  # a periodic small FID; every rank samples a share
+        evaluator = build_evaluator(cfg, device=trainer_cfg.device)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    model = build_model(cfg)
+    scheduler = build_scheduler(cfg)
+    seed_everything(cfg.seed + dist.rank())  # then per-rank streams (dropout, workers)
+    train_set, val_set = build_datasets(cfg.data)
+    main_rank = dist.is_main()
+    trainer = Trainer(
+        model, scheduler, instantiate(cfg.optimizer), train_set, trainer_cfg,
+        batch_size=cfg.data.batch_size, run_dir=run_dir, val_set=val_set,
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        seed=cfg.seed, num_workers=cfg.data.num_workers,
+        conditional=cfg.model.get("num_classes") is not None,
+        on_device=cfg.data.on_device, evaluator=evaluator, sampler=build_training_sampler(cfg),
+        objective=build_objective(cfg, scheduler))
+    if resume is not None:
+        trainer.resume(resume.checkpoint)
+    if main_rank:  # from here on the run folder changes
+        _record_start(cfg, run_dir, trainer.device, resume)
+    logger = build_logger(cfg, run_dir, resuming) if main_rank else None
+    if logger is not None:
+        trainer.logger.loggers.append(logger)
+        logger.log_config(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        log.info("Run folder: %s", run_dir)
+        progress["started"] = True
+        summary = trainer.fit()
+    finally:
+        trainer.logger.finish()
+    if main_rank:
+        print(f"Run folder: {run_dir}")
+    return summary
+
+
+def _record_start(cfg: DictConfig, run_dir: Path, device: torch.device, resume) -> None:
+    """``config.yaml`` (what resume and sampling read) and ``env.json``; a resume appends
+    its command and the settings it changed to ``resumes.jsonl``."""
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if resume is not None:
+        record = {"time": stamp, "command": list(getattr(sys, "orig_argv", sys.argv)),
+                  "checkpoint": resume.checkpoint.name, "step": resume.step,
+                  "changed": {key: {"old": old, "new": new}
+                              for key, (old, new) in resume.changes.items()}}
+        with (run_dir / "resumes.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if resume.changes:
+            log.info("Resuming with changed settings: %s", ", ".join(
+                f"{k}: {old!r} -> {new!r}" for k, (old, new) in resume.changes.items()))
+    write_env(run_dir, cfg.seed, device,
+              name="env.json" if resume is None
+              else f"env-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
+
+
+def _record_end(run_dir: Path, exc: BaseException | None, *, started: bool, resuming: bool,
+                multirun: bool) -> None:
+    """``status.json`` for a run that trained. A new single run that failed before its first
+    step is removed (nothing in it is worth keeping); a resume that failed before training
+    leaves the run exactly as it was; a sweep keeps its failed jobs' folders for the report."""
+    if exc is None or started or (multirun and not resuming):
+        status = ({"status": "completed"} if exc is None
+                  else {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        (run_dir / "status.json").write_text(json.dumps(status) + "\n")
+    elif not resuming and not multirun:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _main(cfg: DictConfig) -> dict | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if dist.launched_by_torchrun():  # every rank works in rank 0's run folder
+        dist.init_from_env()
+        run_dir = Path(dist.broadcast_object(str(run_dir)))
+    progress: dict = {}
+    resuming = cfg.resume is not None
+    try:
+        summary = train(cfg, run_dir, progress)
+        if dist.is_main() and (progress.get("started") or not resuming):
+            _record_end(run_dir, None, started=True, resuming=resuming, multirun=multirun)
+        return summary
+    except (*USER_ERRORS, Exception) as exc:
+        if dist.is_main():
+            _record_end(run_dir, exc, started=bool(progress.get("started")),
+                        resuming=resuming, multirun=multirun)
+        if multirun:  # one failed job must not end the sweep; main() reports it at the end
+            log.error("Job %s failed: %s", hydra_cfg.job.num, exc,
+                      exc_info=not isinstance(exc, USER_ERRORS))
+            return None
+        if isinstance(exc, USER_ERRORS):
+            fail(exc)
+        raise
+    finally:
+        dist.shutdown()
+
+
+NO_JOB_OPTIONS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve",
+                  "package", "experimental_rerun")
+"""Hydra's options (as its parser names them) of a command that starts no new job."""
+
+
+def _read_command_line(argv: list[str]) -> argparse.Namespace:
+    """The command line as ``hydra.main`` reads it: with Hydra's own parser, so that every
+    spelling of a flag (``--config-dir X``, ``-cd=X``) reads the same here; a command it
+    cannot read ends here with Hydra's usage message. Flags may come anywhere among the
+    overrides (``_prepare`` hands them on to Hydra first)."""
+    return get_args_parser().parse_intermixed_args(argv)
+
+
+def _flags(options: argparse.Namespace, resume: bool) -> list[str]:
+    """The flags to hand on to Hydra (before the overrides, where its parser wants them).
+    A resume composes from the run's own config, so drops ``--config-path``/``-name``."""
+    flags = ["--multirun"] if options.multirun else []
+    flags += ["--run"] if options.run else []
+    named = [("--config-dir", options.config_dir)]
+    if not resume:
+        named += [("--config-path", options.config_path), ("--config-name", options.config_name)]
+    return flags + [f"{flag}={value}" for flag, value in named if value is not None]
+
+
+def _primary_config(options: argparse.Namespace) -> tuple[Path, str]:
+    """The folder and name of the primary config, as ``hydra.main`` finds them: the
+    package's ``train`` unless ``--config-path`` (relative to this file's folder) or
+    ``--config-name`` says otherwise."""
+    name = options.config_name or "train"
+    if options.config_path is None:
+        return CONF_DIR, name
+    if "://" in options.config_path:
+        raise ConfigError(f"--config-path {options.config_path}: pass a folder; or keep the "
+                          "package's configs and add yours with --config-dir <folder>.")
+    return Path(__file__).resolve().parent / options.config_path, name
+
+
+def _prepare(options: argparse.Namespace) -> tuple[list[str], str, str, Path | None]:
+    """Check every job of the command and create its run (or sweep) folder; returns the
+    argv to hand to Hydra, its config path and name, and the sweep folder of a multirun.
+    Configs are found where Hydra will find them: ``--config-dir``, ``--config-path``,
+    ``--config-name`` and ``hydra.searchpath=[...]`` count for the checks too."""
+    multirun = options.multirun
+    overrides = list(options.overrides)
+    resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), None)
+    plain = [a for a in overrides if not a.startswith("resume=")]
+    job_args = [a for a in plain if not preflight.is_hydra_key(a)]
+    if resume:
+        run = Path(resume).resolve()
+        if not (run / "config.yaml").is_file():
+            raise RunError(f"resume={resume} is not a run folder (no config.yaml in it): pass "
+                           "the folder that diffusion.train printed, e.g. "
+                           "runs/<name>/<date>_<time>.")
+        if multirun:
+            raise ConfigError("resume= continues one run and cannot be swept: drop -m.")
+        config_path, config_name = str(run), "config"
+        preflight.check_resume_overrides(run, job_args)
+        jobs = preflight.check_jobs(run, "config", [*job_args, f"resume={run}"], False)
+        preflight.check_resume(run, jobs[0].cfg)
+        return ([*_flags(options, resume=True), *plain, f"resume={run}", f"hydra.run.dir={run}",
+                 "hydra.output_subdir=null"], config_path, config_name, None)
+    config_dir, config_name = _primary_config(options)
+    searchpath = [a for a in plain if preflight.is_searchpath(a)]
+    extra_dir = Path(options.config_dir) if options.config_dir is not None else None
+    jobs = preflight.check_jobs(config_dir, config_name, [*searchpath, *job_args], multirun,
+                                extra_dir)
+    argv = [*_flags(options, resume=False), *plain]
+    worker = dist.launched_by_torchrun() and int(os.environ.get("RANK", 0)) > 0
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    explicit = next((a.split("=", 1)[1] for a in plain if a.startswith(key)), None)
+    if worker:  # ranks > 0 write nothing of their own: rank 0's folder is broadcast to them
+        scratch = tempfile.mkdtemp(prefix=f"diffusion-rank{os.environ['RANK']}-")
+        return ([*argv, f"hydra.run.dir={scratch}", "hydra.output_subdir=null"],
+                str(CONF_DIR), "train", None)
+    if explicit is not None:
+        folder = Path(explicit)
+        if not multirun and (folder / "config.yaml").is_file():
+            raise RunError(f"hydra.run.dir={explicit} already holds a run: continue it with "
+                           f"resume={explicit}, or choose another folder.")
+        return argv, str(CONF_DIR), "train", folder if multirun else None
+    folder = create_run_dir(jobs[0].sweep_dir if multirun else jobs[0].run_dir)
+    return [*argv, f"{key}{folder}"], str(CONF_DIR), "train", folder if multirun else None
+
+
+def _report_sweep(sweep_dir: Path, jobs: int) -> int:
+    """After a sweep: name every job that failed; the exit status (0: all completed)."""
+    statuses = {path.parent: json.loads(path.read_text())
+                for path in sorted(sweep_dir.glob("*/status.json"))}
+    failed = {job: s.get("error", "") for job, s in statuses.items()
+              if s.get("status") != "completed"}
+    missing = jobs - len(statuses)
+    if not failed and missing <= 0:
+        return 0
+    lines = [f"{job}: {error}" for job, error in failed.items()]
+    if missing > 0:
+        lines.append(f"{missing} job(s) ended without writing status.json (killed or crashed)")
+    print(f"error: {len(failed) + max(missing, 0)} of {jobs} sweep jobs failed, the others "
+          f"completed: " + "; ".join(lines), file=sys.stderr)
+    return 1
+
+
+def main() -> None:
+    """Hydra entry point; ``resume=<run>`` composes from that run's own saved config."""
+    argv = sys.argv[1:]
+    options = _read_command_line(argv)
+    if any(getattr(options, name) for name in NO_JOB_OPTIONS):
+        config_path, config_name = str(CONF_DIR), "train"  # --help, --cfg: nothing runs
+        sweep_dir = None
+    else:
+        try:
+            argv, config_path, config_name, sweep_dir = _prepare(options)
+        except preflight.NothingToDo as done:
+            print(done)
+            return
+        except USER_ERRORS as exc:
+            fail(exc)
+    sys.argv = [sys.argv[0], *argv]
+    hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(_main)()
+    if sweep_dir is not None:
+        jobs = len(preflight.split_jobs(
+            [a for a in options.overrides if not preflight.is_hydra_key(a)], True))
+        if _report_sweep(sweep_dir, jobs):
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
