@@ -13,7 +13,7 @@ from diffusion.commands.bench import _hydra_argv, bench
 from diffusion.commands.benchmarks.ours import bench_samplers
 from diffusion.config.build import build_model
 from diffusion.errors import ConfigError
-from diffusion.sampling.sampler import named_sampler
+from diffusion.config.sampler import named_sampler
 from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 from hydra_utils import compose_config
 from test_records import absolute_paths

@@ -18,8 +18,8 @@ from diffusion.sampling.sampler import (
     SamplerSpec,
     default_options,
     sampler_options,
-    training_sampler,
 )
+from diffusion.config.sampler import training_sampler
 from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 from hydra_utils import compose_config
 from test_train import run_training

@@ -31,7 +31,7 @@ from diffusion.config.metrics import build_scorer
 from diffusion.metrics.features import to_uint8
 from diffusion.config.paths import CONF_DIR
 from diffusion.sampling.pipeline import DiffusionPipeline
-from diffusion.runs.folder import load_config
+from diffusion.config.runs import run_config
 
 # (steps, jump_length, jump_n_sample): RePaint with jumps at 80 NFE, the plain mode (no jumps)
 # at the same 80 NFE and on RePaint's own 20-step grid
@@ -138,7 +138,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = DiffusionPipeline.from_run(args.run, device=args.device, precision="fp32")
-    cfg = load_config(args.run)
+    cfg = run_config(args.run)
     scorer = build_scorer(OmegaConf.load(CONF_DIR / "metrics" / "fid.yaml"), cfg.data,
                           device=pipe.device, root=args.data_root)
     test, labels = build_dataset(cfg.data.name, split=scorer.data.eval_split,

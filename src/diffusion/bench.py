@@ -1,5 +1,5 @@
-"""``python -m diffusion.bench``: see ``diffusion.commands.bench``."""
+"""``python -m diffusion.bench``: the command lives in ``diffusion.commands.bench``."""
 from diffusion.commands.bench import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

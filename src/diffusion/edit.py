@@ -1,5 +1,5 @@
-"""``python -m diffusion.edit``: see ``diffusion.commands.edit``."""
+"""``python -m diffusion.edit``: the command lives in ``diffusion.commands.edit``."""
 from diffusion.commands.edit import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""``python -m diffusion.evaluate``: see ``diffusion.commands.evaluate``."""
+"""``python -m diffusion.evaluate``: the command lives in ``diffusion.commands.evaluate``."""
 from diffusion.commands.evaluate import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""``python -m diffusion.report``: see ``diffusion.commands.report``."""
+"""``python -m diffusion.report``: the command lives in ``diffusion.commands.report``."""
 from diffusion.commands.report import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

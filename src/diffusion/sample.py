@@ -1,5 +1,5 @@
-"""``python -m diffusion.sample``: see ``diffusion.commands.sample``."""
+"""``python -m diffusion.sample``: the command lives in ``diffusion.commands.sample``."""
 from diffusion.commands.sample import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""``python -m diffusion.train``: see ``diffusion.commands.train``."""
+"""``python -m diffusion.train``: the command lives in ``diffusion.commands.train``."""
 from diffusion.commands.train import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""``python -m diffusion.visualize``: see ``diffusion.commands.visualize``."""
+"""``python -m diffusion.visualize``: the command lives in ``diffusion.commands.visualize``."""
 from diffusion.commands.visualize import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -12,15 +12,11 @@ writes the JSON record (``bench.out``, by default under ``experiments/bench/``).
 
 from __future__ import annotations
 
-import sys
-
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from diffusion.commands.benchmarks.run import output_path, report, run_benchmark, write_record
-from diffusion.commands.launcher import USER_ERRORS, fail
-from diffusion.config.paths import CONF_DIR
+from diffusion.commands.launcher import launch
 
 
 def _hydra_argv(argv: list[str]) -> list[str]:
@@ -48,17 +44,13 @@ def bench(cfg: DictConfig, command: str = "python -m diffusion.bench") -> dict:
     return record
 
 
-def _main(cfg: DictConfig) -> None:
-    command = " ".join(["python -m diffusion.bench", *HydraConfig.get().overrides.task])
-    try:
-        bench(cfg, command)
-    except USER_ERRORS as exc:
-        fail(exc)
+def _work(cfg: DictConfig) -> None:
+    bench(cfg, " ".join(["python -m diffusion.bench", *HydraConfig.get().overrides.task]))
 
 
 def main() -> None:
-    sys.argv = [sys.argv[0], *_hydra_argv(sys.argv[1:])]
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")(_main)()
+    """``python -m diffusion.bench ...``; see the module docstring."""
+    launch("bench", _work, rewrite=_hydra_argv, distributed=False)
 
 
 if __name__ == "__main__":

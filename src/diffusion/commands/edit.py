@@ -15,9 +15,7 @@ import json
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
-from PIL import Image
 
 from diffusion.reporting import figures as viz
 from diffusion.runtime.device import resolve_device, resolve_precision
@@ -26,18 +24,20 @@ from diffusion.editing.img2img import check_strength
 from diffusion.editing.sources import read_input
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.runs.records import portable_arg, shell_word
-from diffusion.runs.folder import load_config
-from diffusion.sampling.sampler import SamplerSpec
-from diffusion.sampling.checks import (
+from diffusion.checks import (
     check_bool,
-    check_cli_config,
+    check_choice,
+    check_image_file,
     check_int,
     check_writable,
-    is_int,
-    labels_option,
-    run_command,
 )
-from diffusion.training.checkpoint import latest_checkpoint
+from diffusion.commands.launcher import launch
+from diffusion.config.build import build_scheduler
+from diffusion.config.keys import check_cli_config
+from diffusion.config.runs import run_config
+from diffusion.runs.load import newest_checkpoint
+from diffusion.sampling.checks import labels_option
+from diffusion.sampling.sampler import SamplerSpec
 
 TASKS = ("img2img", "inpaint", "invert", "interpolate")  # the order of TASK_RUNS
 # the settings each task's images depend on, beyond run, checkpoint, input, n, start, seed
@@ -64,14 +64,10 @@ def check_edit_config(cfg: DictConfig):
     """Every option, the inputs and the mask, before the model is loaded: (grid path, images,
     mask or None, labels or None, the sampler's spec)."""
     check_cli_config(cfg, "edit")
-    if cfg.task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {cfg.task!r}.")
-    run_cfg = load_config(cfg.run)
-    T = instantiate(run_cfg.scheduler).num_train_timesteps
-    spec = SamplerSpec.from_config(cfg.sampler)
-    if isinstance(spec.steps, list):
-        raise ValueError(f"sampler.steps must be one step count for diffusion.edit; got "
-                         f"{spec.steps}.")
+    check_choice("task", cfg.task, TASKS)
+    run_cfg = run_config(cfg.run)
+    T = build_scheduler(run_cfg).num_train_timesteps
+    spec = SamplerSpec.from_config(cfg.sampler).one_step_count("diffusion.edit")
     spec.check(T)
     check_task_sampler(cfg.task, spec)
     for key in ("n", "samples", "jump_length", "jump_n_sample", "batch_size"):
@@ -81,8 +77,7 @@ def check_edit_config(cfg: DictConfig):
     check_int("frames", cfg.frames, minimum=2)
     check_strength(cfg.strength)
     check_bool("save_tensors", cfg.save_tensors)
-    if not is_int(cfg.seed):
-        raise ValueError(f"seed must be an integer; got {cfg.seed!r}.")
+    check_int("seed", cfg.seed, minimum=None)
     resolve_precision(cfg.precision, resolve_device(cfg.device))
     images = read_input(cfg.input, cfg.n, cfg.start, run_cfg.data, cfg.data_root)
     if cfg.task == "interpolate" and len(images) < 2:
@@ -94,8 +89,7 @@ def check_edit_config(cfg: DictConfig):
         mask = mask_option(cfg.mask, len(images), size, cfg.seed).expand(len(images), -1, -1, -1)
     labels = labels_option(cfg.labels, len(images), run_cfg.model.get("num_classes"))
     grid = Path(cfg.out) if cfg.out else Path(cfg.run) / "edits" / f"{_stem(cfg)}.png"
-    if grid.suffix.lower() not in Image.registered_extensions():
-        raise ValueError(f"out must be an image file name such as grid.png; got {cfg.out!r}.")
+    check_image_file("out", grid)
     for path in (grid, grid.with_suffix(".json"), grid.with_suffix(".pt")):
         check_writable(path, "pass out=<file.png> in a folder you can write")
     return grid, images, mask, labels, spec
@@ -210,8 +204,7 @@ TASK_RUNS = {"img2img": _img2img, "inpaint": _inpaint, "invert": _invert,
 def edit(cfg: DictConfig) -> dict[str, Path]:
     """Edit as ``cfg`` says; returns the paths written."""
     grid, images, mask, labels, _ = check_edit_config(cfg)
-    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else latest_checkpoint(
-        Path(cfg.run) / "checkpoints")
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(cfg.run)
     pipe = DiffusionPipeline.from_run(cfg.run, checkpoint=checkpoint, device=cfg.device,
                                       precision=cfg.precision)
     rows, tensors, measured = TASK_RUNS[cfg.task](cfg, pipe, images, mask, labels)
@@ -232,7 +225,7 @@ def edit(cfg: DictConfig) -> dict[str, Path]:
 
 def main() -> None:
     """``python -m diffusion.edit ...``; see the module docstring."""
-    run_command("edit", edit)
+    launch("edit", edit)
 
 
 if __name__ == "__main__":

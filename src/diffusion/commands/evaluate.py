@@ -18,13 +18,12 @@ import shlex
 import time
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from diffusion.runtime import distributed as dist
 from diffusion.reporting import figures as viz
 from diffusion.runtime.device import resolve_device, resolve_precision
-from diffusion.errors import CheckpointError, ConfigError
+from diffusion.errors import ConfigError
 from diffusion.config.guidance import (
     GuidanceOptions,
     build_guidance,
@@ -37,16 +36,14 @@ from diffusion.metrics import FidResult
 from diffusion.config.metrics import build_scorer, check_metrics
 from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
 from diffusion.runs.records import entry_key, plot_entries, read_eval, write_eval
-from diffusion.runs.folder import load_config
+from diffusion.checks import check_bool, check_int, check_writable
+from diffusion.commands.launcher import launch
+from diffusion.config.build import build_scheduler
+from diffusion.config.keys import check_cli_config
+from diffusion.config.runs import run_config
+from diffusion.runs.load import newest_checkpoint
 from diffusion.sampling.sampler import SamplerSpec
-from diffusion.sampling.checks import (
-    check_bool,
-    check_cli_config,
-    check_writable,
-    is_int,
-    run_command,
-)
-from diffusion.training.checkpoint import latest_checkpoint, saved_step
+from diffusion.training.checkpoint import saved_step
 from diffusion.training.loggers import JsonlLogger
 
 
@@ -58,16 +55,15 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
     metrics.jsonl and the plot, so a read-only run fails now rather than after the scoring."""
     check_cli_config(cfg, "evaluate")
     run = Path(cfg.run)
-    run_cfg = load_config(run)
+    run_cfg = run_config(run)
     spec = SamplerSpec.from_config(cfg.sampler)
-    num_train_timesteps = instantiate(run_cfg.scheduler).num_train_timesteps
+    num_train_timesteps = build_scheduler(run_cfg).num_train_timesteps
     steps_list = spec.step_counts(num_train_timesteps)
     if not steps_list:
         raise ConfigError("sampler.steps must be one or more step counts, e.g. "
                           "sampler.steps=50 or sampler.steps=10,20,50; got none.")
     spec.check(num_train_timesteps, batch_size=cfg.batch_size)
-    if not is_int(cfg.n) or cfg.n < 2:
-        raise ConfigError(f"n must be an integer >= 2 (images per FID); got {cfg.n!r}.")
+    check_int("n", cfg.n, minimum=2, note=" (images per FID)")
     check_metrics(cfg.metrics)
     guidance = check_guidance_options(cfg, run_cfg, allow_lists=True)
     check_bool("plot", cfg.plot)
@@ -88,10 +84,7 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
 
     run_cfg, spec, steps_list, guided = check_evaluate_config(cfg)
     run = Path(cfg.run)
-    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else latest_checkpoint(run / "checkpoints")
-    if checkpoint is None:
-        raise CheckpointError(f"Run {run} has no checkpoints yet: train it longer "
-                              "(trainer.ckpt_every sets how often they are written).")
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(run)
     pipe = DiffusionPipeline.from_run(run, checkpoint=checkpoint, device=cfg.device,
                                       precision=cfg.precision,
                                       compile=cfg.get("compile", False))
@@ -191,7 +184,7 @@ def _list_overrides(argv: list[str], keys: tuple[str, ...] = (
 
 def main() -> None:
     """``python -m diffusion.evaluate ...``; see the module docstring."""
-    run_command("evaluate", evaluate, rewrite=_list_overrides)
+    launch("evaluate", evaluate, rewrite=_list_overrides)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,69 @@
-"""Helpers shared by the command-line entry points."""
+"""How every command starts and ends: compose its config, check it, run it, and turn a
+user's mistake into one sentence.
+
+Each ``diffusion.commands.<name>.main`` is ``launch("<name>", work)`` (train prepares its
+jobs first; ``samplers_oracle``, with its own flags, calls ``guarded``). A user's mistake,
+any of ``USER_ERRORS`` or a ``ValueError`` from a check, ends the program with
+``error: <one sentence>`` on stderr and exit status 1, the same way in every command; anything
+else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
-import random
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
 
-import numpy as np
-import torch
+import hydra
+from omegaconf import DictConfig
 
-from diffusion.errors import USER_ERRORS
+from diffusion.config.keys import check_overrides
 from diffusion.config.paths import CONF_DIR
+from diffusion.errors import USER_ERRORS
+from diffusion.runtime import distributed as dist
 
-__all__ = ["CONF_DIR", "USER_ERRORS", "fail", "seed_everything"]
+MISTAKES: tuple[type[BaseException], ...] = (*USER_ERRORS, ValueError)
+"""What a user can cause: ended in one sentence, not a traceback."""
 
 
-def fail(error: BaseException | str) -> None:
+def fail(error: BaseException | str) -> NoReturn:
     """End the program with one sentence on stderr and exit status 1."""
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def guarded(work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``work(*args, **kwargs)``, a user's mistake ending the program in one sentence."""
+    try:
+        return work(*args, **kwargs)
+    except MISTAKES as exc:
+        fail(exc)
+
+
+def launch(config_name: str, work: Callable[[DictConfig], Any], *,
+           rewrite: Callable[[list[str]], list[str]] = list, argv: list[str] | None = None,
+           config_dir: str | Path = CONF_DIR, check_keys: bool = True,
+           distributed: bool = True) -> None:
+    """Run ``work(cfg)`` on the config Hydra composes from ``config_dir/config_name.yaml``
+    and the command line (``argv``: given already prepared, else ``sys.argv`` through
+    ``rewrite``). ``check_keys``: every key is checked against the command's config before
+    Hydra sees it. ``distributed``: under torchrun the process group is set up around the
+    work, so every rank takes its share."""
+    if argv is None:
+        if check_keys:
+            guarded(check_overrides, sys.argv[1:], config_name)
+        argv = rewrite(sys.argv[1:])
+    sys.argv = [sys.argv[0], *argv]
+
+    def main(cfg: DictConfig) -> None:
+        if not distributed:
+            guarded(work, cfg)
+            return
+        dist.init_from_env()
+        try:
+            guarded(work, cfg)
+        finally:
+            dist.shutdown()
+
+    hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(main)()

@@ -25,13 +25,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from diffusion.reporting import figures as viz
-from diffusion.commands.launcher import USER_ERRORS, fail
+from diffusion.commands.launcher import launch
 from diffusion.metrics.fid import format_score
-from diffusion.config.paths import CONF_DIR
 from diffusion.runs.records import portable_arg, portable_path, read_eval, shell_word
 from diffusion.training.loggers import read_metrics
 
@@ -365,16 +363,19 @@ def _shown_job(job: Job, sweeps: list[Path]) -> str:
     return shown_path(job.path, job.path if job.path in sweeps else job.path.parent)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="report")
-def main(cfg: DictConfig) -> None:
+def report(cfg: DictConfig) -> Path:
+    """Write the report ``cfg`` (conf/report.yaml) asks for; returns its README."""
     sweeps = cfg.sweep if isinstance(cfg.sweep, ListConfig) else [cfg.sweep]
     sweeps = [Path(str(s)) for s in sweeps]
     out = Path(cfg.out) if cfg.out else Path("experiments") / sweeps[0].name
-    try:
-        readme = write_report(sweeps, out, cfg.title)
-    except (*USER_ERRORS, ValueError) as exc:
-        fail(exc)
+    readme = write_report(sweeps, out, cfg.title)
     print(f"report: {readme}")
+    return readme
+
+
+def main() -> None:
+    """``python -m diffusion.report sweep=<sweep folder> ...``; see the module docstring."""
+    launch("report", report, distributed=False)
 
 
 if __name__ == "__main__":

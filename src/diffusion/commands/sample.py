@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 
@@ -28,17 +27,13 @@ from diffusion.config.guidance import (
     load_options_classifier,
 )
 from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
-from diffusion.runs.folder import load_config
+from diffusion.checks import check_bool, check_image_file, check_int, check_writable, is_int
+from diffusion.commands.launcher import launch
+from diffusion.config.build import build_scheduler
+from diffusion.config.keys import check_cli_config
+from diffusion.config.runs import run_config
+from diffusion.sampling.checks import labels_option
 from diffusion.sampling.sampler import SamplerSpec
-from diffusion.sampling.checks import (
-    check_bool,
-    check_cli_config,
-    check_int,
-    check_writable,
-    is_int,
-    labels_option,
-    run_command,
-)
 
 
 def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, SamplerSpec, int,
@@ -51,18 +46,14 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Sam
     before minutes of sampling are spent rather than after.
     """
     check_cli_config(cfg, "sample")
-    run_cfg = load_config(cfg.run)
-    spec = SamplerSpec.from_config(cfg.sampler)
-    if isinstance(spec.steps, list):
-        raise ValueError(f"sampler.steps must be one step count for diffusion.sample; got "
-                         f"{spec.steps} (diffusion.evaluate takes several).")
-    num_train_timesteps = instantiate(run_cfg.scheduler).num_train_timesteps
+    run_cfg = run_config(cfg.run)
+    spec = SamplerSpec.from_config(cfg.sampler).one_step_count("diffusion.sample")
+    num_train_timesteps = build_scheduler(run_cfg).num_train_timesteps
     spec.check(num_train_timesteps, n=cfg.n, batch_size=cfg.batch_size)
     steps = spec.step_counts(num_train_timesteps)[0]
     guidance = check_guidance_options(cfg, run_cfg)
     labels = labels_option(cfg.labels, cfg.n, guidance.label_classes)
-    if not is_int(cfg.seed):
-        raise ValueError(f"seed must be an integer; got {cfg.seed!r}.")
+    check_int("seed", cfg.seed, minimum=None)
     check_int("chain_frames", cfg.chain_frames, minimum=2)
     check_int("chain_rows", cfg.chain_rows)
     for key in ("chain", "save_tensors"):
@@ -72,8 +63,7 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Sam
         compile_mode(cfg.compile)
     grid = (Path(cfg.out) if cfg.out
             else Path(cfg.run) / "samples" / f"{_stem(cfg, spec, steps)}.png")
-    if grid.suffix.lower() not in Image.registered_extensions():
-        raise ValueError(f"out must be an image file name such as grid.png; got {cfg.out!r}.")
+    check_image_file("out", grid)
     outputs = [grid]
     if cfg.save_tensors:
         outputs.append(grid.with_suffix(".pt"))
@@ -148,7 +138,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
 
 def main() -> None:
     """``python -m diffusion.sample ...``; see the module docstring."""
-    run_command("sample", sample)
+    launch("sample", sample)
 
 
 if __name__ == "__main__":

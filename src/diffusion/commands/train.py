@@ -38,7 +38,9 @@ from diffusion.config.build import (
     build_trainer_config,
     build_training_sampler,
 )
-from diffusion.commands.launcher import USER_ERRORS, fail, seed_everything
+from diffusion.commands.launcher import fail, launch
+from diffusion.errors import USER_ERRORS
+from diffusion.runtime.seed import seed_everything
 from diffusion.errors import ConfigError, RunError
 from diffusion.config.metrics import build_evaluator
 from diffusion.config.paths import CONF_DIR

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.config.build import build_classifier, build_datasets, build_scheduler
-from diffusion.commands.launcher import USER_ERRORS, fail, seed_everything
+from diffusion.commands.launcher import launch
+from diffusion.runtime.seed import seed_everything
 from diffusion.runtime.device import resolve_device
 from diffusion.errors import ConfigError
-from diffusion.config.paths import CONF_DIR
-from diffusion.runs.folder import check_writable, write_env
-from diffusion.sampling.checks import check_int, is_int
+from diffusion.checks import check_int, check_number, check_writable
+from diffusion.runs.folder import write_env
 from diffusion.training.classifier import ClassifierTrainer
 
 
@@ -29,18 +28,12 @@ def check_classifier_config(cfg: DictConfig) -> None:
     """The plain settings, before any data is read or weights allocated."""
     for key, minimum in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("eval_every", 0),
                          ("eval_n", 1), ("noise_levels", 1)):
-        try:
-            check_int(key, cfg[key], minimum=minimum)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        check_int(key, cfg[key], minimum=minimum)
     for key in ("lr", "weight_decay"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int | float) or cfg[key] < 0:
-            raise ConfigError(f"{key} must be a number >= 0; got {cfg[key]!r}.")
-    if not is_int(cfg.seed):
-        raise ConfigError(f"seed must be an integer; got {cfg.seed!r}.")
-    if cfg.noise_levels > cfg.scheduler.num_train_timesteps:
-        raise ConfigError(f"noise_levels must be at most scheduler.num_train_timesteps="
-                          f"{cfg.scheduler.num_train_timesteps}; got {cfg.noise_levels}.")
+        check_number(key, cfg[key], minimum=0)
+    check_int("seed", cfg.seed, minimum=None)
+    check_int("noise_levels", cfg.noise_levels, maximum=cfg.scheduler.num_train_timesteps,
+              note=" (scheduler.num_train_timesteps)")
 
 
 def train_classifier(cfg: DictConfig, run_dir: Path) -> dict:
@@ -54,7 +47,8 @@ def train_classifier(cfg: DictConfig, run_dir: Path) -> dict:
     model = build_classifier(cfg)
     scheduler = build_scheduler(cfg)
     train_set, test_set = build_datasets(cfg.data)
-    check_writable(run_dir, "the run folder", "set paths.runs_dir to a writable folder.")
+    check_writable(run_dir, "set paths.runs_dir to a writable folder", folder=True,
+                   what="the run folder")
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     write_env(run_dir, cfg.seed, device)
     trainer = ClassifierTrainer(
@@ -70,17 +64,13 @@ def train_classifier(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train_classifier")
-def _main(cfg: DictConfig) -> None:
-    try:
-        train_classifier(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except USER_ERRORS as exc:
-        fail(exc)
+def _work(cfg: DictConfig) -> None:
+    train_classifier(cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 def main() -> None:
     """``python -m diffusion.train_classifier ...``; see the module docstring."""
-    _main()
+    launch("train_classifier", _work, distributed=False)
 
 
 if __name__ == "__main__":

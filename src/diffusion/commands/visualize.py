@@ -12,15 +12,12 @@ there); otherwise to ``out=`` or ``./<figure>_<data>.png``. The denoising chain 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.reporting import figures as viz
-from diffusion.commands.launcher import USER_ERRORS, fail
-from diffusion.config.paths import CONF_DIR
+from diffusion.commands.launcher import launch
 from diffusion.runs.records import read_eval
 from diffusion.training.loggers import WandbLogger, read_metrics
 
@@ -73,21 +70,16 @@ def visualize(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="visualize")
-def _main(cfg: DictConfig) -> None:
-    try:
-        visualize(cfg)
-    except (*USER_ERRORS, ValueError) as exc:
-        fail(exc)
+def _figure_word(args: list[str]) -> list[str]:
+    """The first bare word names the figure: ``visualize forward`` is ``figure=forward``."""
+    if args and "=" not in args[0] and not args[0].startswith("-"):
+        return [f"figure={args[0]}", *args[1:]]
+    return args
 
 
 def main() -> None:
-    """The first bare word names the figure: ``visualize forward`` is ``figure=forward``."""
-    args = sys.argv[1:]
-    if args and "=" not in args[0] and not args[0].startswith("-"):
-        args = [f"figure={args[0]}", *args[1:]]
-    sys.argv = [sys.argv[0], *args]
-    _main()
+    """``python -m diffusion.visualize <figure> ...``; see the module docstring."""
+    launch("visualize", visualize, rewrite=_figure_word, distributed=False)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,12 @@ from diffusion.data import dataset_info
 from diffusion.runtime.device import resolve_device
 from diffusion.errors import ConfigError, DatasetNotFoundError
 from diffusion.training.objectives import Objective
-from diffusion.sampling.sampler import OLD_TRAINER_KEYS, training_sampler
-from diffusion.sampling.checks import moved_key_message
+from diffusion.config.legacy import (
+    OLD_TRAINER_OBJECTIVE_KEYS,
+    OLD_TRAINER_SAMPLER_KEYS,
+    moved_key_message,
+)
+from diffusion.config.sampler import training_sampler
 
 
 def _instantiate(group: str, node: DictConfig, **kwargs):
@@ -77,7 +81,8 @@ def build_trainer_config(cfg: DictConfig):
     ``sampler`` group are left to ``training_sampler``; anywhere else they are refused with
     where they went."""
     node = cfg.trainer
-    for keys, group in ((OLD_TRAINER_KEYS, "sampler"), (OLD_OBJECTIVE_KEYS, "objective")):
+    for keys, group in ((OLD_TRAINER_SAMPLER_KEYS, "sampler"),
+                        (OLD_TRAINER_OBJECTIVE_KEYS, "objective")):
         old = [key for key in keys if key in node]
         if old and cfg.get(group) is not None:
             raise ConfigError(moved_key_message(f"trainer.{old[0]}"))
@@ -87,10 +92,6 @@ def build_trainer_config(cfg: DictConfig):
     return _instantiate("trainer", node)
 
 
-OLD_OBJECTIVE_KEYS = ("loss", "huber_delta")
-"""``trainer.*`` keys of run folders from before the ``objective`` group."""
-
-
 def build_objective(cfg: DictConfig, scheduler) -> Objective:
     """The ``objective`` group's Objective over the training ``scheduler``. A run folder
     from before the group trained its scheduler's target, unweighted, with trainer.loss."""
@@ -98,7 +99,7 @@ def build_objective(cfg: DictConfig, scheduler) -> Objective:
     try:
         if node is None:
             trainer = cfg.get("trainer") or {}
-            return Objective(scheduler, **{k: trainer[k] for k in OLD_OBJECTIVE_KEYS
+            return Objective(scheduler, **{k: trainer[k] for k in OLD_TRAINER_OBJECTIVE_KEYS
                                            if k in trainer})
         return _instantiate("objective", node)(scheduler)
     except ValueError as exc:

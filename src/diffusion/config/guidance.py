@@ -17,7 +17,8 @@ from torch import nn
 
 from diffusion.errors import ConfigError
 from diffusion.sampling.guidance import Guidance
-from diffusion.runs.folder import load_classifier, load_config
+from diffusion.config.runs import run_config
+from diffusion.runs.load import load_classifier
 
 NOISE_PROCESS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
                  "rescale_betas_zero_snr")
@@ -52,7 +53,7 @@ class GuidanceOptions:
 
 def check_classifier_run(classifier: str, run: str, run_cfg: DictConfig) -> DictConfig:
     """The classifier run's config; it must classify the run's data under its noise process."""
-    cfg = load_config(classifier)
+    cfg = run_config(classifier, key="classifier")
     if "classifier_net" not in cfg:
         raise ConfigError(f"classifier={classifier} is not a classifier run: pass a folder "
                           "that diffusion.train_classifier printed.")

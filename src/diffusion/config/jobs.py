@@ -41,8 +41,8 @@ from diffusion.config.build import (
     validate,
 )
 from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
-from diffusion.runs.folder import check_writable
-from diffusion.sampling.checks import MOVED_KEYS, moved_key_message
+from diffusion.checks import check_writable
+from diffusion.config.legacy import MOVED_KEYS, moved_key_message
 from diffusion.training.checkpoint import latest_checkpoint, step_of
 
 FROZEN_ON_RESUME = ("model", "scheduler", "data.name", "data.channels", "data.image_size",
@@ -280,8 +280,8 @@ def check_resume(run: Path, cfg: DictConfig) -> Resume:
     """Check that ``cfg`` (the run's config with this command's overrides) can continue
     ``run``; returns what it resumes from and what it changes. Raises NothingToDo when the
     run is already at ``trainer.max_steps``."""
-    check_writable(run, "the run folder",
-                   "copy the run folder to a writable place and resume the copy.")
+    check_writable(run, "copy the run folder to a writable place and resume the copy",
+                   folder=True, what="the run folder")
     checkpoint = latest_checkpoint(run / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"Nothing to resume in {run}: it has no checkpoints/step_*.pt; "

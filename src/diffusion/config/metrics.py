@@ -18,8 +18,8 @@ from diffusion.errors import ConfigError
 from diffusion.metrics.features import load_feature_network
 from diffusion.metrics.fid import DataRef, FidEvaluator, FidScorer
 from diffusion.metrics.inception import InceptionFeatures
-from diffusion.sampling.sampler import training_sampler
-from diffusion.sampling.checks import check_bool, check_int, is_int
+from diffusion.config.sampler import training_sampler
+from diffusion.checks import check_bool, check_int
 
 FEATURES = ("domain", "inception")
 
@@ -84,8 +84,7 @@ def check_metrics(metrics: DictConfig) -> None:
     check_int("metrics.batch_size", metrics.batch_size)
     check_int("metrics.kid_subset_size", metrics.kid_subset_size)
     check_bool("metrics.kid", metrics.kid)
-    if not is_int(metrics.seed):
-        raise ConfigError(f"metrics.seed must be an integer; got {metrics.seed!r}.")
+    check_int("metrics.seed", metrics.seed, minimum=None)
     if metrics.get("reference_n") is not None:
         check_int("metrics.reference_n", metrics.reference_n, minimum=2)
     if metrics.get("feature_epochs") is not None:

@@ -29,7 +29,7 @@ import math
 import torch
 
 from diffusion.editing.inputs import check_edit, in_batches
-from diffusion.sampling.checks import check_int
+from diffusion.checks import check_int
 from diffusion.schedulers import DDIMScheduler
 
 

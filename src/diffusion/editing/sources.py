@@ -3,10 +3,10 @@ split of the run's dataset, read into (N, C, H, W) tensors in [-1, 1] of the mod
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
 from diffusion.data import Preprocess, build_dataset, dataset_info, to_model_range
@@ -26,20 +26,20 @@ def read_image(path: Path, channels: int, image_size: int) -> torch.Tensor:
     return to_model_range(Preprocess(image_size, center_crop=True)(pixels))
 
 
-def read_input(option: str, n: int, start: int, data: DictConfig,
+def read_input(option: str, n: int, start: int, data: Mapping,
                data_root: str | None = None) -> torch.Tensor:
     """``n`` images from ``option`` (file, folder (its images by name), or data split; from
     index ``start`` of a folder or split), for a model trained on ``data``."""
-    channels, size = int(data.channels), int(data.image_size)
-    splits = dataset_info(data.name).splits
+    channels, size = int(data["channels"]), int(data["image_size"])
+    splits = dataset_info(data["name"]).splits
     path = Path(str(option))
     if option in splits and not path.exists():
-        dataset = build_dataset(data.name, split=option, root=data_root or data.get("root"),
+        dataset = build_dataset(data["name"], split=option, root=data_root or data.get("root"),
                                 image_size=data.get("image_size"),
                                 center_crop=bool(data.get("center_crop")), download=False)
         if start >= len(dataset):
             raise ValueError(f"start={start} is past the {len(dataset)} images of "
-                             f"{data.name}/{option}: pass a smaller start.")
+                             f"{data['name']}/{option}: pass a smaller start.")
         return torch.stack([dataset[i][0] for i in range(start, min(start + n, len(dataset)))])
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -50,4 +50,4 @@ def read_input(option: str, n: int, start: int, data: DictConfig,
     if path.is_file():
         return read_image(path, channels, size).unsqueeze(0)
     raise ValueError(f"input must be an image file, a folder of images or a split of "
-                     f"{data.name} ({', '.join(splits)}); got {option!r}.")
+                     f"{data['name']} ({', '.join(splits)}); got {option!r}.")

@@ -1,4 +1,4 @@
-"""Run folders: what a run writes about itself, and how to load one back.
+"""Run folders: making one and what a run writes about itself (``runs.load`` reads one back).
 
 A run folder (``runs/<name>/<date>_<time>/``) holds ``config.yaml`` (the resolved config
 that resume, sampling and evaluation read; ``.hydra/`` keeps Hydra's own copy with its
@@ -16,14 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
-from diffusion.errors import CheckpointError, RunError
-from diffusion.training.checkpoint import latest_checkpoint, load
+from diffusion.errors import RunError
 
 MAX_DIFF_BYTES = 1_000_000
 
@@ -54,7 +51,6 @@ def git_state(cwd: str | Path | None = None) -> dict:
 
 def environment(seed: int | None = None, device: torch.device | None = None) -> dict:
     """Everything needed to say later how a run was produced."""
-    import hydra
     import torchvision
 
     env = {
@@ -65,7 +61,7 @@ def environment(seed: int | None = None, device: torch.device | None = None) -> 
         "platform": platform.platform(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
-        "hydra": hydra.__version__,
+        "hydra": _version("hydra-core"),
         "cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
         "device": str(device) if device is not None else None,
@@ -94,28 +90,11 @@ def create_run_dir(path: str | Path) -> Path:
                 continue
     except OSError as exc:
         blocking = next((p for p in path.parents if p.exists()), path.parent)
-        raise RunError(f"Cannot create the run folder {path} ({_reason(exc)}): make "
+        raise RunError(f"Cannot create the run folder {path} ({(exc.strerror or type(exc).__name__).lower()}): make "
                        f"{blocking} writable or set paths.runs_dir to a writable folder."
                        ) from None
     raise RunError(f"Cannot create the run folder {path}: 1000 folders of that name exist; "
                    "clean up or set paths.runs_dir elsewhere.")
-
-
-def check_writable(folder: str | Path, what: str, fix: str) -> None:
-    """Fail now, with one sentence, if files cannot be created in ``folder``: better than
-    after minutes of work. ``what`` names the folder's role, ``fix`` says what to do."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise RunError(f"Cannot write to {what} {folder} ({_reason(exc)}): {fix}") from None
-
-
-def _reason(exc: OSError) -> str:
-    return (exc.strerror or type(exc).__name__).lower()
 
 
 def write_env(run_dir: str | Path, seed: int | None, device: torch.device | None,
@@ -125,41 +104,8 @@ def write_env(run_dir: str | Path, seed: int | None, device: torch.device | None
     return path
 
 
-def load_config(run: str | Path):
-    """The composed config a run was started with."""
-    run = Path(run)
-    cfg_file = run / "config.yaml"  # resolved at start; .hydra/config.yaml keeps interpolations
-    if not cfg_file.is_file():
-        raise RunError(f"{run} is not a run folder (no config.yaml): pass the folder "
-                       "that diffusion.train printed, e.g. runs/<name>/<date>_<time>.")
-    return OmegaConf.load(cfg_file)
-
-
-def load_run(run: str | Path, checkpoint: str | Path | None = None):
-    """(model with EMA weights, training scheduler, config) of a run folder."""
-    run = Path(run)
-    cfg = load_config(run)
-    if checkpoint is None:
-        checkpoint = latest_checkpoint(run / "checkpoints")
-        if checkpoint is None:
-            raise CheckpointError(f"Run {run} has no checkpoints yet: train it longer "
-                                  "(trainer.ckpt_every sets how often they are written).")
-    state = load(checkpoint)
-    model = instantiate(cfg.model)
-    model.load_state_dict(state["ema"]["model"])
-    scheduler = instantiate(cfg.scheduler)
-    return model, scheduler, cfg
-
-
-def load_classifier(run: str | Path, checkpoint: str | Path | None = None):
-    """The noise-aware classifier of a ``diffusion.train_classifier`` run folder, with the
-    weights of ``checkpoint`` (default: its newest), in eval mode."""
-    run = Path(run)
-    cfg = load_config(run)
-    checkpoint = checkpoint or latest_checkpoint(run / "checkpoints")
-    if checkpoint is None:
-        raise CheckpointError(f"Classifier run {run} has no checkpoints yet: let "
-                              "diffusion.train_classifier finish (it saves at the last step).")
-    model = instantiate(cfg.classifier_net)
-    model.load_state_dict(load(checkpoint)["model"])
-    return model.eval()
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

@@ -20,14 +20,10 @@ from diffusion.runtime import distributed as dist
 from diffusion import editing
 from diffusion.runtime.device import autocast, resolve_device, resolve_precision
 from diffusion.sampling.guidance import Guidance
-from diffusion.runs.folder import load_run
-from diffusion.sampling.checks import (
-    SAMPLER_PRESETS,
-    SAMPLERS,
-    check_int,
-    check_labels,
-    check_sampling,
-)
+from diffusion.checks import check_int
+from diffusion.errors import ConfigError
+from diffusion.runs.load import load_run
+from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS, check_labels, check_sampling
 from diffusion.schedulers import NoiseScheduler
 
 NoiseFn = Callable[[int, int], torch.Tensor]  # (start, size) -> x_T of that chunk
@@ -69,8 +65,8 @@ def compile_mode(compile: bool | str) -> str | None:
     if compile is True:
         return None
     if compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}; "
-                         f"got {compile!r}.")
+        raise ConfigError(f"compile must be true, false or one of {', '.join(COMPILE_MODES)}; "
+                          f"got {compile!r}.")
     return None if compile == "default" else compile
 
 
@@ -112,12 +108,14 @@ class DiffusionPipeline:
                  device: str | torch.device = "auto", precision: str = "auto",
                  compile: bool | str = False, channels_last: bool | None = None):
         """Build from a run folder: its config, and the EMA weights of its newest checkpoint.
-        ``channels_last=None`` follows the run's ``trainer.channels_last``."""
+        ``channels_last=None`` follows the run's ``trainer.channels_last``. A folder that is
+        not a run, has no checkpoint yet or whose checkpoint does not fit its config raises
+        ``RunError`` or ``CheckpointError`` with one sentence saying what to do."""
         model, scheduler, cfg = load_run(run, checkpoint=checkpoint)
-        shape = (int(cfg.data.channels), int(cfg.data.image_size), int(cfg.data.image_size))
+        channels, size = int(cfg["data"]["channels"]), int(cfg["data"]["image_size"])
         if channels_last is None:
-            channels_last = bool(cfg.get("trainer", {}).get("channels_last", False))
-        return cls(model, scheduler, shape, device=device, precision=precision, compile=compile,
+            channels_last = bool((cfg.get("trainer") or {}).get("channels_last", False))
+        return cls(model, scheduler, (channels, size, size), device=device, precision=precision, compile=compile,
                    channels_last=channels_last)
 
     @torch.no_grad()

@@ -16,15 +16,14 @@ reverse step and the options above change.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from diffusion.config.paths import CONF_DIR
 from diffusion.sampling.pipeline import make_sampler
-from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS, check_int, check_sampling
+from diffusion.checks import check_int
+from diffusion.errors import ConfigError
+from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS, check_sampler, check_sampling
 from diffusion.schedulers import NoiseScheduler
 
 GENERIC_KEYS = ("name", "steps", "timestep_spacing")
@@ -66,17 +65,14 @@ class SamplerSpec:
         """The spec of a ``sampler`` config node; an unknown sampler or option is a
         one-sentence ValueError naming ``key`` as the user types it."""
         node = dict(node)
-        name = node.get("name")
-        if name not in SAMPLERS:
-            raise ValueError(f"{key} must be one of {', '.join(sorted(SAMPLERS))}; "
-                             f"got {name!r}.")
+        name = check_sampler(node.get("name"), key)
         options = {k: v for k, v in node.items() if k not in GENERIC_KEYS}
         unknown = sorted(set(options) - sampler_options(name))
         if unknown:
-            raise ValueError(f"{key}.{unknown[0]} is not an option of {key}={name}: use one of "
+            raise ConfigError(f"{key}.{unknown[0]} is not an option of {key}={name}: use one of "
                              f"{', '.join([*GENERIC_KEYS, *sorted(sampler_options(name))])}.")
         steps = node.get("steps")
-        if isinstance(steps, list | tuple) or OmegaConf.is_list(steps):
+        if isinstance(steps, Sequence) and not isinstance(steps, str):
             steps = list(steps)
         return cls(name, steps, node.get("timestep_spacing"), options)
 
@@ -88,6 +84,14 @@ class SamplerSpec:
     def stochastic(self) -> bool:
         """Whether its steps draw noise (its images then depend on the batching)."""
         return SAMPLERS[self.name](**{**SAMPLER_PRESETS[self.name], **self.options}).stochastic
+
+    def one_step_count(self, used_by: str) -> SamplerSpec:
+        """Itself, if ``steps`` is one count (``used_by`` takes one; only diffusion.evaluate
+        takes several)."""
+        if isinstance(self.steps, list):
+            raise ConfigError(f"sampler.steps must be one step count for {used_by}; got "
+                              f"{self.steps} (diffusion.evaluate takes several).")
+        return self
 
     def step_counts(self, num_train_timesteps: int) -> list[int]:
         """``steps`` as a list, None meaning every training step."""
@@ -108,7 +112,7 @@ class SamplerSpec:
         except ValueError as exc:
             message = str(exc)
             named = message.split(" ", 1)[0] in self.options
-            raise ValueError(f"{key}.{message}" if named else message) from None
+            raise ConfigError(f"{key}.{message}" if named else message) from None
 
     def build(self, train_scheduler: NoiseScheduler) -> NoiseScheduler:
         """The scheduler over ``train_scheduler``'s noise process (betas, prediction type,
@@ -123,31 +127,3 @@ class SamplerSpec:
         defaults = default_options(self.name)
         return {k: v for k, v in sorted(self.options.items())
                 if k != "eta" and defaults.get(k) != v}
-
-
-OLD_TRAINER_KEYS = {"sampler": "name", "sample_steps": "steps",
-                    "sample_spacing": "timestep_spacing"}
-"""``trainer.*`` sampling keys of run folders from before the ``sampler`` group, and theirs."""
-
-
-def training_sampler(cfg: Mapping[str, Any]) -> SamplerSpec:
-    """The sampler of a training config's grids and periodic FID: its ``sampler`` group, one
-    step count. A run folder from before the group states it as ``trainer.sampler``,
-    ``trainer.sample_steps`` and ``trainer.sample_spacing``, which are read instead."""
-    node = cfg.get("sampler")
-    if node is None:
-        trainer = cfg.get("trainer") or {}
-        node = {"name": "ddim", "steps": 50, "timestep_spacing": "trailing",
-                **{new: trainer[old] for old, new in OLD_TRAINER_KEYS.items() if old in trainer}}
-    spec = SamplerSpec.from_config(node)
-    if isinstance(spec.steps, list):
-        raise ValueError(f"sampler.steps must be one step count for the training grids and "
-                         f"periodic FID; got {spec.steps}.")
-    return spec
-
-
-def named_sampler(name: str, key: str = "sampler") -> SamplerSpec:
-    """The spec ``conf/sampler/<name>.yaml`` states (what ``sampler=<name>`` gives)."""
-    if name not in SAMPLERS:
-        raise ValueError(f"{key} must be one of {', '.join(sorted(SAMPLERS))}; got {name!r}.")
-    return SamplerSpec.from_config(OmegaConf.load(CONF_DIR / "sampler" / f"{name}.yaml"), key)

@@ -1,0 +1,93 @@
+"""Which keys a command's config knows, checked before Hydra composes it.
+
+Hydra's own errors for an unknown key are several lines ending in advice about stack traces,
+and its ``+key=value`` adds any key, so a misspelt ``+y=3`` would be ignored. The keys a
+command takes are read from its primary config (``conf/<command>.yaml``) and its groups'
+options; an unknown one is refused in one sentence that lists the known ones, an old one
+says where it went (``diffusion.config.legacy``).
+"""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from diffusion.config.legacy import MOVED_KEYS, moved_key_message
+from diffusion.config.paths import CONF_DIR
+from diffusion.errors import ConfigError
+from diffusion.runs.load import RUN_EXAMPLE
+
+RUN_REQUIRED = ("run= is required: pass the run folder diffusion.train printed, "
+                f"e.g. run={RUN_EXAMPLE}.")
+
+
+def known_keys(config_name: str) -> dict[str, set[str] | None]:
+    """The keys ``conf/<config_name>.yaml`` defines: {key: None} for a plain key,
+    {group: keys of any of its options} for a config group from the defaults list."""
+    conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
+    keys: dict[str, set[str] | None] = {k: None for k in conf if k not in ("defaults", "hydra")}
+    for group in default_choices(config_name):
+        keys[group] = {k for option in group_options(group) for k in option_keys(group, option)}
+    return keys
+
+
+def default_choices(config_name: str) -> dict[str, str | None]:
+    """{group: its default option} of ``conf/<config_name>.yaml``'s defaults list."""
+    conf = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{config_name}.yaml"))
+    return {group: option for entry in conf.get("defaults", []) if isinstance(entry, dict)
+            for group, option in entry.items()
+            if "/" not in group and (CONF_DIR / group).is_dir()}
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def option_keys(group: str, option: str) -> set[str]:
+    return set(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
+
+
+def _check_key(key: str, sub: str | None, known: dict[str, set[str] | None],
+               config_name: str, option: str | None = None) -> None:
+    if key not in known:
+        if key in MOVED_KEYS:
+            raise ConfigError(moved_key_message(key))
+        raise ConfigError(f"{key} is not a diffusion.{config_name} option: use one of "
+                         f"{', '.join(sorted(known))}.")
+    keys = option_keys(key, option) if option is not None else known[key]
+    if sub is not None and keys is not None and sub not in keys:
+        what = f"an option of {key}={option}" if option is not None else f"a {key} option"
+        raise ConfigError(f"{key}.{sub} is not {what}: use one of {', '.join(sorted(keys))}.")
+
+
+def check_overrides(argv: list[str], config_name: str) -> None:
+    """Plain ``key=value`` arguments name known keys, and a group's option exists and has
+    the keys set below it (``sampler=euler sampler.eta=1`` is refused); checked before
+    Hydra, whose own errors are several lines ending in advice about stack traces."""
+    known = known_keys(config_name)
+    choices = default_choices(config_name)
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key in choices:
+            if value not in group_options(key):
+                raise ConfigError(f"{key} must be one of {', '.join(group_options(key))}; "
+                                 f"got {value!r}.")
+            choices[key] = value
+    for arg in argv:
+        key, eq, _ = arg.partition("=")
+        if not eq or key.startswith(("+", "~", "-", "hydra")) or "@" in key:
+            continue  # Hydra's own syntax (+add, ~delete, flags, packages) and hydra.*
+        top, _, sub = key.partition(".")
+        _check_key(top, sub.partition(".")[0] or None, known, config_name, choices.get(top))
+
+
+def check_cli_config(cfg, config_name: str) -> None:
+    """``run=`` is set and every key is one ``conf/<config_name>.yaml`` knows: Hydra's
+    ``+key=value`` adds any key, so a misspelt ``+y=3`` would otherwise be ignored."""
+    known = known_keys(config_name)
+    for key in cfg:
+        _check_key(key, None, known, config_name)
+        if known[key] is not None and OmegaConf.is_dict(cfg[key]):
+            for sub in cfg[key]:
+                _check_key(key, sub, known, config_name)
+    if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
+        raise ConfigError(RUN_REQUIRED)

@@ -1,0 +1,144 @@
+"""Loading a run folder back without Hydra: its config as plain data, the objects it names,
+its newest checkpoint, and the trained model.
+
+A run folder's ``config.yaml`` is the resolved config the run started with, so plain YAML
+reads it; objects are built from their ``_target_`` nodes by ``instantiate`` below, which does
+what the run folders need of Hydra's (a class or function by its dotted name, its arguments,
+nested targets, ``_partial_``). So a notebook loads a run with this package alone, and the
+library stays free of the command line's config machinery.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from diffusion.errors import CheckpointError, ConfigError, RunError
+from diffusion.training.checkpoint import latest_checkpoint, load
+
+RUN_EXAMPLE = "runs/<name>/<date>_<time>"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's floats (``1e-4`` without a dot), as OmegaConf writes and reads them."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+               |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+               |\.[0-9_]+(?:[eE][-+][0-9]+)?
+               |[-+]?\.(?:inf|Inf|INF)
+               |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def not_a_run(run: str | Path, key: str = "run") -> RunError:
+    """The one sentence for a path that is not a run folder."""
+    return RunError(f"{key}={run} is not a run folder (no config.yaml in it): pass the folder "
+                    f"that diffusion.train printed, e.g. {RUN_EXAMPLE}.")
+
+
+def read_config(run: str | Path, key: str = "run") -> dict:
+    """The resolved config ``run`` was started with, as plain dicts and lists."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise not_a_run(run, key)
+    try:
+        cfg = yaml.load(path.read_text(), Loader=_Loader)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} no longer reads as YAML ({str(exc).splitlines()[0]}): restore "
+                       "it from .hydra/config.yaml in the same folder or from a copy.") from None
+    if not isinstance(cfg, dict):
+        raise RunError(f"{path} holds no config: restore it from .hydra/config.yaml in the "
+                       "same folder or from a copy.")
+    return cfg
+
+
+def newest_checkpoint(run: str | Path, fix: str = "train it longer (trainer.ckpt_every sets "
+                      "how often they are written)") -> Path:
+    """The newest ``checkpoints/step_*.pt`` of ``run``, or the one sentence saying there is
+    none yet and ``fix``."""
+    checkpoint = latest_checkpoint(Path(run) / "checkpoints")
+    if checkpoint is None:
+        raise CheckpointError(f"Run {run} has no checkpoints yet: {fix}.")
+    return checkpoint
+
+
+def locate(target: str) -> Any:
+    """The object a dotted ``_target_`` names (``diffusion.models.AttentionUNet``): the longest
+    importable module prefix, then attributes."""
+    parts = str(target).split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            if not hasattr(found, attribute):
+                break
+            found = getattr(found, attribute)
+        else:
+            return found
+        break
+    raise ConfigError(f"_target_ {target} names nothing importable: check its spelling.")
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """``node`` with every mapping that has a ``_target_`` replaced by the object it builds
+    (``_partial_: true``: a ``functools.partial`` of it); ``kwargs`` add to the outer call."""
+    if isinstance(node, list | tuple):
+        return [instantiate(item) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    args = {k: instantiate(v) for k, v in node.items() if k not in ("_target_", "_partial_")}
+    if "_target_" not in node:
+        return {**args, **kwargs}
+    factory = locate(node["_target_"])
+    args.update(kwargs)
+    return functools.partial(factory, **args) if node.get("_partial_") else factory(**args)
+
+
+def load_state(model, state: Mapping, what: str, path: Path) -> None:
+    """``model.load_state_dict(state)``, a mismatch said in one sentence naming ``path``."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} does not hold the {what} that config.yaml describes "
+                              f"({first}): pass a checkpoint of this run, or restore the run's "
+                              "config.yaml.") from None
+
+
+def load_run(run: str | Path, checkpoint: str | Path | None = None):
+    """(model with EMA weights, training scheduler, config dict) of a run folder."""
+    cfg = read_config(run)
+    if "model" not in cfg or "scheduler" not in cfg:
+        raise RunError(f"run={run} is not a diffusion run (its config.yaml has no model and "
+                       "scheduler; a classifier run goes to classifier=): pass the folder "
+                       f"that diffusion.train printed, e.g. {RUN_EXAMPLE}.")
+    path = Path(checkpoint) if checkpoint is not None else newest_checkpoint(run)
+    state = load(path)
+    model = instantiate(cfg["model"])
+    if "ema" not in state:
+        raise CheckpointError(f"{path} holds no EMA weights (not a diffusion.train "
+                              "checkpoint): pass a checkpoint from this run's checkpoints/.")
+    load_state(model, state["ema"]["model"], "network", path)
+    return model, instantiate(cfg["scheduler"]), cfg
+
+
+def load_classifier(run: str | Path, checkpoint: str | Path | None = None):
+    """The noise-aware classifier of a ``diffusion.train_classifier`` run folder, with the
+    weights of ``checkpoint`` (default: its newest), in eval mode."""
+    cfg = read_config(run, key="classifier")
+    path = Path(checkpoint) if checkpoint is not None else newest_checkpoint(
+        run, "let diffusion.train_classifier finish (it saves at the last step)")
+    model = instantiate(cfg["classifier_net"])
+    load_state(model, load(path)["model"], "classifier", path)
+    return model.eval()
