@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from diffusion.data import ImageDataset, dataset_info
 from diffusion.config.paths import CONF_DIR
-from diffusion.config.jobs import flatten
+from diffusion.config.preflight import flatten
 from hydra_utils import compose_config
 
 

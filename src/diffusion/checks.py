@@ -109,9 +109,14 @@ def check_writable(path: str | Path, fix: str, folder: bool = False, what: str =
     the nearest existing folder is probed with a temporary file (root passes ``os.access``
     everywhere, so a real write is the only test that holds for every user and file system)."""
     path = Path(path)
-    if not folder and path.is_dir():
+    if folder:  # the caller writes into it next, so it is made here (with its parents)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            pass  # the probe below names the folder that refuses
+    elif path.is_dir():
         raise ConfigError(f"{path} is a folder, not a file: {fix}.")
-    probe = path if folder else path.parent
+    probe = path if folder and path.is_dir() else path.parent
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():

@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import hydra
 import torch
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
@@ -28,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.runtime import distributed as dist
-from diffusion.config import jobs as preflight
+from diffusion.config import preflight
 from diffusion.config.build import (
     build_datasets,
     build_logger,
@@ -38,13 +37,13 @@ from diffusion.config.build import (
     build_trainer_config,
     build_training_sampler,
 )
-from diffusion.commands.launcher import fail, launch
+from diffusion.commands.launcher import fail, guarded, launch
 from diffusion.errors import USER_ERRORS
 from diffusion.runtime.seed import seed_everything
 from diffusion.errors import ConfigError, RunError
 from diffusion.config.metrics import build_evaluator
 from diffusion.config.paths import CONF_DIR
-from diffusion.config.jobs import NothingToDo, check_config, check_resume
+from diffusion.config.preflight import NothingToDo, check_config, check_resume
 from diffusion.runs.folder import create_run_dir, write_env
 from diffusion.training.trainer import Trainer
 
@@ -281,14 +280,12 @@ def main() -> None:
         sweep_dir = None
     else:
         try:
-            argv, config_path, config_name, sweep_dir = _prepare(options)
+            argv, config_path, config_name, sweep_dir = guarded(_prepare, options)
         except preflight.NothingToDo as done:
             print(done)
             return
-        except USER_ERRORS as exc:
-            fail(exc)
-    sys.argv = [sys.argv[0], *argv]
-    hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(_main)()
+    launch(config_name, _main, argv=argv, config_dir=config_path, distributed=False,
+           job_name="train")
     if sweep_dir is not None:
         jobs = len(preflight.split_jobs(
             [a for a in options.overrides if not preflight.is_hydra_key(a)], True))
