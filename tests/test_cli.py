@@ -62,7 +62,7 @@ def test_cli_bad_value_is_one_sentence_and_exit_1(tmp_path, tiny_mnist_root):
                   f"paths.data_dir={tiny_mnist_root}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: trainer.max_steps must be a positive integer; got -5.")
+        "error: trainer.max_steps must be an integer >= 1; got -5.")
     assert "Traceback" not in result.stderr
 
 
@@ -109,7 +109,7 @@ def test_own_primary_config_reaches_the_checks(tmp_path):
     conf = write_user_conf(tmp_path / "my_conf")
     (conf / "mine.yaml").write_text("defaults:\n  - train\n  - _self_\n"
                                     "trainer:\n  max_steps: -1\n")
-    with pytest.raises(ConfigError, match="^trainer.max_steps must be a positive integer; "
+    with pytest.raises(ConfigError, match="^trainer.max_steps must be an integer >= 1; "
                                           "got -1"):
         _prepare(_read_command_line(["logger=none", "-cd", str(conf), "-cn", "mine"]))
 

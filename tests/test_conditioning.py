@@ -95,8 +95,8 @@ def test_max_minutes_stops_at_a_log_step_with_a_checkpoint(tmp_path, tiny_mnist_
 
 
 @pytest.mark.parametrize("override, message", [
-    ("trainer.label_dropout=1.0", "trainer.label_dropout must be in [0, 1)"),
-    ("trainer.max_minutes=-1", "trainer.max_minutes must be >= 0"),
+    ("trainer.label_dropout=1.0", "trainer.label_dropout must be a number in [0, 1)"),
+    ("trainer.max_minutes=-1", "trainer.max_minutes must be a number >= 0"),
 ])
 def test_bad_budget_and_dropout_values(tmp_path, tiny_mnist_root, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")

@@ -86,7 +86,7 @@ def test_unknown_schedule_lists_the_valid_names():
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="num_train_timesteps must be an integer >= 1"):
         linear(0)
     with pytest.raises(ValueError, match="larger T"):
         linear(10)  # default end 0.02 * 1000 / 10 = 2 is not a variance

@@ -119,15 +119,15 @@ def test_loss_divergence_stops_with_one_sentence(tmp_path, tiny_mnist_root):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("trainer.max_steps=-5", "trainer.max_steps must be a positive integer; got -5."),
+    ("trainer.max_steps=-5", "trainer.max_steps must be an integer >= 1; got -5."),
     ("objective.loss=l3", "objective.loss must be one of mse, l1, huber"),
     ("model.in_channels=3", "model.in_channels is 3 but data mnist has 1 channel"),
-    ("data.batch_size=0", "data.batch_size must be a positive integer"),
+    ("data.batch_size=0", "data.batch_size must be an integer >= 1"),
     ("model.base_channels=-1", "model.base_channels"),
     ("model=unet_attn model.attention_resolutions=[16]",
      "model.attention_resolutions must be feature-map sizes of this network, a subset of "
      "[28, 14, 7] for image_size=28"),
-    ("scheduler.beta_schedule=quadratic", "scheduler.beta_schedule must be one of 'linear'"),
+    ("scheduler.beta_schedule=quadratic", "scheduler.beta_schedule must be one of linear"),
 ])
 def test_bad_values_name_the_key(tmp_path, tiny_mnist_root, override, message):
     overrides = override.split() if override.startswith("model=") else ["model=basic", override]

@@ -72,17 +72,17 @@ BAD_VALUES = [
     ("optimizer.lr=fast", "error: optimizer.lr must be a number >= 0; got 'fast'."),
     ("optimizer.weight_decay=-0.1", "error: optimizer.weight_decay must be a number >= 0"),
     ("optimizer.betas=[0.9,2]", "error: optimizer.betas must be two numbers in [0, 1)"),
-    ("lr_scheduler.warmup_steps=-1", "error: lr_scheduler.warmup_steps must be >= 0; got -1."),
+    ("lr_scheduler.warmup_steps=-1", "error: lr_scheduler.warmup_steps must be an integer >= 0; got -1."),
     ("lr_scheduler.decay=step", "error: lr_scheduler.decay must be one of constant, cosine"),
     ("trainer.precision=fp8", "error: trainer.precision must be one of auto, fp32, bf16, fp16;"),
     ("trainer.device=tpu", "error: trainer.device must be auto, cpu, cuda or cuda:N;"),
-    ("trainer.divergence_factor=0.5", "error: trainer.divergence_factor must be > 1"),
-    ("trainer.max_steps=-5", "error: trainer.max_steps must be a positive integer; got -5."),
+    ("trainer.divergence_factor=0.5", "error: trainer.divergence_factor must be a number > 1"),
+    ("trainer.max_steps=-5", "error: trainer.max_steps must be an integer >= 1; got -5."),
     ("model.num_classes=5", "error: model.num_classes is 5 but data mnist has 10 classes; set "
                             "model.num_classes=10"),
     ("model.base_channels=0", "error: Invalid model config: model.base_channels must be an "
                               "integer >= 1, got 0."),
-    ("data.batch_size=0", "error: data.batch_size must be a positive integer"),
+    ("data.batch_size=0", "error: data.batch_size must be an integer >= 1"),
     ("seed=abc", "error: seed must be an integer; got 'abc'."),
     ("model=foo", "error: model=foo is not an option of model: choose one of basic, unet, "
                   "unet_attn."),

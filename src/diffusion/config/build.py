@@ -15,6 +15,7 @@ from diffusion.data import dataset_info
 from diffusion.runtime.device import resolve_device
 from diffusion.errors import ConfigError, DatasetNotFoundError
 from diffusion.training.objectives import Objective
+from diffusion.checks import check_int
 from diffusion.config.legacy import (
     OLD_TRAINER_OBJECTIVE_KEYS,
     OLD_TRAINER_SAMPLER_KEYS,
@@ -45,11 +46,8 @@ def validate(cfg: DictConfig) -> None:
     """Cross-group checks that no single constructor can make, before any work starts."""
     data, model = cfg.data, cfg.model
     for key in ("image_size", "batch_size", "channels"):
-        value = data.get(key)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"data.{key} must be a positive integer; got {value!r}.")
-    if not isinstance(data.get("num_workers"), int) or data.num_workers < 0:
-        raise ConfigError(f"data.num_workers must be an integer >= 0; got {data.num_workers!r}.")
+        check_int(f"data.{key}", data.get(key))
+    check_int("data.num_workers", data.get("num_workers"), minimum=0)
     if model.get("in_channels") != data.channels:
         raise ConfigError(
             f"model.in_channels is {model.get('in_channels')} but data {data.name} has "
@@ -59,8 +57,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.image_size is {model.image_size} but data.image_size is {data.image_size}; "
             "set data.image_size and leave model.image_size to follow it.")
-    if not isinstance(cfg.seed, int):
-        raise ConfigError(f"seed must be an integer; got {cfg.seed!r}.")
+    check_int("seed", cfg.seed, minimum=None)
     classes, data_classes = model.get("num_classes"), data.get("num_classes")
     if classes is not None and data_classes is not None and classes != data_classes:
         raise ConfigError(

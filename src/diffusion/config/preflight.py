@@ -41,7 +41,7 @@ from diffusion.config.build import (
     validate,
 )
 from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
-from diffusion.checks import check_writable
+from diffusion.checks import check_number, check_writable
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
 from diffusion.training.checkpoint import latest_checkpoint, step_of
 
@@ -223,9 +223,8 @@ def _check_optimizer(node: DictConfig) -> None:
     """The usual Adam-family keys, checked by name (torch's own messages do not say which
     config key is wrong)."""
     for key in ("lr", "weight_decay", "eps"):
-        if key in node and (isinstance(node[key], bool)
-                            or not isinstance(node[key], int | float) or node[key] < 0):
-            raise ConfigError(f"optimizer.{key} must be a number >= 0; got {node[key]!r}.")
+        if key in node:
+            check_number(f"optimizer.{key}", node[key], minimum=0)
     if "betas" in node:
         betas = node.betas
         if (not OmegaConf.is_list(betas) or len(betas) != 2

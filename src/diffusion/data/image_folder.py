@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from diffusion.checks import check_int, check_number
 from diffusion.data.datasets import ImageDataset
 from diffusion.data.decoded import DecodedFolder, decode_folder, listing_key
 from diffusion.errors import ConfigError, DatasetNotFoundError
@@ -86,12 +87,8 @@ class ImageFolderDataset(ImageDataset):
         if color_channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 (greyscale) or 3 (RGB) for an image "
                               f"folder; got {color_channels!r}.")
-        if (isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float)
-                or not 0 <= val_fraction < 1):
-            raise ConfigError(f"data.val_fraction must be a number in [0, 1); got "
-                              f"{val_fraction!r}.")
-        if isinstance(split_seed, bool) or not isinstance(split_seed, int):
-            raise ConfigError(f"data.split_seed must be an integer; got {split_seed!r}.")
+        check_number("data.val_fraction", val_fraction, minimum=0, below=1)
+        check_int("data.split_seed", split_seed, minimum=None)
         self.channels = color_channels
         self.val_fraction, self.val_root, self.split_seed = val_fraction, val_root, split_seed
         super().__init__(split, root, image_size, center_crop, random_flip, download, cache_dir)

@@ -17,17 +17,14 @@ import math
 
 import torch
 
+from diffusion.checks import check_number
 from diffusion.editing.inputs import check_edit, in_batches, starting_noise
 from diffusion.schedulers import NoiseScheduler
 from diffusion.schedulers.sigmas import SigmaScheduler
 
 
 def check_strength(strength) -> float:
-    if isinstance(strength, bool) or not isinstance(strength, int | float) \
-            or not 0 <= strength <= 1:
-        raise ValueError(f"strength must be a number in [0, 1] (0: the input, 1: a new "
-                         f"sample); got {strength!r}.")
-    return float(strength)
+    return check_number("strength", strength, 0, 1, note=" (0: the input, 1: a new sample)")
 
 
 def start_index(strength: float, steps: int) -> int:

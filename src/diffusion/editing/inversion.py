@@ -108,6 +108,5 @@ def interpolation_noises(a: torch.Tensor, b: torch.Tensor, n: int,
             raise ValueError(f"{key} must be one x_T of shape {tuple(sample_shape)} (from "
                              f"pipe.invert or torch.randn); got {shape}.")
         ends.append(x.detach().float().cpu().reshape(sample_shape))
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an integer >= 2 (both ends included); got {n!r}.")
+    check_int("n", n, minimum=2, note=" (both ends included)")
     return slerp(*ends, torch.linspace(0, 1, n))

@@ -7,12 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from diffusion.checks import check_int, check_number
 
-def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    """Return `value` as an int, or raise ValueError naming `name` and the allowed range."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
+check_positive_int = check_int  # the name the backbones import
 
 
 def check_int_tuple(name: str, values, allow_empty: bool = False) -> tuple[int, ...]:
@@ -29,9 +26,7 @@ def check_int_tuple(name: str, values, allow_empty: bool = False) -> tuple[int, 
 
 
 def check_dropout(dropout) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
-    return float(dropout)
+    return check_number("dropout", dropout, minimum=0, below=1, note=" (a probability)")
 
 
 def check_norm_groups(norm_groups, channels: Iterable[int]) -> int:

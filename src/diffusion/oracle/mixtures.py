@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from diffusion.schedulers.base import PREDICTION_TYPES, check_choice
+from diffusion.checks import check_choice
+from diffusion.schedulers.base import PREDICTION_TYPES
 
 Tensor = torch.Tensor
 f64 = torch.float64

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.checks import check_number
 from diffusion.schedulers import NoiseScheduler
 from diffusion.schedulers.sigmas import training_sigmas
 
@@ -110,13 +111,8 @@ class Guidance:
     def __post_init__(self):
         for key, value in (("guidance_scale", self.scale),
                            ("classifier_scale", self.classifier_scale)):
-            if isinstance(value, bool) or not isinstance(value, int | float) \
-                    or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{key} must be a number >= 0; got {value!r}.")
-        if isinstance(self.rescale, bool) or not isinstance(self.rescale, int | float) \
-                or not 0 <= self.rescale <= 1:
-            raise ValueError(f"guidance_rescale must be a number in [0, 1]; "
-                             f"got {self.rescale!r}.")
+            check_number(key, value, minimum=0)
+        check_number("guidance_rescale", self.rescale, 0, 1)
         if self.classifier is not None and not hasattr(self.classifier, "num_classes"):
             raise ValueError(f"{type(self.classifier).__name__} has no num_classes: the "
                              "classifier must say how many classes it tells apart.")

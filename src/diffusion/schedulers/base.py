@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from diffusion.checks import check_choice, check_int
 from diffusion.schedulers.betas import BETA_SCHEDULES, get_beta_schedule, rescale_zero_terminal_snr
 
 Tensor = torch.Tensor
@@ -34,15 +35,6 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
-def check_choice(name: str, value: Any, allowed) -> None:
-    """Raise the one-sentence error for an argument outside its allowed values."""
-    if value not in allowed:
-        options = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"{name} must be one of {options}; got {value!r}.")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -145,10 +137,7 @@ class NoiseScheduler:
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
-        if not _is_int(num_train_timesteps) or num_train_timesteps < 1:
-            raise ValueError(
-                f"num_train_timesteps must be a positive integer; got {num_train_timesteps!r}."
-            )
+        check_int("num_train_timesteps", num_train_timesteps)
         check_choice("beta_schedule", beta_schedule, tuple(BETA_SCHEDULES))
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
@@ -158,8 +147,7 @@ class NoiseScheduler:
             raise ValueError(
                 f"clip_sample_range must be a positive number; got {clip_sample_range!r}."
             )
-        if not _is_int(steps_offset) or steps_offset < 0:
-            raise ValueError(f"steps_offset must be an integer >= 0; got {steps_offset!r}.")
+        check_int("steps_offset", steps_offset, minimum=0)
         if rescale_betas_zero_snr and prediction_type == "epsilon":
             raise ValueError(
                 "rescale_betas_zero_snr=True needs prediction_type 'v_prediction' or 'sample', "
@@ -224,12 +212,7 @@ class NoiseScheduler:
 
     def _check_num_steps(self, n: Any) -> int:
         T = self.num_train_timesteps
-        if not _is_int(n) or not 1 <= n <= T:
-            raise ValueError(
-                f"num_inference_steps must be an integer from 1 to num_train_timesteps={T}; "
-                f"got {n!r}."
-            )
-        return n
+        return check_int("num_inference_steps", n, 1, T, note=" (num_train_timesteps)")
 
     def _spaced_timesteps(self, n: int) -> list[float]:
         """``n`` timesteps, descending, of ``timestep_spacing`` as ``set_timesteps`` documents,

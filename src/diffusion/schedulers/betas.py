@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 
+from diffusion.checks import check_int
+
 Tensor = torch.Tensor
 
 #: Endpoints at T = 1000. ``scaled_linear`` is Stable Diffusion's schedule and
@@ -30,14 +32,9 @@ _DEFAULT_ENDPOINTS = {
 }
 
 
-def _check_T(T: int) -> None:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"The number of training steps T must be a positive integer, got {T!r}.")
-
-
 def _endpoints(name: str, T: int, beta_start: float | None, beta_end: float | None):
     """Explicit endpoints as given; missing ones from the T = 1000 default times 1000 / T."""
-    _check_T(T)
+    check_int("num_train_timesteps", T)
     default_start, default_end = _DEFAULT_ENDPOINTS[name]
     start = default_start * 1000 / T if beta_start is None else float(beta_start)
     end = default_end * 1000 / T if beta_end is None else float(beta_end)
@@ -78,7 +75,7 @@ def cosine(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     keeps the first betas from vanishing; betas are clipped at ``max_beta`` to
     avoid the singularity at u = 1, where f reaches zero.
     """
-    _check_T(T)
+    check_int("num_train_timesteps", T)
 
     def f(u: Tensor) -> Tensor:
         return torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2

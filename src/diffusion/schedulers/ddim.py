@@ -21,13 +21,12 @@ from typing import Any
 
 import torch
 
+from diffusion.checks import check_number
 from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput
 
 
 def _check_eta(eta: float) -> float:
-    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be a number in [0, 1]; got {eta!r}.")
-    return float(eta)
+    return check_number("eta", eta, 0, 1)
 
 
 class DDIMScheduler(NoiseScheduler, sampler_name="ddim"):

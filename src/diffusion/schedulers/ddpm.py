@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput, check_choice
+from diffusion.checks import check_choice
+from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 

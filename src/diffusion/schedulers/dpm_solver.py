@@ -53,7 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput, check_choice
+from diffusion.checks import check_choice
+from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput
 from diffusion.schedulers.sigmas import SigmaScheduler, karras_sigmas, sigma_to_t
 
 ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")

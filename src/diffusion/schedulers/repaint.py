@@ -25,14 +25,10 @@ from typing import Any
 
 import torch
 
+from diffusion.checks import check_int
 from diffusion.schedulers.base import SchedulerOutput
 from diffusion.schedulers.ddim import DDIMScheduler
 
-
-def _check_positive(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be an integer >= 1; got {value!r}.")
-    return value
 
 
 def repaint_indices(n: int, jump_length: int, jump_n_sample: int) -> list[int]:
@@ -76,8 +72,8 @@ class RePaintScheduler(DDIMScheduler):
         module docstring); ``timesteps`` then holds every visit, ``previous_timestep`` the
         grid's next lower entry."""
         super().set_timesteps(num_inference_steps, device=device)
-        self.jump_length = _check_positive("jump_length", jump_length)
-        self.jump_n_sample = _check_positive("jump_n_sample", jump_n_sample)
+        self.jump_length = check_int("jump_length", jump_length)
+        self.jump_n_sample = check_int("jump_n_sample", jump_n_sample)
         grid = sorted(self.timesteps.tolist())
         order = repaint_indices(len(grid), jump_length, jump_n_sample)
         self.timesteps = torch.tensor([grid[i] for i in order], dtype=torch.long, device=device)

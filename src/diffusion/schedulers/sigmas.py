@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffusion.checks import check_int
 from diffusion.schedulers.base import NoiseScheduler
 
 Tensor = torch.Tensor
@@ -112,10 +113,7 @@ class SigmaScheduler(NoiseScheduler):
             raise ValueError(f"call set_timesteps(n) before set_begin_index on "
                              f"{type(self).__name__}.")
         calls = len(self._timestep_values)
-        if isinstance(begin_index, bool) or not isinstance(begin_index, int) \
-                or not 0 <= begin_index < calls:
-            raise ValueError(f"begin_index must be an integer from 0 to {calls - 1}; "
-                             f"got {begin_index!r}.")
+        check_int("begin_index", begin_index, 0, calls - 1)
         self._step_index = begin_index
 
     @property

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from diffusion.runtime.device import PRECISIONS
+from diffusion.checks import check_choice, check_int, check_number
 from diffusion.errors import ConfigError
 
 
@@ -46,46 +47,27 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self):
-        def positive(key):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"trainer.{key} must be a positive integer; got {value!r}.")
-
-        def non_negative(key):
-            value = getattr(self, key)
-            if value is None or value < 0:
-                raise ConfigError(f"trainer.{key} must be >= 0 (0 turns it off); got {value!r}.")
-
-        for key in ("max_steps", "grad_accum", "ema_every", "sample_n",
-                    "val_batches", "divergence_window", "eval_n"):
-            positive(key)
+        off = " (0 turns it off)"
+        for key in ("max_steps", "grad_accum", "ema_every", "sample_n", "val_batches",
+                    "divergence_window", "eval_n"):
+            check_int(f"trainer.{key}", getattr(self, key))
         for key in ("log_every", "sample_every", "val_every", "eval_every", "ckpt_every",
-                    "keep_last",
-                    "grad_clip"):
-            non_negative(key)
-        if not isinstance(self.max_minutes, (int, float)) or self.max_minutes < 0:
-            raise ConfigError(f"trainer.max_minutes must be >= 0 (0 turns it off); "
-                              f"got {self.max_minutes!r}.")
-        if not isinstance(self.label_dropout, (int, float)) or not 0.0 <= self.label_dropout < 1.0:
-            raise ConfigError(f"trainer.label_dropout must be in [0, 1); "
-                              f"got {self.label_dropout!r}.")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"trainer.ema_decay must be in [0, 1); got {self.ema_decay!r}.")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}; "
-                              f"got {self.precision!r}.")
+                    "keep_last"):
+            check_int(f"trainer.{key}", getattr(self, key), minimum=0, note=off)
+        for key in ("grad_clip", "max_minutes"):
+            check_number(f"trainer.{key}", getattr(self, key), minimum=0, note=off)
+        check_number("trainer.label_dropout", self.label_dropout, minimum=0, below=1)
+        check_number("trainer.ema_decay", self.ema_decay, minimum=0, below=1)
+        check_choice("trainer.precision", self.precision, PRECISIONS)
         if not isinstance(self.device, str) or not (
                 self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
             raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N; "
                               f"got {self.device!r}.")
-        if self.divergence_factor != 0 and self.divergence_factor <= 1:
-            raise ConfigError("trainer.divergence_factor must be > 1 (0 turns the check off); "
-                              f"got {self.divergence_factor!r}.")
-        scale = self.sample_guidance_scale
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float)
-                                  or scale < 0):
-            raise ConfigError(f"trainer.sample_guidance_scale must be a number >= 0 or null; "
-                              f"got {scale!r}.")
+        if self.divergence_factor != 0:
+            check_number("trainer.divergence_factor", self.divergence_factor, above=1,
+                         note=" (0 turns the check off)")
+        scale = check_number("trainer.sample_guidance_scale", self.sample_guidance_scale,
+                             minimum=0, allow_none=True)
         if scale not in (None, 1) and not self.label_dropout:
             raise ConfigError(f"trainer.sample_guidance_scale={scale:g} needs the unconditional "
                               "prediction, which trainer.label_dropout=0 leaves untrained: set "

@@ -7,6 +7,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from diffusion.checks import check_choice, check_int
+
 DECAYS = ("constant", "cosine", "linear")
 
 
@@ -14,10 +16,8 @@ def warmup_schedule(optimizer: Optimizer, total_steps: int, warmup_steps: int = 
                     decay: str = "constant", min_lr_ratio: float = 0.0) -> LambdaLR:
     """LR multiplier ramps 0 -> 1 over ``warmup_steps``, then follows ``decay`` to
     ``min_lr_ratio`` at ``total_steps``. Stepped once per optimizer step."""
-    if decay not in DECAYS:
-        raise ValueError(f"lr_scheduler.decay must be one of {', '.join(DECAYS)}; got {decay!r}.")
-    if warmup_steps < 0:
-        raise ValueError(f"lr_scheduler.warmup_steps must be >= 0; got {warmup_steps}.")
+    check_choice("lr_scheduler.decay", decay, DECAYS)
+    check_int("lr_scheduler.warmup_steps", warmup_steps, minimum=0)
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffusion.checks import check_choice, check_number
+
 WEIGHTINGS = ("none", "min_snr", "p2")
 T_SAMPLINGS = ("uniform", "stratified")
 LOSSES = ("mse", "l1", "huber")
@@ -44,15 +46,11 @@ class Objective:
         for key, value, choices in (("weighting", weighting, WEIGHTINGS),
                                     ("t_sampling", t_sampling, T_SAMPLINGS),
                                     ("loss", loss, LOSSES)):
-            if value not in choices:
-                raise ValueError(f"objective.{key} must be one of {', '.join(choices)}; "
-                                 f"got {value!r}.")
+            check_choice(f"objective.{key}", value, choices)
         for key, value in (("snr_gamma", snr_gamma), ("p2_k", p2_k), ("huber_delta", huber_delta)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"objective.{key} must be a number > 0; got {value!r}.")
+            check_number(f"objective.{key}", value, above=0)
         for key, value in (("p2_gamma", p2_gamma), ("offset_noise", offset_noise)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"objective.{key} must be a number >= 0; got {value!r}.")
+            check_number(f"objective.{key}", value, minimum=0)
         self.scheduler = scheduler
         self.prediction_type = scheduler.prediction_type
         self.weighting, self.t_sampling, self.loss_kind = weighting, t_sampling, loss
