@@ -277,7 +277,7 @@ def test_report_keeps_spacings_apart_and_shows_the_fid_during_training(
     """A run scored with leading and trailing DDIM gets one column per spacing (they used to
     share ``ddim-2`` and one hid the other), and the trainer's periodic FIDs make a table by
     training step that leaves diffusion.evaluate's records out."""
-    from diffusion.commands.report import find_jobs, write_report
+    from diffusion.reporting.sweeps import find_jobs, write_report
 
     run_dir = tmp_path / "runs" / "0"
     shutil.copytree(evaluated_run, run_dir)

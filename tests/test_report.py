@@ -10,7 +10,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from diffusion.commands.evaluate import evaluate
-from diffusion.commands.report import find_jobs, write_report
+from diffusion.reporting.sweeps import find_jobs, write_report
 from hydra_utils import compose_config
 from test_records import absolute_paths
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffusion.commands.samplers_oracle import main
 from diffusion.oracle.mixtures import (
     ExactModel,
     GaussianMixture,
@@ -20,8 +21,8 @@ from diffusion.oracle.mixtures import (
     projections,
     ring,
 )
-from diffusion.commands.samplers_oracle import OracleConfig, main, run_oracle, steps_for_nfe
 from diffusion.oracle.report import write_report
+from diffusion.oracle.run import OracleConfig, run_oracle, steps_for_nfe
 from diffusion.schedulers import DDPMScheduler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +139,9 @@ def test_ddpm_and_ddim_approach_the_exact_sampling_floor():
 
 
 def test_unknown_sampler_lists_the_valid_ones(capsys):
-    assert main(["--samplers", "ddim,nope", "--out", "unused"]) == 1
+    with pytest.raises(SystemExit) as ended:
+        main(["--samplers", "ddim,nope", "--out", "unused"])
+    assert ended.value.code == 1
     err = capsys.readouterr().err
     assert "unknown sampler 'nope'; valid samplers are" in err and "ddim, ddpm" in err
 

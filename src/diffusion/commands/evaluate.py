@@ -81,53 +81,36 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
 
 def evaluate(cfg: DictConfig) -> list[FidResult]:
     """Evaluate ``cfg.run`` as ``cfg`` (conf/evaluate.yaml) says; returns the results."""
-
     run_cfg, spec, steps_list, guided = check_evaluate_config(cfg)
     run = Path(cfg.run)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(run)
     pipe = DiffusionPipeline.from_run(run, checkpoint=checkpoint, device=cfg.device,
                                       precision=cfg.precision,
                                       compile=cfg.get("compile", False))
-    step = saved_step(checkpoint)
     scorer = build_scorer(cfg.metrics, run_cfg.data, device=pipe.device, progress=True,
                           root=cfg.data_root)
-    results, entry = [], None
     main = dist.is_main()  # under torchrun every rank samples its share; rank 0 writes
     jsonl = JsonlLogger(run / "metrics.jsonl") if main else None
     sampler = spec.build(pipe.scheduler)
-    spacing = sampler.config["timestep_spacing"]
-    options = spec.changed_options()
     classifier = load_options_classifier(guided)
+    protocol = _protocol(cfg, spec, sampler, steps_list, checkpoint, pipe)
+    results, entry = [], None
     for steps, scale, classifier_scale in itertools.product(steps_list, guided.scales,
                                                             guided.classifier_scales):
-        guidance = build_guidance(guided, scale, classifier_scale, classifier)
         start = time.perf_counter()
-        result = scorer.score_pipeline(pipe, cfg.n, sampler=sampler, steps=steps,
-                                       batch_size=cfg.batch_size, name=spec.name,
-                                       guidance=guidance)
+        result = scorer.score_pipeline(
+            pipe, cfg.n, sampler=sampler, steps=steps, batch_size=cfg.batch_size,
+            name=spec.name, guidance=build_guidance(guided, scale, classifier_scale, classifier))
         seconds = time.perf_counter() - start
         results.append(result)
-        if not main:
-            continue
-        print(f"{result}  [{seconds:.0f} s]", flush=True)
-        entry = {**result.to_dict(), "checkpoint": checkpoint.name, "step": step,
-                 "eta": float(spec.eta), "timestep_spacing": spacing,
-                 **({"sampler_options": options} if options else {}),
-                 "batch_size": cfg.batch_size, "seed": cfg.metrics.seed,
-                 "kid_subset_size": cfg.metrics.kid_subset_size if cfg.metrics.kid else None,
-                 "num_classes": pipe.num_classes, "seconds": round(seconds, 1),
-                 "processes": dist.world_size(), "device": str(pipe.device),
-                 **guidance_record(guided, scale, classifier_scale),
-                 "command": _command(cfg, spec, steps_list, checkpoint),
-                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        write_eval(run, {entry_key(entry): entry})
-        jsonl.log_metrics({"eval/fid": result.fid, "eval/fid_floor": result.floor,
-                           "eval/kid": result.kid, "eval/n": result.n,
-                           "eval/sampler": result.sampler, "eval/steps": result.steps,
-                           "eval/eta": spec.eta, "eval/features": result.feature_id,
-                           "eval/class_accuracy": result.class_accuracy,
-                           "eval/guidance_scale": scale,
-                           "eval/classifier_scale": classifier_scale}, step)
+        if main:
+            print(f"{result}  [{seconds:.0f} s]", flush=True)
+            entry = {**result.to_dict(), **protocol, "seconds": round(seconds, 1),
+                     **guidance_record(guided, scale, classifier_scale),
+                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            write_eval(run, {entry_key(entry): entry})
+            jsonl.log_metrics(_jsonl_record(result, spec, scale, classifier_scale),
+                              protocol["step"])
     if main and cfg.plot:
         path = viz.plot_fid_vs_steps(
             {run.name: plot_entries(list(read_eval(run).values()), entry)},
@@ -137,6 +120,30 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
         print(f"eval: {run / 'eval.json'}")
     dist.barrier()
     return results
+
+
+def _protocol(cfg: DictConfig, spec: SamplerSpec, sampler, steps_list: list[int],
+              checkpoint: Path, pipe: DiffusionPipeline) -> dict:
+    """What every ``eval.json`` entry of this command shares: the protocol beside the score
+    (``entry_key`` reads it) and the command that repeats it."""
+    options, metrics = spec.changed_options(), cfg.metrics
+    return {"checkpoint": checkpoint.name, "step": saved_step(checkpoint),
+            "eta": float(spec.eta), "timestep_spacing": sampler.config["timestep_spacing"],
+            **({"sampler_options": options} if options else {}),
+            "batch_size": cfg.batch_size, "seed": metrics.seed,
+            "kid_subset_size": metrics.kid_subset_size if metrics.kid else None,
+            "num_classes": pipe.num_classes, "processes": dist.world_size(),
+            "device": str(pipe.device), "command": _command(cfg, spec, steps_list, checkpoint)}
+
+
+def _jsonl_record(result: FidResult, spec: SamplerSpec, scale: float | None,
+                  classifier_scale: float | None) -> dict:
+    """What ``metrics.jsonl`` gets of one evaluation, beside the training losses."""
+    return {"eval/fid": result.fid, "eval/fid_floor": result.floor, "eval/kid": result.kid,
+            "eval/n": result.n, "eval/sampler": result.sampler, "eval/steps": result.steps,
+            "eval/eta": spec.eta, "eval/features": result.feature_id,
+            "eval/class_accuracy": result.class_accuracy, "eval/guidance_scale": scale,
+            "eval/classifier_scale": classifier_scale}
 
 
 def _command(cfg: DictConfig, spec: SamplerSpec, steps: list[int], checkpoint: Path) -> str:

@@ -1,20 +1,7 @@
 """Sampler error with the training taken out: every registered sampler driven by an exact model.
 
-The data are Gaussian mixtures (``diffusion.oracle.mixtures``), for which the best network
-output at every noise level is known in closed form. Each sampler runs through
-``DiffusionPipeline`` exactly as it samples images (``make_sampler``, ``set_timesteps``,
-``init_noise_sigma``, ``scale_model_input``, ``step``) with that exact model in place of a
-network, so what is left between its samples and the data is the sampler's own error:
-discretisation, the start from N(0, I) at the first timestep, the last step's landing.
-
-For each data set, noise schedule, timestep spacing and sampler, and each target number of
-model calls (NFE), the sampler draws ``n`` samples from the same x_T (and, for stochastic
-samplers, the same step-noise seed), and is scored by the sliced Wasserstein-2 distance to
-``n`` fresh exact samples (the same reference set and projections for every sampler). The
-floor is that distance between two exact sample sets: the score of a perfect sampler at
-this ``n``. ``excess`` = sqrt(max(SW^2 - floor^2, 0)) estimates the sampler's own part,
-if its error and the sampling noise add in quadrature. Mode statistics (coverage, the
-share near a mode, the spread within modes) resolve what the distance cannot at this n.
+The harness (``diffusion.oracle.run``) scores each sampler's samples of Gaussian mixtures,
+whose scores are known in closed form, against exact samples:
 
     OMP_NUM_THREADS=1 python -m diffusion.samplers_oracle --samplers ddim,ddpm \\
         --nfe 5,10,20,50,100,1000 --n 10000 --schedules linear,cosine --out experiments/samplers
@@ -25,160 +12,12 @@ writes ``oracle.md`` (tables, floors, command, machine), ``oracle.json`` and ``o
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass, field
 
-import torch
-
-from diffusion.sampling import pipeline
-from diffusion.oracle.mixtures import (
-    DATASETS,
-    ExactModel,
-    GaussianMixture,
-    SlicedW2,
-    mode_stats,
-    projections,
-)
+from diffusion.commands.launcher import guarded
 from diffusion.oracle.report import write_report
-from diffusion.schedulers import DDPMScheduler, NoiseScheduler
-from diffusion.schedulers.base import PREDICTION_TYPES, TIMESTEP_SPACINGS
-from diffusion.schedulers.betas import BETA_SCHEDULES
-
-
-@dataclass
-class OracleConfig:
-    """One harness run. ``clip_sample`` is off by default: the mixtures lie inside [-1, 1]
-    (4 stds), so clipping could only hide errors of the sampler's x_0 estimate."""
-
-    samplers: list[str] = field(default_factory=lambda: sorted(NoiseScheduler.SAMPLERS))
-    nfe: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 1000])
-    n: int = 10_000
-    seed: int = 0
-    datasets: list[str] = field(default_factory=lambda: ["ring", "mix64"])
-    schedules: list[str] = field(default_factory=lambda: ["linear", "cosine"])
-    spacings: list[str] = field(default_factory=lambda: ["leading", "trailing"])
-    prediction_types: list[str] = field(default_factory=lambda: ["epsilon"])
-    projections: int = 500
-    floor_repeats: int = 5
-    clip_sample: bool = False
-    eta: float = 0.0
-    num_train_timesteps: int = 1000
-
-    def check(self) -> None:
-        """One-sentence errors for bad options, before any sampling."""
-        registered = sorted(NoiseScheduler.SAMPLERS)
-        for name in self.samplers:
-            if name not in registered:
-                raise ValueError(f"unknown sampler {name!r}; valid samplers are "
-                                 f"{', '.join(registered)}.")
-        for key, values, valid in (("dataset", self.datasets, sorted(DATASETS)),
-                                   ("schedule", self.schedules, sorted(BETA_SCHEDULES)),
-                                   ("spacing", self.spacings, TIMESTEP_SPACINGS),
-                                   ("prediction type", self.prediction_types, PREDICTION_TYPES)):
-            for value in values:
-                if value not in valid:
-                    raise ValueError(f"unknown {key} {value!r}; valid ones are "
-                                     f"{', '.join(valid)}.")
-        for nfe in self.nfe:
-            if not 1 <= nfe <= self.num_train_timesteps:
-                raise ValueError(f"each NFE must be an integer from 1 to "
-                                 f"{self.num_train_timesteps}; got {nfe}.")
-        for key, minimum in (("n", 2), ("projections", 1), ("floor_repeats", 1)):
-            if getattr(self, key) < minimum:
-                raise ValueError(f"{key} must be at least {minimum}; got {getattr(self, key)}.")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must be a number in [0, 1]; got {self.eta}.")
-
-
-def steps_for_nfe(nfe: int, order: int) -> int:
-    """Reverse steps whose model calls come closest to ``nfe`` without passing it for a
-    sampler that makes ``order`` calls per step: ``nfe`` for first-order samplers;
-    (nfe + 1) // 2 for a second-order one such as Heun, whose 2 * steps - 1 calls (its
-    last step is a plain Euler step) then equal an odd ``nfe`` and fall one short of an
-    even one. The harness counts the calls actually made and reports those."""
-    return max(1, -(-nfe // order))
-
-
-def stream_seed(seed: int, *tags: object) -> int:
-    """The seed of one named random stream of a run (x_T, step noise, reference set,
-    projections): each is fixed by (``seed``, ``tags``) alone, independently of the others."""
-    text = "/".join(map(str, (seed, *tags)))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
-
-
-def generator(seed: int, *tags: object) -> torch.Generator:
-    """A CPU generator seeded with ``stream_seed(seed, *tags)``."""
-    return torch.Generator().manual_seed(stream_seed(seed, *tags))
-
-
-def training_scheduler(cfg: OracleConfig, schedule: str, spacing: str,
-                       prediction_type: str) -> NoiseScheduler:
-    """The noise process the exact model is "trained" on; the samplers copy it."""
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=schedule,
-                         timestep_spacing=spacing, prediction_type=prediction_type,
-                         clip_sample=cfg.clip_sample)
-
-
-def sample_with(mixture: GaussianMixture, train: NoiseScheduler, sampler: str, nfe: int,
-                x_T: torch.Tensor, step_seed: int, eta: float = 0.0) -> dict:
-    """Draw ``len(x_T)`` samples with ``sampler`` at about ``nfe`` model calls, through the
-    pipeline's own loop. Returns the samples (n, D), the steps asked for, the calls made
-    and the seconds taken."""
-    eta = eta if "eta" in NoiseScheduler.SAMPLERS[sampler].config_keys() else 0.0
-    order = pipeline.make_sampler(train, sampler, eta).order
-    steps = steps_for_nfe(nfe, order)
-    model = ExactModel(mixture, train.alphas_cumprod, train.prediction_type)
-    pipe = pipeline.DiffusionPipeline(model, train, (mixture.dim, 1, 1), device="cpu",
-                                      precision="fp32", num_classes=None)
-    start = time.perf_counter()
-    out = pipe(len(x_T), steps=steps, sampler=sampler, eta=eta, timestep_spacing=None,
-               noise=x_T.reshape(len(x_T), mixture.dim, 1, 1),
-               generator=torch.Generator().manual_seed(step_seed), batch_size=len(x_T))
-    seconds = time.perf_counter() - start
-    return {"samples": out.images.reshape(len(x_T), mixture.dim).double(), "steps": steps,
-            "nfe": model.calls, "seconds": seconds}
-
-
-def run_oracle(cfg: OracleConfig, log=None) -> dict:
-    """Every (data set, schedule, spacing, prediction type, sampler, NFE) of ``cfg``: a dict
-    with the settings, the floors and one record per sampler run (see the module docstring)."""
-    cfg.check()
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    started = time.perf_counter()
-    floors, runs = {}, []
-    for name in cfg.datasets:
-        mixture = DATASETS[name]()
-        directions = projections(mixture.dim, cfg.projections, generator(cfg.seed, name, "proj"))
-        reference = mixture.sample(cfg.n, generator(cfg.seed, name, "reference"))
-        distance = SlicedW2(reference, directions)
-        values = [distance(mixture.sample(cfg.n, generator(cfg.seed, name, "exact", i)))
-                  for i in range(cfg.floor_repeats)]
-        floor = sum(values) / len(values)
-        spread = (sum((v - floor) ** 2 for v in values) / max(len(values) - 1, 1)) ** 0.5
-        floors[name] = {"dim": mixture.dim, "mean": floor, "std": spread, "values": values,
-                        "modes": mode_stats(mixture, reference)}
-        log(f"{name}: floor {floor:.5f} (std {spread:.5f} over {len(values)} exact sets)")
-        x_T = torch.randn(cfg.n, mixture.dim, generator=generator(cfg.seed, name, "x_T"))
-        for schedule, spacing, prediction, sampler, nfe in itertools.product(
-                cfg.schedules, cfg.spacings, cfg.prediction_types, cfg.samplers, cfg.nfe):
-            train = training_scheduler(cfg, schedule, spacing, prediction)
-            got = sample_with(mixture, train, sampler, nfe, x_T,
-                              stream_seed(cfg.seed, name, "steps"), cfg.eta)
-            sw = distance(got["samples"])
-            runs.append({"dataset": name, "schedule": schedule, "spacing": spacing,
-                         "prediction_type": prediction, "sampler": sampler, "target_nfe": nfe,
-                         "steps": got["steps"], "nfe": got["nfe"], "sw": sw,
-                         "sw_over_floor": sw / floor, "excess": max(sw**2 - floor**2, 0) ** 0.5,
-                         "seconds": got["seconds"],
-                         "modes": mode_stats(mixture, got["samples"])})
-            log(f"{name} {schedule} {spacing} {prediction} {sampler} NFE {got['nfe']}: "
-                f"SW {sw:.5f} ({sw / floor:.2f}x floor) {got['seconds']:.1f}s")
-    return {"config": asdict(cfg), "floors": floors, "runs": runs,
-            "seconds": time.perf_counter() - started}
+from diffusion.oracle.run import OracleConfig, run_oracle
 
 
 def _names(text: str) -> list[str]:
@@ -226,12 +65,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[OracleConfig, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg, out = parse_args(argv)
-        cfg.check()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    """Run the harness the command line asks for and write its report; returns 0. A bad
+    option ends the program with ``error: <one sentence>`` and exit status 1, before any
+    sampling."""
+    cfg, out = parse_args(argv)
+    guarded(cfg.check)
     load = os.getloadavg if hasattr(os, "getloadavg") else lambda: None
     load_before = load()
     result = run_oracle(cfg)

@@ -1,1 +1,2 @@
-"""reporting"""
+"""Figures and report tables of runs and sweeps: pictures of the diffusion process and curves
+(``figures``), and a sweep's README with its tables and plots (``sweeps``)."""

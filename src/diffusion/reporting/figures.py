@@ -5,6 +5,7 @@ animated GIF), forward-process strips (of given images, or of a dataset's with
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -124,13 +125,13 @@ def forward_process_figure(images: torch.Tensor, schedulers: dict, path: str | P
     return _save_figure(fig, path)
 
 
-def forward_images(data, n: int, split: str | None = None, seed: int = 0) -> torch.Tensor:
+def forward_images(data: Mapping, n: int, split: str | None = None, seed: int = 0) -> torch.Tensor:
     """``n`` images of ``split`` (None: the dataset's evaluation split; a seeded pick) in
-    [-1, 1]."""
-    split = split or dataset_info(data.name).eval_split
-    images = build_dataset(data.name, root=data.root, split=split, image_size=data.image_size,
-                           center_crop=data.center_crop, download=data.download,
-                           **dataset_options(data)).preprocessed()[0]
+    [-1, 1], of the dataset a data config (a mapping: ``name``, ``root``, ...) describes."""
+    split = split or dataset_info(data["name"]).eval_split
+    images = build_dataset(data["name"], root=data["root"], split=split,
+                           image_size=data["image_size"], center_crop=data["center_crop"],
+                           download=data["download"], **dataset_options(data)).preprocessed()[0]
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
     return to_model_range(images[pick])
 
