@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from diffusion.commands.bench import _hydra_argv, bench
 from diffusion.commands.benchmarks.ours import bench_samplers
 from diffusion.config.build import build_model
-from diffusion.errors import ConfigError
 from diffusion.config.sampler import named_sampler
+from diffusion.errors import ConfigError
 from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 from hydra_utils import compose_config
 from test_records import absolute_paths

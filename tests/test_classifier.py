@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from diffusion.runs.load import load_classifier
 from diffusion.commands.train_classifier import train_classifier
+from diffusion.runs.load import load_classifier
 from diffusion.training.classifier import noise_bands
 from diffusion.training.loggers import read_metrics
 from hydra_utils import compose_config

@@ -13,9 +13,9 @@ import torch
 from hydra.errors import MissingConfigException
 from PIL import Image
 
+from diffusion.commands.sample import sample
 from diffusion.errors import CheckpointError, ConfigError
 from diffusion.sampling.pipeline import DiffusionPipeline
-from diffusion.commands.sample import sample
 from diffusion.training.checkpoint import latest_checkpoint
 from diffusion.training.loggers import WandbLogger, read_metrics
 from hydra_utils import compose_config

@@ -7,10 +7,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import TensorDataset
 
+from diffusion.commands.train import train
 from diffusion.errors import ConfigError
 from diffusion.models import BasicUNet
 from diffusion.schedulers import DDPMScheduler
-from diffusion.commands.train import train
 from diffusion.training import TrainerConfig
 from diffusion.training.checkpoint import list_checkpoints
 from diffusion.training.loggers import read_metrics

@@ -4,9 +4,9 @@ import pytest
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from diffusion.data import ImageDataset, dataset_info
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.preflight import flatten
+from diffusion.data import ImageDataset, dataset_info
 from hydra_utils import compose_config
 
 

@@ -9,9 +9,9 @@ import torch
 from diffusers.guiders import ClassifierFreeGuidance
 from torch import nn
 
+from diffusion.models import BasicUNet
 from diffusion.oracle.mixtures import ExactModel
 from diffusion.sampling.guidance import Guidance, alpha_bar_at, class_rows, combine
-from diffusion.models import BasicUNet
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
 from guidance_helpers import ExactClassifier, ExactClassModel, mixture

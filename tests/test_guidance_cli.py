@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from diffusion.data import build_dataset
-from diffusion.errors import ConfigError
 from diffusion.commands.evaluate import evaluate
-from diffusion.metrics import DataRef, FidScorer, load_feature_network
-from diffusion.runs.records import read_eval
 from diffusion.commands.sample import check_sample_config, sample
 from diffusion.commands.train_classifier import train_classifier
+from diffusion.data import build_dataset
+from diffusion.errors import ConfigError
+from diffusion.metrics import DataRef, FidScorer, load_feature_network
+from diffusion.runs.records import read_eval
 from hydra_utils import compose_config
 from test_classifier import classifier_overrides
 from test_sample_errors import _cli, _fails_with

@@ -12,16 +12,16 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from diffusion.commands.evaluate import evaluate
+from diffusion.commands.sample import sample
+from diffusion.commands.train import train
 from diffusion.data import build_dataset
 from diffusion.data.image_folder import split_indices
 from diffusion.data.synthetic import SHAPES, write_shape_folder
 from diffusion.errors import ConfigError
-from diffusion.commands.evaluate import evaluate
 from diffusion.metrics import DataRef, FidScorer, load_feature_network
 from diffusion.metrics.features import capped_epochs
 from diffusion.runs.records import read_eval
-from diffusion.commands.sample import sample
-from diffusion.commands.train import train
 from hydra_utils import compose_config
 from test_train_errors import run_main
 

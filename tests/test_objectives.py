@@ -7,9 +7,9 @@ import torch
 from omegaconf import OmegaConf
 
 from diffusion.config.build import build_objective, build_scheduler
-from diffusion.training.objectives import Objective
 from diffusion.schedulers import DDPMScheduler
 from diffusion.training.loggers import read_metrics
+from diffusion.training.objectives import Objective
 from hydra_utils import compose_config, debug_overrides
 from test_train import run_training
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from diffusion.commands.train import train
 from diffusion.errors import TrainingError
 from diffusion.runs.folder import create_run_dir
-from diffusion.commands.train import train
 from diffusion.training import checkpoint as ckpt
 from diffusion.training.loggers import read_metrics
 from diffusion.training.trainer import Trainer

@@ -8,18 +8,18 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from diffusion.commands.sample import sample
 from diffusion.config.build import build_trainer_config
 from diffusion.config.paths import CONF_DIR
-from diffusion.sampling.pipeline import DiffusionPipeline
+from diffusion.config.sampler import training_sampler
 from diffusion.runs.records import entry_key
-from diffusion.commands.sample import sample
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import (
     GENERIC_KEYS,
     SamplerSpec,
     default_options,
     sampler_options,
 )
-from diffusion.config.sampler import training_sampler
 from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 from hydra_utils import compose_config
 from test_train import run_training

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.sampling.pipeline import DiffusionPipeline, make_sampler
 from diffusion.sampling.checks import check_sampling, is_stochastic
+from diffusion.sampling.pipeline import DiffusionPipeline, make_sampler
 from diffusion.schedulers import (
     DDIMScheduler,
     DDPMScheduler,

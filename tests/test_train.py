@@ -10,8 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffusion.errors import ConfigError, TrainingError
 from diffusion.commands.train import train
+from diffusion.errors import ConfigError, TrainingError
 from diffusion.training.checkpoint import latest_checkpoint, list_checkpoints
 from diffusion.training.loggers import read_metrics
 from hydra_utils import compose_config, debug_overrides

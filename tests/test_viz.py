@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion.reporting import figures as viz
-from diffusion.schedulers import DDPMScheduler
 from diffusion.commands.visualize import visualize
+from diffusion.reporting import figures as viz
 from diffusion.reporting.figures import forward_figure
+from diffusion.schedulers import DDPMScheduler
 from hydra_utils import compose_config
 
 

@@ -1,4 +1,4 @@
-"""``python -m diffusion.samplers_oracle``: the command lives in ``diffusion.commands.samplers_oracle``."""
+"""``python -m diffusion.samplers_oracle``: see ``diffusion.commands.samplers_oracle``."""
 from diffusion.commands.samplers_oracle import main
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""``python -m diffusion.train_classifier``: the command lives in ``diffusion.commands.train_classifier``."""
+"""``python -m diffusion.train_classifier``: see ``diffusion.commands.train_classifier``."""
 from diffusion.commands.train_classifier import main
 
 if __name__ == "__main__":

@@ -17,13 +17,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from diffusion.reporting import figures as viz
-from diffusion.runtime.device import resolve_device, resolve_precision
-from diffusion.editing import mask_option
-from diffusion.editing.img2img import check_strength
-from diffusion.editing.sources import read_input
-from diffusion.sampling.pipeline import DiffusionPipeline
-from diffusion.runs.records import portable_arg, shell_word
 from diffusion.checks import (
     check_bool,
     check_choice,
@@ -35,8 +28,15 @@ from diffusion.commands.launcher import launch
 from diffusion.config.build import build_scheduler
 from diffusion.config.keys import check_cli_config
 from diffusion.config.runs import run_config
+from diffusion.editing import mask_option
+from diffusion.editing.img2img import check_strength
+from diffusion.editing.sources import read_input
+from diffusion.reporting import figures as viz
 from diffusion.runs.load import newest_checkpoint
+from diffusion.runs.records import portable_arg, shell_word
+from diffusion.runtime.device import resolve_device, resolve_precision
 from diffusion.sampling.checks import labels_option
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 
 TASKS = ("img2img", "inpaint", "invert", "interpolate")  # the order of TASK_RUNS

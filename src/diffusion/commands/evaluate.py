@@ -20,10 +20,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from diffusion.runtime import distributed as dist
-from diffusion.reporting import figures as viz
-from diffusion.runtime.device import resolve_device, resolve_precision
-from diffusion.errors import ConfigError
+from diffusion.checks import check_bool, check_int, check_writable
+from diffusion.commands.launcher import launch
+from diffusion.config.build import build_scheduler
 from diffusion.config.guidance import (
     GuidanceOptions,
     build_guidance,
@@ -32,16 +31,17 @@ from diffusion.config.guidance import (
     guidance_record,
     load_options_classifier,
 )
-from diffusion.metrics import FidResult
-from diffusion.config.metrics import build_scorer, check_metrics
-from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
-from diffusion.runs.records import entry_key, plot_entries, read_eval, write_eval
-from diffusion.checks import check_bool, check_int, check_writable
-from diffusion.commands.launcher import launch
-from diffusion.config.build import build_scheduler
 from diffusion.config.keys import check_cli_config
+from diffusion.config.metrics import build_scorer, check_metrics
 from diffusion.config.runs import run_config
+from diffusion.errors import ConfigError
+from diffusion.metrics import FidResult
+from diffusion.reporting import figures as viz
 from diffusion.runs.load import newest_checkpoint
+from diffusion.runs.records import entry_key, plot_entries, read_eval, write_eval
+from diffusion.runtime import distributed as dist
+from diffusion.runtime.device import resolve_device, resolve_precision
+from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training.checkpoint import saved_step
 from diffusion.training.loggers import JsonlLogger

@@ -15,24 +15,23 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 
-from diffusion.runtime import distributed as dist
-from diffusion.reporting import figures as viz
-from diffusion.runtime.device import resolve_device, resolve_precision
+from diffusion.checks import check_bool, check_image_file, check_int, check_writable, is_int
+from diffusion.commands.launcher import launch
+from diffusion.config.build import build_scheduler
 from diffusion.config.guidance import (
     GuidanceOptions,
     build_guidance,
     check_guidance_options,
     load_options_classifier,
 )
-from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
-from diffusion.checks import check_bool, check_image_file, check_int, check_writable, is_int
-from diffusion.commands.launcher import launch
-from diffusion.config.build import build_scheduler
 from diffusion.config.keys import check_cli_config
 from diffusion.config.runs import run_config
+from diffusion.reporting import figures as viz
+from diffusion.runtime import distributed as dist
+from diffusion.runtime.device import resolve_device, resolve_precision
 from diffusion.sampling.checks import labels_option
+from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
 from diffusion.sampling.sampler import SamplerSpec
 
 

@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.runtime import distributed as dist
+from diffusion.commands.launcher import fail, guarded, launch
 from diffusion.config import preflight
 from diffusion.config.build import (
     build_datasets,
@@ -37,14 +37,13 @@ from diffusion.config.build import (
     build_trainer_config,
     build_training_sampler,
 )
-from diffusion.commands.launcher import fail, guarded, launch
-from diffusion.errors import USER_ERRORS
-from diffusion.runtime.seed import seed_everything
-from diffusion.errors import ConfigError, RunError
 from diffusion.config.metrics import build_evaluator
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.preflight import NothingToDo, check_config, check_resume
+from diffusion.errors import USER_ERRORS, ConfigError, RunError
 from diffusion.runs.folder import create_run_dir, write_env
+from diffusion.runtime import distributed as dist
+from diffusion.runtime.seed import seed_everything
 from diffusion.training.trainer import Trainer
 
 log = logging.getLogger("diffusion.train")

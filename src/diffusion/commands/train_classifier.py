@@ -14,13 +14,13 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.config.build import build_classifier, build_datasets, build_scheduler
-from diffusion.commands.launcher import launch
-from diffusion.runtime.seed import seed_everything
-from diffusion.runtime.device import resolve_device
-from diffusion.errors import ConfigError
 from diffusion.checks import check_int, check_number, check_writable
+from diffusion.commands.launcher import launch
+from diffusion.config.build import build_classifier, build_datasets, build_scheduler
+from diffusion.errors import ConfigError
 from diffusion.runs.folder import write_env
+from diffusion.runtime.device import resolve_device
+from diffusion.runtime.seed import seed_everything
 from diffusion.training.classifier import ClassifierTrainer
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.reporting import figures as viz
 from diffusion.commands.launcher import launch
+from diffusion.reporting import figures as viz
 from diffusion.runs.records import read_eval
 from diffusion.training.loggers import WandbLogger, read_metrics
 

@@ -11,10 +11,6 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.data import dataset_info
-from diffusion.runtime.device import resolve_device
-from diffusion.errors import ConfigError, DatasetNotFoundError
-from diffusion.training.objectives import Objective
 from diffusion.checks import check_int
 from diffusion.config.legacy import (
     OLD_TRAINER_OBJECTIVE_KEYS,
@@ -22,6 +18,10 @@ from diffusion.config.legacy import (
     moved_key_message,
 )
 from diffusion.config.sampler import training_sampler
+from diffusion.data import dataset_info
+from diffusion.errors import ConfigError, DatasetNotFoundError
+from diffusion.runtime.device import resolve_device
+from diffusion.training.objectives import Objective
 
 
 def _instantiate(group: str, node: DictConfig, **kwargs):

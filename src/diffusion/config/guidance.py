@@ -15,10 +15,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 
-from diffusion.errors import ConfigError
-from diffusion.sampling.guidance import Guidance
 from diffusion.config.runs import run_config
+from diffusion.errors import ConfigError
 from diffusion.runs.load import load_classifier
+from diffusion.sampling.guidance import Guidance
 
 NOISE_PROCESS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
                  "rescale_betas_zero_snr")

@@ -11,15 +11,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from diffusion.runtime import distributed as dist
+from diffusion.checks import check_bool, check_int
+from diffusion.config.sampler import training_sampler
 from diffusion.data import dataset_options
-from diffusion.runtime.device import resolve_device
 from diffusion.errors import ConfigError
 from diffusion.metrics.features import load_feature_network
 from diffusion.metrics.fid import DataRef, FidEvaluator, FidScorer
 from diffusion.metrics.inception import InceptionFeatures
-from diffusion.config.sampler import training_sampler
-from diffusion.checks import check_bool, check_int
+from diffusion.runtime import distributed as dist
+from diffusion.runtime.device import resolve_device
 
 FEATURES = ("domain", "inception")
 

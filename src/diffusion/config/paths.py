@@ -8,7 +8,8 @@ checkout the top-level ``conf`` is a link to it. A folder of your own is added w
 ``${folder_classes:<folder>}`` is the number of class subfolders of a folder of images (null
 when it is unlabelled; ``diffusion.data.image_files``), so ``data=image_folder`` describes its
 classes for ``conditioning=class`` as the built-in datasets do. It is registered on import of
-this module, which every command (and ``diffusion.commands.launcher``) imports before composing a config.
+this module, which every command (through ``diffusion.commands.launcher``) imports before
+composing a config.
 """
 
 from pathlib import Path

@@ -31,6 +31,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from diffusion.checks import check_number, check_writable
 from diffusion.config.build import (
     build_model,
     build_objective,
@@ -40,9 +41,8 @@ from diffusion.config.build import (
     check_device,
     validate,
 )
-from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
-from diffusion.checks import check_number, check_writable
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
+from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
 from diffusion.training.checkpoint import latest_checkpoint, step_of
 
 FROZEN_ON_RESUME = ("model", "scheduler", "data.name", "data.channels", "data.image_size",

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from diffusion.checks import check_int, check_number
 from diffusion.data.datasets import ImageDataset
 from diffusion.data.decoded import DecodedFolder, decode_folder, listing_key
-from diffusion.errors import ConfigError, DatasetNotFoundError
 from diffusion.data.image_files import IMAGE_SUFFIXES, FolderListing, list_images
+from diffusion.errors import ConfigError, DatasetNotFoundError
 
 
 class DecodedImages(Dataset):

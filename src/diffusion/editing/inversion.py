@@ -28,8 +28,8 @@ import math
 
 import torch
 
-from diffusion.editing.inputs import check_edit, in_batches
 from diffusion.checks import check_int
+from diffusion.editing.inputs import check_edit, in_batches
 from diffusion.schedulers import DDIMScheduler
 
 

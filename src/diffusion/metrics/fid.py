@@ -25,12 +25,12 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from diffusion.runtime import distributed as dist
 from diffusion.data import build_dataset, dataset_info
-from diffusion.sampling.guidance import Guidance
 from diffusion.metrics.features import cache_root, to_uint8
-from diffusion.sampling.sampler import SamplerSpec
+from diffusion.runtime import distributed as dist
 from diffusion.sampling.checks import balanced_labels
+from diffusion.sampling.guidance import Guidance
+from diffusion.sampling.sampler import SamplerSpec
 
 
 def format_score(value: float | None) -> str:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from diffusion.checks import check_int, check_number
 from diffusion.oracle.mixtures import (
     DATASETS,
     ExactModel,
@@ -79,14 +80,10 @@ class OracleConfig:
                     raise ValueError(f"unknown {key} {value!r}; valid ones are "
                                      f"{', '.join(valid)}.")
         for nfe in self.nfe:
-            if not 1 <= nfe <= self.num_train_timesteps:
-                raise ValueError(f"each NFE must be an integer from 1 to "
-                                 f"{self.num_train_timesteps}; got {nfe}.")
+            check_int("each NFE", nfe, 1, self.num_train_timesteps)
         for key, minimum in (("n", 2), ("projections", 1), ("floor_repeats", 1)):
-            if getattr(self, key) < minimum:
-                raise ValueError(f"{key} must be at least {minimum}; got {getattr(self, key)}.")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"eta must be a number in [0, 1]; got {self.eta}.")
+            check_int(key, getattr(self, key), minimum)
+        check_number("eta", self.eta, 0, 1)
 
 
 def steps_for_nfe(nfe: int, order: int) -> int:

@@ -10,7 +10,6 @@ sample and to re-run.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import socket
 import subprocess
@@ -20,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+
 from diffusion.errors import RunError
 
 MAX_DIFF_BYTES = 1_000_000
@@ -90,7 +90,8 @@ def create_run_dir(path: str | Path) -> Path:
                 continue
     except OSError as exc:
         blocking = next((p for p in path.parents if p.exists()), path.parent)
-        raise RunError(f"Cannot create the run folder {path} ({(exc.strerror or type(exc).__name__).lower()}): make "
+        reason = (exc.strerror or type(exc).__name__).lower()
+        raise RunError(f"Cannot create the run folder {path} ({reason}): make "
                        f"{blocking} writable or set paths.runs_dir to a writable folder."
                        ) from None
     raise RunError(f"Cannot create the run folder {path}: 1000 folders of that name exist; "

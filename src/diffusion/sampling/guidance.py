@@ -27,7 +27,6 @@ those samplers read it, from sigma interpolated linearly in t.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 

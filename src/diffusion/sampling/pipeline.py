@@ -16,14 +16,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion.runtime import distributed as dist
 from diffusion import editing
-from diffusion.runtime.device import autocast, resolve_device, resolve_precision
-from diffusion.sampling.guidance import Guidance
 from diffusion.checks import check_int
 from diffusion.errors import ConfigError
 from diffusion.runs.load import load_run
+from diffusion.runtime import distributed as dist
+from diffusion.runtime.device import autocast, resolve_device, resolve_precision
 from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS, check_labels, check_sampling
+from diffusion.sampling.guidance import Guidance
 from diffusion.schedulers import NoiseScheduler
 
 NoiseFn = Callable[[int, int], torch.Tensor]  # (start, size) -> x_T of that chunk
@@ -115,7 +115,8 @@ class DiffusionPipeline:
         channels, size = int(cfg["data"]["channels"]), int(cfg["data"]["image_size"])
         if channels_last is None:
             channels_last = bool((cfg.get("trainer") or {}).get("channels_last", False))
-        return cls(model, scheduler, (channels, size, size), device=device, precision=precision, compile=compile,
+        return cls(model, scheduler, (channels, size, size), device=device, precision=precision,
+                   compile=compile,
                    channels_last=channels_last)
 
     @torch.no_grad()
@@ -298,7 +299,8 @@ class DiffusionPipeline:
         """The network's float32 output for the batch ``x`` (as the network sees it, i.e.
         after ``scale_model_input``) at one timestep ``t``, with labels ``y``: the one place
         sampling and editing (``diffusion.editing``) ask the model, in the pipeline's precision.
-        ``denoiser`` replaces the bare forward (the guided one of ``diffusion.sampling.guidance``)."""
+        ``denoiser`` replaces the bare forward (the guided one of
+        ``diffusion.sampling.guidance``)."""
         t_batch = t.expand(x.shape[0]) if torch.is_tensor(t) else torch.full(
             (x.shape[0],), int(t), device=self.device)
         with autocast(self.device, self.precision):

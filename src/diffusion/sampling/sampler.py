@@ -20,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusion.sampling.pipeline import make_sampler
 from diffusion.checks import check_int
 from diffusion.errors import ConfigError
 from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS, check_sampler, check_sampling
+from diffusion.sampling.pipeline import make_sampler
 from diffusion.schedulers import NoiseScheduler
 
 GENERIC_KEYS = ("name", "steps", "timestep_spacing")

@@ -30,7 +30,6 @@ from diffusion.schedulers.base import SchedulerOutput
 from diffusion.schedulers.ddim import DDIMScheduler
 
 
-
 def repaint_indices(n: int, jump_length: int, jump_n_sample: int) -> list[int]:
     """Indices 0..n-1 into the ascending step grid, in RePaint's visiting order: down from
     n - 1 to 0, and after index j (a multiple of ``jump_length`` below n - jump_length) back up

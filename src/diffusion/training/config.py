@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from diffusion.runtime.device import PRECISIONS
 from diffusion.checks import check_choice, check_int, check_number
 from diffusion.errors import ConfigError
+from diffusion.runtime.device import PRECISIONS
 
 
 @dataclass

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from diffusion.errors import TrainingError
+from diffusion.reporting.figures import save_grid
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import autocast
-from diffusion.errors import TrainingError
 from diffusion.sampling.guidance import Guidance, class_rows
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.training import checkpoint as ckpt
-from diffusion.reporting.figures import save_grid
 
 
 class PeriodicWork:

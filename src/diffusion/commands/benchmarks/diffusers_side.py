@@ -31,11 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from diffusion.commands.benchmarks.ours import Side, bench_samplers, synthetic_batch
-from diffusion.runtime.device import autocast
 from diffusion.errors import ConfigError
 from diffusion.models.layers import level_resolutions
-from diffusion.sampling.sampler import SamplerSpec
+from diffusion.runtime.device import autocast
 from diffusion.sampling.checks import SAMPLERS
+from diffusion.sampling.sampler import SamplerSpec
 
 TOLERANCE = 0.05
 """How far the diffusers network's parameter count may be from ours (relative)."""

@@ -19,13 +19,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from diffusion.config.build import build_model, build_scheduler, build_trainer_config
-from diffusion.runtime.seed import seed_everything
+from diffusion.config.sampler import named_sampler
 from diffusion.data import build_dataset, dataset_info, dataset_options
 from diffusion.data.synthetic import MNIST_KINDS, write_tiny_mnist
-from diffusion.runtime.device import autocast
 from diffusion.errors import ConfigError, DatasetNotFoundError
 from diffusion.runs.records import portable_path
-from diffusion.config.sampler import named_sampler
+from diffusion.runtime.device import autocast
+from diffusion.runtime.seed import seed_everything
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training.trainer import Trainer
 
