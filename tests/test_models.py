@@ -200,7 +200,7 @@ def test_default_attention_is_one_halving_down():
         (BasicUNet, dict(time_embed_dim=1), "time_embed_dim must be an integer >= 2"),
         (UNet, dict(base_channels=12, norm_groups=8), "norm_groups=8 must divide"),
         (UNet, dict(activation="relu"), "activation must be one of"),
-        (UNet, dict(dropout=1.0), r"dropout must be a probability in \[0, 1\)"),
+        (UNet, dict(dropout=1.0), r"dropout must be a number in \[0, 1\) \(a probability\)"),
         (AttentionUNet, dict(image_size=0), "image_size must be an integer >= 1"),
         (AttentionUNet, dict(num_res_blocks=0), "num_res_blocks must be an integer >= 1"),
         (AttentionUNet, dict(num_heads=3), "num_heads=3 must divide"),

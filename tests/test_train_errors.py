@@ -82,7 +82,7 @@ BAD_VALUES = [
     ("model.num_classes=5", "error: model.num_classes is 5 but data mnist has 10 classes; set "
                             "model.num_classes=10"),
     ("model.base_channels=0", "error: Invalid model config: model.base_channels must be an "
-                              "integer >= 1, got 0."),
+                              "integer >= 1; got 0."),
     ("data.batch_size=0", "error: data.batch_size must be an integer >= 1"),
     ("seed=abc", "error: seed must be an integer; got 'abc'."),
     ("model=foo", "error: model=foo is not an option of model: choose one of basic, unet, "

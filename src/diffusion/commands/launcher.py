@@ -44,19 +44,16 @@ def guarded(work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def launch(config_name: str, work: Callable[[DictConfig], Any], *,
            rewrite: Callable[[list[str]], list[str]] = list, argv: list[str] | None = None,
            config_dir: str | Path = CONF_DIR, check_keys: bool = True,
-           distributed: bool = True, job_name: str | None = None) -> None:
+           distributed: bool = True) -> None:
     """Run ``work(cfg)`` on the config Hydra composes from ``config_dir/config_name.yaml``
     and the command line (``argv``: given already prepared, else ``sys.argv`` through
     ``rewrite``). ``check_keys``: every key is checked against the command's config before
     Hydra sees it. ``distributed``: under torchrun the process group is set up around the
-    work, so every rank takes its share. ``job_name`` (default: ``config_name``) names the
-    command's log file, ``<job_name>.log``."""
+    work, so every rank takes its share."""
     if argv is None:
         if check_keys:
             guarded(check_overrides, sys.argv[1:], config_name)
         argv = rewrite(sys.argv[1:])
-    if not any(arg.startswith("hydra.job.name=") for arg in argv):
-        argv = [*argv, f"hydra.job.name={job_name or config_name}"]
     sys.argv = [sys.argv[0], *argv]
 
     def main(cfg: DictConfig) -> None:
@@ -69,4 +66,5 @@ def launch(config_name: str, work: Callable[[DictConfig], Any], *,
         finally:
             dist.shutdown()
 
+    main.__module__ = work.__module__  # Hydra names the job (and <job>.log) after it
     hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(main)()

@@ -283,8 +283,7 @@ def main() -> None:
         except preflight.NothingToDo as done:
             print(done)
             return
-    launch(config_name, _main, argv=argv, config_dir=config_path, distributed=False,
-           job_name="train")
+    launch(config_name, _main, argv=argv, config_dir=config_path, distributed=False)
     if sweep_dir is not None:
         jobs = len(preflight.split_jobs(
             [a for a in options.overrides if not preflight.is_hydra_key(a)], True))

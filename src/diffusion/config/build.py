@@ -31,13 +31,13 @@ def _instantiate(group: str, node: DictConfig, **kwargs):
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(cause, ValueError | TypeError):
+        if isinstance(cause, ValueError | TypeError):  # ConfigError is a ValueError
             message = str(cause)
             first = message.split(" ", 1)[0].strip("`'\":,")
-            if first in node:
-                message = f"{group}.{message}"
+            if first in node:  # the constructor's argument, named as the config spells it
+                raise ConfigError(f"Invalid {group} config: {group}.{message}") from None
+            if isinstance(cause, ConfigError):  # already names its key in full
+                raise cause from None
             raise ConfigError(f"Invalid {group} config: {message}") from None
         raise
 

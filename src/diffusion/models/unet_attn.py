@@ -11,6 +11,8 @@ CIFAR-10 network of the DDPM paper.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -40,6 +42,43 @@ class EmbedSequential(nn.Sequential):
         for layer in self:
             x = layer(x, emb) if isinstance(layer, ResidualBlock) else layer(x)
         return x
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """Builds the UNet's blocks from the settings they all share, so that the encoder and
+    decoder builders only say which widths go where."""
+
+    embed_dim: int
+    dropout: float
+    norm_groups: int
+    use_scale_shift_norm: bool
+    heads: dict[int, int]
+    resblock_updown: bool
+    conv_resample: bool
+
+    def res(self, cin: int, cout: int, resample: str | None = None) -> ResidualBlock:
+        """A residual block conditioned on the time (and class) embedding."""
+        return ResidualBlock(
+            cin,
+            cout,
+            self.embed_dim,
+            dropout=self.dropout,
+            norm_groups=self.norm_groups,
+            use_scale_shift_norm=self.use_scale_shift_norm,
+            resample=resample,
+        )
+
+    def attn(self, c: int) -> AttentionBlock:
+        """Self-attention over a width-``c`` feature map, with the heads chosen for ``c``."""
+        return AttentionBlock(c, self.heads[c], self.norm_groups)
+
+    def resample(self, c: int, direction: str) -> nn.Module:
+        """Halve (``down``) or double (``up``) the side: inside a residual block with
+        ``resblock_updown``, else with a (conv) resample layer."""
+        if self.resblock_updown:
+            return self.res(c, c, resample=direction)
+        return (Downsample if direction == "down" else Upsample)(c, self.conv_resample)
 
 
 class AttentionUNet(Backbone):
@@ -75,24 +114,13 @@ class AttentionUNet(Backbone):
         super().__init__()
         args = check_backbone(in_channels, out_channels, image_size, base_channels, channel_mult,
                               num_classes)
-        in_channels, out_channels, widths = args.in_channels, args.out_channels, args.widths
-        mult = args.channel_mult
+        widths = args.widths
         check_positive_int("num_res_blocks", num_res_blocks)
         check_norm_groups(norm_groups, widths)
         dropout = check_dropout(dropout)
-        resolutions = level_resolutions(image_size, len(mult))
-        if attention_resolutions is None:  # one halving down: 16 for 32x32, 14 for MNIST
-            attention_resolutions = (resolutions[min(1, len(mult) - 1)],)
-        attention_resolutions = check_int_tuple(
-            "attention_resolutions", attention_resolutions, allow_empty=True
+        attention_levels = self._attention_levels(
+            attention_resolutions, image_size, len(args.channel_mult)
         )
-        if not set(attention_resolutions) <= set(resolutions):
-            raise ValueError(
-                f"attention_resolutions must be feature-map sizes of this network, "
-                f"a subset of {resolutions} for image_size={image_size} and "
-                f"{len(mult)} levels; got {attention_resolutions}."
-            )
-        attention_levels = {resolutions.index(r) for r in attention_resolutions}
         heads = self._heads_per_width(
             num_heads, head_channels, {widths[i] for i in attention_levels} | {widths[-1]}
         )
@@ -100,58 +128,85 @@ class AttentionUNet(Backbone):
         self._levels(args)
         embed_dim = 4 * base_channels
         self.time_embed = TimeMLP(base_channels, embed_dim, args.num_classes)
+        blocks = _Blocks(embed_dim, dropout, norm_groups, use_scale_shift_norm, heads,
+                         resblock_updown, conv_resample)
+        # built (so initialised from the RNG) and registered in this order, which is what
+        # seeded weights and the state_dict keys of saved checkpoints depend on
+        self.conv_in = nn.Conv2d(args.in_channels, widths[0], 3, padding=1)
+        self.down, skip_widths = self._encoder(blocks, widths, num_res_blocks, attention_levels)
+        ch = widths[-1]
+        self.middle = EmbedSequential(blocks.res(ch, ch), blocks.attn(ch), blocks.res(ch, ch))
+        self.up = self._decoder(blocks, widths, num_res_blocks, attention_levels, skip_widths)
+        self.out = nn.Sequential(
+            nn.GroupNorm(norm_groups, widths[0]),
+            nn.SiLU(),
+            zero_init(nn.Conv2d(widths[0], args.out_channels, 3, padding=1)),
+        )
 
-        def res(cin: int, cout: int, resample: str | None = None) -> ResidualBlock:
-            return ResidualBlock(
-                cin,
-                cout,
-                embed_dim,
-                dropout=dropout,
-                norm_groups=norm_groups,
-                use_scale_shift_norm=use_scale_shift_norm,
-                resample=resample,
+    @staticmethod
+    def _attention_levels(
+        attention_resolutions: tuple[int, ...] | None, image_size: int, num_levels: int
+    ) -> set[int]:
+        """Indices of the levels that attend, from the feature-map sides the user names (sides
+        are what papers quote; the network is built level by level)."""
+        resolutions = level_resolutions(image_size, num_levels)
+        if attention_resolutions is None:  # one halving down: 16 for 32x32, 14 for MNIST
+            attention_resolutions = (resolutions[min(1, num_levels - 1)],)
+        attention_resolutions = check_int_tuple(
+            "attention_resolutions", attention_resolutions, allow_empty=True
+        )
+        if not set(attention_resolutions) <= set(resolutions):
+            raise ValueError(
+                f"attention_resolutions must be feature-map sizes of this network, "
+                f"a subset of {resolutions} for image_size={image_size} and "
+                f"{num_levels} levels; got {attention_resolutions}."
             )
+        return {resolutions.index(r) for r in attention_resolutions}
 
-        def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, heads[c], norm_groups)
-
-        def resample(c: int, direction: str) -> nn.Module:
-            if resblock_updown:
-                return res(c, c, resample=direction)
-            return (Downsample if direction == "down" else Upsample)(c, conv_resample)
-
+    @staticmethod
+    def _encoder(
+        blocks: _Blocks, widths: list[int], num_res_blocks: int, attention_levels: set[int]
+    ) -> tuple[nn.ModuleList, list[int]]:
+        """The down path, and the width of every skip it leaves for the up path (the input
+        convolution's first), which the decoder needs to size its concatenations."""
         ch = widths[0]
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         skip_widths = [ch]
-        self.down = nn.ModuleList()
+        down = nn.ModuleList()
         for level, width in enumerate(widths):
             for _ in range(num_res_blocks):
-                layers = [res(ch, width)] + ([attn(width)] if level in attention_levels else [])
-                self.down.append(EmbedSequential(*layers))
+                layers = [blocks.res(ch, width)]
+                if level in attention_levels:
+                    layers.append(blocks.attn(width))
+                down.append(EmbedSequential(*layers))
                 ch = width
                 skip_widths.append(ch)
             if level < len(widths) - 1:
-                self.down.append(EmbedSequential(resample(ch, "down")))
+                down.append(EmbedSequential(blocks.resample(ch, "down")))
                 skip_widths.append(ch)
+        return down, skip_widths
 
-        self.middle = EmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
-
-        self.up = nn.ModuleList()
+    @staticmethod
+    def _decoder(
+        blocks: _Blocks,
+        widths: list[int],
+        num_res_blocks: int,
+        attention_levels: set[int],
+        skip_widths: list[int],
+    ) -> nn.ModuleList:
+        """The up path: one block more per level than the encoder, so that every skip (taken
+        from the end of ``skip_widths``) is concatenated back exactly once."""
+        ch = widths[-1]
+        up = nn.ModuleList()
         for level, width in reversed(list(enumerate(widths))):
             for i in range(num_res_blocks + 1):
-                layers = [res(ch + skip_widths.pop(), width)]
+                layers = [blocks.res(ch + skip_widths.pop(), width)]
                 ch = width
                 if level in attention_levels:
-                    layers.append(attn(ch))
+                    layers.append(blocks.attn(ch))
                 if level and i == num_res_blocks:
-                    layers.append(resample(ch, "up"))
-                self.up.append(EmbedSequential(*layers))
-
-        self.out = nn.Sequential(
-            nn.GroupNorm(norm_groups, ch),
-            nn.SiLU(),
-            zero_init(nn.Conv2d(ch, out_channels, 3, padding=1)),
-        )
+                    layers.append(blocks.resample(ch, "up"))
+                up.append(EmbedSequential(*layers))
+        return up
 
     @staticmethod
     def _heads_per_width(

@@ -22,15 +22,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from diffusion.runtime import distributed as dist
 from diffusion.data import DeviceDataset
+from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import (
     autocast,
     resolve_device,
     resolve_precision,
     use_deterministic_algorithms,
 )
-from diffusion.training.objectives import Objective
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training import checkpoint as ckpt
@@ -38,6 +37,7 @@ from diffusion.training.batches import ResumableBatchSampler, batch_stream
 from diffusion.training.config import TrainerConfig
 from diffusion.training.ema import EMA
 from diffusion.training.loggers import JsonlLogger, Logger, LoggerGroup
+from diffusion.training.objectives import Objective
 from diffusion.training.periodic import PeriodicWork
 from diffusion.training.state import CheckpointState
 
@@ -87,6 +87,22 @@ class Trainer(CheckpointState, PeriodicWork):
         self.num_train_timesteps = int(scheduler.config["num_train_timesteps"])
         self.sample_shape = tuple(train_set[0][0].shape)
 
+        self._place_model(model)
+        self.optimizer = self._build_optimizer(optimizer)
+        self.lr_scheduler = (lr_scheduler(self.optimizer, total_steps=config.max_steps)
+                             if lr_scheduler is not None else None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self._init_data_and_noise(on_device)
+        self.evaluator = evaluator
+        self._pipeline: DiffusionPipeline | None = None
+        self._init_progress()
+        self._init_logging(logger)
+
+    # ------------------------------------------------------------------ setup
+    def _place_model(self, model: nn.Module) -> None:
+        """Put the model on the device in the configured memory format and set up what trains
+        it: DDP across processes, its EMA, and the (compiled) forward the step calls."""
+        config = self.cfg
         self.memory_format = (torch.channels_last if config.channels_last
                               else torch.contiguous_format)
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -98,17 +114,21 @@ class Trainer(CheckpointState, PeriodicWork):
         self.forward = self.ddp or self.model
         if config.compile:
             self.forward = torch.compile(self.forward)
-        self.optimizer = self._build_optimizer(optimizer)
-        self.lr_scheduler = (lr_scheduler(self.optimizer, total_steps=config.max_steps)
-                             if lr_scheduler is not None else None)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.noise_generator = torch.Generator(self.device).manual_seed(seed)
-        self.device_data = (DeviceDataset.from_dataset(train_set, self.device, num_workers)
+
+    def _init_data_and_noise(self, on_device: bool) -> None:
+        """The seeded noise stream the steps draw from (and that checkpoints resume), the
+        dataset kept on the device when ``on_device``, and the fixed noise every sample grid
+        starts from (its own generator, so grids are comparable across steps)."""
+        self.noise_generator = torch.Generator(self.device).manual_seed(self.seed)
+        self.device_data = (DeviceDataset.from_dataset(self.train_set, self.device,
+                                                       self.num_workers)
                             if on_device else None)
-        self.fixed_noise = torch.randn((config.sample_n, *self.sample_shape),
-                                       generator=torch.Generator().manual_seed(seed))
-        self.evaluator = evaluator
-        self._pipeline: DiffusionPipeline | None = None
+        self.fixed_noise = torch.randn((self.cfg.sample_n, *self.sample_shape),
+                                       generator=torch.Generator().manual_seed(self.seed))
+
+    def _init_progress(self) -> None:
+        """The progress of a run that has taken no step yet; a resume restores the saved
+        counters over these."""
         self.best = math.inf
         self.step = 0
         self._out_of_time = False
@@ -116,6 +136,10 @@ class Trainer(CheckpointState, PeriodicWork):
         self.micro_batches = 0  # batches consumed, skipped steps' too: where the data resumes
         self._start_step = 0
         self._logged_losses: list[float] = []
+
+    def _init_logging(self, logger: Logger | None) -> None:
+        """Rank 0 alone writes: it removes what an interrupted save left and logs to
+        ``metrics.jsonl`` (and to ``logger``); the other ranks log nowhere."""
         if self.is_main:
             for stale in ckpt.remove_stale_temporaries(self.ckpt_dir):
                 log.info("Removed %s, left by a save that was interrupted.", stale.name)
@@ -123,7 +147,6 @@ class Trainer(CheckpointState, PeriodicWork):
                                    *([logger] if logger is not None else [])]
                                   if self.is_main else [])
 
-    # ------------------------------------------------------------------ setup
     def _build_optimizer(self, factory) -> torch.optim.Optimizer:
         """Fused AdamW/Adam (CUDA and CPU kernels) unless the config says otherwise."""
         if (self.device.type in ("cuda", "cpu") and isinstance(factory, functools.partial)
@@ -264,40 +287,65 @@ class Trainer(CheckpointState, PeriodicWork):
             window_steps += 1
             bar.update(1)
             if self._due(cfg.log_every) or self._due(cfg.ckpt_every):
-                mean_loss = dist.all_mean(loss_sum / loss_count).item()  # one sync per log
-                self._check_loss(mean_loss)
-                elapsed = time.perf_counter() - window_start
-                images = window_steps * cfg.grad_accum * self.batch_size  # all ranks
-                metrics = {"train/loss": mean_loss, "train/grad_norm": grad_norm.item(),
-                           "train/lr": self.optimizer.param_groups[0]["lr"],
-                           "train/images_per_sec": images / elapsed,
-                           "train/data_time_frac": data_time / elapsed,
-                           "train/epoch": self.micro_batches * self.batch_size
-                           / len(self.train_set)}
-                if self.scaler.is_enabled():
-                    metrics["train/skipped_steps"] = self.skipped_steps
+                metrics = self._train_metrics(loss_sum / loss_count, grad_norm, window_steps,
+                                              data_time, window_start)
                 loss_sum.zero_()
                 loss_count, data_time, window_steps = 0, 0.0, 0
-                if self._due(cfg.val_every):
-                    metrics["val/loss"] = self.validation_loss()
-                self.logger.log_metrics(metrics, self.step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}",
-                                img_s=f"{metrics['train/images_per_sec']:.0f}")
+                self._log_metrics(metrics, bar)
             elif self._due(cfg.val_every):
                 self.logger.log_metrics({"val/loss": self.validation_loss()}, self.step)
-            if self._due(cfg.sample_every):  # every rank samples a share of the grid
-                grid = self.sample_grid()
-                if grid is not None:
-                    self.logger.log_image("samples", grid, self.step)
-            if self.evaluator is not None and self._due(cfg.eval_every):
-                self.evaluate()
-            if self._due(cfg.ckpt_every):
-                self._check_replicas()
-                if self.is_main:
-                    self.save_checkpoint()
+            self._run_due_work()
             if window_steps == 0:
                 window_start = time.perf_counter()  # periodic work is not training time
         bar.close()
+        return self._finish(wall_start, metrics)
+
+    def _train_metrics(self, window_loss: torch.Tensor, grad_norm: torch.Tensor, steps: int,
+                       data_time: float, window_start: float) -> dict:
+        """The training metrics of the ``steps`` since ``window_start``, whose mean loss is
+        ``window_loss``. The loss is read (averaged over ranks) here only, so that the steps
+        between logs never wait for the host."""
+        mean_loss = dist.all_mean(window_loss).item()  # one sync per log
+        self._check_loss(mean_loss)
+        elapsed = time.perf_counter() - window_start
+        images = steps * self.cfg.grad_accum * self.batch_size  # all ranks
+        metrics = {"train/loss": mean_loss, "train/grad_norm": grad_norm.item(),
+                   "train/lr": self.optimizer.param_groups[0]["lr"],
+                   "train/images_per_sec": images / elapsed,
+                   "train/data_time_frac": data_time / elapsed,
+                   "train/epoch": self.micro_batches * self.batch_size / len(self.train_set)}
+        if self.scaler.is_enabled():
+            metrics["train/skipped_steps"] = self.skipped_steps
+        return metrics
+
+    def _log_metrics(self, metrics: dict, bar: tqdm) -> None:
+        """Log ``metrics``, with the validation loss when that is due at the same step, and
+        show the loss and throughput on the progress bar."""
+        if self._due(self.cfg.val_every):
+            metrics["val/loss"] = self.validation_loss()
+        self.logger.log_metrics(metrics, self.step)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
+                        img_s=f"{metrics['train/images_per_sec']:.0f}")
+
+    def _run_due_work(self) -> None:
+        """The work due after this step besides logging: a sample grid, an evaluation and a
+        checkpoint, in that order (so the checkpoint holds the best metric just evaluated)."""
+        cfg = self.cfg
+        if self._due(cfg.sample_every):  # every rank samples a share of the grid
+            grid = self.sample_grid()
+            if grid is not None:
+                self.logger.log_image("samples", grid, self.step)
+        if self.evaluator is not None and self._due(cfg.eval_every):
+            self.evaluate()
+        if self._due(cfg.ckpt_every):
+            self._check_replicas()
+            if self.is_main:
+                self.save_checkpoint()
+
+    def _finish(self, wall_start: float, metrics: dict) -> dict:
+        """The run's summary (the last logged metrics among it), saying why it stopped when
+        the time budget ended it, written to ``summary.json`` by rank 0."""
+        cfg = self.cfg
         summary = {"step": self.step, "wall_time_sec": time.perf_counter() - wall_start,
                    "world_size": self.world_size, **metrics}
         if self._out_of_time:

@@ -14,10 +14,13 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
 
 from diffusion.commands.benchmarks.guidance import check_guidance_bench, time_guidance
 from diffusion.commands.benchmarks.guidance import describe as describe_guidance
@@ -33,10 +36,10 @@ from diffusion.commands.benchmarks.measure import (
 )
 from diffusion.commands.benchmarks.ours import OurSide, Side, bench_dataset, bench_samplers
 from diffusion.config.build import validate
-from diffusion.runtime.device import resolve_device, resolve_precision
-from diffusion.errors import ConfigError, FeatureNetworkError
 from diffusion.config.metrics import build_scorer
+from diffusion.errors import ConfigError, FeatureNetworkError
 from diffusion.runs.records import cpu_model, portable_arg, portable_value
+from diffusion.runtime.device import resolve_device, resolve_precision
 
 OPERATIONS = {"train": "train_step", "data": "next_batch", "ema": "ema_update"}
 """The operations besides sampling, which is timed once per sampler (``sample:<name>``)."""
@@ -148,50 +151,99 @@ def run_benchmark(cfg: DictConfig, command: str = "") -> dict:
 
 
 def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str) -> dict:
+    """Measure every side in a scratch directory, then make the record (so its duration
+    includes removing that directory)."""
+    load_before = _load_average()
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="diffusion-bench-") as tmp:
+        measured = _measure_sides(cfg, device, precision, Path(tmp))
+    return _record(cfg, device, precision, command, started, load_before, measured)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """What ``_record`` needs from the measurements, once the scratch directory is gone."""
+
+    data_source: str
+    samplers: list[str]
+    peak: float | None
+    results: dict
+    extras: dict
+
+
+def _measure_sides(cfg: DictConfig, device: torch.device, precision: str,
+                   workdir: Path) -> _Measured:
+    """Build and warm up each side in turn, then time every operation with the sides taking
+    turns (so a drift of the machine hits them alike), and count FLOPs where asked."""
     bench = cfg.bench
     count_ops = bench.flops is True or (bench.flops == "auto" and device.type == "cuda")
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    started = time.time()
+    train_set, data_source = bench_dataset(cfg, workdir)
+    sides: dict[str, Side] = {}
+    factories = _factories(cfg, train_set, device, precision, workdir, sides)
+    memory: dict[str, dict] = {}
+    samplers = [spec.name for spec in bench_samplers(bench)]
+    calls = {op: lambda s, method=method: getattr(s, method)
+             for op, method in OPERATIONS.items()}
+    calls.update({f"sample:{name}": lambda s, name=name: functools.partial(s.sample, name)
+                  for name in samplers})
+    warm: dict[str, dict] = {op: {} for op in calls}
+    for name, factory in factories.items():
+        sides[name], memory[name] = _build_and_warm(name, factory, device, bench.warmup,
+                                                    warm, samplers)
+    timings = {op: time_interleaved({n: call(s) for n, s in sides.items()},
+                                    device, bench.repeats, bench.min_time_s, warm[op])
+               for op, call in calls.items()}
+    flops = ({n: {"train": count_flops(s.forward_backward), "sample": count_flops(s.forward)}
+              for n, s in sides.items()} if count_ops else {})
+    peak = matmul_peak_flops(device) if count_ops and device.type == "cuda" else None
+    extras = _extras(cfg, sides, device, samplers)
+    for side in sides.values():
+        side.close()
+    results = {name: _results(side, {op: timings[op][name] for op in calls},
+                              memory[name], cfg, flops.get(name), peak, samplers)
+               for name, side in sides.items()}
+    return _Measured(data_source, samplers, peak, results, extras)
 
-    with tempfile.TemporaryDirectory(prefix="diffusion-bench-") as tmp:
-        workdir = Path(tmp)
-        train_set, data_source = bench_dataset(cfg, workdir)
-        factories = {"ours": lambda: OurSide(cfg, train_set, device, workdir)}
-        if cfg.vs == "diffusers":
-            from diffusion.commands.benchmarks.diffusers_side import DiffusersSide
 
-            factories["diffusers"] = lambda: DiffusersSide(
-                cfg, sides["ours"].num_params, train_set, device, precision)
-        sides: dict[str, Side] = {}
-        memory: dict[str, dict] = {}
-        samplers = [spec.name for spec in bench_samplers(bench)]
-        calls = {op: lambda s, method=method: getattr(s, method)
-                 for op, method in OPERATIONS.items()}
-        calls.update({f"sample:{name}": lambda s, name=name: functools.partial(s.sample, name)
-                      for name in samplers})
-        warm: dict[str, dict] = {op: {} for op in calls}
-        for name, factory in factories.items():
-            sides[name], memory[name] = _build_and_warm(name, factory, device, bench.warmup,
-                                                        warm, samplers)
-        timings = {op: time_interleaved({n: call(s) for n, s in sides.items()},
-                                        device, bench.repeats, bench.min_time_s, warm[op])
-                   for op, call in calls.items()}
-        flops = ({n: {"train": count_flops(s.forward_backward), "sample": count_flops(s.forward)}
-                  for n, s in sides.items()} if count_ops else {})
-        peak = matmul_peak_flops(device) if count_ops and device.type == "cuda" else None
-        profiles = ({n: {"train": top_ops(s.train_step, device),
-                         **{f"sample {name}": top_ops(functools.partial(s.sample, name), device)
-                            for name in samplers}} for n, s in sides.items()}
-                    if bench.profile else {})
-        fid_eval = _time_fid(cfg, sides["ours"], device) if bench.get("fid_n") else None
-        guided = (time_guidance(cfg, sides["ours"].pipeline, device)
-                  if bench.get("guidance_scale") is not None else None)
-        for side in sides.values():
-            side.close()
-        results = {name: _results(side, {op: timings[op][name] for op in calls},
-                                  memory[name], cfg, flops.get(name), peak, samplers)
-                   for name, side in sides.items()}
+def _factories(cfg: DictConfig, train_set: Dataset, device: torch.device, precision: str,
+               workdir: Path, sides: dict[str, Side]) -> dict[str, Callable[[], Side]]:
+    """How to build each side, ours first: diffusers' counterpart is sized to match ours, so
+    its factory reads ours from ``sides`` once that is built."""
+    factories = {"ours": lambda: OurSide(cfg, train_set, device, workdir)}
+    if cfg.vs == "diffusers":
+        from diffusion.commands.benchmarks.diffusers_side import DiffusersSide
 
+        factories["diffusers"] = lambda: DiffusersSide(
+            cfg, sides["ours"].num_params, train_set, device, precision)
+    return factories
+
+
+def _extras(cfg: DictConfig, sides: dict[str, Side], device: torch.device,
+            samplers: list[str]) -> dict:
+    """The optional parts of the record, measured while the sides are still open: operator
+    profiles (``bench.profile``), a whole FID (``bench.fid_n``) and guided sampling
+    (``bench.guidance_scale``)."""
+    bench = cfg.bench
+    extras: dict = {}
+    if bench.profile:
+        extras["profiles"] = {
+            n: {"train": top_ops(s.train_step, device),
+                **{f"sample {name}": top_ops(functools.partial(s.sample, name), device)
+                   for name in samplers}}
+            for n, s in sides.items()}
+    if bench.get("fid_n"):
+        extras["fid_eval"] = _time_fid(cfg, sides["ours"], device)
+    if bench.get("guidance_scale") is not None:
+        extras["guidance"] = time_guidance(cfg, sides["ours"].pipeline, device)
+    return extras
+
+
+def _record(cfg: DictConfig, device: torch.device, precision: str, command: str,
+            started: float, load_before: tuple[float, float, float] | None,
+            measured: _Measured) -> dict:
+    """The JSON record: when, where and how the benchmark ran, the results, the ratios of
+    ours to diffusers' where both have a positive value, and the optional parts."""
+    results, samplers, peak = measured.results, measured.samplers, measured.peak
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "command": " ".join(portable_arg(word) for word in command.split(" ")),
@@ -200,10 +252,10 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
         "precision": precision,
         "num_threads": torch.get_num_threads(),
         "load_average_before": load_before,
-        "load_average_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average_after": _load_average(),
         "duration_s": time.time() - started,
         "versions": _versions(),
-        "data_source": data_source,
+        "data_source": measured.data_source,
         "batch_size": cfg.data.batch_size,
         "samplers": samplers,
         "sample_n": cfg.bench.sample_n,
@@ -217,13 +269,14 @@ def _measure(cfg: DictConfig, device: torch.device, precision: str, command: str
             key: results["ours"][key] / results["diffusers"][key]
             for _, key, _ in [*ROWS, *sample_rows(samplers), ("", "sample_images_steps_per_s", "")]
             if _ratio_defined(results, key)}
-    if profiles:
-        record["profiles"] = profiles
-    if fid_eval is not None:
-        record["fid_eval"] = fid_eval
-    if guided is not None:
-        record["guidance"] = guided
+    record.update(measured.extras)
     return record
+
+
+def _load_average() -> tuple[float, float, float] | None:
+    """The system load averages, so a record shows whether other work competed with it;
+    None where the platform has none."""
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
 
 
 def _portable(node, key: str = ""):
