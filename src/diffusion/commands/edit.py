@@ -18,29 +18,20 @@ import torch
 from omegaconf import DictConfig
 
 from diffusion.checks import (
-    check_bool,
-    check_choice,
     check_image_file,
-    check_int,
     check_writable,
 )
 from diffusion.commands.launcher import launch
-from diffusion.config.build import build_scheduler
-from diffusion.config.keys import check_cli_config
-from diffusion.config.runs import run_config
+from diffusion.config.options import check_edit_options
 from diffusion.editing import mask_option
-from diffusion.editing.img2img import check_strength
 from diffusion.editing.sources import read_input
 from diffusion.reporting import figures as viz
 from diffusion.runs.load import newest_checkpoint
 from diffusion.runs.records import portable_arg, shell_word
-from diffusion.runtime.device import resolve_device, resolve_precision
 from diffusion.sampling.checks import labels_option
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 
-TASKS = ("img2img", "inpaint", "invert", "interpolate")  # the order of TASK_RUNS
-# the settings each task's images depend on, beyond run, checkpoint, input, n, start, seed
 TASK_KEYS = {  # the settings each task's images depend on, beyond the sampler's
     "img2img": ("samples", "strength"),
     "inpaint": ("samples", "mask", "jump_length", "jump_n_sample"),
@@ -49,36 +40,11 @@ TASK_KEYS = {  # the settings each task's images depend on, beyond the sampler's
 }
 
 
-def check_task_sampler(task: str, spec: SamplerSpec) -> None:
-    """The samplers a task runs with: img2img any; RePaint's steps are DDIM (with its eta) or
-    DDPM; inversion and its interpolation are deterministic DDIM."""
-    if task == "inpaint" and spec.name not in ("ddim", "ddpm"):
-        raise ValueError(f"inpaint runs RePaint, whose steps are DDIM (sampler=ddim, with "
-                         f"sampler.eta) or DDPM (sampler=ddpm); got sampler={spec.name}.")
-    if task in ("invert", "interpolate") and (spec.name != "ddim" or spec.eta != 0):
-        raise ValueError(f"{task} runs deterministic DDIM: use sampler=ddim with "
-                         f"sampler.eta=0; got sampler={spec.name} with eta={spec.eta}.")
-
-
 def check_edit_config(cfg: DictConfig):
     """Every option, the inputs and the mask, before the model is loaded: (grid path, images,
     mask or None, labels or None, the sampler's spec)."""
-    check_cli_config(cfg, "edit")
-    check_choice("task", cfg.task, TASKS)
-    run_cfg = run_config(cfg.run)
-    T = build_scheduler(run_cfg).num_train_timesteps
-    spec = SamplerSpec.from_config(cfg.sampler).one_step_count("diffusion.edit")
-    spec.check(T)
-    check_task_sampler(cfg.task, spec)
-    for key in ("n", "samples", "jump_length", "jump_n_sample", "batch_size"):
-        check_int(key, cfg[key])
-    check_int("start", cfg.start, minimum=0)
-    check_int("fixed_point", cfg.fixed_point, minimum=0)
-    check_int("frames", cfg.frames, minimum=2)
-    check_strength(cfg.strength)
-    check_bool("save_tensors", cfg.save_tensors)
-    check_int("seed", cfg.seed, minimum=None)
-    resolve_precision(cfg.precision, resolve_device(cfg.device))
+    run = check_edit_options(cfg)
+    run_cfg, spec = run.run_cfg, run.spec
     images = read_input(cfg.input, cfg.n, cfg.start, run_cfg.data, cfg.data_root)
     if cfg.task == "interpolate" and len(images) < 2:
         raise ValueError(f"interpolate needs at least two input images; {cfg.input} gave "

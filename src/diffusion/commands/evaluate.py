@@ -20,28 +20,23 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from diffusion.checks import check_bool, check_int, check_writable
+from diffusion.checks import check_writable
 from diffusion.commands.launcher import launch
-from diffusion.config.build import build_scheduler
 from diffusion.config.guidance import (
     GuidanceOptions,
     build_guidance,
-    check_guidance_options,
     guidance_args,
     guidance_record,
     load_options_classifier,
 )
-from diffusion.config.keys import check_cli_config
-from diffusion.config.metrics import build_scorer, check_metrics
-from diffusion.config.runs import run_config
-from diffusion.errors import ConfigError
+from diffusion.config.metrics import build_scorer
+from diffusion.config.options import check_evaluate_options
 from diffusion.metrics import FidResult
 from diffusion.reporting import figures as viz
 from diffusion.runs.load import newest_checkpoint
 from diffusion.runs.records import entry_key, plot_entries, read_eval, write_eval
 from diffusion.runtime import distributed as dist
-from diffusion.runtime.device import resolve_device, resolve_precision
-from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training.checkpoint import saved_step
 from diffusion.training.loggers import JsonlLogger
@@ -53,30 +48,15 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
     (the run's config, the sampler, its step counts, the guidance). The run folder must take
     eval.json,
     metrics.jsonl and the plot, so a read-only run fails now rather than after the scoring."""
-    check_cli_config(cfg, "evaluate")
+    run_options, guidance = check_evaluate_options(cfg)
     run = Path(cfg.run)
-    run_cfg = run_config(run)
-    spec = SamplerSpec.from_config(cfg.sampler)
-    num_train_timesteps = build_scheduler(run_cfg).num_train_timesteps
-    steps_list = spec.step_counts(num_train_timesteps)
-    if not steps_list:
-        raise ConfigError("sampler.steps must be one or more step counts, e.g. "
-                          "sampler.steps=50 or sampler.steps=10,20,50; got none.")
-    spec.check(num_train_timesteps, batch_size=cfg.batch_size)
-    check_int("n", cfg.n, minimum=2, note=" (images per FID)")
-    check_metrics(cfg.metrics)
-    guidance = check_guidance_options(cfg, run_cfg, allow_lists=True)
-    check_bool("plot", cfg.plot)
-    resolve_precision(cfg.precision, resolve_device(cfg.device))
-    if cfg.compile:
-        compile_mode(cfg.compile)
     if dist.is_main():
         what = ("diffusion.evaluate records its results there: make the run folder writable "
                 "or evaluate a copy of it")
         for name in ("eval.json", "metrics.jsonl", *(["figures/fid_vs_steps.png"]
                                                      if cfg.plot else [])):
             check_writable(run / name, what)
-    return run_cfg, spec, steps_list, guidance
+    return run_options.run_cfg, run_options.spec, run_options.steps, guidance
 
 
 def evaluate(cfg: DictConfig) -> list[FidResult]:

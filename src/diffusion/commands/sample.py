@@ -16,22 +16,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from diffusion.checks import check_bool, check_image_file, check_int, check_writable, is_int
+from diffusion.checks import check_image_file, check_writable, is_int
 from diffusion.commands.launcher import launch
-from diffusion.config.build import build_scheduler
 from diffusion.config.guidance import (
     GuidanceOptions,
     build_guidance,
-    check_guidance_options,
     load_options_classifier,
 )
-from diffusion.config.keys import check_cli_config
-from diffusion.config.runs import run_config
+from diffusion.config.options import check_sample_options
 from diffusion.reporting import figures as viz
 from diffusion.runtime import distributed as dist
-from diffusion.runtime.device import resolve_device, resolve_precision
-from diffusion.sampling.checks import labels_option
-from diffusion.sampling.pipeline import DiffusionPipeline, compile_mode
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 
 
@@ -44,22 +39,8 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Sam
     model load and no sampling, and an output location that cannot be written is found
     before minutes of sampling are spent rather than after.
     """
-    check_cli_config(cfg, "sample")
-    run_cfg = run_config(cfg.run)
-    spec = SamplerSpec.from_config(cfg.sampler).one_step_count("diffusion.sample")
-    num_train_timesteps = build_scheduler(run_cfg).num_train_timesteps
-    spec.check(num_train_timesteps, n=cfg.n, batch_size=cfg.batch_size)
-    steps = spec.step_counts(num_train_timesteps)[0]
-    guidance = check_guidance_options(cfg, run_cfg)
-    labels = labels_option(cfg.labels, cfg.n, guidance.label_classes)
-    check_int("seed", cfg.seed, minimum=None)
-    check_int("chain_frames", cfg.chain_frames, minimum=2)
-    check_int("chain_rows", cfg.chain_rows)
-    for key in ("chain", "save_tensors"):
-        check_bool(key, cfg[key])
-    resolve_precision(cfg.precision, resolve_device(cfg.device))
-    if cfg.compile:
-        compile_mode(cfg.compile)
+    run, guidance, labels = check_sample_options(cfg)
+    spec, steps = run.spec, run.steps[0]
     grid = (Path(cfg.out) if cfg.out
             else Path(cfg.run) / "samples" / f"{_stem(cfg, spec, steps)}.png")
     check_image_file("out", grid)

@@ -14,9 +14,10 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from diffusion.checks import check_int, check_number, check_writable
+from diffusion.checks import check_writable
 from diffusion.commands.launcher import launch
 from diffusion.config.build import build_classifier, build_datasets, build_scheduler
+from diffusion.config.options import check_classifier_options
 from diffusion.errors import ConfigError
 from diffusion.runs.folder import write_env
 from diffusion.runtime.device import resolve_device
@@ -24,21 +25,9 @@ from diffusion.runtime.seed import seed_everything
 from diffusion.training.classifier import ClassifierTrainer
 
 
-def check_classifier_config(cfg: DictConfig) -> None:
-    """The plain settings, before any data is read or weights allocated."""
-    for key, minimum in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("eval_every", 0),
-                         ("eval_n", 1), ("noise_levels", 1)):
-        check_int(key, cfg[key], minimum=minimum)
-    for key in ("lr", "weight_decay"):
-        check_number(key, cfg[key], minimum=0)
-    check_int("seed", cfg.seed, minimum=None)
-    check_int("noise_levels", cfg.noise_levels, maximum=cfg.scheduler.num_train_timesteps,
-              note=" (scheduler.num_train_timesteps)")
-
-
 def train_classifier(cfg: DictConfig, run_dir: Path) -> dict:
     """Train as ``cfg`` (conf/train_classifier.yaml) says into ``run_dir``."""
-    check_classifier_config(cfg)
+    check_classifier_options(cfg)
     try:
         device = resolve_device(cfg.device)
     except ValueError as exc:

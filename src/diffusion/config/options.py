@@ -1,0 +1,127 @@
+"""The options of the commands that read a trained run (``diffusion.sample``,
+``diffusion.evaluate``, ``diffusion.edit``), each checked before any model is loaded.
+
+What they share is checked once, in ``check_run_options``: every key is one the command knows,
+``run=`` is a run folder, the sampler and its steps fit the run's noise process, the device and
+precision exist, ``compile`` is a mode. Each command's own keys follow in its function here;
+only where the results go (file names, writability) is left to the command. The rules
+themselves are ``diffusion.checks``'s, so every sentence is written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+
+from diffusion.checks import check_bool, check_choice, check_int, check_number
+from diffusion.config.build import build_scheduler
+from diffusion.config.guidance import GuidanceOptions, check_guidance_options
+from diffusion.config.keys import check_cli_config
+from diffusion.config.metrics import check_metrics
+from diffusion.config.runs import run_config
+from diffusion.editing.img2img import check_strength
+from diffusion.errors import ConfigError
+from diffusion.runtime.device import resolve_device, resolve_precision
+from diffusion.sampling.checks import labels_option
+from diffusion.sampling.pipeline import compile_mode
+from diffusion.sampling.sampler import SamplerSpec
+
+EDIT_TASKS = ("img2img", "inpaint", "invert", "interpolate")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every run-reading command has checked: the run's config, the sampler, its step
+    counts (one, except for evaluate) and the run's number of training timesteps."""
+
+    run_cfg: DictConfig
+    spec: SamplerSpec
+    steps: list[int]
+    num_train_timesteps: int
+
+
+def check_run_options(cfg: DictConfig, command: str, several_steps: bool = False,
+                      **counts: int) -> RunOptions:
+    """The options every command that reads ``run=`` shares; ``counts`` (``n``,
+    ``batch_size``) are integers >= 1 checked with the sampler."""
+    check_cli_config(cfg, command)
+    run_cfg = run_config(cfg.run)
+    spec = SamplerSpec.from_config(cfg.sampler)
+    if not several_steps:
+        spec.one_step_count(f"diffusion.{command}")
+    num_train_timesteps = build_scheduler(run_cfg).num_train_timesteps
+    steps = spec.step_counts(num_train_timesteps)
+    if not steps:
+        raise ConfigError("sampler.steps must be one or more step counts, e.g. "
+                          "sampler.steps=50 or sampler.steps=10,20,50; got none.")
+    spec.check(num_train_timesteps, **counts)
+    resolve_precision(cfg.precision, resolve_device(cfg.device))
+    if cfg.get("compile"):
+        compile_mode(cfg.compile)
+    return RunOptions(run_cfg, spec, steps, num_train_timesteps)
+
+
+def check_sample_options(cfg: DictConfig) -> tuple[RunOptions, GuidanceOptions,
+                                                   torch.Tensor | None]:
+    """``diffusion.sample``'s options: (the shared ones, the guidance, the labels)."""
+    run = check_run_options(cfg, "sample", n=cfg.n, batch_size=cfg.batch_size)
+    guidance = check_guidance_options(cfg, run.run_cfg)
+    labels = labels_option(cfg.labels, cfg.n, guidance.label_classes)
+    check_int("seed", cfg.seed, minimum=None)
+    check_int("chain_frames", cfg.chain_frames, minimum=2)
+    check_int("chain_rows", cfg.chain_rows)
+    for key in ("chain", "save_tensors"):
+        check_bool(key, cfg[key])
+    return run, guidance, labels
+
+
+def check_evaluate_options(cfg: DictConfig) -> tuple[RunOptions, GuidanceOptions]:
+    """``diffusion.evaluate``'s options: (the shared ones, the guidance, scales swept)."""
+    run = check_run_options(cfg, "evaluate", several_steps=True, batch_size=cfg.batch_size)
+    check_int("n", cfg.n, minimum=2, note=" (images per FID)")
+    check_metrics(cfg.metrics)
+    guidance = check_guidance_options(cfg, run.run_cfg, allow_lists=True)
+    check_bool("plot", cfg.plot)
+    return run, guidance
+
+
+def check_edit_options(cfg: DictConfig) -> RunOptions:
+    """``diffusion.edit``'s options (its inputs and mask are files, read by the command)."""
+    run = check_run_options(cfg, "edit")
+    check_choice("task", cfg.task, EDIT_TASKS)
+    check_task_sampler(cfg.task, run.spec)
+    for key in ("n", "samples", "jump_length", "jump_n_sample", "batch_size"):
+        check_int(key, cfg[key])
+    check_int("start", cfg.start, minimum=0)
+    check_int("fixed_point", cfg.fixed_point, minimum=0)
+    check_int("frames", cfg.frames, minimum=2)
+    check_strength(cfg.strength)
+    check_bool("save_tensors", cfg.save_tensors)
+    check_int("seed", cfg.seed, minimum=None)
+    return run
+
+
+def check_task_sampler(task: str, spec: SamplerSpec) -> None:
+    """The samplers a task runs with: img2img any; RePaint's steps are DDIM (with its eta) or
+    DDPM; inversion and its interpolation are deterministic DDIM."""
+    if task == "inpaint" and spec.name not in ("ddim", "ddpm"):
+        raise ConfigError(f"inpaint runs RePaint, whose steps are DDIM (sampler=ddim, with "
+                          f"sampler.eta) or DDPM (sampler=ddpm); got sampler={spec.name}.")
+    if task in ("invert", "interpolate") and (spec.name != "ddim" or spec.eta != 0):
+        raise ConfigError(f"{task} runs deterministic DDIM: use sampler=ddim with "
+                          f"sampler.eta=0; got sampler={spec.name} with eta={spec.eta}.")
+
+
+def check_classifier_options(cfg: DictConfig) -> None:
+    """``diffusion.train_classifier``'s plain settings, before any data is read or weights
+    allocated."""
+    for key, minimum in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("eval_every", 0),
+                         ("eval_n", 1), ("noise_levels", 1)):
+        check_int(key, cfg[key], minimum=minimum)
+    for key in ("lr", "weight_decay"):
+        check_number(key, cfg[key], minimum=0)
+    check_int("seed", cfg.seed, minimum=None)
+    check_int("noise_levels", cfg.noise_levels, maximum=cfg.scheduler.num_train_timesteps,
+              note=" (scheduler.num_train_timesteps)")
