@@ -13,10 +13,8 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -41,7 +39,13 @@ from diffusion.config.metrics import build_evaluator
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.preflight import NothingToDo, check_config, check_resume
 from diffusion.errors import USER_ERRORS, ConfigError, RunError
-from diffusion.runs.folder import create_run_dir, write_env
+from diffusion.runs.folder import (
+    append_resume,
+    create_run_dir,
+    record_end,
+    sweep_failures,
+    write_env,
+)
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.seed import seed_everything
 from diffusion.training.trainer import Trainer
@@ -111,33 +115,12 @@ def _record_start(cfg: DictConfig, run_dir: Path, device: torch.device, resume) 
     """``config.yaml`` (what resume and sampling read) and ``env.json``; a resume appends
     its command and the settings it changed to ``resumes.jsonl``."""
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     if resume is not None:
-        record = {"time": stamp, "command": list(getattr(sys, "orig_argv", sys.argv)),
-                  "checkpoint": resume.checkpoint.name, "step": resume.step,
-                  "changed": {key: {"old": old, "new": new}
-                              for key, (old, new) in resume.changes.items()}}
-        with (run_dir / "resumes.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_resume(run_dir, resume.checkpoint, resume.step, resume.changes)
         if resume.changes:
             log.info("Resuming with changed settings: %s", ", ".join(
                 f"{k}: {old!r} -> {new!r}" for k, (old, new) in resume.changes.items()))
-    write_env(run_dir, cfg.seed, device,
-              name="env.json" if resume is None
-              else f"env-resume-{time.strftime('%Y%m%d-%H%M%S')}.json")
-
-
-def _record_end(run_dir: Path, exc: BaseException | None, *, started: bool, resuming: bool,
-                multirun: bool) -> None:
-    """``status.json`` for a run that trained. A new single run that failed before its first
-    step is removed (nothing in it is worth keeping); a resume that failed before training
-    leaves the run exactly as it was; a sweep keeps its failed jobs' folders for the report."""
-    if exc is None or started or (multirun and not resuming):
-        status = ({"status": "completed"} if exc is None
-                  else {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        (run_dir / "status.json").write_text(json.dumps(status) + "\n")
-    elif not resuming and not multirun:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    write_env(run_dir, cfg.seed, device, resumed=resume is not None)
 
 
 def _main(cfg: DictConfig) -> dict | None:
@@ -152,11 +135,11 @@ def _main(cfg: DictConfig) -> dict | None:
     try:
         summary = train(cfg, run_dir, progress)
         if dist.is_main() and (progress.get("started") or not resuming):
-            _record_end(run_dir, None, started=True, resuming=resuming, multirun=multirun)
+            record_end(run_dir, None, started=True, resuming=resuming, multirun=multirun)
         return summary
     except (*USER_ERRORS, Exception) as exc:
         if dist.is_main():
-            _record_end(run_dir, exc, started=bool(progress.get("started")),
+            record_end(run_dir, exc, started=bool(progress.get("started")),
                         resuming=resuming, multirun=multirun)
         if multirun:  # one failed job must not end the sweep; main() reports it at the end
             log.error("Job %s failed: %s", hydra_cfg.job.num, exc,
@@ -253,23 +236,6 @@ def _prepare(options: argparse.Namespace) -> tuple[list[str], str, str, Path | N
     return [*argv, f"{key}{folder}"], str(CONF_DIR), "train", folder if multirun else None
 
 
-def _report_sweep(sweep_dir: Path, jobs: int) -> int:
-    """After a sweep: name every job that failed; the exit status (0: all completed)."""
-    statuses = {path.parent: json.loads(path.read_text())
-                for path in sorted(sweep_dir.glob("*/status.json"))}
-    failed = {job: s.get("error", "") for job, s in statuses.items()
-              if s.get("status") != "completed"}
-    missing = jobs - len(statuses)
-    if not failed and missing <= 0:
-        return 0
-    lines = [f"{job}: {error}" for job, error in failed.items()]
-    if missing > 0:
-        lines.append(f"{missing} job(s) ended without writing status.json (killed or crashed)")
-    print(f"error: {len(failed) + max(missing, 0)} of {jobs} sweep jobs failed, the others "
-          f"completed: " + "; ".join(lines), file=sys.stderr)
-    return 1
-
-
 def main() -> None:
     """Hydra entry point; ``resume=<run>`` composes from that run's own saved config."""
     argv = sys.argv[1:]
@@ -287,8 +253,9 @@ def main() -> None:
     if sweep_dir is not None:
         jobs = len(preflight.split_jobs(
             [a for a in options.overrides if not preflight.is_hydra_key(a)], True))
-        if _report_sweep(sweep_dir, jobs):
-            sys.exit(1)
+        failures = sweep_failures(sweep_dir, jobs)
+        if failures:
+            fail(failures)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -99,10 +100,55 @@ def create_run_dir(path: str | Path) -> Path:
 
 
 def write_env(run_dir: str | Path, seed: int | None, device: torch.device | None,
-              name: str = "env.json") -> Path:
+              resumed: bool = False) -> Path:
+    """``env.json``: how the run was produced; a resume writes ``env-resume-<time>.json``
+    beside it, so the first launch's record stays."""
+    name = f"env-resume-{time.strftime('%Y%m%d-%H%M%S')}.json" if resumed else "env.json"
     path = Path(run_dir) / name
     path.write_text(json.dumps(environment(seed, device), indent=2) + "\n")
     return path
+
+
+def append_resume(run_dir: str | Path, checkpoint: Path, step: int,
+                  changes: dict[str, tuple]) -> None:
+    """One line of ``resumes.jsonl``: when, the command, the checkpoint and step it
+    continued from, and the settings it changed (``{key: (old, new)}``)."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "command": list(getattr(sys, "orig_argv", sys.argv)),
+              "checkpoint": checkpoint.name, "step": step,
+              "changed": {key: {"old": old, "new": new} for key, (old, new) in changes.items()}}
+    with (Path(run_dir) / "resumes.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def record_end(run_dir: Path, exc: BaseException | None, *, started: bool, resuming: bool,
+               multirun: bool) -> None:
+    """``status.json`` for a run that trained. A new single run that failed before its first
+    step is removed (nothing in it is worth keeping); a resume that failed before training
+    leaves the run exactly as it was; a sweep keeps its failed jobs' folders for the report."""
+    if exc is None or started or (multirun and not resuming):
+        status = ({"status": "completed"} if exc is None
+                  else {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        (run_dir / "status.json").write_text(json.dumps(status) + "\n")
+    elif not resuming and not multirun:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def sweep_failures(sweep_dir: Path, jobs: int) -> str | None:
+    """After a sweep of ``jobs`` jobs: one sentence naming every job that failed or never
+    wrote its status, or None when all completed."""
+    statuses = {path.parent: json.loads(path.read_text())
+                for path in sorted(sweep_dir.glob("*/status.json"))}
+    failed = {job: s.get("error", "") for job, s in statuses.items()
+              if s.get("status") != "completed"}
+    missing = jobs - len(statuses)
+    if not failed and missing <= 0:
+        return None
+    lines = [f"{job}: {error}" for job, error in failed.items()]
+    if missing > 0:
+        lines.append(f"{missing} job(s) ended without writing status.json (killed or crashed)")
+    return (f"{len(failed) + max(missing, 0)} of {jobs} sweep jobs failed, the others "
+            "completed: " + "; ".join(lines))
 
 
 def _version(package: str) -> str | None:
