@@ -10,6 +10,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,11 +35,15 @@ def fail(error: BaseException | str) -> NoReturn:
 
 
 def guarded(work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``work(*args, **kwargs)``, a user's mistake ending the program in one sentence."""
+    """``work(*args, **kwargs)``, a user's mistake ending the program in one sentence, and
+    Ctrl-C in one line with the conventional exit status 130 (no traceback)."""
     try:
         return work(*args, **kwargs)
     except MISTAKES as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 def launch(config_name: str, work: Callable[[DictConfig], Any], *,

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -134,9 +135,18 @@ def _main(cfg: DictConfig) -> dict | None:
     resuming = cfg.resume is not None
     try:
         summary = train(cfg, run_dir, progress)
+        signal_name = summary.get("interrupted")
         if dist.is_main() and (progress.get("started") or not resuming):
-            record_end(run_dir, None, started=True, resuming=resuming, multirun=multirun)
+            record_end(run_dir, None, started=True, resuming=resuming, multirun=multirun,
+                       interrupted=signal_name)
+        if signal_name:
+            _stopped_by_signal(run_dir, summary["step"], signal_name)
         return summary
+    except KeyboardInterrupt:  # a second signal, or one before training began: at once
+        if dist.is_main():
+            record_end(run_dir, None, started=bool(progress.get("started")),
+                       resuming=resuming, multirun=multirun, interrupted="SIGINT")
+        raise
     except (*USER_ERRORS, Exception) as exc:
         if dist.is_main():
             record_end(run_dir, exc, started=bool(progress.get("started")),
@@ -150,6 +160,15 @@ def _main(cfg: DictConfig) -> dict | None:
         raise
     finally:
         dist.shutdown()
+
+
+def _stopped_by_signal(run_dir: Path, step: int, signal_name: str) -> None:
+    """A launch a stop signal ended (with a checkpoint at ``step``): one line with the
+    command that continues it, and the conventional exit status 128 + the signal's number."""
+    if dist.is_main():
+        print(f"{signal_name}: stopped at step {step} with a checkpoint; continue with "
+              f"python -m diffusion.train resume={run_dir}", file=sys.stderr)
+    raise SystemExit(128 + signal.Signals[signal_name])
 
 
 NO_JOB_OPTIONS = ("help", "hydra_help", "cfg", "info", "shell_completion", "resolve",

@@ -122,12 +122,15 @@ def append_resume(run_dir: str | Path, checkpoint: Path, step: int,
 
 
 def record_end(run_dir: Path, exc: BaseException | None, *, started: bool, resuming: bool,
-               multirun: bool) -> None:
-    """``status.json`` for a run that trained. A new single run that failed before its first
-    step is removed (nothing in it is worth keeping); a resume that failed before training
-    leaves the run exactly as it was; a sweep keeps its failed jobs' folders for the report."""
+               multirun: bool, interrupted: str | None = None) -> None:
+    """``status.json`` for a run that trained: completed, failed (with the error) or
+    interrupted (by the signal ``interrupted`` names). A new single run that failed before
+    its first step is removed (nothing in it is worth keeping); a resume that failed before
+    training leaves the run exactly as it was; a sweep keeps its failed jobs' folders for the
+    report."""
     if exc is None or started or (multirun and not resuming):
-        status = ({"status": "completed"} if exc is None
+        status = ({"status": "interrupted", "signal": interrupted} if interrupted
+                  else {"status": "completed"} if exc is None
                   else {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
         (run_dir / "status.json").write_text(json.dumps(status) + "\n")
     elif not resuming and not multirun:

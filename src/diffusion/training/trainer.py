@@ -36,6 +36,7 @@ from diffusion.training import checkpoint as ckpt
 from diffusion.training.batches import ResumableBatchSampler, batch_stream
 from diffusion.training.config import TrainerConfig
 from diffusion.training.ema import EMA
+from diffusion.training.interrupt import StopRequest
 from diffusion.training.loggers import JsonlLogger, Logger, LoggerGroup
 from diffusion.training.objectives import Objective
 from diffusion.training.periodic import PeriodicWork
@@ -131,7 +132,8 @@ class Trainer(CheckpointState, PeriodicWork):
         counters over these."""
         self.best = math.inf
         self.step = 0
-        self._out_of_time = False
+        self._stop_reason: str | None = None  # why this launch stops early (None: it does not)
+        self.interrupted_by: str | None = None  # the stop signal, when one ended the launch
         self.skipped_steps = 0  # fp16 updates the GradScaler skipped (not counted in step)
         self.micro_batches = 0  # batches consumed, skipped steps' too: where the data resumes
         self._start_step = 0
@@ -247,40 +249,61 @@ class Trainer(CheckpointState, PeriodicWork):
         self.ema.update(self.model, self.step)
         return total, grad_norm, data_time
 
-    def _due(self, every: int) -> bool:
-        return every > 0 and (self.step % every == 0 or self.step == self.cfg.max_steps
-                              or self._out_of_time)
+    def _last(self) -> bool:
+        """Whether this step ends the launch: ``max_steps`` reached or a stop asked for."""
+        return self.step == self.cfg.max_steps or self._stop_reason is not None
 
-    def _time_is_up(self, started: float) -> bool:
-        """Whether ``trainer.max_minutes`` of this launch are spent. Rank 0's clock decides
-        for every rank, so all of them stop at the same step."""
-        if not self.cfg.max_minutes:
-            return False
-        up = time.perf_counter() - started >= 60.0 * self.cfg.max_minutes
-        return bool(dist.broadcast_object(up)) if self.world_size > 1 else up
+    def _due(self, every: int) -> bool:
+        return every > 0 and (self.step % every == 0 or self._last())
+
+    def _check_stop(self, stop: StopRequest, started: float) -> None:
+        """Whether to make this step the last: a stop signal arrived (``stop``), or
+        ``trainer.max_minutes`` of this launch are spent (looked at where a log is due
+        anyway). One process looks at every step; several look at log steps only, where
+        rank 0 decides for every rank (one broadcast), so all of them stop at the same step."""
+        at_log = bool(self.cfg.log_every) and self.step % self.cfg.log_every == 0
+        if self.world_size > 1 and not at_log:
+            return
+        reason = f"{stop.signal} received" if stop.signal else None
+        if reason is None and self.cfg.max_minutes and at_log \
+                and time.perf_counter() - started >= 60.0 * self.cfg.max_minutes:
+            reason = f"trainer.max_minutes={self.cfg.max_minutes} reached"
+        if self.world_size > 1:
+            reason = dist.broadcast_object(reason)
+        self._stop_reason = reason
+        self.interrupted_by = stop.signal if reason and not reason.startswith("trainer.") \
+            else None
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
-        """Train to ``max_steps``; returns the last logged metrics."""
+        """Train to ``max_steps``, or until a stop signal (``training.interrupt``) or the time
+        budget ends the launch with a checkpoint; returns the summary."""
         cfg = self.cfg
         self.model.train()
         batches = self.batches(self.micro_batches)
         bar = tqdm(total=cfg.max_steps, initial=self.step,
                    disable=not cfg.progress or not self.is_main,
                    dynamic_ncols=True, desc="train")
+        wall_start = time.perf_counter()
+        self._stop_reason, self.interrupted_by = None, None
+        with StopRequest() as stop:
+            metrics = self._loop(batches, bar, stop, wall_start)
+        bar.close()
+        return self._finish(wall_start, metrics)
+
+    def _loop(self, batches: Iterator, bar: tqdm, stop: StopRequest, wall_start: float) -> dict:
+        """Steps until ``max_steps`` or a stop (a signal, the time budget); the step that
+        ends the launch is logged, sampled and checkpointed. Returns the last logged metrics."""
+        cfg = self.cfg
         loss_sum, loss_count, data_time = torch.zeros((), device=self.device), 0, 0.0
-        window_start, window_steps, wall_start = time.perf_counter(), 0, time.perf_counter()
+        window_start, window_steps = time.perf_counter(), 0
         metrics: dict = {}
-        self._out_of_time = False
-        while self.step < cfg.max_steps and not self._out_of_time:
+        while self.step < cfg.max_steps and self._stop_reason is None:
             before = self.step
             loss, grad_norm, waited = self.train_step(batches)
             if self.step == before:
                 continue  # an fp16 step the GradScaler skipped: nothing new is due
-            # the budget is looked at where a log is due anyway (one host sync there); when it
-            # is spent, this step becomes the last: logged, sampled and checkpointed
-            if cfg.max_minutes and cfg.log_every and self.step % cfg.log_every == 0:
-                self._out_of_time = self._time_is_up(wall_start)
+            self._check_stop(stop, wall_start)
             loss_sum += loss
             loss_count += 1
             data_time += waited
@@ -297,8 +320,7 @@ class Trainer(CheckpointState, PeriodicWork):
             self._run_due_work()
             if window_steps == 0:
                 window_start = time.perf_counter()  # periodic work is not training time
-        bar.close()
-        return self._finish(wall_start, metrics)
+        return metrics
 
     def _train_metrics(self, window_loss: torch.Tensor, grad_norm: torch.Tensor, steps: int,
                        data_time: float, window_start: float) -> dict:
@@ -337,7 +359,7 @@ class Trainer(CheckpointState, PeriodicWork):
                 self.logger.log_image("samples", grid, self.step)
         if self.evaluator is not None and self._due(cfg.eval_every):
             self.evaluate()
-        if self._due(cfg.ckpt_every):
+        if self._due(cfg.ckpt_every) or self._last():  # the launch's last step always saves
             self._check_replicas()
             if self.is_main:
                 self.save_checkpoint()
@@ -348,11 +370,12 @@ class Trainer(CheckpointState, PeriodicWork):
         cfg = self.cfg
         summary = {"step": self.step, "wall_time_sec": time.perf_counter() - wall_start,
                    "world_size": self.world_size, **metrics}
-        if self._out_of_time:
-            summary["stopped"] = f"trainer.max_minutes={cfg.max_minutes} reached"
-            log.info("Stopped at step %d: trainer.max_minutes=%g reached; resume=%s continues "
-                     "towards max_steps=%d.", self.step, cfg.max_minutes, self.run_dir,
-                     cfg.max_steps)
+        if self._stop_reason is not None:
+            summary["stopped"] = self._stop_reason
+            if self.interrupted_by:
+                summary["interrupted"] = self.interrupted_by
+            log.info("Stopped at step %d: %s; resume=%s continues towards max_steps=%d.",
+                     self.step, self._stop_reason, self.run_dir, cfg.max_steps)
         if self.is_main and self.step > self._start_step:  # a no-op keeps the old summary
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         dist.barrier()  # no rank leaves while rank 0 still writes
