@@ -10,6 +10,7 @@ This is the only layer that reads Hydra: everything it builds is a plain object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -47,6 +48,8 @@ from diffusion.runs.folder import (
     sweep_failures,
     write_env,
 )
+from diffusion.runs.load import not_a_run
+from diffusion.runs.lock import WriterLock
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.seed import seed_everything
 from diffusion.training.trainer import Trainer
@@ -55,6 +58,13 @@ log = logging.getLogger("diffusion.train")
 
 
 def train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict:
+    """Train from a composed config into ``run_dir``, holding its writer lock (rank 0, which
+    writes it); returns the trainer's summary. See ``_train``."""
+    with WriterLock(run_dir) if dist.is_main() else contextlib.nullcontext():
+        return _train(cfg, run_dir, progress)
+
+
+def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict:
     """Train from a composed config into ``run_dir``; returns the trainer's summary.
 
     Everything is checked, and a resume's checkpoint loaded, before the run folder is
@@ -221,15 +231,14 @@ def _prepare(options: argparse.Namespace) -> tuple[list[str], str, str, Path | N
     if resume:
         run = Path(resume).resolve()
         if not (run / "config.yaml").is_file():
-            raise RunError(f"resume={resume} is not a run folder (no config.yaml in it): pass "
-                           "the folder that diffusion.train printed, e.g. "
-                           "runs/<name>/<date>_<time>.")
+            raise not_a_run(resume, "resume")
         if multirun:
             raise ConfigError("resume= continues one run and cannot be swept: drop -m.")
         config_path, config_name = str(run), "config"
         preflight.check_resume_overrides(run, job_args)
         jobs = preflight.check_jobs(run, "config", [*job_args, f"resume={run}"], False)
         preflight.check_resume(run, jobs[0].cfg)
+        WriterLock(run).acquire()  # held until this process ends: one writer per run
         return ([*_flags(options, resume=True), *plain, f"resume={run}", f"hydra.run.dir={run}",
                  "hydra.output_subdir=null"], config_path, config_name, None)
     config_dir, config_name = _primary_config(options)
@@ -247,6 +256,8 @@ def _prepare(options: argparse.Namespace) -> tuple[list[str], str, str, Path | N
                 str(CONF_DIR), "train", None)
     if explicit is not None:
         folder = Path(explicit)
+        if not multirun:  # one writer: a second run given the same folder stops here
+            WriterLock(folder).acquire()
         if not multirun and (folder / "config.yaml").is_file():
             raise RunError(f"hydra.run.dir={explicit} already holds a run: continue it with "
                            f"resume={explicit}, or choose another folder.")
