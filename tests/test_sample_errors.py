@@ -62,7 +62,7 @@ SAMPLE_CASES = {
                       "sampler.eta is not an option of sampler=ddpm: use one of name, steps, "
                       "timestep_spacing, variance_type."),
     "option-value": (["sampler=dpmpp_2m", "sampler.solver_order=5", "n=2"],
-                     "sampler.solver_order must be 1, 2 or 3; got 5."),
+                     "sampler.solver_order must be one of 1, 2, 3; got 5."),
     "steps-list": (["sampler.steps=[2,3]", "n=2"], "sampler.steps must be one step count for "
                    "diffusion.sample; got [2, 3] (diffusion.evaluate takes several)."),
     "old-steps-key": (["steps=2", "n=2"], "steps " + MOVED.format(key="steps")),

@@ -70,7 +70,7 @@ def test_changed_options_reach_the_scheduler_and_are_named():
                                          r"one of name, steps, timestep_spacing, "
                                          r"use_karras_sigmas.$"):
         SamplerSpec.from_config({"name": "euler", "steps": 5, "eta": 0.5})
-    with pytest.raises(ValueError, match=r"^sampler.solver_order must be 1, 2 or 3; got 4.$"):
+    with pytest.raises(ValueError, match=r"^sampler.solver_order must be one of 1, 2, 3; got 4.$"):
         SamplerSpec.from_config({"name": "dpmpp_2m", "steps": 5, "solver_order": 4}).check(1000)
 
 

@@ -62,8 +62,9 @@ def test_every_name_resolves_to_its_class_and_presets():
 
 
 @pytest.mark.parametrize("cls,kwargs,match", [
-    (DPMSolverMultistepScheduler, dict(solver_order=4), "solver_order must be 1, 2 or 3"),
-    (DPMSolverMultistepScheduler, dict(solver_order=True), "solver_order must be 1, 2 or 3"),
+    (DPMSolverMultistepScheduler, dict(solver_order=4), "solver_order must be one of 1, 2, 3"),
+    (DPMSolverMultistepScheduler, dict(solver_order=True), "solver_order must be one of 1, 2, 3"),
+    (DPMSolverMultistepScheduler, dict(solver_order=2.0), "solver_order must be one of 1, 2, 3"),
     (DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver"), "algorithm_type"),
     (DPMSolverMultistepScheduler, dict(solver_type="bh2"), "solver_type must be one of"),
     (DPMSolverMultistepScheduler, dict(final_sigmas_type="min"), "final_sigmas_type"),

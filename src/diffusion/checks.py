@@ -83,11 +83,18 @@ def check_bool(key: str, value: Any) -> bool:
     return value
 
 
+def _kind(value: Any) -> type:
+    """What a value is for matching a choice: 2.0 is not the choice 2, nor true the choice 1."""
+    if isinstance(value, bool):
+        return bool
+    return int if is_int(value) else type(value)
+
+
 def check_choice(key: str, value: Any, choices: Iterable[Any], note: str = "") -> Any:
-    """``value`` if it is one of ``choices`` (listed in the sentence in their order)."""
+    """``value`` if it is one of ``choices`` (listed in the sentence in their order), of the
+    same kind: ``solver_order=2.0`` is not the choice 2."""
     choices = list(choices)
-    if value not in choices or (isinstance(value, bool)
-                                and not any(choice is value for choice in choices)):
+    if not any(value == choice and _kind(value) is _kind(choice) for choice in choices):
         raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}{note}; "
                           f"got {value!r}.")
     return value

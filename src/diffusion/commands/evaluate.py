@@ -50,6 +50,7 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
     metrics.jsonl and the plot, so a read-only run fails now rather than after the scoring."""
     run_options, guidance = check_evaluate_options(cfg)
     run = Path(cfg.run)
+    read_eval(run)  # a damaged eval.json is found now, not after the scoring
     if dist.is_main():
         what = ("diffusion.evaluate records its results there: make the run folder writable "
                 "or evaluate a copy of it")

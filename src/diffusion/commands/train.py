@@ -52,6 +52,8 @@ from diffusion.runs.load import not_a_run
 from diffusion.runs.lock import WriterLock
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.seed import seed_everything
+from diffusion.training.batches import check_batch
+from diffusion.training.loggers import truncate_metrics
 from diffusion.training.trainer import Trainer
 
 log = logging.getLogger("diffusion.train")
@@ -94,6 +96,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
     scheduler = build_scheduler(cfg)
     seed_everything(cfg.seed + dist.rank())  # then per-rank streams (dropout, workers)
     train_set, val_set = build_datasets(cfg.data)
+    check_batch(len(train_set), cfg.data.batch_size, dist.world_size())  # before any write
     main_rank = dist.is_main()
     trainer = Trainer(
         model, scheduler, instantiate(cfg.optimizer), train_set, trainer_cfg,
@@ -124,7 +127,10 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
 
 def _record_start(cfg: DictConfig, run_dir: Path, device: torch.device, resume) -> None:
     """``config.yaml`` (what resume and sampling read) and ``env.json``; a resume appends
-    its command and the settings it changed to ``resumes.jsonl``."""
+    its command and the settings it changed to ``resumes.jsonl``, and drops the records past
+    its checkpoint's step (the steps it trains again)."""
+    if resume is not None:
+        truncate_metrics(run_dir / "metrics.jsonl", resume.step)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if resume is not None:
         append_resume(run_dir, resume.checkpoint, resume.step, resume.changes)

@@ -19,7 +19,7 @@ from diffusion.config.legacy import (
 )
 from diffusion.config.sampler import training_sampler
 from diffusion.data import dataset_info
-from diffusion.errors import ConfigError, DatasetNotFoundError
+from diffusion.errors import USER_ERRORS, ConfigError, DatasetNotFoundError
 from diffusion.runtime.device import resolve_device
 from diffusion.training.objectives import Objective
 
@@ -39,7 +39,11 @@ def _instantiate(group: str, node: DictConfig, **kwargs):
             if isinstance(cause, ConfigError):  # already names its key in full
                 raise cause from None
             raise ConfigError(f"Invalid {group} config: {message}") from None
-        raise
+        if isinstance(cause, (*USER_ERRORS,)):  # missing or damaged files: their own sentence
+            raise cause from None
+        first = str(exc).splitlines()[0].split(", set env var")[0]
+        raise ConfigError(f"Invalid {group} config: {first}: check {group}._target_ and its "
+                          "keys (python -m diffusion.train --cfg job prints them).") from None
 
 
 def validate(cfg: DictConfig) -> None:
@@ -99,6 +103,9 @@ def build_objective(cfg: DictConfig, scheduler) -> Objective:
             return Objective(scheduler, **{k: trainer[k] for k in OLD_TRAINER_OBJECTIVE_KEYS
                                            if k in trainer})
         return _instantiate("objective", node)(scheduler)
+    except TypeError as exc:  # the partial's call: an argument the objective does not take
+        raise ConfigError(f"Invalid objective config: {exc}: drop the key or check its "
+                          "spelling (conf/objective/ shows each objective's keys).") from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

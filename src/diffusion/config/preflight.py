@@ -135,6 +135,7 @@ def compose(config_dir: Path, config_name: str, overrides: list[str],
         HydraConfig.instance().set_config(cfg)
         run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
         _check_conditioning(cfg)
+        _check_read(cfg, overrides, config_name)
         with open_dict(cfg):
             del cfg["hydra"]
         OmegaConf.resolve(cfg)
@@ -161,6 +162,32 @@ def _check_conditioning(cfg: DictConfig) -> None:
             f"conditioning=class needs labelled data but data {cfg.data.name} has no classes "
             "(an image folder is labelled by one subfolder per class): label the images or "
             "drop conditioning=class.")
+
+
+def _check_read(cfg: DictConfig, overrides: list[str], config_name: str) -> None:
+    """Every override changes something the run reads: ``+key=value`` at the top level adds a
+    key nothing reads (unless ``key`` is a config group), and the class-conditional options do
+    nothing on an unconditional model."""
+    loader = GlobalHydra.instance().config_loader()
+    for override in overrides:
+        key = override.lstrip("+").split("=", 1)[0]
+        if override.startswith("+") and "." not in key and "/" not in key \
+                and not is_hydra_key(override) and not loader.get_group_options(
+                    key, config_name=config_name,
+                    overrides=[o for o in overrides if is_searchpath(o)]):
+            raise ConfigError(f"{override} adds a key that diffusion.train does not read: check "
+                              "its spelling (python -m diffusion.train --cfg job prints every "
+                              "key).")
+    if cfg.model.get("num_classes") is None:
+        trainer = cfg.get("trainer") or {}
+        set_here = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+        for key in ("label_dropout", "sample_guidance_scale"):
+            if f"trainer.{key}" in set_here or (key == "sample_guidance_scale"
+                                                and trainer.get(key) is not None):
+                raise ConfigError(
+                    f"trainer.{key} applies to class-conditional runs, and this one is "
+                    "unconditional (model.num_classes is null): drop it, or add "
+                    "conditioning=class.")
 
 
 def _initialize(config_dir: Path, extra_dir: Path | None) -> None:

@@ -15,6 +15,7 @@ import platform
 import shlex
 from pathlib import Path
 
+from diffusion.errors import RunError
 from diffusion.sampling.checks import is_stochastic
 
 ENV_ROOTS = ("DIFFUSION_DATA", "DIFFUSION_RUNS")
@@ -111,7 +112,17 @@ def read_eval(run: str | Path) -> dict[str, dict]:
     """The entries of ``<run>/eval.json`` ({} when the run was never evaluated); entries
     written before keys held the whole protocol keep their ``<sampler>-<steps>-n<n>`` key."""
     path = Path(run) / "eval.json"
-    return json.loads(path.read_text()).get("entries", {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text()).get("entries", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        entries = None
+    if not isinstance(entries, dict):
+        raise RunError(f"{path} is damaged (not the JSON of a run's evaluations): move it "
+                       "aside (its results are lost) or restore it from a copy, then evaluate "
+                       "again.")
+    return entries
 
 
 def write_eval(run: str | Path, entries: dict[str, dict]) -> Path:

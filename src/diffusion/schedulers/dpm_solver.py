@@ -88,8 +88,7 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
                  **process: Any):
         """``process``: the noise-process arguments of ``NoiseScheduler`` (diffusers' names)."""
         super().__init__(**process)
-        if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):
-            raise ValueError(f"solver_order must be 1, 2 or 3; got {solver_order!r}.")
+        check_choice("solver_order", solver_order, (1, 2, 3))
         check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
         check_choice("solver_type", solver_type, SOLVER_TYPES)
         check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)

@@ -18,6 +18,17 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from diffusion.data import DeviceDataset, SampleKey, epoch_generator
+from diffusion.errors import ConfigError
+
+
+def check_batch(num_samples: int, batch_size: int, world_size: int = 1) -> None:
+    """The global batch splits evenly over the processes and fits in the dataset."""
+    if batch_size % world_size:
+        raise ConfigError(f"data.batch_size ({batch_size}) is the global batch and must be "
+                          f"divisible by the number of processes ({world_size}).")
+    if num_samples < batch_size:
+        raise ConfigError(f"The dataset has {num_samples} images, fewer than one batch of "
+                          f"{batch_size}; lower data.batch_size.")
 
 
 class ResumableBatchSampler(Sampler[list[SampleKey]]):
@@ -26,12 +37,7 @@ class ResumableBatchSampler(Sampler[list[SampleKey]]):
 
     def __init__(self, num_samples: int, batch_size: int, seed: int = 0, start_batch: int = 0,
                  rank: int = 0, world_size: int = 1):
-        if batch_size % world_size:
-            raise ValueError(f"data.batch_size ({batch_size}) is the global batch and must be "
-                             f"divisible by the number of processes ({world_size}).")
-        if num_samples < batch_size:
-            raise ValueError(f"The dataset has {num_samples} images, fewer than one batch of "
-                             f"{batch_size}; lower data.batch_size.")
+        check_batch(num_samples, batch_size, world_size)
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.local_batch = batch_size // world_size

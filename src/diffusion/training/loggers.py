@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from diffusion.errors import RunError
+
 log = logging.getLogger(__name__)
 
 
@@ -56,11 +58,35 @@ class JsonlLogger(Logger):
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Records of a ``metrics.jsonl`` file, in order."""
+    """Records of a ``metrics.jsonl`` file, in order. A damaged last line is the write a
+    killed process left unfinished and is skipped; a damaged line before it is an error that
+    names the file and the line."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise RunError(f"{path} line {number} is damaged (not JSON): delete that line or "
+                           "restore the file from a copy.") from None
+    return records
+
+
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Keep the records of ``metrics.jsonl`` up to ``step`` (a resume's checkpoint): those
+    after it belong to training that the resume repeats, and a damaged last line goes too."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
 
 
 def _has_wandb_credentials() -> bool:
