@@ -109,6 +109,30 @@ BAD_VALUES = [
      "error: Invalid scheduler config: rescale_betas_zero_snr=True needs prediction_type "
      "'v_prediction' or 'sample', because at zero terminal SNR an epsilon prediction cannot "
      "recover x_0."),
+    # an integer setting takes integers only, wherever it is checked
+    ("sampler=dpmpp_2m sampler.solver_order=2.0",
+     "error: sampler.solver_order must be one of 1, 2, 3; got 2.0."),
+    ("trainer.log_every=2.5",
+     "error: trainer.log_every must be an integer >= 0 (0 turns it off); got 2.5."),
+    ("trainer.max_steps=true", "error: trainer.max_steps must be an integer >= 1; got True."),
+    # NaN and infinity are no numbers
+    ("objective.offset_noise=nan", "error: objective.offset_noise must be a number >= 0; "
+                                   "got nan."),
+    ("trainer.grad_clip=inf", "error: trainer.grad_clip must be a number >= 0 (0 turns it "
+                              "off); got inf."),
+    ("optimizer.lr=nan", "error: optimizer.lr must be a number >= 0; got nan."),
+    ("trainer.ema_decay=nan", "error: trainer.ema_decay must be a number in [0, 1); got nan."),
+    # a key the component does not take, or a target that is not there
+    ("+objective.snr_gama=1", "error: Invalid objective config: Objective.__init__() got an "
+                              "unexpected keyword argument 'snr_gama': drop the key"),
+    ("objective._target_=foo.Bar", "error: Invalid objective config: Error locating target "
+                                   "'foo.Bar': check objective._target_"),
+    # an option that would change nothing
+    ("+foo=1", "error: +foo=1 adds a key that diffusion.train does not read"),
+    ("trainer.label_dropout=0.3", "error: trainer.label_dropout applies to class-conditional "
+                                  "runs, and this one is unconditional"),
+    ("trainer.sample_guidance_scale=2", "error: trainer.sample_guidance_scale applies to "
+                                        "class-conditional runs"),
 ]
 
 
@@ -120,6 +144,16 @@ def test_bad_value_is_one_sentence_and_no_folder(override, message, runs, tiny_m
     assert code == 1
     assert last.startswith(message), last
     assert not runs.exists(), "a rejected command created a run folder"
+
+
+def test_a_batch_larger_than_the_data_leaves_no_run(runs, tiny_mnist_root, capsys):
+    """Found once the data is read, before anything is written to the run's folder (which
+    is removed, as for every new run that fails before its first step)."""
+    code, last = run_main([*_base(runs, tiny_mnist_root), "data.batch_size=100000"], capsys)
+    assert code == 1
+    assert re.fullmatch(r"error: The dataset has \d+ images, fewer than one batch of 100000; "
+                        r"lower data.batch_size.", last), last
+    assert not [p for p in runs.rglob("*") if p.is_file()], "the rejected run left files"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from diffusion.checks import check_choice
 from diffusion.commands.launcher import launch
+from diffusion.config.runs import run_config
 from diffusion.reporting import figures as viz
 from diffusion.runs.records import read_eval
 from diffusion.training.loggers import WandbLogger, read_metrics
@@ -27,7 +29,7 @@ FIGURES = ("forward", "losses", "fid")
 def _log_to_wandb(run: Path, name: str, path: Path) -> None:
     """Add the figure to the run's W&B run, when it has one (resumed by its saved id)."""
     id_file = run / "wandb_id.txt"
-    logger_cfg = OmegaConf.load(run / "config.yaml").get("logger") or {}
+    logger_cfg = run_config(run).get("logger") or {}
     if not id_file.is_file() or "_target_" not in logger_cfg:
         return
     logger = WandbLogger(run, project=logger_cfg.get("project", "diffusion"),
@@ -40,16 +42,12 @@ def _log_to_wandb(run: Path, name: str, path: Path) -> None:
 
 def visualize(cfg: DictConfig) -> Path:
     """Draw ``cfg.figure``; returns the file written."""
-    if cfg.figure not in FIGURES:
-        raise ValueError(f"figure must be one of {', '.join(FIGURES)}; got {cfg.figure!r} "
-                         "(e.g. python -m diffusion.visualize forward data=mnist).")
+    check_choice("figure", cfg.figure, FIGURES,
+                 note=" (e.g. python -m diffusion.visualize forward data=mnist)")
     run = Path(cfg.run) if cfg.run else None
     if run is None and cfg.figure != "forward":
         raise ValueError(f"python -m diffusion.visualize {cfg.figure} needs run=<run folder>.")
-    if run is not None and not (run / "config.yaml").is_file():
-        raise ValueError(f"run={run} is not a run folder (no config.yaml): pass the folder "
-                         "that diffusion.train printed.")
-    data = OmegaConf.load(run / "config.yaml").data if run is not None else cfg.data
+    data = run_config(run).data if run is not None else cfg.data
     default = (run / "figures" / f"{cfg.figure}.png" if run is not None
                else Path(f"{cfg.figure}_{data.name}.png"))
     out = Path(cfg.out) if cfg.out else default

@@ -1,0 +1,76 @@
+"""A run's records stay true through faults: the launch's last step always leaves a
+checkpoint, a resume keeps no record of the steps it trains again, a damaged line is skipped
+when a killed write left it and named when it is not the last, and a damaged eval.json stops
+an evaluation before any scoring, the file untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from diffusion.errors import RunError
+from diffusion.training.checkpoint import list_checkpoints
+from diffusion.training.loggers import read_metrics
+from test_train import run_training
+
+SMALL = ("model=basic", "model.base_channels=8", "trainer.sample_every=0", "trainer.val_every=0",
+         "trainer.log_every=1")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
+                          timeout=240, env=env)
+
+
+def _train_steps(run) -> list[int]:
+    return [r["step"] for r in read_metrics(run / "metrics.jsonl") if "train/loss" in r]
+
+
+def test_checkpoints_off_still_leave_the_last_step(tmp_path, tiny_mnist_root):
+    run, summary = run_training(tmp_path, tiny_mnist_root, *SMALL, "trainer.ckpt_every=0")
+    assert summary["step"] == 4
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_00000004.pt"]
+
+
+def test_a_resume_drops_the_records_of_the_steps_it_trains_again(tmp_path, tiny_mnist_root):
+    run, _ = run_training(tmp_path, tiny_mnist_root, *SMALL)  # checkpoints at 2 and 4
+    (run / "checkpoints" / "step_00000004.pt").unlink()
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "train/lo')  # the write a kill cut short
+    result = _cli("diffusion.train", f"resume={run}", "trainer.max_steps=6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _train_steps(run) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 once, from the resume
+    assert all(line.strip().startswith("{") and line.strip().endswith("}")
+               for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_damaged_line_before_the_last_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "tr\n{"step": 3}\n')
+    with pytest.raises(RunError, match=rf"^{path} line 2 is damaged \(not JSON\): delete that "
+                                       r"line or restore the file from a copy.$"):
+        read_metrics(path)
+    (tmp_path / "config.yaml").write_text("data:\n  name: mnist\n")
+    result = _cli("diffusion.visualize", "losses", f"run={tmp_path}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path} line 2 is damaged")
+
+
+def test_a_damaged_eval_json_stops_evaluate_before_scoring(tmp_path, tiny_mnist_root):
+    run, _ = run_training(tmp_path, tiny_mnist_root, *SMALL)
+    damaged = b'{"entries": {"sampler=ddim steps=2'
+    (run / "eval.json").write_bytes(damaged)
+    before = hashlib.sha256(damaged).hexdigest()
+    result = _cli("diffusion.evaluate", f"run={run}", "n=4", "sampler.steps=2",
+                  f"data_root={tiny_mnist_root}", "metrics.reference_n=8")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {run / 'eval.json'} is damaged (not the JSON of a run's evaluations): move it "
+        "aside (its results are lost) or restore it from a copy, then evaluate again.")
+    assert hashlib.sha256((run / "eval.json").read_bytes()).hexdigest() == before
+    assert "feature" not in result.stdout.lower()  # stopped before the feature network
