@@ -101,7 +101,15 @@ def test_a_bad_option_ends_in_one_sentence_and_writes_nothing(run, tmp_path):
     (["task=invert", "sampler.eta=0.5"], r"^invert runs deterministic DDIM: use sampler=ddim "
                                          r"with sampler.eta=0; got sampler=ddim with eta=0.5\.$"),
     (["task=inpaint", "jump_n_sample=0"], r"^jump_n_sample must be an integer >= 1; got 0\.$"),
-    (["task=interpolate", "n=1"], r"^interpolate needs at least two input images"),
+    (["task=interpolate", "n=1"], r"^interpolate takes its input images in pairs"),
+    (["task=interpolate", "n=3"], r"^interpolate takes its input images in pairs \(the first "
+                                  r"with the second, and so on\); test gave 3: "),
+    (["task=inpaint", "strength=0.3"], r"^strength applies to task=img2img, and task=inpaint "
+                                       r"does not read it: drop strength=0.3\.$"),
+    (["task=img2img", "frames=4"], r"^frames applies to task=interpolate, and task=img2img "
+                                   r"does not read it: drop frames=4\.$"),
+    (["input=missing.png"], r"^input missing.png does not exist: pass an image file, a folder "
+                            r"of images or a split of mnist \(train, test\)\.$"),
     (["input=nowhere"], r"^input must be an image file, a folder of images or a split of "
                         r"mnist \(train, test\); got 'nowhere'\.$"),
     (["start=100"], r"^start=100 is past the 32 images of mnist/test"),

@@ -61,6 +61,10 @@ CASES = {
                        "guidance_scale must be a number >= 0; got -1."),
     "rescale": ("conditional", ["guidance_scale=2", "guidance_rescale=2", "labels=all"],
                 "guidance_rescale must be a number in [0, 1]; got 2."),
+    "rescale-alone": ("conditional", ["guidance_rescale=0.7", "labels=all"],
+                      "guidance_rescale=0.7 rescales classifier-free guidance, which only "
+                      "guidance_scale turns on: set guidance_scale, or leave guidance_rescale "
+                      "out."),
     "no-labels": ("conditional", ["guidance_scale=2"],
                   "Guidance needs labels to steer towards: pass labels=3, labels=[0,1,2] or "
                   "labels=all (every class equally often)."),

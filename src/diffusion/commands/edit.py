@@ -22,22 +22,16 @@ from diffusion.checks import (
     check_writable,
 )
 from diffusion.commands.launcher import launch
-from diffusion.config.options import check_edit_options
+from diffusion.config.options import TASK_KEYS, check_edit_options
 from diffusion.editing import mask_option
 from diffusion.editing.sources import read_input
+from diffusion.errors import ConfigError
 from diffusion.reporting import figures as viz
 from diffusion.runs.load import newest_checkpoint
 from diffusion.runs.records import portable_arg, shell_word
 from diffusion.sampling.checks import labels_option
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
-
-TASK_KEYS = {  # the settings each task's images depend on, beyond the sampler's
-    "img2img": ("samples", "strength"),
-    "inpaint": ("samples", "mask", "jump_length", "jump_n_sample"),
-    "invert": ("fixed_point",),
-    "interpolate": ("frames", "fixed_point"),
-}
 
 
 def check_edit_config(cfg: DictConfig):
@@ -46,9 +40,10 @@ def check_edit_config(cfg: DictConfig):
     run = check_edit_options(cfg)
     run_cfg, spec = run.run_cfg, run.spec
     images = read_input(cfg.input, cfg.n, cfg.start, run_cfg.data, cfg.data_root)
-    if cfg.task == "interpolate" and len(images) < 2:
-        raise ValueError(f"interpolate needs at least two input images; {cfg.input} gave "
-                         f"{len(images)}: pass a folder or a data split with n >= 2.")
+    if cfg.task == "interpolate" and (len(images) < 2 or len(images) % 2):
+        raise ConfigError(f"interpolate takes its input images in pairs (the first with the "
+                          f"second, and so on); {cfg.input} gave {len(images)}: pass a folder "
+                          "or a data split with an even n >= 2.")
     size = (int(run_cfg.data.image_size),) * 2
     mask = None
     if cfg.task == "inpaint":  # a PNG's one mask serves every image

@@ -78,6 +78,10 @@ def check_guidance_options(cfg: DictConfig, run_cfg: DictConfig,
     elif classifier_scales != [None]:
         raise ConfigError("classifier_scale needs classifier=<a run folder of "
                           "diffusion.train_classifier>; set one, or leave classifier_scale out.")
+    if cfg.guidance_rescale and scales == [None]:
+        raise ConfigError(f"guidance_rescale={cfg.guidance_rescale} rescales classifier-free "
+                          "guidance, which only guidance_scale turns on: set guidance_scale, or "
+                          "leave guidance_rescale out.")
     model_classes = run_cfg.model.get("num_classes")
     for scale in scales:
         for classifier_scale in classifier_scales:  # range checks, in Guidance's words

@@ -13,13 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from diffusion.checks import check_bool, check_choice, check_int, check_number
 from diffusion.config.build import build_scheduler
 from diffusion.config.guidance import GuidanceOptions, check_guidance_options
 from diffusion.config.keys import check_cli_config
 from diffusion.config.metrics import check_metrics
+from diffusion.config.paths import CONF_DIR
 from diffusion.config.runs import run_config
 from diffusion.editing.img2img import check_strength
 from diffusion.errors import ConfigError
@@ -29,6 +30,12 @@ from diffusion.sampling.pipeline import compile_mode
 from diffusion.sampling.sampler import SamplerSpec
 
 EDIT_TASKS = ("img2img", "inpaint", "invert", "interpolate")
+TASK_KEYS = {  # the settings each task's images depend on, beyond the sampler's
+    "img2img": ("samples", "strength"),
+    "inpaint": ("samples", "mask", "jump_length", "jump_n_sample"),
+    "invert": ("fixed_point",),
+    "interpolate": ("frames", "fixed_point"),
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,12 @@ def check_edit_options(cfg: DictConfig) -> RunOptions:
     run = check_run_options(cfg, "edit")
     check_choice("task", cfg.task, EDIT_TASKS)
     check_task_sampler(cfg.task, run.spec)
+    defaults = OmegaConf.load(CONF_DIR / "edit.yaml")
+    for task, keys in TASK_KEYS.items():
+        for key in set(keys) - set(TASK_KEYS[cfg.task]):
+            if cfg[key] != defaults[key]:
+                raise ConfigError(f"{key} applies to task={task}, and task={cfg.task} does not "
+                                  f"read it: drop {key}={cfg[key]}.")
     for key in ("n", "samples", "jump_length", "jump_n_sample", "batch_size"):
         check_int(key, cfg[key])
     check_int("start", cfg.start, minimum=0)

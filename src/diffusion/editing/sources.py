@@ -42,12 +42,15 @@ def read_input(option: str, n: int, start: int, data: Mapping,
                              f"{data['name']}/{option}: pass a smaller start.")
         return torch.stack([dataset[i][0] for i in range(start, min(start + n, len(dataset)))])
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if len(files) <= start:
             raise ValueError(f"input folder {path} has {len(files)} images, none from "
                              f"start={start}: pass a folder of PNG or JPEG files.")
         return torch.stack([read_image(p, channels, size) for p in files[start:start + n]])
     if path.is_file():
         return read_image(path, channels, size).unsqueeze(0)
-    raise ValueError(f"input must be an image file, a folder of images or a split of "
-                     f"{data['name']} ({', '.join(splits)}); got {option!r}.")
+    what = f"an image file, a folder of images or a split of {data['name']} ({', '.join(splits)})"
+    if path.suffix or len(path.parts) > 1:  # a path, not a split's name
+        raise ValueError(f"input {path} does not exist: pass {what}.")
+    raise ValueError(f"input must be {what}; got {option!r}.")
