@@ -232,3 +232,31 @@ def test_wrapped_model_needs_num_classes_stated(conditional_pipe):
     pipe = DiffusionPipeline(wrapped, DDPMScheduler(), (1, 28, 28), device="cpu", num_classes=10)
     with pytest.raises(ValueError, match=r"y must be class labels in \[0, 9\]; got 10"):
         pipe(1, steps=1, y=torch.tensor([10]))
+
+
+def test_a_sweep_checks_every_job_before_the_first_samples(runs, tmp_path):
+    good, missing = runs["plain"], tmp_path / "missing"
+    before = sorted((good / "samples").glob("*")) if (good / "samples").exists() else []
+    result = _cli("diffusion.sample", "-m", f"run={good},{missing}", "n=2", "sampler.steps=2")
+    _fails_with(result, f"1 of 2 sweep jobs are invalid, so none was started: job 1 "
+                        f"(run={missing}): run={missing} is not a run folder (no config.yaml "
+                        f"in it): pass the folder that diffusion.train printed, e.g. "
+                        f"runs/<name>/<date>_<time>.")
+    after = sorted((good / "samples").glob("*")) if (good / "samples").exists() else []
+    assert after == before, "job 0 sampled before the bad job was found"
+
+
+def test_a_sweep_whose_jobs_would_write_one_file_is_refused(runs, tmp_path):
+    out = tmp_path / "grid.png"
+    result = _cli("diffusion.sample", "-m", f"run={runs['plain']}", "n=2", "sampler.steps=2",
+                  "seed=0,1", f"out={out}")
+    _fails_with(result, f"sweep jobs 0, 1 would all write {out}: leave out= out (each job then "
+                        "names its own file) or sweep a setting that changes it.")
+    assert not out.exists()
+
+
+def test_a_swept_group_names_the_option_that_does_not_exist(runs):
+    result = _cli("diffusion.sample", "-m", f"run={runs['plain']}", "n=2", "sampler.steps=2",
+                  "sampler=ddim,foo")
+    _fails_with(result, "sampler must be one of ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, "
+                        "euler, euler_a, heun; got 'foo'.")

@@ -186,7 +186,7 @@ def edit(cfg: DictConfig) -> dict[str, Path]:
 
 def main() -> None:
     """``python -m diffusion.edit ...``; see the module docstring."""
-    launch("edit", edit)
+    launch("edit", edit, precheck=lambda cfg: [check_edit_config(cfg)[0]])
 
 
 if __name__ == "__main__":

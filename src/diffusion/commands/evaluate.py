@@ -127,6 +127,13 @@ def _jsonl_record(result: FidResult, spec: SamplerSpec, scale: float | None,
             "eval/classifier_scale": classifier_scale}
 
 
+def _precheck(cfg: DictConfig) -> list[Path]:
+    """One job of a sweep, checked before any runs; evaluations merge into the run's
+    eval.json, so jobs never write one file over another."""
+    check_evaluate_config(cfg)
+    return []
+
+
 def _command(cfg: DictConfig, spec: SamplerSpec, steps: list[int], checkpoint: Path) -> str:
     """The command line that repeats this evaluation exactly: the checkpoint it scored
     (not "the newest", which moves on) and every setting the scores depend on, stated
@@ -172,7 +179,7 @@ def _list_overrides(argv: list[str], keys: tuple[str, ...] = (
 
 def main() -> None:
     """``python -m diffusion.evaluate ...``; see the module docstring."""
-    launch("evaluate", evaluate, rewrite=_list_overrides)
+    launch("evaluate", evaluate, rewrite=_list_overrides, precheck=_precheck)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
 
+from diffusion.config import preflight
 from diffusion.config.keys import check_overrides
 from diffusion.config.paths import CONF_DIR
-from diffusion.errors import USER_ERRORS
+from diffusion.errors import USER_ERRORS, ConfigError
 from diffusion.runtime import distributed as dist
 
 MISTAKES: tuple[type[BaseException], ...] = (*USER_ERRORS, ValueError)
@@ -46,19 +48,45 @@ def guarded(work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         sys.exit(128 + signal.SIGINT)
 
 
+def _check_sweep(argv: list[str], config_name: str,
+                 precheck: Callable[[DictConfig], list[Path]]) -> None:
+    """Every job of a sweep checked before the first runs, and no two writing one file."""
+    options = get_args_parser().parse_args(argv)
+    if not options.multirun:
+        return
+    expanded = preflight.split_jobs(list(options.overrides), True)
+    outputs = preflight.check_each(expanded, lambda overrides: precheck(
+        preflight.compose(CONF_DIR, config_name, overrides, training=False).cfg))
+    writers: dict[Path, list[int]] = {}
+    for number, paths in enumerate(outputs):
+        for path in paths:
+            writers.setdefault(Path(path).resolve(), []).append(number)
+    for path, jobs in writers.items():
+        if len(jobs) > 1:
+            raise ConfigError(f"sweep jobs {', '.join(map(str, jobs))} would all write {path}: "
+                              "leave out= out (each job then names its own file) or sweep a "
+                              "setting that changes it.")
+
+
 def launch(config_name: str, work: Callable[[DictConfig], Any], *,
            rewrite: Callable[[list[str]], list[str]] = list, argv: list[str] | None = None,
            config_dir: str | Path = CONF_DIR, check_keys: bool = True,
-           distributed: bool = True) -> None:
+           distributed: bool = True,
+           precheck: Callable[[DictConfig], list[Path]] | None = None) -> None:
     """Run ``work(cfg)`` on the config Hydra composes from ``config_dir/config_name.yaml``
     and the command line (``argv``: given already prepared, else ``sys.argv`` through
     ``rewrite``). ``check_keys``: every key is checked against the command's config before
     Hydra sees it. ``distributed``: under torchrun the process group is set up around the
-    work, so every rank takes its share."""
+    work, so every rank takes its share. ``precheck(cfg)`` checks one job and returns the
+    files it would write: a sweep (``-m``) checks every job with it before the first runs,
+    and refuses jobs that would write the same file."""
     if argv is None:
         if check_keys:
-            guarded(check_overrides, sys.argv[1:], config_name)
+            multirun = bool(get_args_parser().parse_known_args(sys.argv[1:])[0].multirun)
+            guarded(check_overrides, sys.argv[1:], config_name, multirun)
         argv = rewrite(sys.argv[1:])
+        if precheck is not None:
+            guarded(_check_sweep, argv, config_name, precheck)
     sys.argv = [sys.argv[0], *argv]
 
     def main(cfg: DictConfig) -> None:

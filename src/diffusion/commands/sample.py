@@ -118,7 +118,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
 
 def main() -> None:
     """``python -m diffusion.sample ...``; see the module docstring."""
-    launch("sample", sample)
+    launch("sample", sample, precheck=lambda cfg: [check_sample_config(cfg)[0]])
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from diffusion.checks import check_choice
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
 from diffusion.config.paths import CONF_DIR
 from diffusion.errors import ConfigError
@@ -59,19 +60,20 @@ def _check_key(key: str, sub: str | None, known: dict[str, set[str] | None],
         raise ConfigError(f"{key}.{sub} is not {what}: use one of {', '.join(sorted(keys))}.")
 
 
-def check_overrides(argv: list[str], config_name: str) -> None:
+def check_overrides(argv: list[str], config_name: str, multirun: bool = False) -> None:
     """Plain ``key=value`` arguments name known keys, and a group's option exists and has
     the keys set below it (``sampler=euler sampler.eta=1`` is refused); checked before
-    Hydra, whose own errors are several lines ending in advice about stack traces."""
+    Hydra, whose own errors are several lines ending in advice about stack traces. In a
+    sweep (``multirun``) a group's comma-separated options are checked one by one."""
     known = known_keys(config_name)
     choices = default_choices(config_name)
     for arg in argv:
         key, eq, value = arg.partition("=")
         if eq and key in choices:
-            if value not in group_options(key):
-                raise ConfigError(f"{key} must be one of {', '.join(group_options(key))}; "
-                                 f"got {value!r}.")
-            choices[key] = value
+            options = value.split(",") if multirun else [value]
+            for option in options:
+                check_choice(key, option, group_options(key))
+            choices[key] = options[0] if len(options) == 1 else None  # None: any option's
     for arg in argv:
         key, eq, _ = arg.partition("=")
         if not eq or key.startswith(("+", "~", "-", "hydra")) or "@" in key:

@@ -12,9 +12,10 @@ nothing to do.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from hydra import compose as hydra_compose
@@ -44,6 +45,8 @@ from diffusion.config.build import (
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
 from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
 from diffusion.training.checkpoint import latest_checkpoint, step_of
+
+T = TypeVar("T")
 
 FROZEN_ON_RESUME = ("model", "scheduler", "data.name", "data.channels", "data.image_size",
                     "data.center_crop")
@@ -102,15 +105,24 @@ def check_jobs(config_dir: Path, config_name: str, overrides: list[str],
                multirun: bool, extra_dir: Path | None = None) -> list[Job]:
     """Compose and check every job of the command; one ConfigError lists every bad job.
     ``extra_dir`` is the folder of ``--config-dir`` (see ``compose``)."""
-    jobs, problems = [], []
-    expanded = split_jobs(overrides, multirun)
+    def check(job_overrides: list[str]) -> Job:
+        job = compose(config_dir, config_name, job_overrides, extra_dir)
+        check_config(job.cfg)
+        return job
+
+    return check_each(split_jobs(overrides, multirun), check, multirun)
+
+
+def check_each(expanded: list[list[str]], check: Callable[[list[str]], T],
+               multirun: bool = True) -> list[T]:
+    """``check(overrides)`` for every job of a command; in a sweep, one ConfigError names
+    every bad job (by the overrides it sweeps) and its sentence, so none starts."""
+    results, problems = [], []
     shared = set.intersection(*(set(job) for job in expanded)) if expanded else set()
     for number, job_overrides in enumerate(expanded):
         try:
-            job = compose(config_dir, config_name, job_overrides, extra_dir)
-            check_config(job.cfg)
-            jobs.append(job)
-        except USER_ERRORS as exc:
+            results.append(check(job_overrides))
+        except (*USER_ERRORS, ValueError) as exc:
             if not multirun:
                 raise
             swept = " ".join(o for o in job_overrides if o not in shared)
@@ -118,15 +130,16 @@ def check_jobs(config_dir: Path, config_name: str, overrides: list[str],
     if problems:
         raise ConfigError(f"{len(problems)} of {len(expanded)} sweep jobs are invalid, so "
                           f"none was started: {' '.join(problems)}")
-    return jobs
+    return results
 
 
 def compose(config_dir: Path, config_name: str, overrides: list[str],
-            extra_dir: Path | None = None) -> Job:
+            extra_dir: Path | None = None, training: bool = True) -> Job:
     """The job Hydra would compose, resolved, or a ConfigError that names the bad
     override. Configs are searched for as ``hydra.main`` searches: ``config_dir``, then
     ``extra_dir`` (a folder of your own, added as ``--config-dir`` adds it), then any
-    folders of a ``hydra.searchpath=[...]`` override."""
+    folders of a ``hydra.searchpath=[...]`` override. ``training``: a training config,
+    whose conditioning and added keys are checked here too."""
     GlobalHydra.instance().clear()
     try:
         _initialize(config_dir, extra_dir)
@@ -134,8 +147,9 @@ def compose(config_dir: Path, config_name: str, overrides: list[str],
                             return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)
         run_dir, sweep_dir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir)
-        _check_conditioning(cfg)
-        _check_read(cfg, overrides, config_name)
+        if training:
+            _check_conditioning(cfg)
+            _check_read(cfg, overrides, config_name)
         with open_dict(cfg):
             del cfg["hydra"]
         OmegaConf.resolve(cfg)
