@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from diffusion.errors import RunError
+from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.training.checkpoint import list_checkpoints
 from diffusion.training.loggers import read_metrics
 from test_train import run_training
@@ -74,3 +75,50 @@ def test_a_damaged_eval_json_stops_evaluate_before_scoring(tmp_path, tiny_mnist_
         "aside (its results are lost) or restore it from a copy, then evaluate again.")
     assert hashlib.sha256((run / "eval.json").read_bytes()).hexdigest() == before
     assert "feature" not in result.stdout.lower()  # stopped before the feature network
+
+
+def _snapshot(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda text: text + "model: [unclosed\n", "config.yaml no longer reads as YAML"),
+    (lambda text: text.replace("base_channels: 8", "base_channels: 16"),
+     "does not hold the network that config.yaml describes"),
+], ids=["not-yaml", "another-width"])
+def test_an_edited_config_yaml_is_named_and_the_run_kept(tmp_path, tiny_mnist_root, edit,
+                                                        message):
+    run, _ = run_training(tmp_path, tiny_mnist_root, *SMALL)
+    config = run / "config.yaml"
+    config.write_text(edit(config.read_text()))
+    before = _snapshot(run)
+    for command in (["diffusion.train", f"resume={run}", "trainer.max_steps=6"],
+                    ["diffusion.sample", f"run={run}", "n=2", "sampler.steps=2"]):
+        result = _cli(*command)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and message in last, last
+        after = _snapshot(run)
+        after.pop("train.log", None)  # Hydra's (empty) log of the refused job
+        assert after == before, f"{command[0]} changed the run"
+
+
+def test_a_checkpoint_of_another_network_is_named(tmp_path, tiny_mnist_root):
+    run, _ = run_training(tmp_path, tiny_mnist_root, *SMALL, name="narrow")
+    wide, _ = run_training(tmp_path, tiny_mnist_root, *SMALL, "model.base_channels=16",
+                           name="wide")
+    other = wide / "checkpoints" / "step_00000004.pt"
+    result = _cli("diffusion.sample", f"run={run}", f"checkpoint={other}", "n=2",
+                  "sampler.steps=2")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {other} does not hold the network that config.yaml describes (")
+
+
+def test_a_classifier_run_is_not_a_diffusion_run(tmp_path):
+    (tmp_path / "config.yaml").write_text("classifier_net:\n  _target_: x.Y\n")
+    with pytest.raises(RunError, match=rf"^run={tmp_path} is not a diffusion run \(its "
+                                       r"config.yaml has no model and scheduler; a classifier "
+                                       r"run goes to classifier=\)"):
+        DiffusionPipeline.from_run(tmp_path)

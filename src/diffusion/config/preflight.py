@@ -43,8 +43,9 @@ from diffusion.config.build import (
     validate,
 )
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
-from diffusion.errors import USER_ERRORS, CheckpointError, ConfigError
-from diffusion.training.checkpoint import latest_checkpoint, step_of
+from diffusion.config.runs import run_config
+from diffusion.errors import USER_ERRORS, ConfigError
+from diffusion.training.checkpoint import resumable_checkpoint, step_of
 
 T = TypeVar("T")
 
@@ -307,7 +308,7 @@ def flatten(node: Mapping | list, prefix: str = "") -> dict[str, object]:
 def check_resume_overrides(run: Path, overrides: list[str]) -> None:
     """A run's saved config has no defaults list, so ``model=unet`` on a resume would replace
     the whole group with a string: refuse group choices, which a resume cannot switch."""
-    saved = OmegaConf.load(run / "config.yaml")
+    saved = run_config(run, "resume")
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
         if "." not in key and OmegaConf.is_dict(saved.get(key)):
@@ -322,11 +323,8 @@ def check_resume(run: Path, cfg: DictConfig) -> Resume:
     run is already at ``trainer.max_steps``."""
     check_writable(run, "copy the run folder to a writable place and resume the copy",
                    folder=True, what="the run folder")
-    checkpoint = latest_checkpoint(run / "checkpoints")
-    if checkpoint is None:
-        raise CheckpointError(f"Nothing to resume in {run}: it has no checkpoints/step_*.pt; "
-                              "start a new run instead.")
-    old = flatten(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True))
+    checkpoint = resumable_checkpoint(run)
+    old = flatten(OmegaConf.to_container(run_config(run, "resume"), resolve=True))
     new = flatten(OmegaConf.to_container(cfg, resolve=True))
     changes = {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
                if key != "resume" and not key.startswith("hydra.")

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from diffusion.errors import CheckpointError, ConfigError, RunError
-from diffusion.training.checkpoint import latest_checkpoint, load
+from diffusion.training.checkpoint import latest_checkpoint, load, load_weights
 
 RUN_EXAMPLE = "runs/<name>/<date>_<time>"
 
@@ -105,17 +105,6 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
     return functools.partial(factory, **args) if node.get("_partial_") else factory(**args)
 
 
-def load_state(model, state: Mapping, what: str, path: Path) -> None:
-    """``model.load_state_dict(state)``, a mismatch said in one sentence naming ``path``."""
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} does not hold the {what} that config.yaml describes "
-                              f"({first}): pass a checkpoint of this run, or restore the run's "
-                              "config.yaml.") from None
-
-
 def load_run(run: str | Path, checkpoint: str | Path | None = None):
     """(model with EMA weights, training scheduler, config dict) of a run folder."""
     cfg = read_config(run)
@@ -129,7 +118,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None):
     if "ema" not in state:
         raise CheckpointError(f"{path} holds no EMA weights (not a diffusion.train "
                               "checkpoint): pass a checkpoint from this run's checkpoints/.")
-    load_state(model, state["ema"]["model"], "network", path)
+    load_weights(model, state["ema"]["model"], "network", path)
     return model, instantiate(cfg["scheduler"]), cfg
 
 
@@ -140,5 +129,5 @@ def load_classifier(run: str | Path, checkpoint: str | Path | None = None):
     path = Path(checkpoint) if checkpoint is not None else newest_checkpoint(
         run, "let diffusion.train_classifier finish (it saves at the last step)")
     model = instantiate(cfg["classifier_net"])
-    load_state(model, load(path)["model"], "classifier", path)
+    load_weights(model, load(path)["model"], "classifier", path)
     return model.eval()

@@ -52,6 +52,32 @@ def saved_step(path: str | Path) -> int:
     return int(match.group(1)) if match else int(load(path)["step"])
 
 
+def mismatch(path: Path, what: str, exc: BaseException) -> CheckpointError:
+    """The one sentence for a checkpoint whose tensors do not fit the config's network."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return CheckpointError(f"{path} does not hold the {what} that config.yaml describes "
+                           f"({first}): pass a checkpoint of this run, or restore the run's "
+                           "config.yaml.")
+
+
+def load_weights(module, state: dict, what: str, path: Path) -> None:
+    """``module.load_state_dict(state)``, a mismatch said in one sentence naming ``path``."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise mismatch(path, what, exc) from None
+
+
+def resumable_checkpoint(run: str | Path) -> Path:
+    """The newest checkpoint a resume of ``run`` continues from, or the one sentence saying
+    there is none."""
+    path = latest_checkpoint(Path(run) / "checkpoints")
+    if path is None:
+        raise CheckpointError(f"Nothing to resume in {run}: it has no checkpoints/step_*.pt; "
+                              "start a new run instead.")
+    return path
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     ckpts = list_checkpoints(directory)
     return ckpts[-1] if ckpts else None

@@ -73,12 +73,12 @@ class CheckpointState:
         """Continue from ``path`` or the run's newest checkpoint. Everything is read onto
         the CPU first: the RNG states must stay there, and the model, EMA and optimizer
         copy their tensors onto the training device as they load."""
-        path = Path(path) if path else ckpt.latest_checkpoint(self.ckpt_dir)
-        if path is None:
-            raise ckpt.CheckpointError(
-                f"Nothing to resume in {self.run_dir}: it has no checkpoints/step_*.pt; "
-                "start a new run instead.")
-        self.load_state_dict(ckpt.load(path, map_location="cpu"))
+        path = Path(path) if path else ckpt.resumable_checkpoint(self.run_dir)
+        state = ckpt.load(path, map_location="cpu")
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as exc:  # another network's tensors
+            raise ckpt.mismatch(path, "network", exc) from None
         self._start_step = self.step
         log.info("Resumed from %s at step %d.", path, self.step)
         return path
