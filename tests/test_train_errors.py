@@ -95,7 +95,8 @@ BAD_VALUES = [
                     "dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, euler, euler_a, heun."),
     ("sampler.steps=2000", "error: sampler.steps must be an integer from 1 to 1000 (the "
                            "model's num_train_timesteps); got 2000."),
-    ("sampler.solver_order=4", "error: sampler.solver_order is not a config key"),
+    ("sampler.solver_order=4", "error: sampler.solver_order is not an option of sampler=ddim: "
+                               "use one of eta, name, set_alpha_to_one, steps, timestep_spacing."),
     ("trainer.sample_steps=25", "error: trainer.sample_steps is now sampler.steps: the sampler "
                                 "is a config group, e.g. sampler=ddim sampler.steps=50"),
     ("trainer.sampler=heun", "error: trainer.sampler is now sampler=<name>: "),
@@ -127,6 +128,13 @@ BAD_VALUES = [
                               "unexpected keyword argument 'snr_gama': drop the key"),
     ("objective._target_=foo.Bar", "error: Invalid objective config: Error locating target "
                                    "'foo.Bar': check objective._target_"),
+    # a group's option and its keys, named together
+    ("sampler=euler sampler.eta=0.3", "error: sampler.eta is not an option of sampler=euler: "
+                                      "use one of name, steps, timestep_spacing, "
+                                      "use_karras_sigmas."),
+    ("sampler.name=dpmpp_2m", "error: sampler.name picks the sampler but not its options: use "
+                              "sampler=dpmpp_2m (the config group) instead of "
+                              "sampler.name=dpmpp_2m."),
     # an option that would change nothing
     ("+foo=1", "error: +foo=1 adds a key that diffusion.train does not read"),
     ("trainer.label_dropout=0.3", "error: trainer.label_dropout applies to class-conditional "
@@ -237,6 +245,13 @@ RESUME_ERRORS = [
     (["data.name=fashion_mnist"], "cannot change data.name ('mnist' -> 'fashion_mnist')"),
     (["trainer.max_steps=8", "optimizer.lr=-1"], "optimizer.lr must be a number >= 0"),
     (["-m", "trainer.max_steps=8,9"], "resume= continues one run and cannot be swept: drop -m."),
+    (["conditioning=class"], "cannot switch conditioning=class: a run keeps the groups it "
+                             "started with; start a new run to change it."),
+    (["trainer.max_steps=8", "hydra.run.dir=elsewhere"],
+     "resume= continues the run in its own folder, so hydra.run.dir=elsewhere does not apply"),
+    (["trainer.max_steps=8", "+foo=1"], "+foo=1 adds a key that diffusion.train does not read"),
+    (["trainer.max_steps=8", "trainer.label_dropout=0.2"], "trainer.label_dropout applies to "
+                                                           "class-conditional runs"),
 ]
 
 

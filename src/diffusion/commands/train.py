@@ -240,6 +240,11 @@ def _prepare(options: argparse.Namespace) -> tuple[list[str], str, str, Path | N
             raise not_a_run(resume, "resume")
         if multirun:
             raise ConfigError("resume= continues one run and cannot be swept: drop -m.")
+        moved = next((a for a in plain if a.split("=", 1)[0] in ("hydra.run.dir",
+                                                                  "hydra.sweep.dir")), None)
+        if moved:
+            raise ConfigError(f"resume= continues the run in its own folder, so {moved} does "
+                              "not apply: drop it (copy the run folder to continue elsewhere).")
         config_path, config_name = str(run), "config"
         preflight.check_resume_overrides(run, job_args)
         jobs = preflight.check_jobs(run, "config", [*job_args, f"resume={run}"], False)

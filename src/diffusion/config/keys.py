@@ -65,6 +65,7 @@ def check_overrides(argv: list[str], config_name: str, multirun: bool = False) -
     the keys set below it (``sampler=euler sampler.eta=1`` is refused); checked before
     Hydra, whose own errors are several lines ending in advice about stack traces. In a
     sweep (``multirun``) a group's comma-separated options are checked one by one."""
+    check_name_override(argv)
     known = known_keys(config_name)
     choices = default_choices(config_name)
     for arg in argv:
@@ -80,6 +81,33 @@ def check_overrides(argv: list[str], config_name: str, multirun: bool = False) -
             continue  # Hydra's own syntax (+add, ~delete, flags, packages) and hydra.*
         top, _, sub = key.partition(".")
         _check_key(top, sub.partition(".")[0] or None, known, config_name, choices.get(top))
+
+
+def check_name_override(overrides: list[str]) -> None:
+    """``sampler.name=<x>`` would change the sampler's class but keep the old one's options:
+    the group is switched by ``sampler=<x>``."""
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        if eq and key == "sampler.name":
+            raise ConfigError(f"sampler.name picks the sampler but not its options: use "
+                              f"sampler={value} (the config group) instead of {override}.")
+
+
+def check_group_key(key: str, overrides: list[str], config_name: str) -> None:
+    """For ``group.key`` that Hydra could not set: if ``group`` is a config group whose option
+    is one file (no defaults list of its own), the one sentence naming the chosen option and
+    its keys (``sampler.eta`` with ``sampler=euler``)."""
+    group, _, sub = key.partition(".")
+    choices = default_choices(config_name) if (CONF_DIR / f"{config_name}.yaml").is_file() \
+        else {}
+    for override in overrides:
+        name, eq, value = override.partition("=")
+        if eq and name == group:
+            choices[group] = value
+    option = choices.get(group)
+    path = CONF_DIR / group / f"{option}.yaml"
+    if sub and option and path.is_file() and "defaults" not in OmegaConf.load(path):
+        _check_key(group, sub.partition(".")[0], {group: None}, config_name, option)
 
 
 def check_cli_config(cfg, config_name: str) -> None:

@@ -42,7 +42,9 @@ from diffusion.config.build import (
     check_device,
     validate,
 )
+from diffusion.config.keys import check_group_key, check_name_override
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
+from diffusion.config.paths import CONF_DIR
 from diffusion.config.runs import run_config
 from diffusion.errors import USER_ERRORS, ConfigError
 from diffusion.training.checkpoint import resumable_checkpoint, step_of
@@ -141,6 +143,7 @@ def compose(config_dir: Path, config_name: str, overrides: list[str],
     ``extra_dir`` (a folder of your own, added as ``--config-dir`` adds it), then any
     folders of a ``hydra.searchpath=[...]`` override. ``training``: a training config,
     whose conditioning and added keys are checked here too."""
+    check_name_override(overrides)
     GlobalHydra.instance().clear()
     try:
         _initialize(config_dir, extra_dir)
@@ -160,6 +163,8 @@ def compose(config_dir: Path, config_name: str, overrides: list[str],
         unknown = re.search(r"Could not override '([^']+)'", str(exc))
         if unknown and unknown.group(1) in MOVED_KEYS:
             raise ConfigError(moved_key_message(unknown.group(1))) from None
+        if unknown:
+            check_group_key(unknown.group(1), overrides, config_name)
         what = (f"{unknown.group(1)} is not a config key" if unknown else _first_line(exc))
         raise ConfigError(f"{what}: check the override's spelling (python -m diffusion.train "
                           "--cfg job prints every key).") from None
@@ -311,10 +316,11 @@ def check_resume_overrides(run: Path, overrides: list[str]) -> None:
     saved = run_config(run, "resume")
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
-        if "." not in key and OmegaConf.is_dict(saved.get(key)):
-            raise ConfigError(
-                f"resume={run} cannot switch {override}: a run keeps the groups it started "
-                f"with; override single keys ({key}.<key>=...) or start a new run.")
+        if "." not in key and (OmegaConf.is_dict(saved.get(key)) or (CONF_DIR / key).is_dir()):
+            instead = (f"override single keys ({key}.<key>=...) or start a new run"
+                       if OmegaConf.is_dict(saved.get(key)) else "start a new run to change it")
+            raise ConfigError(f"resume={run} cannot switch {override}: a run keeps the groups "
+                              f"it started with; {instead}.")
 
 
 def check_resume(run: Path, cfg: DictConfig) -> Resume:
