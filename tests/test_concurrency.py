@@ -12,24 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import EVERY_STEP_LOGGED, cli_env
 from diffusion.errors import RunError
 from diffusion.runs.lock import WriterLock
 from diffusion.training.loggers import read_metrics
 
-TINY = ["model=basic", "model.base_channels=8", "trainer=debug", "sampler.steps=2", "logger=none",
-        "data.batch_size=8", "data.num_workers=0", "trainer.log_every=1",
-        "trainer.sample_every=0", "trainer.val_every=0", "trainer.ckpt_every=10"]
-
-
-def _env() -> dict:
-    return {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-            "HYDRA_FULL_ERROR": "0"}
+TINY = [*EVERY_STEP_LOGGED, "trainer.ckpt_every=10"]
 
 
 def _together(*commands: list[str]) -> list[subprocess.CompletedProcess]:
     procs = [subprocess.Popen([sys.executable, "-m", "diffusion.train", *args],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=_env()) for args in commands]
+                              env=cli_env()) for args in commands]
     return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), None, p.stderr.read())
             for p in procs]
 
@@ -49,7 +43,7 @@ def test_three_resumes_of_one_run_train_it_once(tmp_path, tiny_mnist_root):
     first = subprocess.run([sys.executable, "-m", "diffusion.train", *TINY,
                             f"paths.data_dir={tiny_mnist_root}", "trainer.max_steps=10",
                             f"hydra.run.dir={run}"], capture_output=True, text=True,
-                           env=_env(), timeout=300)
+                           env=cli_env(), timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     results = _together(*[[f"resume={run}", "trainer.max_steps=400"]] * 3)
     _one_trained_the_others_refused(results, run)

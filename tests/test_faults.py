@@ -3,7 +3,6 @@ resume that cannot work. Each runs the real command line in its own process."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -13,27 +12,20 @@ from pathlib import Path
 
 import torch
 
+from cli_helpers import TINY, cli_env
 from diffusion.training.checkpoint import latest_checkpoint, list_checkpoints, step_of
 from diffusion.training.loggers import read_metrics
-
-TINY = ["model=basic", "model.base_channels=8", "trainer=debug", "sampler.steps=2", "logger=none",
-        "data.batch_size=8", "data.num_workers=0"]
-
-
-def _env() -> dict:
-    return {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-            "HYDRA_FULL_ERROR": "0"}
 
 
 def _train(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "diffusion.train", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+                            env=cli_env())
 
 
 def _train_to_end(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "diffusion.train", *args],
-                          capture_output=True, text=True, timeout=timeout, env=_env())
+                          capture_output=True, text=True, timeout=timeout, env=cli_env())
 
 
 def _newest_step(run: Path) -> int:

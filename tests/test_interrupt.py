@@ -15,24 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import EVERY_STEP_LOGGED, cli_env
 from diffusion.commands.launcher import guarded
 from diffusion.training.checkpoint import latest_checkpoint, list_checkpoints, step_of
 from diffusion.training.interrupt import SIGNALS, StopRequest
 from diffusion.training.loggers import read_metrics
 
-TINY = ["model=basic", "model.base_channels=8", "trainer=debug", "sampler.steps=2", "logger=none",
-        "data.batch_size=8", "data.num_workers=0", "trainer.log_every=1",
-        "trainer.sample_every=0", "trainer.val_every=0", "trainer.ckpt_every=100000"]
-
-
-def _env() -> dict:
-    return {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-            "HYDRA_FULL_ERROR": "0"}
+TINY = [*EVERY_STEP_LOGGED, "trainer.ckpt_every=100000"]
 
 
 def _train(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "diffusion.train", *args],
-                          capture_output=True, text=True, timeout=240, env=_env())
+                          capture_output=True, text=True, timeout=240, env=cli_env())
 
 
 def _interrupt(run: Path, args: list[str], signum: int, after_step: int = 3):
@@ -41,7 +35,7 @@ def _interrupt(run: Path, args: list[str], signum: int, after_step: int = 3):
     proc = subprocess.Popen([sys.executable, "-m", "diffusion.train", *args,
                              "trainer.max_steps=100000", f"hydra.run.dir={run}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+                            env=cli_env())
     deadline = time.monotonic() + 120
     metrics = run / "metrics.jsonl"
     while not (metrics.is_file() and any(r.get("step", 0) >= after_step

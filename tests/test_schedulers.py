@@ -330,6 +330,6 @@ def test_tensor_timesteps_out_of_range_are_an_error(cls, prediction_type):
             with pytest.raises(ValueError, match=rf"^timesteps must be in \[0, 999\]; "
                                                  rf"got {bad}\.$"):
                 call(x, x, torch.tensor(t))
-    with pytest.raises(ValueError, match=r"^timesteps must be an integer tensor"):
+    with pytest.raises(ValueError, match=r"^timesteps must be a tensor of integer dtype"):
         sched.add_noise(x, x, torch.tensor([1.0, 2.0, 3.0]))
     sched.add_noise(x, x, torch.tensor([0, 500, 999]))  # the whole range is fine

@@ -310,7 +310,7 @@ class NoiseScheduler:
         """
         T = self.num_train_timesteps
         if timesteps.dtype.is_floating_point or timesteps.dtype.is_complex:
-            raise ValueError(f"timesteps must be an integer tensor in [0, {T - 1}]; "
+            raise ValueError(f"timesteps must be a tensor of integer dtype, in [0, {T - 1}]; "
                              f"got dtype {timesteps.dtype}.")
         if timesteps.device.type != "cpu":
             torch._assert_async(((timesteps >= 0) & (timesteps < T)).all(),
