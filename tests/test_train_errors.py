@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import TINY, cli_env
 from diffusion.commands import train as train_cli
-from test_faults import TINY, _env
 
 
 def run_main(argv: list[str], capsys, out: list | None = None) -> tuple[int, str]:
@@ -218,7 +218,7 @@ def finished_run(tmp_path_factory, tiny_mnist_root) -> Path:
     run = tmp_path_factory.mktemp("finished") / "run"
     result = subprocess.run([sys.executable, "-m", "diffusion.train", *TINY,
                              f"paths.data_dir={tiny_mnist_root}", f"hydra.run.dir={run}"],
-                            capture_output=True, text=True, env=_env(), timeout=240)
+                            capture_output=True, text=True, env=cli_env(), timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     return run
 
@@ -322,7 +322,7 @@ def test_run_dir_that_holds_a_run_is_refused(run_copy, capsys):
 def test_no_traceback_reaches_the_terminal(override, tmp_path, tiny_mnist_root):
     result = subprocess.run(
         [sys.executable, "-m", "diffusion.train", *_base(tmp_path / "runs", tiny_mnist_root),
-         override], capture_output=True, text=True, env=_env(), timeout=120)
+         override], capture_output=True, text=True, env=cli_env(), timeout=120)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
