@@ -122,3 +122,17 @@ def test_a_classifier_run_is_not_a_diffusion_run(tmp_path):
                                        r"config.yaml has no model and scheduler; a classifier "
                                        r"run goes to classifier=\)"):
         DiffusionPipeline.from_run(tmp_path)
+
+
+def test_a_run_folder_naming_an_earlier_target_resumes_and_samples(tmp_path, tiny_mnist_root):
+    """Run folders of earlier versions name ``diffusion.objectives.Objective``; the class
+    lives in ``diffusion.training.objectives`` now (``config.legacy.MOVED_TARGETS``)."""
+    run, _ = run_training(tmp_path, tiny_mnist_root, *SMALL)
+    config = run / "config.yaml"
+    text = config.read_text()
+    assert "diffusion.training.objectives.Objective" in text
+    config.write_text(text.replace("diffusion.training.objectives.Objective",
+                                   "diffusion.objectives.Objective"))
+    result = _cli("diffusion.train", f"resume={run}", "trainer.max_steps=6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _train_steps(run) == [1, 2, 3, 4, 5, 6]

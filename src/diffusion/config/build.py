@@ -5,6 +5,7 @@ Used by the entry points only; the objects built here know nothing of Hydra.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from hydra.errors import InstantiationException
@@ -15,6 +16,7 @@ from diffusion.checks import check_int
 from diffusion.config.legacy import (
     OLD_TRAINER_OBJECTIVE_KEYS,
     OLD_TRAINER_SAMPLER_KEYS,
+    current_target,
     moved_key_message,
 )
 from diffusion.config.sampler import training_sampler
@@ -25,8 +27,11 @@ from diffusion.training.objectives import Objective
 
 
 def _instantiate(group: str, node: DictConfig, **kwargs):
-    """Instantiate ``node``; a ValueError from the constructor becomes a ConfigError
-    that names ``<group>.<argument>``."""
+    """Instantiate ``node`` (an earlier version's ``_target_`` at its new place); a ValueError
+    from the constructor becomes a ConfigError that names ``<group>.<argument>``."""
+    target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
+    if target is not None and current_target(target) != target:
+        node = OmegaConf.merge(node, {"_target_": current_target(target)})
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
