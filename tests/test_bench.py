@@ -129,6 +129,13 @@ def test_bench_times_a_whole_fid(tmp_path, tiny_mnist_root, capsys, monkeypatch)
     with pytest.raises(ConfigError, match="bench.fid_n must be 0 .off. or at least 2"):
         bench(compose_config([*TINY, f"paths.data_dir={tiny_mnist_root}", "bench.fid_n=1",
                               f"bench.out={out}"], config_name="bench"))
+    for override, message in (
+            ("bench.num_threads=0", r"^bench.num_threads must be an integer >= 1 \(or null: "
+                                    r"torch's default\); got 0\.$"),
+            ("bench.repeats=2.5", r"^bench.repeats must be an integer >= 1; got 2.5\.$")):
+        with pytest.raises(ConfigError, match=message):
+            bench(compose_config([*TINY, f"paths.data_dir={tiny_mnist_root}", override,
+                                  f"bench.out={out}"], config_name="bench"))
 
 
 @pytest.mark.parametrize("name", sorted(NoiseScheduler.SAMPLERS))

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from diffusion.commands.train_classifier import train_classifier
+from diffusion.data.synthetic import write_shape_folder
+from diffusion.errors import ConfigError
 from diffusion.runs.load import load_classifier
 from diffusion.training.classifier import noise_bands
 from diffusion.training.loggers import read_metrics
@@ -62,3 +64,14 @@ def test_classifier_run_loads_back(classifier_run, tiny_mnist_root):
     again = load_classifier(run, run / "checkpoints" / "step_00000075.pt")
     assert not torch.equal(model(x, torch.tensor([10, 10, 10])),
                            again(x, torch.tensor([10, 10, 10])))
+
+
+def test_an_unlabelled_folder_is_refused_before_any_training(tmp_path):
+    folder = write_shape_folder(tmp_path / "shapes", n=12, labelled=False)
+    cfg = compose_config(classifier_overrides(tmp_path, "data=image_folder",
+                                              f"data.root={folder}", "steps=2"),
+                         config_name="train_classifier")
+    with pytest.raises(ConfigError, match=r"^diffusion.train_classifier needs labelled data, "
+                                          r"and data image_folder has no classes"):
+        train_classifier(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

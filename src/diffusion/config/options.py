@@ -130,6 +130,10 @@ def check_task_sampler(task: str, spec: SamplerSpec) -> None:
 def check_classifier_options(cfg: DictConfig) -> None:
     """``diffusion.train_classifier``'s plain settings, before any data is read or weights
     allocated."""
+    if cfg.data.get("num_classes") is None:
+        raise ConfigError(f"diffusion.train_classifier needs labelled data, and data "
+                          f"{cfg.data.name} has no classes (an image folder is labelled by one "
+                          "subfolder per class): label the images or pick a labelled dataset.")
     for key, minimum in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("eval_every", 0),
                          ("eval_n", 1), ("noise_levels", 1)):
         check_int(key, cfg[key], minimum=minimum)

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from diffusion.checks import check_choice, check_int
 from diffusion.commands.benchmarks.guidance import check_guidance_bench, time_guidance
 from diffusion.commands.benchmarks.guidance import describe as describe_guidance
 from diffusion.commands.benchmarks.measure import (
@@ -121,19 +122,18 @@ def run_benchmark(cfg: DictConfig, command: str = "") -> dict:
     returns everything that goes into the JSON record."""
     validate(cfg)
     bench = cfg.bench
-    if cfg.vs not in (None, "diffusers"):
-        raise ConfigError(f"vs must be diffusers or null; got {cfg.vs!r}.")
-    if bench.flops not in ("auto", True, False):
-        raise ConfigError(f"bench.flops must be auto, true or false; got {bench.flops!r}.")
+    check_choice("vs", cfg.vs, [None, "diffusers"])
+    check_choice("bench.flops", bench.flops, ["auto", True, False])
     bench_samplers(bench)
     for key in ("repeats", "sample_n", "sample_steps"):
-        if not isinstance(bench[key], int) or bench[key] < 1:
-            raise ConfigError(f"bench.{key} must be a positive integer; got {bench[key]!r}.")
-    fid_n, fid_batch = bench.get("fid_n", 0), bench.get("fid_batch", 1000)
-    if not isinstance(fid_n, int) or fid_n == 1 or fid_n < 0 or not isinstance(
-            fid_batch, int) or fid_batch < 1:
-        raise ConfigError(f"bench.fid_n must be 0 (off) or at least 2, and bench.fid_batch a "
-                          f"positive integer; got {fid_n!r} and {fid_batch!r}.")
+        check_int(f"bench.{key}", bench[key])
+    fid_n = check_int("bench.fid_n", bench.get("fid_n", 0), minimum=0, note=" (0: off)")
+    if fid_n == 1:
+        raise ConfigError("bench.fid_n must be 0 (off) or at least 2 (an FID needs two "
+                          "images); got 1.")
+    check_int("bench.fid_batch", bench.get("fid_batch", 1000))
+    if bench.num_threads is not None:
+        check_int("bench.num_threads", bench.num_threads, note=" (or null: torch's default)")
     if bench.get("guidance_scale") is not None:
         check_guidance_bench(cfg)
     try:
@@ -142,8 +142,8 @@ def run_benchmark(cfg: DictConfig, command: str = "") -> dict:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     threads = torch.get_num_threads()
-    if bench.num_threads:
-        torch.set_num_threads(int(bench.num_threads))
+    if bench.num_threads is not None:
+        torch.set_num_threads(bench.num_threads)
     try:
         return _measure(cfg, device, precision, command)
     finally:
