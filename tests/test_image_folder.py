@@ -16,6 +16,7 @@ from diffusion.commands.evaluate import evaluate
 from diffusion.commands.sample import sample
 from diffusion.commands.train import train
 from diffusion.data import build_dataset
+from diffusion.data.image_files import count_classes, list_images
 from diffusion.data.image_folder import split_indices
 from diffusion.data.synthetic import SHAPES, write_shape_folder
 from diffusion.errors import ConfigError
@@ -212,3 +213,20 @@ def test_the_autoencoder_trains_fewer_epochs_on_large_folders():
     assert capped_epochs(40, 2000, n=300, batch_size=64) == 40  # 4 steps an epoch
     assert capped_epochs(40, 2000, n=10_000, batch_size=64) == 12  # 156 steps an epoch
     assert capped_epochs(40, 2000, n=1_000_000, batch_size=64) == 1
+
+
+def test_linked_class_folders_are_followed_and_a_loop_is_skipped(tmp_path):
+    """A class folder may be a link to images kept elsewhere: its images are listed and
+    labelled as the class count says; a link back to the folder adds no class and no image."""
+    source = write_shape_folder(tmp_path / "source", n=12)
+    root = tmp_path / "linked"
+    root.mkdir()
+    for name in sorted(p.name for p in source.iterdir()):
+        (root / name).symlink_to(source / name, target_is_directory=True)
+    (root / "zloop").symlink_to(root, target_is_directory=True)
+    listing = list_images(root)
+    assert count_classes(str(root)) == listing.num_classes == len(SHAPES)
+    assert len(listing.files) == 12
+    assert sorted(set(listing.labels)) == list(range(len(SHAPES)))
+    direct = list_images(source)
+    assert (listing.files, listing.labels) == (direct.files, direct.labels)

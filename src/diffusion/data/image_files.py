@@ -4,8 +4,10 @@ Light on purpose: the config resolver ``${folder_classes:<folder>}`` (``diffusio
 counts a folder's classes while Hydra composes a config, before torch is imported, and
 ``diffusion.data.image_folder`` lists the same files with the same rule.
 
-The rule: every file under the folder (recursively) whose suffix is an image suffix, except
-hidden files and folders (names starting with "."). The images are labelled when they all
+The rule: every file under the folder (recursively, through linked folders, each real folder
+once) whose suffix is an image suffix, except hidden files and folders (names starting with
+"."); a link back to the folder or above it is a loop and is skipped. The images are labelled
+when they all
 sit in subfolders of the folder: each top-level subfolder that holds an image is a class,
 numbered in sorted order of its name. An image directly in the folder makes the whole folder
 unlabelled.
@@ -25,12 +27,26 @@ def is_image_name(name: str) -> bool:
 
 
 def _images_under(folder: Path):
-    """Image paths under ``folder``, walked in sorted order, hidden entries skipped."""
-    for parent, dirs, files in os.walk(folder):
+    """Image paths under ``folder``, walked in sorted order, hidden entries skipped. Linked
+    folders are followed (a class folder may be a link to images kept elsewhere), each real
+    folder once, so a link back to a folder already walked (a loop) adds nothing."""
+    seen = set()
+    for parent, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if is_image_name(name):
                 yield Path(parent) / name
+
+
+def _is_loop(entry: os.DirEntry, root: Path) -> bool:
+    """Whether a subfolder of ``root`` is a link to ``root`` or a folder above it."""
+    real, top = Path(os.path.realpath(entry.path)), Path(os.path.realpath(root))
+    return real == top or real in top.parents
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,7 @@ def class_folders(root: str | os.PathLike) -> tuple[str, ...] | None:
     if any(e.is_file() and is_image_name(e.name) for e in entries):
         return None
     classes = tuple(e.name for e in entries if e.is_dir() and not e.name.startswith(".")
+                    and not _is_loop(e, root)
                     and next(_images_under(Path(e.path)), None) is not None)
     return classes or None
 
