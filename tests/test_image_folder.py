@@ -8,14 +8,18 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 
 from diffusion.commands.evaluate import evaluate
 from diffusion.commands.sample import sample
 from diffusion.commands.train import train
 from diffusion.data import build_dataset
+from diffusion.data.datasets import Preprocess
+from diffusion.data.decoded import _decode
 from diffusion.data.image_files import count_classes, list_images
 from diffusion.data.image_folder import split_indices
 from diffusion.data.synthetic import SHAPES, write_shape_folder
@@ -230,3 +234,16 @@ def test_linked_class_folders_are_followed_and_a_loop_is_skipped(tmp_path):
     assert sorted(set(listing.labels)) == list(range(len(SHAPES)))
     direct = list_images(source)
     assert (listing.files, listing.labels) == (direct.files, direct.labels)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_bit_images_are_scaled_not_clipped(tmp_path, channels):
+    """A 16-bit greyscale PNG is read as v / 257: PIL alone would clip every value above 255
+    to white."""
+    values = (np.arange(16 * 16).reshape(16, 16) * 257).astype(np.uint16)  # 0 ... 65535
+    Image.fromarray(values).save(tmp_path / "ramp.png")
+    decoded = _decode(tmp_path / "ramp.png", "L" if channels == 1 else "RGB",
+                      Preprocess(16, center_crop=True))
+    expected = torch.arange(256, dtype=torch.uint8).reshape(16, 16)
+    assert decoded.shape == (channels, 16, 16)
+    assert all(torch.equal(plane, expected) for plane in decoded)

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from filelock import FileLock
 from PIL import Image, ImageOps
@@ -55,12 +56,21 @@ def listing_key(listing: FolderListing) -> str:
     return h.hexdigest()[:16]
 
 
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image (PNG's ``I;16``, or ``I``) scaled to 8 bits (v / 257): PIL's
+    own conversion to ``L`` clips every value above 255, which turns it nearly white."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    values = np.asarray(image, dtype=np.float64) / 257.0
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")
+
+
 def _decode(path: Path, mode: str, preprocess: Preprocess) -> torch.Tensor | None:
     """One file as a preprocessed uint8 (C, H, W) tensor, EXIF orientation applied; None if
     it cannot be decoded."""
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert(mode)
+            image = _eight_bit(ImageOps.exif_transpose(image)).convert(mode)
         return preprocess(image)
     except Exception:  # noqa: BLE001 - whatever a damaged file raises, it is unreadable
         return None
