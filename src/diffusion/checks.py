@@ -90,12 +90,19 @@ def _kind(value: Any) -> type:
     return int if is_int(value) else type(value)
 
 
+def _spelled(choice: Any) -> str:
+    """A choice as a config file spells it: null, true, false, or the value itself."""
+    if choice is None:
+        return "null"
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
+
+
 def check_choice(key: str, value: Any, choices: Iterable[Any], note: str = "") -> Any:
     """``value`` if it is one of ``choices`` (listed in the sentence in their order), of the
     same kind: ``solver_order=2.0`` is not the choice 2."""
     choices = list(choices)
     if not any(value == choice and _kind(value) is _kind(choice) for choice in choices):
-        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}{note}; "
+        raise ConfigError(f"{key} must be one of {', '.join(map(_spelled, choices))}{note}; "
                           f"got {value!r}.")
     return value
 
