@@ -124,7 +124,7 @@ def test_a_classifier_run_is_not_a_diffusion_run(tmp_path):
         DiffusionPipeline.from_run(tmp_path)
 
 
-def test_a_run_folder_naming_an_earlier_target_resumes_and_samples(tmp_path, tiny_mnist_root):
+def test_a_run_folder_naming_an_earlier_target_resumes(tmp_path, tiny_mnist_root):
     """Run folders of earlier versions name ``diffusion.objectives.Objective``; the class
     lives in ``diffusion.training.objectives`` now (``config.legacy.MOVED_TARGETS``)."""
     run, _ = run_training(tmp_path, tiny_mnist_root, *SMALL)

@@ -51,10 +51,8 @@ def guarded(work: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def _check_sweep(argv: list[str], config_name: str,
                  precheck: Callable[[DictConfig], list[Path]]) -> None:
     """Every job of a sweep checked before the first runs, and no two writing one file."""
-    options = get_args_parser().parse_args(argv)
-    if not options.multirun:
-        return
-    expanded = preflight.split_jobs(list(options.overrides), True)
+    overrides = get_args_parser().parse_known_args(argv)[0].overrides
+    expanded = preflight.split_jobs(list(overrides), True)
     outputs = preflight.check_each(expanded, lambda overrides: precheck(
         preflight.compose(CONF_DIR, config_name, overrides, training=False).cfg))
     writers: dict[Path, list[int]] = {}
@@ -81,11 +79,11 @@ def launch(config_name: str, work: Callable[[DictConfig], Any], *,
     files it would write: a sweep (``-m``) checks every job with it before the first runs,
     and refuses jobs that would write the same file."""
     if argv is None:
+        multirun = bool(get_args_parser().parse_known_args(sys.argv[1:])[0].multirun)
         if check_keys:
-            multirun = bool(get_args_parser().parse_known_args(sys.argv[1:])[0].multirun)
             guarded(check_overrides, sys.argv[1:], config_name, multirun)
         argv = rewrite(sys.argv[1:])
-        if precheck is not None:
+        if precheck is not None and multirun:
             guarded(_check_sweep, argv, config_name, precheck)
     sys.argv = [sys.argv[0], *argv]
 

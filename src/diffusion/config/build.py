@@ -21,7 +21,7 @@ from diffusion.config.legacy import (
 )
 from diffusion.config.sampler import training_sampler
 from diffusion.data import dataset_info
-from diffusion.errors import USER_ERRORS, ConfigError, DatasetNotFoundError
+from diffusion.errors import USER_ERRORS, ConfigError
 from diffusion.runtime.device import resolve_device
 from diffusion.training.objectives import Objective
 
@@ -29,7 +29,7 @@ from diffusion.training.objectives import Objective
 def _instantiate(group: str, node: DictConfig, **kwargs):
     """Instantiate ``node`` (an earlier version's ``_target_`` at its new place); a ValueError
     from the constructor becomes a ConfigError that names ``<group>.<argument>``."""
-    target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
+    target = node.get("_target_") if isinstance(node, Mapping) else None
     if target is not None and current_target(target) != target:
         node = OmegaConf.merge(node, {"_target_": current_target(target)})
     try:
@@ -44,7 +44,7 @@ def _instantiate(group: str, node: DictConfig, **kwargs):
             if isinstance(cause, ConfigError):  # already names its key in full
                 raise cause from None
             raise ConfigError(f"Invalid {group} config: {message}") from None
-        if isinstance(cause, (*USER_ERRORS,)):  # missing or damaged files: their own sentence
+        if isinstance(cause, USER_ERRORS):  # missing or damaged files: their own sentence
             raise cause from None
         first = str(exc).splitlines()[0].split(", set env var")[0]
         raise ConfigError(f"Invalid {group} config: {first}: check {group}._target_ and its "
@@ -160,20 +160,13 @@ def build_datasets(data: DictConfig):
                               "MNISTDataset).") from None
         node["_target_"] = f"{cls.__module__}.{cls.__qualname__}"
 
-    def build(**kwargs):
-        try:
-            return _instantiate("data", node, **kwargs)
-        except InstantiationException as exc:  # missing or damaged files: their own message
-            if isinstance(exc.__cause__, DatasetNotFoundError):
-                raise exc.__cause__ from None
-            raise
-
-    train = build(split=data.train_split)
+    train = _instantiate("data", node, split=data.train_split)
     for key in ("name", "channels", "num_classes"):
         if data.get(key) != getattr(train, key):
             raise ConfigError(f"data.{key} is {data.get(key)!r} but {data._target_} has "
                               f"{getattr(train, key)!r}; the config must describe its class.")
-    val = build(split=data.val_split, random_flip=False) if data.get("val_split") else None
+    val = (_instantiate("data", node, split=data.val_split, random_flip=False)
+           if data.get("val_split") else None)
     return train, val
 
 

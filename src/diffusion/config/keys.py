@@ -67,20 +67,30 @@ def check_overrides(argv: list[str], config_name: str, multirun: bool = False) -
     sweep (``multirun``) a group's comma-separated options are checked one by one."""
     check_name_override(argv)
     known = known_keys(config_name)
-    choices = default_choices(config_name)
-    for arg in argv:
-        key, eq, value = arg.partition("=")
-        if eq and key in choices:
-            options = value.split(",") if multirun else [value]
-            for option in options:
-                check_choice(key, option, group_options(key))
-            choices[key] = options[0] if len(options) == 1 else None  # None: any option's
+    choices = _choices(argv, config_name, multirun)
     for arg in argv:
         key, eq, _ = arg.partition("=")
         if not eq or key.startswith(("+", "~", "-", "hydra")) or "@" in key:
             continue  # Hydra's own syntax (+add, ~delete, flags, packages) and hydra.*
         top, _, sub = key.partition(".")
         _check_key(top, sub.partition(".")[0] or None, known, config_name, choices.get(top))
+
+
+def _choices(argv: list[str], config_name: str, multirun: bool = False
+             ) -> dict[str, str | None]:
+    """The option each group of ``conf/<config_name>.yaml``'s defaults list takes: its default,
+    or the one ``argv`` chooses (checked; in a sweep, each of the comma-separated ones, and
+    None for the group, whose keys are then any of its options')."""
+    known = (CONF_DIR / f"{config_name}.yaml").is_file()
+    choices = default_choices(config_name) if known else {}
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key in choices:
+            options = value.split(",") if multirun else [value]
+            for option in options:
+                check_choice(key, option, group_options(key))
+            choices[key] = options[0] if len(options) == 1 else None
+    return choices
 
 
 def check_name_override(overrides: list[str]) -> None:
@@ -98,13 +108,7 @@ def check_group_key(key: str, overrides: list[str], config_name: str) -> None:
     is one file (no defaults list of its own), the one sentence naming the chosen option and
     its keys (``sampler.eta`` with ``sampler=euler``)."""
     group, _, sub = key.partition(".")
-    choices = default_choices(config_name) if (CONF_DIR / f"{config_name}.yaml").is_file() \
-        else {}
-    for override in overrides:
-        name, eq, value = override.partition("=")
-        if eq and name == group:
-            choices[group] = value
-    option = choices.get(group)
+    option = _choices(overrides, config_name).get(group)
     path = CONF_DIR / group / f"{option}.yaml"
     if sub and option and path.is_file() and "defaults" not in OmegaConf.load(path):
         _check_key(group, sub.partition(".")[0], {group: None}, config_name, option)

@@ -264,15 +264,14 @@ class Trainer(CheckpointState, PeriodicWork):
         at_log = bool(self.cfg.log_every) and self.step % self.cfg.log_every == 0
         if self.world_size > 1 and not at_log:
             return
-        reason = f"{stop.signal} received" if stop.signal else None
+        signal_name = stop.signal
+        reason = f"{signal_name} received" if signal_name else None
         if reason is None and self.cfg.max_minutes and at_log \
                 and time.perf_counter() - started >= 60.0 * self.cfg.max_minutes:
             reason = f"trainer.max_minutes={self.cfg.max_minutes} reached"
         if self.world_size > 1:
-            reason = dist.broadcast_object(reason)
-        self._stop_reason = reason
-        self.interrupted_by = stop.signal if reason and not reason.startswith("trainer.") \
-            else None
+            reason, signal_name = dist.broadcast_object((reason, signal_name))
+        self._stop_reason, self.interrupted_by = reason, signal_name
 
     # ------------------------------------------------------------ the loop
     def fit(self) -> dict:
