@@ -1,6 +1,7 @@
 """Suite-wide settings and data fixtures."""
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -48,3 +49,13 @@ def accept_tiny_flowers(monkeypatch, root: str | Path) -> None:
         filename, _ = file_dict[key]
         file_dict[key] = (filename, hashlib.md5((base / filename).read_bytes()).hexdigest())
     monkeypatch.setattr(Flowers102, "_file_dict", file_dict)
+
+
+@pytest.fixture(autouse=True)
+def _package_loggers_enabled():
+    """An in-process Hydra command (``--help``, a composed job) configures logging with
+    ``disable_existing_loggers``, which silences the package's loggers created before it:
+    every test starts with them enabled, as a fresh process has them."""
+    for name, logger in logging.root.manager.loggerDict.items():
+        if name.startswith("diffusion") and isinstance(logger, logging.Logger):
+            logger.disabled = False

@@ -93,7 +93,8 @@ def test_own_config_folder_reaches_the_checks(tmp_path, how):
                     "-cd=": ([f"-cd={conf}"], [f"--config-dir={conf}"]),
                     "hydra.searchpath": ([f"hydra.searchpath=[file://{conf}]"], [])}[how]
     with pytest.raises(ConfigError, match=r"^model=nope is not an option of model: choose one "
-                                          r"of basic, my_model, unet, unet_attn\.$"):
+                                          r"of basic, diffusers_unet, my_model, unet, "
+                                          r"unet_attn\.$"):
         _prepare(_read_command_line([*added, "experiment=my_exp", "model=nope"]))
     overrides = ["experiment=my_exp", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
     argv, *_ = _prepare(_read_command_line([*overrides, *added]))
@@ -135,11 +136,11 @@ def test_sample_cli_writes_grid_tensors_and_chain(trained_run):
     result = _cli("diffusion.sample", f"run={trained_run}", "sampler=ddim", "sampler.steps=3",
                   "n=6", "seed=0", "save_tensors=true", "chain=true", "chain_frames=3")
     assert result.returncode == 0, result.stderr[-2000:]
-    grid = trained_run / "samples" / "ddim-3_seed0.png"
+    grid = trained_run / "samples" / "ddim-3_n6_seed0.png"
     assert Image.open(grid).size[0] > 28
     images = torch.load(grid.with_suffix(".pt"), weights_only=True)
     assert images.shape == (6, 1, 28, 28)
-    gif = Image.open(grid.with_name("ddim-3_seed0_chain.gif"))
+    gif = Image.open(grid.with_name("ddim-3_n6_seed0_chain-f3-r6.gif"))
     assert gif.n_frames == 3  # x_T, one intermediate x_t and the final sample
 
 

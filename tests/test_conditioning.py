@@ -78,20 +78,21 @@ def test_conditional_resume_is_bit_exact(tmp_path, tiny_mnist_root):
     assert any(not torch.equal(a["model"][k], c["model"][k]) for k in a["model"])
 
 
-def test_max_minutes_stops_at_a_log_step_with_a_checkpoint(tmp_path, tiny_mnist_root):
+def test_max_minutes_stops_after_the_step_it_is_in_with_a_checkpoint(tmp_path,
+                                                                     tiny_mnist_root):
     run_dir, summary = run_training(
         tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
         "trainer.max_steps=8", "trainer.max_minutes=1e-6", "trainer.log_every=2",
         "trainer.ckpt_every=100", "trainer.sample_every=100")
-    assert summary["step"] == 2 and "max_minutes" in summary["stopped"]
-    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_00000002.pt"]
-    assert (run_dir / "samples" / "step_00000002.png").is_file()
+    assert summary["step"] == 1 and "max_minutes" in summary["stopped"]  # not the log step
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step_00000001.pt"]
+    assert (run_dir / "samples" / "step_00000001.png").is_file()
     # a resume without the budget goes on to max_steps
     cfg = OmegaConf.load(run_dir / "config.yaml")
     cfg.resume, cfg.trainer.max_minutes = str(run_dir), 0
     assert train(cfg, run_dir)["step"] == 8
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
-    assert steps == [2, 4, 6, 8]
+    assert steps == [1, 2, 4, 6, 8]  # the launch's last step is always logged
 
 
 @pytest.mark.parametrize("override, message", [

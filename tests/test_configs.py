@@ -30,9 +30,9 @@ def test_fashion_mnist_recipe_is_the_mnist_recipe():
                       for name in ("mnist", "fashion_mnist"))
     changed = {key for key in mnist.keys() | fashion.keys()
                if key not in mnist or key not in fashion or mnist[key] != fashion[key]}
-    # logger.tags is ${tags}
+    # logger.wandb.tags is ${tags}
     assert {key for key in changed if not key.startswith("data.")} == {"name", "tags",
-                                                                        "logger.tags"}
+                                                                        "logger.wandb.tags"}
     assert {key for key in changed if key.startswith("data.")} == {"data._target_", "data.name"}
     assert fashion["name"] == fashion["data.name"] == fashion["tags"][0] == "fashion_mnist"
     assert fashion["model.attention_resolutions"] == [14] and fashion["trainer.max_steps"] == 30000

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from diffusion.commands.edit import check_edit_config, edit
+from diffusion.reporting.pictures import read_grid_box
 from hydra_utils import compose_config
 from test_train import run_training
 
@@ -32,8 +33,10 @@ def _cfg(run, *overrides):
 
 
 def _grid_shape(path):
-    with Image.open(path) as image:  # 28 px images with 2 px padding: 30 px a cell, +2
-        return (image.height - 2) // 30, (image.width - 2) // 30
+    box = read_grid_box(path)  # 28 px images with 2 px padding: 30 px a cell
+    assert box.cell_width == box.cell_height == 30 * box.scale
+    assert box.top > 0  # the header band names the columns
+    return box.rows, box.columns
 
 
 @pytest.mark.parametrize("task,extra,rows,cols", [
@@ -69,7 +72,7 @@ def test_the_recorded_command_repeats_the_edit(run):
     result = _cli("run=plain", "task=img2img", "n=2", "sampler.steps=3", "samples=2",
                   "strength=0.5", "save_tensors=true", cwd=run.parent)
     assert result.returncode == 0, result.stderr[-2000:]
-    first = run / "edits" / "img2img-test0-2-s0.5-ddim-3_seed0"
+    first = run / "edits" / "img2img-test0-2-s0.5-x2-ddim-3_seed0"
     record = json.loads(Path(f"{first}.json").read_text())
     assert "run=plain checkpoint=plain/checkpoints/step_00000004.pt" in record["command"]
     words = shlex.split(record["command"])[3:]

@@ -28,9 +28,9 @@ def _images(n=4, seed=0, shape=(1, 16, 16)):
 def test_img2img_strength_zero_is_the_input_and_one_is_plain_sampling(pipe):
     images = _images()
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(pipe.img2img(images, strength=0.0, steps=20), images)
+    assert torch.equal(pipe.img2img(images, strength=0.0, steps=20).images, images)
     pipe.model.calls.clear()
-    edited = pipe.img2img(images, strength=1.0, steps=20, noise=noise)
+    edited = pipe.img2img(images, strength=1.0, steps=20, noise=noise).images
     assert len(pipe.model.calls) == 20
     torch.testing.assert_close(edited, pipe(4, steps=20, noise=noise).images, rtol=0, atol=0)
 
@@ -47,7 +47,7 @@ def test_img2img_starts_at_the_level_strength_selects(pipe, sampler, steps, stre
     stays below the tolerance; a start one grid step off fails for the larger strengths."""
     pipe.model.calls.clear()
     out = pipe.img2img(torch.full((64, 1, 16, 16), 0.8), strength=strength, steps=steps,
-                       sampler=sampler, generator=torch.Generator().manual_seed(0))
+                       sampler=sampler, generator=torch.Generator().manual_seed(0)).images
     runs = round(strength * steps)
     assert len(pipe.model.calls) == (2 * runs - 1 if sampler == "heun" else runs)
     sched = pipe._sampler(sampler, steps, 0.0, "trailing")
@@ -99,7 +99,7 @@ def test_inpaint_keeps_the_known_pixels_and_fills_the_rest_from_the_data(pipe, j
     images, mask = _images(64), torch.zeros(1, 1, 16, 16)
     mask[..., 8:] = 1
     out = pipe.inpaint(images, mask, steps=1000, jump_length=10, jump_n_sample=jump_n_sample,
-                       eta=1.0, generator=torch.Generator().manual_seed(0))
+                       eta=1.0, generator=torch.Generator().manual_seed(0)).images
     assert (out - images)[..., :8].abs().max() < 1e-6
     filled = out[..., 8:]
     assert abs(filled.mean().item() - 0.3) < 0.015 and abs(filled.std().item() / 0.5 - 1) < 0.02
@@ -114,7 +114,7 @@ def test_inpaint_matches_diffusers_repaint_scheduler_in_the_same_loop():
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(7))
     ours = pipe.inpaint(images, mask, steps=40, jump_length=4, jump_n_sample=3, eta=1.0,
                         timestep_spacing="leading", noise=noise,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0)).images
     theirs = diffusers.RePaintScheduler(num_train_timesteps=40, eta=1.0, clip_sample=False)
     theirs.betas = theirs.betas.double()
     theirs.alphas_cumprod = torch.cumprod(1 - theirs.betas, 0)
@@ -161,17 +161,17 @@ def test_inversion_reaches_the_closed_form_x_T_and_regenerates_the_images(pipe):
     images = _images(4) * 0.9
     errors = {}
     for steps in (10, 100):
-        x_T = pipe.invert(images, steps=steps)
-        errors[steps] = (pipe.regenerate(x_T, steps=steps) - images).pow(2).mean().item()
+        x_T = pipe.invert(images, steps=steps).latents
+        errors[steps] = (pipe.regenerate(x_T, steps=steps).images - images).pow(2).mean().item()
     t = pipe.scheduler.num_train_timesteps - 1
     a, s, mu = pipe.scheduler.alpha_bar(t), pipe.model.s, pipe.model.mu
     closed = math.sqrt(a) * mu + math.sqrt(a * s**2 + 1 - a) * (images - mu) / s
     assert (x_T - closed).abs().max() < 0.05
     assert errors[100] < 1e-3 and errors[100] < errors[10] / 20
     pipe.model.calls.clear()
-    x_T = pipe.invert(images, steps=10, fixed_point=3)
+    x_T = pipe.invert(images, steps=10, fixed_point=3).latents
     assert len(pipe.model.calls) == 10 * 4
-    assert (pipe.regenerate(x_T, steps=10) - images).pow(2).mean() < errors[10] / 100
+    assert (pipe.regenerate(x_T, steps=10).images - images).pow(2).mean() < errors[10] / 100
 
 
 def test_regenerate_does_not_clip_where_a_clipping_sampler_leaves_the_inverted_path():
@@ -180,8 +180,8 @@ def test_regenerate_does_not_clip_where_a_clipping_sampler_leaves_the_inverted_p
     image while the unclipped decoder gives it back."""
     pipe = gaussian_pipe(clip_sample=True, mu=1.2)
     images = torch.full((2, 1, 16, 16), 0.98)
-    x_T = pipe.invert(images, steps=50, fixed_point=3)
-    assert (pipe.regenerate(x_T, steps=50) - images).abs().max() < 1e-4
+    x_T = pipe.invert(images, steps=50, fixed_point=3).latents
+    assert (pipe.regenerate(x_T, steps=50).images - images).abs().max() < 1e-4
     assert (pipe(2, steps=50, noise=x_T).images - images).abs().max() > 1e-2
 
 
@@ -189,11 +189,11 @@ def test_conditional_edits_pass_the_labels():
     pipe = gaussian_pipe(num_classes=2)
     images = torch.zeros(2, 1, 16, 16)
     y = torch.tensor([0, 1])
-    x_T = pipe.invert(images, steps=50, y=y, fixed_point=3)
-    torch.testing.assert_close(pipe.regenerate(x_T, steps=50, y=y), images, atol=1e-3,
+    x_T = pipe.invert(images, steps=50, y=y, fixed_point=3).latents
+    torch.testing.assert_close(pipe.regenerate(x_T, steps=50, y=y).images, images, atol=1e-3,
                                rtol=0)
     out = pipe.img2img(images, strength=1.0, steps=50, y=y,
-                       generator=torch.Generator().manual_seed(0))
+                       generator=torch.Generator().manual_seed(0)).images
     assert out[1].mean() - out[0].mean() > 0.9  # class 1's data is 1 higher
     with pytest.raises(ValueError, match=r"^y must be class labels in \[0, 1\]; got 2\.$"):
         pipe.inpaint(images, _center(2), steps=2, y=torch.tensor([0, 2]))
@@ -212,7 +212,7 @@ def test_slerp_keeps_the_norm_of_gaussian_noise_and_hits_both_ends():
 
 def test_interpolate_decodes_the_arc_between_two_inverted_images(pipe):
     images = _images(2) * 0.9
-    x_T = pipe.invert(images, steps=50, fixed_point=3)
+    x_T = pipe.invert(images, steps=50, fixed_point=3).latents
     out = pipe.interpolate(x_T[0], x_T[1], 5, steps=50).images
     assert out.shape == (5, 1, 16, 16)
     torch.testing.assert_close(out[[0, -1]], images, atol=1e-3, rtol=0)

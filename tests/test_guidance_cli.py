@@ -13,6 +13,7 @@ from diffusion.commands.train_classifier import train_classifier
 from diffusion.data import build_dataset
 from diffusion.errors import ConfigError
 from diffusion.metrics import DataRef, FidScorer, load_feature_network
+from diffusion.reporting.pictures import read_grid_box
 from diffusion.runs.records import read_eval
 from hydra_utils import compose_config
 from test_classifier import classifier_overrides
@@ -120,15 +121,17 @@ def test_the_command_line_ends_in_the_sentence(runs):
 def test_sample_with_both_guidances_writes_a_named_grid(runs):
     written = sample(_sample_config(runs, "conditional", "guidance_scale=3", "labels=[7]",
                                     "classifier=classifier", "classifier_scale=2"))
-    assert written["grid"].name == ("ddim-2_seed0_labels7_cfg3_classifierclassifier-s2.png")
+    assert written["grid"].name == ("ddim-2_n4_seed0_labels7_cfg3_classifierclassifier-s2.png")
     unguided = sample(_sample_config(runs, "conditional", "labels=[7]"))["grid"]
     assert Image.open(written["grid"]).tobytes() != Image.open(unguided).tobytes()
 
 
 def test_the_trainers_grid_has_one_row_per_class(runs):
-    grid = Image.open(runs["conditional"] / "samples" / "step_00000004.png")
+    box = read_grid_box(runs["conditional"] / "samples" / "step_00000004.png")
     # 25 images for 10 classes: 10 rows of 2, each 28 px with 2 px of padding
-    assert grid.size == (2 * 30 + 2, 10 * 30 + 2)
+    assert (box.rows, box.columns) == (10, 2)
+    assert (box.cell_width, box.cell_height) == (30 * box.scale, 30 * box.scale)
+    assert box.left > 0 and box.top > 0  # the class names beside, the title above
 
 
 def test_class_accuracy_counts_the_requested_labels(tiny_mnist_root, tmp_path):

@@ -247,3 +247,18 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path, channels):
     expected = torch.arange(256, dtype=torch.uint8).reshape(16, 16)
     assert decoded.shape == (channels, 16, 16)
     assert all(torch.equal(plane, expected) for plane in decoded)
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_a_folder_with_a_comma_in_its_name_is_quoted_not_split(tmp_path, capsys, multirun):
+    folder = write_shape_folder(tmp_path / "shapes,v2", n=6)
+    argv = ["model=basic", "data=image_folder", f"data.root={folder}", "logger=none",
+            f"paths.runs_dir={tmp_path / 'runs'}"]
+    code, error = run_main(["-m", *argv] if multirun else argv, capsys)
+    reading = "2 jobs of a sweep" if multirun else "a list of values"
+    assert code == 1 and error == (
+        f"error: data.root={folder}: the comma in this path makes Hydra read it as {reading}: "
+        f"quote the value, e.g. 'data.root=\"{folder}\"' (the quotes inside the shell's).")
+    assert not (tmp_path / "runs").exists()
+    cfg = compose_config(["data=image_folder", f'data.root="{folder}"'])  # as it says
+    assert cfg.data.root == str(folder) and cfg.data.num_classes == 3

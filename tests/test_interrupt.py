@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from cli_helpers import EVERY_STEP_LOGGED, cli_env
+from cli_helpers import EVERY_STEP_LOGGED, cli_env, signal_after
 from diffusion.commands.launcher import guarded
 from diffusion.training.checkpoint import latest_checkpoint, list_checkpoints, step_of
 from diffusion.training.interrupt import SIGNALS, StopRequest
@@ -32,20 +31,8 @@ def _train(*args: str) -> subprocess.CompletedProcess:
 def _interrupt(run: Path, args: list[str], signum: int, after_step: int = 3):
     """Start a long run, send ``signum`` once it has logged ``after_step``; (exit status,
     stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "diffusion.train", *args,
-                             "trainer.max_steps=100000", f"hydra.run.dir={run}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=cli_env())
-    deadline = time.monotonic() + 120
-    metrics = run / "metrics.jsonl"
-    while not (metrics.is_file() and any(r.get("step", 0) >= after_step
-                                         for r in read_metrics(metrics))):
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        assert time.monotonic() < deadline, "training made no progress"
-        time.sleep(0.02)
-    proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=120)
-    return proc.returncode, stderr
+    return signal_after("diffusion.train", [*args, "trainer.max_steps=100000",
+                                            f"hydra.run.dir={run}"], run, signum, after_step)
 
 
 def _weights(run: Path) -> dict:

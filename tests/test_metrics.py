@@ -187,9 +187,11 @@ def test_evaluate_writes_eval_json_metrics_and_plot(evaluated_run, cache):
         ("ddim", 2, 16), ("ddim", 4, 16), ("ddpm", 3, 8)]
     ddpm = next(k for k, e in entries.items() if e["sampler"] == "ddpm")
     assert " batch_size=8 " in ddpm  # its step noise is drawn batch by batch
-    logged = [r for r in read_metrics(evaluated_run / "metrics.jsonl") if "eval/steps" in r]
-    assert [(r["eval/sampler"], r["eval/steps"]) for r in logged] == [
-        ("ddim", 2), ("ddim", 4), ("ddpm", 3)]
+    # the training's records (its periodic FIDs among them) stay the training's alone: the
+    # command's evaluations live in eval.json, not in metrics.jsonl
+    assert [r["step"] for r in read_metrics(evaluated_run / "metrics.jsonl")
+            if "eval/fid" in r] == [2, 4]
+    assert not [r for r in read_metrics(evaluated_run / "metrics.jsonl") if "eval/sampler" in r]
     assert (evaluated_run / "figures" / "fid_vs_steps.png").stat().st_size > 0
 
 
@@ -299,12 +301,12 @@ def test_report_keeps_spacings_apart_and_shows_the_fid_during_training(
     for spacing in ("leading", "trailing"):
         assert row[names.index(f"FID ddim {spacing}-2 (n=8)")] == format_score(fid[spacing])
     logged = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/fid" in r]
-    assert len(logged) == scored + 3  # the trainer's two, earlier evaluations', and these three
+    assert len(logged) == scored == 2  # the trainer's two: evaluate writes eval.json alone
     [job] = find_jobs([run_dir])
     assert [r["step"] for r in job.periodic_fids] == [2, 4]
     section = readme.split("### FID by training step", 1)[1]
     table = [line for line in section.splitlines() if line.startswith("| ")]
     assert table[0] == "| job | sampled as | step 2 | step 4 |"
-    assert table[2].startswith("| runs/0 | ddim-2 (trailing), n=8 |")
+    assert table[2].startswith("| basic-mnist | ddim-2 (trailing), n=8 |")  # not a date
     assert table[-1].startswith("| data floor | real train images |")
     assert (tmp_path / "out" / "fid_during_training.png").stat().st_size > 0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffusion.models import MODELS, AttentionUNet, BasicUNet, UNet
+from diffusion.models import MODELS, AttentionUNet, BasicUNet, DiffusersUNet, UNet
 
 # Small widths keep every test on CPU in well under a second per model.
 SMALL = {
@@ -55,8 +55,9 @@ def assert_per_sample(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) 
     assert not torch.allclose(model(x, t.flip(0)), out)
 
 
-def test_registry_names_the_three_backbones():
-    assert MODELS == {"basic": BasicUNet, "unet": UNet, "unet_attn": AttentionUNet}
+def test_registry_names_the_four_backbones():
+    assert MODELS == {"basic": BasicUNet, "unet": UNet, "unet_attn": AttentionUNet,
+                      "diffusers_unet": DiffusersUNet}
 
 
 @pytest.mark.parametrize("cls", BACKBONES, ids=name_of)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from diffusion.commands.evaluate import evaluate
+from diffusion.commands.evaluate import main as evaluate_main
 from diffusion.reporting.sweeps import find_jobs, write_report
 from hydra_utils import compose_config
 from test_records import absolute_paths
@@ -36,12 +37,16 @@ def sweep(tmp_path_factory, tiny_mnist_root):
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()
-    cache = root / "features"
-    for job in ("0", "1"):
-        evaluate(compose_config([f"run={root / 'multirun' / job}", "n=8", "sampler.steps=[2,4]",
-                                 f"metrics.cache_dir={cache}", "metrics.feature_epochs=5",
-                                 "metrics.kid_subset_size=8", "batch_size=8", "device=cpu"],
-                                config_name="evaluate"))
+    # every completed job scored under one protocol by one command (the failed ones skipped)
+    sys.argv = ["evaluate", f"sweep={root / 'multirun'}", "n=8", "sampler.steps=2,4",
+                f"metrics.cache_dir={root / 'features'}", "metrics.feature_epochs=5",
+                "metrics.kid_subset_size=8", "batch_size=8", "device=cpu"]
+    try:
+        GlobalHydra.instance().clear()
+        evaluate_main()
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()
     return root / "multirun"
 
 
@@ -50,6 +55,8 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(sweep):
     assert status["0"]["status"] == status["1"]["status"] == "completed"
     for job in "23":
         assert status[job]["status"] == "failed" and "nan" in status[job]["error"]
+    # evaluate sweep= scored the completed jobs alone, each into its own eval.json
+    assert [(sweep / job / "eval.json").is_file() for job in "0123"] == [True, True, False, False]
 
 
 def test_report_from_run_folders_alone(sweep, tmp_path, monkeypatch):
@@ -59,19 +66,32 @@ def test_report_from_run_folders_alone(sweep, tmp_path, monkeypatch):
     out.mkdir(parents=True)
     (out / "notes.md").write_text("Budget: four steps.")
     readme = write_report([sweep], out).read_text()
+    # notes not yet tied to these numbers follow them, marked; tied, they lead
+    digest = readme.rstrip().splitlines()[-1]
+    assert re.fullmatch(r"<!-- results [0-9a-f]{12} -->", digest)
+    assert readme.index("## Notes written for other results") > readme.index("### Training")
+    assert readme.split("## Notes written for other results", 1)[1].count("Budget: four") == 1
+    (out / "notes.md").write_text(f"{digest}\nBudget: four steps.")
+    readme = write_report([sweep], out).read_text()
     assert readme.startswith("# tiny\n\nBudget: four steps.")
+    assert "Notes written for other results" not in readme
     assert "python -m diffusion.train -m " in readme
     assert "optimizer.lr=0.001,1e30 scheduler.beta_schedule=linear,cosine" in readme
     assert "python -m diffusion.evaluate run=" in readme and "Git commit " in readme
-    header = next(line for line in readme.splitlines() if line.startswith("| job"))
-    assert "FID ddim-2 (n=8)" in header and "FID ddim-4 (n=8)" in header
-    assert "train loss" in header and "val loss" in header and "images/s" in header
+    # the quality table leads; the losses follow, marked as not comparable across schedules
+    assert readme.index("### Sample quality") < readme.index("### Training")
+    quality, training = (line for line in readme.splitlines() if line.startswith("| job"))
+    assert quality == "| job | overrides | FID ddim-2 (n=8) | FID ddim-4 (n=8) |"
+    assert training == ("| job | overrides | status | train loss* | val loss* | wall time | "
+                        "images/s |")
+    assert "These jobs differ in beta schedule, which weight the loss differently" in readme
     rows = [line for line in readme.splitlines() if line.startswith("| ")]
-    assert rows[2].startswith(
+    assert rows[2].startswith("| 0 | `optimizer.lr=0.001` `scheduler.beta_schedule=linear` | ")
+    assert rows[6].startswith("| data floor |")
+    assert rows[9].startswith(
         "| 0 | `optimizer.lr=0.001` `scheduler.beta_schedule=linear` | completed |")
-    assert rows[5].startswith("| 3 | `optimizer.lr=1e+30` `scheduler.beta_schedule=cosine` | "
-                              "failed: ")
-    assert rows[-1].startswith("| data floor |")
+    assert rows[12].startswith("| 3 | `optimizer.lr=1e+30` `scheduler.beta_schedule=cosine` | "
+                               "failed: ")
     for png in ("loss_curves.png", "fid_vs_steps.png", "samples.png", "forward_process.png"):
         assert (out / png).stat().st_size > 0 and f"]({png})" in readme
     again = write_report([sweep], out).read_text()
@@ -107,3 +127,21 @@ def test_jobs_from_several_folders_are_labelled_by_what_differs(sweep):
     jobs = find_jobs([sweep / "0", sweep / "1"])
     assert [j.label for j in jobs] == ["beta_schedule=linear", "beta_schedule=cosine"]
     assert all(j.evals and j.last("train/loss") is not None for j in jobs)
+
+
+def test_evaluate_sweep_refuses_a_run_as_well_or_a_sweep_with_nothing_completed(sweep,
+                                                                                 tmp_path):
+    from diffusion.commands.evaluate import evaluate_jobs
+    from diffusion.errors import ConfigError
+
+    cfg = compose_config([f"sweep={sweep}", f"run={sweep / '0'}"], config_name="evaluate")
+    with pytest.raises(ConfigError, match=rf"^run={sweep / '0'} and sweep={sweep}: pass one"):
+        evaluate_jobs(cfg)
+    failed = tmp_path / "failed-sweep"
+    failed.mkdir()
+    for job in ("2", "3"):  # the diverged jobs alone
+        (failed / job).symlink_to(sweep / job)
+    cfg = compose_config([f"sweep={failed}"], config_name="evaluate")
+    with pytest.raises(ConfigError, match=rf"^No job under sweep={failed} completed, so there "
+                                          "is nothing to evaluate"):
+        evaluate_jobs(cfg)

@@ -107,7 +107,7 @@ def test_unwritable_output_fails_before_sampling(runs, tmp_path):
     (run / "samples").write_text("a file where the samples folder would go")
     try:
         _fails_with(_cli("diffusion.sample", f"run={run}", "sampler.steps=2", "n=2"),
-                    f"{run / 'samples'} is a file, so {run / 'samples' / 'ddim-2_seed0.png'} "
+                    f"{run / 'samples'} is a file, so {run / 'samples' / 'ddim-2_n2_seed0.png'} "
                     "cannot be written: pass out=<file.png> in a folder you can write.")
     finally:
         (run / "samples").unlink()

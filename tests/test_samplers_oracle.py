@@ -146,6 +146,28 @@ def test_unknown_sampler_lists_the_valid_ones(capsys):
     assert "unknown sampler 'nope'; valid samplers are" in err and "ddim, ddpm" in err
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--nfe", "5,5"], "--nfe lists 5 more than once: each value once"),
+    (["--samplers", ","], "--samplers names nothing: give at least one value."),
+    (["--samplers", "euler,heun", "--eta", "0.5"],
+     "--eta 0.5 changes nothing: none of euler, heun takes eta (ddim does)."),
+    (["--n", "1"], "n must be an integer >= 2; got 1."),
+    (["--schedules", "foo"], "unknown schedule 'foo'; valid ones are"),
+    (["--out", "{tmp}/a-file"], "{tmp}/a-file is a file, not a folder: set --out to a writable "
+                                "folder."),
+    (["--out", "/proc/no/such"], "Cannot write to the report folder /proc/no/such"),
+], ids=["repeated-nfe", "no-samplers", "eta-unused", "n", "schedule", "out-file", "out-proc"])
+def test_bad_options_end_in_one_sentence_before_sampling(tmp_path, capsys, args, message):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SystemExit) as ended:
+        main(["--samplers", "ddim", "--out", str(tmp_path / "out"),
+              *[a.format(tmp=tmp_path) for a in args]])
+    assert ended.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: " + message.format(tmp=tmp_path)) and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_entry_point_writes_table_json_and_plot(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}

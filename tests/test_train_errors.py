@@ -85,8 +85,8 @@ BAD_VALUES = [
                               "integer >= 1; got 0."),
     ("data.batch_size=0", "error: data.batch_size must be an integer >= 1"),
     ("seed=abc", "error: seed must be an integer; got 'abc'."),
-    ("model=foo", "error: model=foo is not an option of model: choose one of basic, unet, "
-                  "unet_attn."),
+    ("model=foo", "error: model=foo is not an option of model: choose one of basic, "
+                  "diffusers_unet, unet, unet_attn."),
     ("optimizer=sgd", "error: optimizer=sgd is not an option of optimizer: choose one of adam, "
                       "adamw."),
     ("data=cifar10", "error: data=cifar10 is not an option of data: choose one of "),

@@ -13,6 +13,7 @@ from PIL import Image
 from diffusion.commands.visualize import visualize
 from diffusion.reporting import figures as viz
 from diffusion.reporting.figures import forward_figure
+from diffusion.reporting.pictures import read_grid_box
 from diffusion.schedulers import DDPMScheduler
 from hydra_utils import compose_config
 
@@ -142,14 +143,17 @@ def test_chain_grid_labels_its_timesteps(tmp_path):
 def test_chain_gif_has_a_frame_per_step(tmp_path):
     chain = _levels(3, 5)
     path = viz.save_chain_gif(chain, tmp_path / "chain.gif", duration_ms=100, hold_last_ms=900)
+    box = read_grid_box(path)
+    assert (box.rows, box.columns) == (2, 2)  # the samples in a near-square grid
     with Image.open(path) as gif:
         assert gif.format == "GIF" and gif.n_frames == 5
-        assert gif.size == (3 * 10 + 2, 10 + 2)  # the samples side by side
         durations, centres = [], []
         for f in range(gif.n_frames):
             gif.seek(f)
             durations.append(gif.info["duration"])
-            centres.append(_tile_centres(np.asarray(gif.convert("L")), 1, 3)[0].tolist())
+            pixels = np.asarray(gif.convert("L"))
+            centres.append([int(pixels[y, x]) for x, y in
+                            (box.centre(i // 2, i % 2) for i in range(3))])
     assert durations == [100, 100, 100, 100, 900]  # the last frame is held
     expected = (255 * (chain[:, :, 0, 0, 0].T + 1) / 2).round().int().tolist()
     assert centres == expected  # frame f shows step f of every sample

@@ -1,7 +1,8 @@
 """Editing with a trained MNIST model: inpainting (RePaint against the plain mode), DDIM
 inversion and img2img, measured on the first ``--n`` MNIST test images.
 
-    python experiments/editing_mnist/measure.py --run runs/mnist_cpu --out experiments/editing_mnist
+    python experiments/editing_mnist/measure.py --run runs/editing_mnist/mnist_cpu \
+        --out experiments/editing_mnist
 
 Writes ``results.json`` (every figure of the README, with the command) and the picture grids
 into ``--out``. FID is ``diffusion.evaluate``'s protocol (the domain feature network, the
@@ -24,14 +25,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from diffusion.reporting import figures as viz
+from diffusion.config.metrics import build_scorer
+from diffusion.config.paths import CONF_DIR
+from diffusion.config.runs import run_config
 from diffusion.data import build_dataset, to_model_range
 from diffusion.editing import make_mask, repaint_nfe
-from diffusion.config.metrics import build_scorer
 from diffusion.metrics.features import to_uint8
-from diffusion.config.paths import CONF_DIR
+from diffusion.reporting import figures as viz
 from diffusion.sampling.pipeline import DiffusionPipeline
-from diffusion.config.runs import run_config
 
 # (steps, jump_length, jump_n_sample): RePaint with jumps at 80 NFE, the plain mode (no jumps)
 # at the same 80 NFE and on RePaint's own 20-step grid
@@ -60,6 +61,7 @@ def inpainting(pipe, scorer, images, kind, args, pictures):
                                      jump_n_sample=jn, eta=args.eta,
                                      generator=torch.Generator().manual_seed(0),
                                      batch_size=args.batch_size))
+        out = out.images
         fid = scorer.score(out)
         rows.append({"mask": kind, "eta": args.eta, "method": "repaint" if jn > 1 else "plain",
                      "steps": steps, "jump_length": jl if jn > 1 else None,
@@ -84,7 +86,8 @@ def inversion(pipe, images, features, args, pictures):
     for steps, fixed_point in settings:
         x_T, seconds = timed(partial(pipe.invert, images, steps=steps,
                                      fixed_point=fixed_point, batch_size=args.batch_size))
-        back = pipe.regenerate(x_T, steps=steps, batch_size=args.batch_size)
+        x_T = x_T.latents
+        back = pipe.regenerate(x_T, steps=steps, batch_size=args.batch_size).images
         mse = (back - images).pow(2).flatten(1).mean(1)
         dist = (features(back) - f_in).norm(dim=1) / scale
         rows.append({"steps": steps, "fixed_point": fixed_point,
@@ -104,7 +107,7 @@ def img2img(pipe, scorer, images, labels, classify, args, pictures):
     for strength in STRENGTHS:
         out = pipe.img2img(images, strength=strength, steps=50,
                            generator=torch.Generator().manual_seed(0),
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size).images
         fid = scorer.score(out)
         rows.append({"strength": strength, "steps_run": int(50 * strength),
                      "mse_to_input": (out - images).pow(2).mean().item(),

@@ -6,7 +6,7 @@
 # needs lands in $OUT as a few archives (logs, eval.json, metrics.jsonl, grids, the small
 # runs' final weights).
 #
-#   OUT=out DIFFUSION_DATA=<data> bash experiments/gpu/session.sh
+#   OUT=runs/gpu-out DIFFUSION_DATA=<data> bash experiments/gpu/session.sh
 #
 # Every stage is cut to fit DEADLINE seconds (default 550) from the start: the trainings end
 # by TRAIN_END (default 300 s), the FIDs leave BENCH_RESERVE seconds (240) to the bench and
@@ -14,8 +14,11 @@
 # EVAL_N (10000), BENCH (1), SMALL_RUNS ("objectives beta") and QUICK (0; 1 shrinks every
 # stage to check this script on a CPU) change the sizes.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
 OUT=${OUT:?set OUT to a folder for the results}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)   # absolute: the script works from the repository root
+[[ -n ${DIFFUSION_DATA:-} ]] && DIFFUSION_DATA=$(cd "$DIFFUSION_DATA" && pwd)
+cd "$(dirname "$0")/../.."
+export DIFFUSION_DATA=${DIFFUSION_DATA:-$PWD/data}   # paths.data_dir's default
 QUICK=${QUICK:-0}
 DEADLINE=${DEADLINE:-550}
 TRAIN_END=${TRAIN_END:-300}

@@ -1,6 +1,7 @@
 """FID against class accuracy from a run's eval.json (the entries guidance.sh wrote).
 
-    python experiments/guidance_mnist/plot_guidance.py runs/mnist_cpu_class experiments/guidance_mnist 500
+    python experiments/guidance_mnist/plot_guidance.py runs/guidance_mnist/mnist_cpu_class \
+        experiments/guidance_mnist 500
 """
 
 import json
@@ -15,15 +16,25 @@ import matplotlib.pyplot as plt  # noqa: E402
 run, out, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 entries = [e for e in json.loads((run / "eval.json").read_text())["entries"].values()
            if e["n"] == n and e.get("guidance_scale") is not None]
+if not entries:
+    sys.exit(f"{run / 'eval.json'} holds no guided FID with n={n}: run "
+             f"RUN={run} N={n} bash experiments/guidance_mnist/guidance.sh first")
+
+
+def by_scale(point: tuple[float, dict]) -> float:
+    """Sort key: the scale alone (two entries of one scale, e.g. of two checkpoints, stay)."""
+    return point[0]
+
+
 series = {
-    "classifier-free, w": sorted((e["guidance_scale"], e) for e in entries
-                                 if e.get("classifier") is None),
+    "classifier-free, w": sorted(((e["guidance_scale"], e) for e in entries
+                                  if e.get("classifier") is None), key=by_scale),
     "classifier on the unconditional model (w=0), s": sorted(
-        (e["classifier_scale"], e) for e in entries
-        if e.get("classifier") and e["guidance_scale"] == 0),
+        ((e["classifier_scale"], e) for e in entries
+         if e.get("classifier") and e["guidance_scale"] == 0), key=by_scale),
     "classifier on the conditional model (w=1), s": sorted(
-        (e["classifier_scale"], e) for e in entries
-        if e.get("classifier") and e["guidance_scale"] == 1),
+        ((e["classifier_scale"], e) for e in entries
+         if e.get("classifier") and e["guidance_scale"] == 1), key=by_scale),
 }
 fig, ax = plt.subplots(figsize=(6, 4.2))
 for (label, points), marker in zip(series.items(), "osD", strict=True):

@@ -128,6 +128,8 @@ def check_writable(path: str | Path, fix: str, folder: bool = False, what: str =
             path.mkdir(parents=True, exist_ok=True)
         except OSError:
             pass  # the probe below names the folder that refuses
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path} is a file, not a folder: {fix}.")
     elif path.is_dir():
         raise ConfigError(f"{path} is a folder, not a file: {fix}.")
     probe = path if folder and path.is_dir() else path.parent
@@ -140,7 +142,8 @@ def check_writable(path: str | Path, fix: str, folder: bool = False, what: str =
             pass
     except OSError as exc:
         reason = (exc.strerror or type(exc).__name__).lower()
-        raise ConfigError(f"Cannot write to {what + ' ' if what else ''}{probe} ({reason}): "
-                          f"{fix}.") from None
+        where = "" if probe == (path if folder else path.parent) else f" at {probe}"
+        raise ConfigError(f"Cannot write to {what + ' ' if what else ''}{path} ({reason}"
+                          f"{where}): {fix}.") from None
     if not folder and path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{path} is not writable: {fix}.")

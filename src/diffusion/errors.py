@@ -40,6 +40,11 @@ class FeatureNetworkError(RuntimeError):
     """A feature network cannot be built or loaded; the message says what to do."""
 
 
+class StorageError(RuntimeError):
+    """A file could not be written (a full disk, a read-only folder); the message names it
+    and says what to do. Nothing half-written is left behind."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, RunError, CheckpointError, TrainingError, DatasetNotFoundError,
-    FeatureNetworkError)
+    FeatureNetworkError, StorageError)

@@ -35,7 +35,7 @@ def _hydra_argv(argv: list[str]) -> list[str]:
 def bench(cfg: DictConfig, command: str = "python -m diffusion.bench") -> dict:
     """Run the benchmark, print its table and write its JSON record; returns the record."""
     record = run_benchmark(cfg, command)
-    path = write_record(record, output_path(cfg, record))
+    path = write_record(record, output_path(cfg, record["device"], record["precision"]))
     print(report(record))
     for name, profile in record.get("profiles", {}).items():
         for operation, table in profile.items():

@@ -3,7 +3,8 @@ input=<image file, folder or data split> ...``
 
 Edits images with a trained model (``DiffusionPipeline``'s ``img2img``, ``inpaint``,
 ``invert`` and ``interpolate``) and writes a before/after grid into ``<run>/edits/``: one row
-per input image (input, [mask,] results), with a ``.json`` beside it holding the command that
+per input image (input, [mask,] results), under a header naming the task, its settings and each
+column, with a ``.json`` beside it holding the command that
 repeats it and what was measured (the known-region error of inpainting, the reconstruction
 error of inversion), and on request the tensors. Every option is checked, and the inputs and
 the output location read or probed, before the model is loaded.
@@ -26,10 +27,10 @@ from diffusion.config.options import TASK_KEYS, check_edit_options
 from diffusion.editing import mask_option
 from diffusion.editing.sources import read_input
 from diffusion.errors import ConfigError
-from diffusion.reporting import figures as viz
+from diffusion.reporting.pictures import save_labelled_grid
 from diffusion.runs.load import newest_checkpoint
 from diffusion.runs.records import portable_arg, shell_word
-from diffusion.sampling.checks import labels_option
+from diffusion.sampling.checks import labels_option, labels_tag
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 
@@ -57,7 +58,9 @@ def check_edit_config(cfg: DictConfig):
 
 
 def _stem(cfg: DictConfig) -> str:
-    """The default file name: the task, the input and every setting the images depend on."""
+    """The default file name: the task, the input and every setting the images depend on
+    (img2img-test0-8-s0.6-x4-ddim-50_seed0), so that two edits that differ in one of them do
+    not overwrite each other."""
     source = Path(str(cfg.input)).stem or "input"
     parts = [cfg.task, f"{source}{cfg.start}-{cfg.start + cfg.n}"]
     if cfg.task == "inpaint":
@@ -66,6 +69,10 @@ def _stem(cfg: DictConfig) -> str:
                      else "plain")
     if cfg.task == "img2img":
         parts.append(f"s{cfg.strength:g}")
+    if "samples" in TASK_KEYS[cfg.task]:
+        parts.append(f"x{cfg.samples}")
+    if cfg.task == "interpolate":
+        parts.append(f"f{cfg.frames}")
     spec = SamplerSpec.from_config(cfg.sampler)
     parts += [spec.name, str(spec.steps)]
     if spec.eta:
@@ -75,10 +82,15 @@ def _stem(cfg: DictConfig) -> str:
         parts.append(str(spec.timestep_spacing or "trained"))
     if cfg.fixed_point and cfg.task in ("invert", "interpolate"):
         parts.append(f"fp{cfg.fixed_point}")
+    draws_noise = cfg.task == "inpaint" or (cfg.task == "img2img" and spec.stochastic)
+    if draws_noise and cfg.n * cfg.samples > cfg.batch_size:  # its steps' noise is per batch
+        parts.append(f"b{cfg.batch_size}")
     stem = "-".join(parts) + f"_seed{cfg.seed}"
     if cfg.checkpoint:
         stem += f"_{Path(cfg.checkpoint).stem}"
-    return stem
+    if cfg.data_root:
+        stem += f"_root-{Path(str(cfg.data_root)).name}"
+    return stem + labels_tag(cfg.labels)
 
 
 def command(cfg: DictConfig, checkpoint: Path | None) -> str:
@@ -111,15 +123,20 @@ def _common(cfg: DictConfig) -> dict:
                 batch_size=cfg.batch_size)
 
 
+def _results(k: int) -> list[str]:
+    return ["result"] if k == 1 else [f"result {i + 1}" for i in range(k)]
+
+
 def _img2img(cfg, pipe, images, mask, labels):
-    """(grid rows (rows, per_row, C, H, W), tensors to save, measurements) of each task."""
+    """(grid rows (rows, per_row, C, H, W), tensors to save, measurements, column headers)
+    of each task."""
     k = cfg.samples
     out = pipe.img2img(_repeat(images, k), strength=cfg.strength,
                        sampler=SamplerSpec.from_config(cfg.sampler).build(pipe.scheduler),
                        generator=torch.Generator().manual_seed(cfg.seed),
-                       y=_repeat(labels, k), **_common(cfg))
+                       y=_repeat(labels, k), **_common(cfg)).images
     rows = torch.cat([images[:, None], out.reshape(len(images), k, *images.shape[1:])], dim=1)
-    return rows, {"inputs": images, "results": out}, {}
+    return rows, {"inputs": images, "results": out}, {}, ["input", *_results(k)]
 
 
 def _inpaint(cfg, pipe, images, mask, labels):
@@ -129,33 +146,55 @@ def _inpaint(cfg, pipe, images, mask, labels):
                        jump_n_sample=cfg.jump_n_sample,
                        eta=spec.eta if spec.name == "ddim" else 1.0,
                        generator=torch.Generator().manual_seed(cfg.seed), y=_repeat(labels, k),
-                       **_common(cfg))
+                       **_common(cfg)).images
     known_error = ((out - _repeat(images, k)) * (1 - _repeat(mask, k))).abs().max().item()
     rows = torch.cat([images[:, None], _grey(images, mask)[:, None],
                       out.reshape(len(images), k, *images.shape[1:])], dim=1)
     return rows, {"inputs": images, "masks": mask, "results": out}, {
-        "known_region_max_error": known_error}
+        "known_region_max_error": known_error}, ["input", "masked", *_results(k)]
 
 
 def _invert(cfg, pipe, images, mask, labels):
-    x_T = pipe.invert(images, fixed_point=cfg.fixed_point, y=labels, **_common(cfg))
-    back = pipe.regenerate(x_T, y=labels, **_common(cfg))
+    x_T = pipe.invert(images, fixed_point=cfg.fixed_point, y=labels, **_common(cfg)).latents
+    back = pipe.regenerate(x_T, y=labels, **_common(cfg)).images
     mse = (back - images).pow(2).flatten(1).mean(1)
     rows = torch.stack([images, (x_T / 3).clamp(-1, 1), back], dim=1)  # x_T shown at +-3 std
     return rows, {"inputs": images, "x_T": x_T, "results": back}, {
-        "mse": mse.mean().item(), "mse_per_image": mse.tolist()}
+        "mse": mse.mean().item(), "mse_per_image": mse.tolist()}, [
+        "input", "x_T (÷3)", "regenerated"]
 
 
 def _interpolate(cfg, pipe, images, mask, labels):
     """Inputs 0 and 1, 2 and 3, ...: each pair inverted and the arc between decoded."""
-    x_T = pipe.invert(images, fixed_point=cfg.fixed_point, y=labels, **_common(cfg))
+    x_T = pipe.invert(images, fixed_point=cfg.fixed_point, y=labels, **_common(cfg)).latents
     rows = []
     for a in range(0, len(images) - 1, 2):
         y = None if labels is None else labels[a].repeat(cfg.frames)
         frames = pipe.interpolate(x_T[a], x_T[a + 1], cfg.frames, y=y, **_common(cfg)).images
         rows.append(torch.cat([images[a:a + 1], frames, images[a + 1:a + 2]]))
     rows = torch.stack(rows)
-    return rows, {"inputs": images, "x_T": x_T, "results": rows[:, 1:-1]}, {}
+    weights = [f"{w:.2g}" for w in torch.linspace(0, 1, cfg.frames).tolist()]
+    return rows, {"inputs": images, "x_T": x_T, "results": rows[:, 1:-1]}, {}, [
+        "input A", *weights, "input B"]
+
+
+def _title(cfg: DictConfig, measured: dict) -> str:
+    """The grid's header: the task, its settings and what was measured."""
+    spec = SamplerSpec.from_config(cfg.sampler)
+    parts = [cfg.task]
+    if cfg.task == "img2img":
+        parts.append(f"strength {cfg.strength:g}")
+    if cfg.task == "inpaint":
+        parts.append(f"mask {Path(str(cfg.mask)).stem}")
+        if cfg.jump_n_sample > 1:
+            parts.append(f"RePaint jumps {cfg.jump_length}x{cfg.jump_n_sample}")
+    if cfg.task == "interpolate":
+        parts.append("slerp between inverted x_T")
+    parts.append(f"{spec.name}-{spec.steps}" if cfg.task in ("img2img", "inpaint")
+                 else f"ddim-{spec.steps}")
+    if "mse" in measured:
+        parts.append(f"MSE {measured['mse']:.3g}")
+    return " · ".join(parts)
 
 
 TASK_RUNS = {"img2img": _img2img, "inpaint": _inpaint, "invert": _invert,
@@ -168,8 +207,9 @@ def edit(cfg: DictConfig) -> dict[str, Path]:
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(cfg.run)
     pipe = DiffusionPipeline.from_run(cfg.run, checkpoint=checkpoint, device=cfg.device,
                                       precision=cfg.precision)
-    rows, tensors, measured = TASK_RUNS[cfg.task](cfg, pipe, images, mask, labels)
-    written = {"grid": viz.save_grid(rows.flatten(0, 1), grid, nrow=rows.shape[1])}
+    rows, tensors, measured, headers = TASK_RUNS[cfg.task](cfg, pipe, images, mask, labels)
+    written = {"grid": save_labelled_grid(rows.flatten(0, 1), grid, rows.shape[1],
+                                          title=_title(cfg, measured), column_labels=headers)}
     record = {"command": command(cfg, checkpoint), "task": cfg.task, **measured}
     written["record"] = grid.with_suffix(".json")
     written["record"].write_text(json.dumps(record, indent=2) + "\n")

@@ -4,8 +4,14 @@ Samples ``n`` images from the run's EMA weights with the ``sampler`` config grou
 (``conf/sampler/<name>.yaml``) for each of its step counts, scores them with FID and
 KID against the dataset's test split (``diffusion.metrics``), prints each score with its
 protocol and the data floor, merges the results into ``<run>/eval.json`` (keyed by the whole
-protocol, ``entry_key``, each with the command that repeats it), appends them to
-``<run>/metrics.jsonl`` and plots FID against sampling steps (``<run>/figures/fid_vs_steps.png``).
+protocol, ``entry_key``, each with the command that repeats it; ``metrics.jsonl`` keeps the
+training's records alone) and plots FID against network evaluations, NFE
+(``<run>/figures/fid_vs_steps.png``), and against the guidance scale when it scores several
+(``<run>/figures/fid_vs_guidance.png``).
+
+``sweep=<multirun folder>`` (instead of ``run=``) evaluates every completed job of a sweep
+under the one protocol, each into its own ``eval.json``; ``diffusion.report`` then leads with
+the quality table.
 
 The scorer comes from ``diffusion.config.metrics`` (shared with the trainer's periodic
 FID and the bench); ``eval.json`` is read and written through ``diffusion.runs.records``.
@@ -13,12 +19,13 @@ FID and the bench); ``eval.json`` is read and written through ``diffusion.runs.r
 
 from __future__ import annotations
 
+import copy
 import itertools
 import shlex
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.checks import check_writable
 from diffusion.commands.launcher import launch
@@ -31,31 +38,31 @@ from diffusion.config.guidance import (
 )
 from diffusion.config.metrics import build_scorer
 from diffusion.config.options import check_evaluate_options
+from diffusion.errors import ConfigError
 from diffusion.metrics import FidResult
 from diffusion.reporting import figures as viz
+from diffusion.reporting.jobs import find_jobs, run_label
 from diffusion.runs.load import newest_checkpoint
 from diffusion.runs.records import entry_key, plot_entries, read_eval, write_eval
 from diffusion.runtime import distributed as dist
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training.checkpoint import saved_step
-from diffusion.training.loggers import JsonlLogger
 
 
 def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, list[int],
                                                     GuidanceOptions]:
     """Every option checked before the model is loaded or the feature network trained:
     (the run's config, the sampler, its step counts, the guidance). The run folder must take
-    eval.json,
-    metrics.jsonl and the plot, so a read-only run fails now rather than after the scoring."""
+    eval.json and the plot, so a read-only run fails now rather than after the scoring."""
     run_options, guidance = check_evaluate_options(cfg)
     run = Path(cfg.run)
     read_eval(run)  # a damaged eval.json is found now, not after the scoring
     if dist.is_main():
         what = ("diffusion.evaluate records its results there: make the run folder writable "
                 "or evaluate a copy of it")
-        for name in ("eval.json", "metrics.jsonl", *(["figures/fid_vs_steps.png"]
-                                                     if cfg.plot else [])):
+        for name in ("eval.json",
+                     *(_plots(run_options.steps, guidance) if cfg.plot else [])):
             check_writable(run / name, what)
     return run_options.run_cfg, run_options.spec, run_options.steps, guidance
 
@@ -71,11 +78,10 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     scorer = build_scorer(cfg.metrics, run_cfg.data, device=pipe.device, progress=True,
                           root=cfg.data_root)
     main = dist.is_main()  # under torchrun every rank samples its share; rank 0 writes
-    jsonl = JsonlLogger(run / "metrics.jsonl") if main else None
     sampler = spec.build(pipe.scheduler)
     classifier = load_options_classifier(guided)
     protocol = _protocol(cfg, spec, sampler, steps_list, checkpoint, pipe)
-    results, entry = [], None
+    results, entry, entries = [], None, []
     for steps, scale, classifier_scale in itertools.product(steps_list, guided.scales,
                                                             guided.classifier_scales):
         start = time.perf_counter()
@@ -90,17 +96,34 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
                      **guidance_record(guided, scale, classifier_scale),
                      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             write_eval(run, {entry_key(entry): entry})
-            jsonl.log_metrics(_jsonl_record(result, spec, scale, classifier_scale),
-                              protocol["step"])
+            entries.append(entry)
     if main and cfg.plot:
-        path = viz.plot_fid_vs_steps(
-            {run.name: plot_entries(list(read_eval(run).values()), entry)},
-            run / "figures" / "fid_vs_steps.png")
-        print(f"plot: {path}")
+        _plot(run, _plots(steps_list, guided), entry, entries)
     if main:
         print(f"eval: {run / 'eval.json'}")
     dist.barrier()
     return results
+
+
+def _plots(steps: list[int], guided: GuidanceOptions) -> list[str]:
+    """The plots an evaluation draws in its run folder: FID against network evaluations,
+    and against the guidance scale when it scores several (at one step count, only that)."""
+    by_scale = len(guided.scales) > 1
+    return ([] if by_scale and len(steps) == 1 else ["figures/fid_vs_steps.png"]) + (
+        ["figures/fid_vs_guidance.png"] if by_scale else [])
+
+
+def _plot(run: Path, plots: list[str], last: dict, entries: list[dict]) -> None:
+    """Draw ``plots``: against NFE, the run's entries comparable with the ``last`` one;
+    against the guidance scale, this command's ``entries``; labelled by the run's overrides."""
+    label = run_label(run)
+    for name in plots:
+        if name.endswith("fid_vs_steps.png"):
+            path = viz.plot_fid_vs_steps(
+                {label: plot_entries(list(read_eval(run).values()), last)}, run / name)
+        else:
+            path = viz.plot_fid_vs_guidance({label: entries}, run / name)
+        print(f"plot: {path}")
 
 
 def _protocol(cfg: DictConfig, spec: SamplerSpec, sampler, steps_list: list[int],
@@ -117,21 +140,49 @@ def _protocol(cfg: DictConfig, spec: SamplerSpec, sampler, steps_list: list[int]
             "device": str(pipe.device), "command": _command(cfg, spec, steps_list, checkpoint)}
 
 
-def _jsonl_record(result: FidResult, spec: SamplerSpec, scale: float | None,
-                  classifier_scale: float | None) -> dict:
-    """What ``metrics.jsonl`` gets of one evaluation, beside the training losses."""
-    return {"eval/fid": result.fid, "eval/fid_floor": result.floor, "eval/kid": result.kid,
-            "eval/n": result.n, "eval/sampler": result.sampler, "eval/steps": result.steps,
-            "eval/eta": spec.eta, "eval/features": result.feature_id,
-            "eval/class_accuracy": result.class_accuracy, "eval/guidance_scale": scale,
-            "eval/classifier_scale": classifier_scale}
-
-
 def _precheck(cfg: DictConfig) -> list[Path]:
     """One job of a sweep, checked before any runs; evaluations merge into the run's
     eval.json, so jobs never write one file over another."""
-    check_evaluate_config(cfg)
+    for job_cfg in _job_configs(cfg):
+        check_evaluate_config(job_cfg)
     return []
+
+
+def _job_configs(cfg: DictConfig) -> list[DictConfig]:
+    """``cfg`` itself, or with ``sweep=<multirun folder>`` one copy per completed job of that
+    sweep (``run=`` set to the job); the jobs that did not complete are named and left out."""
+    if not cfg.get("sweep"):
+        return [cfg]
+    if not OmegaConf.is_missing(cfg, "run"):
+        raise ConfigError(f"run={cfg.run} and sweep={cfg.sweep}: pass one of them (sweep= "
+                          "evaluates every job of a multirun folder).")
+    jobs = find_jobs([Path(str(cfg.sweep))])
+    done = [job for job in jobs if job.status == "completed"]
+    for job in jobs:
+        if job.status != "completed":
+            print(f"skipping {job.path}: {job.status}", flush=True)
+    if not done:
+        raise ConfigError(f"No job under sweep={cfg.sweep} completed, so there is nothing to "
+                          "evaluate: let the sweep finish (or resume its jobs) first.")
+    configs = []
+    for job in done:
+        job_cfg = copy.deepcopy(cfg)
+        with open_dict(job_cfg):
+            job_cfg.run, job_cfg.sweep = str(job.path), None
+        configs.append(job_cfg)
+    return configs
+
+
+def evaluate_jobs(cfg: DictConfig) -> dict[str, list[FidResult]]:
+    """``evaluate`` each job ``cfg`` names (``run=``, or every completed job of ``sweep=``),
+    all checked before the first is scored; returns the results by run folder."""
+    configs = _job_configs(cfg)
+    for job_cfg in configs:
+        check_evaluate_config(job_cfg)
+    results = {job_cfg.run: evaluate(job_cfg) for job_cfg in configs}
+    if cfg.get("sweep") and dist.is_main():
+        print(f"report: python -m diffusion.report sweep={cfg.sweep}")
+    return results
 
 
 def _command(cfg: DictConfig, spec: SamplerSpec, steps: list[int], checkpoint: Path) -> str:
@@ -179,7 +230,7 @@ def _list_overrides(argv: list[str], keys: tuple[str, ...] = (
 
 def main() -> None:
     """``python -m diffusion.evaluate ...``; see the module docstring."""
-    launch("evaluate", evaluate, rewrite=_list_overrides, precheck=_precheck)
+    launch("evaluate", evaluate_jobs, rewrite=_list_overrides, precheck=_precheck)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import hydra
 from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
 
-from diffusion.config import preflight
-from diffusion.config.keys import check_overrides
+from diffusion.config import helptext, preflight
+from diffusion.config.keys import check_launcher, check_overrides
 from diffusion.config.paths import CONF_DIR
 from diffusion.errors import USER_ERRORS, ConfigError
 from diffusion.runtime import distributed as dist
@@ -66,6 +66,16 @@ def _check_sweep(argv: list[str], config_name: str,
                               "setting that changes it.")
 
 
+def _resolving(argv: list[str]) -> list[str]:
+    """``--cfg job`` (and ``all``) prints the config with its interpolations resolved
+    (``--resolve``), so that it shows the values a run takes (an image folder's
+    ``data.num_classes: 3``), not the ``${...}`` that computes them. ``--cfg hydra`` stays as
+    it is: Hydra's node alone cannot resolve what points into the job's config."""
+    options = get_args_parser().parse_known_args(argv)[0]
+    return ["--resolve", *argv] if options.cfg in ("job", "all") and not options.resolve \
+        else argv
+
+
 def launch(config_name: str, work: Callable[[DictConfig], Any], *,
            rewrite: Callable[[list[str]], list[str]] = list, argv: list[str] | None = None,
            config_dir: str | Path = CONF_DIR, check_keys: bool = True,
@@ -80,12 +90,13 @@ def launch(config_name: str, work: Callable[[DictConfig], Any], *,
     and refuses jobs that would write the same file."""
     if argv is None:
         multirun = bool(get_args_parser().parse_known_args(sys.argv[1:])[0].multirun)
+        guarded(check_launcher, sys.argv[1:])
         if check_keys:
             guarded(check_overrides, sys.argv[1:], config_name, multirun)
         argv = rewrite(sys.argv[1:])
         if precheck is not None and multirun:
             guarded(_check_sweep, argv, config_name, precheck)
-    sys.argv = [sys.argv[0], *argv]
+    sys.argv = [sys.argv[0], *_resolving(argv)]
 
     def main(cfg: DictConfig) -> None:
         if not distributed:
@@ -97,5 +108,6 @@ def launch(config_name: str, work: Callable[[DictConfig], Any], *,
         finally:
             dist.shutdown()
 
+    helptext.register()  # --help lists the command's options with it
     main.__module__ = work.__module__  # Hydra names the job (and <job>.log) after it
     hydra.main(version_base="1.3", config_path=str(config_dir), config_name=config_name)(main)()

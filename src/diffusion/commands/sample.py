@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from diffusion.checks import check_image_file, check_writable, is_int
+from diffusion.checks import check_image_file, check_writable
 from diffusion.commands.launcher import launch
 from diffusion.config.guidance import (
     GuidanceOptions,
@@ -26,6 +26,7 @@ from diffusion.config.guidance import (
 from diffusion.config.options import check_sample_options
 from diffusion.reporting import figures as viz
 from diffusion.runtime import distributed as dist
+from diffusion.sampling.checks import labels_tag
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 
@@ -48,17 +49,24 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Sam
     if cfg.save_tensors:
         outputs.append(grid.with_suffix(".pt"))
     if cfg.chain:
-        outputs += [grid.with_name(f"{grid.stem}_chain.png"),
-                    grid.with_name(f"{grid.stem}_chain.gif")]
+        outputs += list(_chain_paths(cfg, grid))
     if dist.is_main():
         for path in outputs:
             check_writable(path, "pass out=<file.png> in a folder you can write")
     return grid, labels, spec, steps, guidance
 
 
+def _chain_paths(cfg: DictConfig, grid: Path) -> tuple[Path, Path]:
+    """The chain's grid and GIF beside ``grid``, named with its frames and rows
+    (``ddim-50_n16_seed0_chain-f10-r8.png``)."""
+    stem = f"{grid.stem}_chain-f{cfg.chain_frames}-r{min(cfg.chain_rows, cfg.n)}"
+    return grid.with_name(f"{stem}.png"), grid.with_name(f"{stem}.gif")
+
+
 def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
     """The default file name: every setting that changes the images, so two samplings that
-    differ in one of them do not overwrite each other (defaults left out: ddim-50_seed0)."""
+    differ in one of them do not overwrite each other: the sampler, its steps and changed
+    options, the number of images and the seed always (ddim-50_n64_seed0), the rest when set."""
     stem = f"{spec.name}-{steps}"
     for key, value in spec.changed_options().items():
         stem += f"-{key}{value}"
@@ -68,14 +76,10 @@ def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
         stem += f"-{spec.timestep_spacing or 'trained'}"
     if spec.stochastic:  # the step noise is drawn per batch
         stem += f"-b{cfg.batch_size}"
-    stem += f"_seed{cfg.seed}"
+    stem += f"_n{cfg.n}_seed{cfg.seed}"
     if cfg.checkpoint:
         stem += f"_{Path(cfg.checkpoint).stem}"
-    if cfg.labels == "all":
-        stem += "_labelsall"
-    elif cfg.labels is not None:
-        labels = [cfg.labels] if is_int(cfg.labels) else list(cfg.labels)
-        stem += "_labels" + "-".join(map(str, labels[:8])) + ("-etc" if len(labels) > 8 else "")
+    stem += labels_tag(cfg.labels)
     if cfg.guidance_scale is not None:
         stem += f"_cfg{cfg.guidance_scale:g}"
         if cfg.guidance_rescale:
@@ -108,9 +112,9 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         torch.save(out.images, written["tensors"])
     if cfg.chain:
         rows = out.chain[: cfg.chain_rows]
-        written["chain"] = viz.save_chain_grid(rows, grid.with_name(f"{grid.stem}_chain.png"),
-                                               timesteps=out.chain_timesteps)
-        written["gif"] = viz.save_chain_gif(rows, grid.with_name(f"{grid.stem}_chain.gif"))
+        chain_png, chain_gif = _chain_paths(cfg, grid)
+        written["chain"] = viz.save_chain_grid(rows, chain_png, timesteps=out.chain_timesteps)
+        written["gif"] = viz.save_chain_gif(rows, chain_gif, timesteps=out.chain_timesteps)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return written

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 
+from diffusion.checks import check_writable
 from diffusion.commands.launcher import guarded
 from diffusion.oracle.report import write_report
 from diffusion.oracle.run import OracleConfig, run_oracle
@@ -32,12 +33,25 @@ def _ints(text: str) -> list[int]:
             from None
 
 
+EXAMPLES = """\
+examples:
+  python -m diffusion.samplers_oracle --samplers ddim,dpmpp_2m --nfe 5,10,20 --n 2000
+  python -m diffusion.samplers_oracle --samplers ddim,ddpm --schedules linear,cosine --n 10000
+  python -m diffusion.samplers_oracle --samplers euler,heun --spacings trailing --nfe 10,20
+
+experiments/samplers/README.md has measured tables and how to read them."""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option, and the examples as written."""
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[OracleConfig, str]:
     """The command line as an ``OracleConfig`` and the output folder."""
     d = OracleConfig()
     p = argparse.ArgumentParser(prog="python -m diffusion.samplers_oracle",
                                 description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter, epilog=EXAMPLES)
     p.add_argument("--samplers", type=_names, default=d.samplers,
                    help="comma-separated sampler names; the default is every registered one")
     p.add_argument("--nfe", type=_ints, default=d.nfe, help="target model calls per sample")
@@ -70,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     sampling."""
     cfg, out = parse_args(argv)
     guarded(cfg.check)
+    guarded(check_writable, out, "set --out to a writable folder", folder=True,
+            what="the report folder")
     load = os.getloadavg if hasattr(os, "getloadavg") else lambda: None
     load_before = load()
     result = run_oracle(cfg)

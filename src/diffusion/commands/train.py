@@ -3,6 +3,7 @@
     python -m diffusion.train model=unet_attn data=mnist
     python -m diffusion.train -m scheduler.beta_schedule=linear,cosine
     python -m diffusion.train resume=runs/unet_attn-mnist/2026-01-01_12-00-00 trainer.max_steps=M
+    python -m diffusion.train rerun=runs/unet_attn-mnist/2026-01-01_12-00-00 [seed=1]
 
 This is the only layer that reads Hydra: everything it builds is a plain object.
 """
@@ -14,9 +15,11 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -37,9 +40,11 @@ from diffusion.config.build import (
     build_trainer_config,
     build_training_sampler,
 )
+from diffusion.config.keys import check_launcher
 from diffusion.config.metrics import build_evaluator
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.preflight import NothingToDo, check_config, check_resume
+from diffusion.config.runs import run_config
 from diffusion.errors import USER_ERRORS, ConfigError, RunError
 from diffusion.runs.folder import (
     append_resume,
@@ -57,6 +62,11 @@ from diffusion.training.loggers import truncate_metrics
 from diffusion.training.trainer import Trainer
 
 log = logging.getLogger("diffusion.train")
+
+CPU_HINT = ("This recipe is sized for a GPU. On a CPU, python -m diffusion.train "
+            "experiment=mnist_cpu (what make train picks without a GPU) shows digits in about "
+            "half an hour on two cores; or add trainer.max_minutes=N to stop this run with a "
+            "checkpoint after N minutes (resume=<run folder> continues it).")
 
 
 def train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict:
@@ -108,6 +118,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
         objective=build_objective(cfg, scheduler))
     if resume is not None:
         trainer.resume(resume.checkpoint)
+    trainer.eta_hint = CPU_HINT
     if main_rank:  # from here on the run folder changes
         _record_start(cfg, run_dir, trainer.device, resume)
     logger = build_logger(cfg, run_dir, resuming) if main_rank else None
@@ -137,7 +148,26 @@ def _record_start(cfg: DictConfig, run_dir: Path, device: torch.device, resume) 
         if resume.changes:
             log.info("Resuming with changed settings: %s", ", ".join(
                 f"{k}: {old!r} -> {new!r}" for k, (old, new) in resume.changes.items()))
-    write_env(run_dir, cfg.seed, device, resumed=resume is not None)
+    write_env(run_dir, cfg.seed, device, resumed=resume is not None, extra=_job_record())
+
+
+def _job_record() -> dict:
+    """What ``env.json`` adds to the process's command: the run a rerun repeats, and a sweep
+    job's (or a rerun's) own command, which repeats this one job alone."""
+    if not HydraConfig.initialized():
+        return {}  # called as a function, not through the command line
+    hydra_cfg = HydraConfig.get()
+    source = next((Path(s.path) for s in hydra_cfg.runtime.config_sources
+                   if s.provider == "main"), None)
+    rerun_of = (source if source is not None and hydra_cfg.job.config_name == "config"
+                and not any(o.startswith("resume=") and o != "resume=null"
+                            for o in hydra_cfg.overrides.task) else None)
+    if rerun_of is None and hydra_cfg.mode != RunMode.MULTIRUN:
+        return {}
+    words = [f"rerun={rerun_of}"] if rerun_of is not None else []
+    words += [o for o in hydra_cfg.overrides.task if o != "resume=null"]
+    record = {"job_command": shlex.join(["python", "-m", "diffusion.train", *words])}
+    return {**record, "rerun_of": str(rerun_of)} if rerun_of is not None else record
 
 
 def _main(cfg: DictConfig) -> dict | None:
@@ -167,6 +197,8 @@ def _main(cfg: DictConfig) -> dict | None:
         if dist.is_main():
             record_end(run_dir, exc, started=bool(progress.get("started")),
                         resuming=resuming, multirun=multirun)
+            if resuming and not progress.get("started"):
+                _drop_new_logs()
         if multirun:  # one failed job must not end the sweep; main() reports it at the end
             log.error("Job %s failed: %s", hydra_cfg.job.num, exc,
                       exc_info=not isinstance(exc, USER_ERRORS))
@@ -176,6 +208,20 @@ def _main(cfg: DictConfig) -> dict | None:
         raise
     finally:
         dist.shutdown()
+
+
+_NEW_LOGS: set[Path] = set()
+"""Log files a resume's launch will create (Hydra opens them before the job): a resume that
+is refused once Hydra has started removes them again, so the run stays as it was."""
+
+
+def _drop_new_logs() -> None:
+    for path in _NEW_LOGS:
+        for handler in logging.getLogger().handlers:  # Hydra's file handler holds it open
+            if getattr(handler, "baseFilename", None) == str(path.absolute()):
+                handler.close()
+                logging.getLogger().removeHandler(handler)
+        path.unlink(missing_ok=True)
 
 
 def _stopped_by_signal(run_dir: Path, step: int, signal_name: str) -> None:
@@ -231,6 +277,10 @@ def _prepare(options: argparse.Namespace) -> tuple[list[str], str, str, Path | N
     ``--config-name`` and ``hydra.searchpath=[...]`` count for the checks too."""
     multirun = options.multirun
     overrides = list(options.overrides)
+    check_launcher(overrides)  # before any folder is made
+    rerun = next((a.split("=", 1)[1] for a in overrides if a.startswith("rerun=")), None)
+    if rerun is not None:
+        return _prepare_rerun(options, rerun)
     resume = next((a.split("=", 1)[1] for a in overrides if a.startswith("resume=")), None)
     plain = [a for a in overrides if not a.startswith("resume=")]
     job_args = [a for a in plain if not preflight.is_hydra_key(a)]
@@ -250,6 +300,7 @@ def _prepare(options: argparse.Namespace) -> tuple[list[str], str, str, Path | N
         jobs = preflight.check_jobs(run, "config", [*job_args, f"resume={run}"], False)
         preflight.check_resume(run, jobs[0].cfg)
         WriterLock(run).acquire()  # held until this process ends: one writer per run
+        _NEW_LOGS.update(p for p in (run / "train.log",) if not p.exists())
         return ([*_flags(options, resume=True), *plain, f"resume={run}", f"hydra.run.dir={run}",
                  "hydra.output_subdir=null"], config_path, config_name, None)
     config_dir, config_name = _primary_config(options)
@@ -275,6 +326,39 @@ def _prepare(options: argparse.Namespace) -> tuple[list[str], str, str, Path | N
         return argv, str(CONF_DIR), "train", folder if multirun else None
     folder = create_run_dir(jobs[0].sweep_dir if multirun else jobs[0].run_dir)
     return [*argv, f"{key}{folder}"], str(CONF_DIR), "train", folder if multirun else None
+
+
+def _prepare_rerun(options: argparse.Namespace, rerun: str
+                   ) -> tuple[list[str], str, str, Path | None]:
+    """``rerun=<run>``: train again from the run's own ``config.yaml`` (with this command's
+    single-key overrides, e.g. ``seed=1``; ``-m`` sweeps them) into a new run folder under
+    ``paths.runs_dir``, as ``_prepare`` returns it. The same config on the same machine gives
+    the same losses and weights."""
+    run = Path(rerun).resolve()
+    if not (run / "config.yaml").is_file():
+        raise not_a_run(rerun, "rerun")
+    plain = [a for a in options.overrides if not a.startswith("rerun=")]
+    if any(a.startswith("resume=") for a in plain):
+        raise ConfigError("rerun= trains a run again from its start into a new folder and "
+                          "resume= continues one: pass one of them.")
+    job_args = [a for a in plain if not preflight.is_hydra_key(a)]
+    preflight.check_resume_overrides(run, job_args, key="rerun")
+    saved = run_config(run, "rerun")
+    reset = ["resume=null"] if "resume" in saved else []
+    jobs = preflight.check_jobs(run, "config", [*job_args, *reset], options.multirun)
+    key = "hydra.sweep.dir=" if options.multirun else "hydra.run.dir="
+    explicit = next((a.split("=", 1)[1] for a in plain if a.startswith(key)), None)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    runs_dir = Path(str(jobs[0].cfg.paths.runs_dir))
+    folder = Path(explicit) if explicit is not None else create_run_dir(
+        runs_dir / "multirun" / stamp if options.multirun else runs_dir / jobs[0].cfg.name / stamp)
+    if not options.multirun:
+        WriterLock(folder).acquire()
+        if (folder / "config.yaml").is_file():
+            raise RunError(f"hydra.run.dir={folder} already holds a run: choose another folder.")
+    argv = [*_flags(options, resume=True), *[a for a in plain if not a.startswith(key)], *reset,
+            f"{key}{folder}"]
+    return argv, str(run), "config", folder if options.multirun else None
 
 
 def main() -> None:

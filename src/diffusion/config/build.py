@@ -5,6 +5,7 @@ Used by the entry points only; the objects built here know nothing of Hydra.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,7 +24,10 @@ from diffusion.config.sampler import training_sampler
 from diffusion.data import dataset_info
 from diffusion.errors import USER_ERRORS, ConfigError
 from diffusion.runtime.device import resolve_device
+from diffusion.training.loggers import LoggerGroup
 from diffusion.training.objectives import Objective
+
+log = logging.getLogger(__name__)
 
 
 def _instantiate(group: str, node: DictConfig, **kwargs):
@@ -170,11 +174,36 @@ def build_datasets(data: DictConfig):
     return train, val
 
 
-def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool):
-    """The configured external logger, or None for ``logger=none``."""
-    if not cfg.get("logger") or "_target_" not in cfg.logger:
-        return None
-    id_file = run_dir / "wandb_id.txt"
-    resume_id = id_file.read_text().strip() if resuming and id_file.is_file() else None
-    return _instantiate("logger", cfg.logger, run_dir=str(run_dir),
-                        name=f"{cfg.name}/{run_dir.name}", resume_id=resume_id)
+def logger_configs(logger: DictConfig | None) -> dict[str, DictConfig]:
+    """The loggers a run's ``logger`` node names, by name: ``{wandb: ..., tensorboard: ...}``
+    (``logger=[wandb,tensorboard]``); a run of an earlier version holds one logger's settings
+    directly (``logger._target_``)."""
+    if not logger:
+        return {}
+    if "_target_" in logger:
+        return {str(logger._target_).rsplit(".", 1)[-1]: logger}
+    return {name: sub for name, sub in logger.items()
+            if OmegaConf.is_dict(sub) and "_target_" in sub}
+
+
+def build_logger(cfg: DictConfig, run_dir: Path, resuming: bool) -> LoggerGroup | None:
+    """The configured external loggers (``logger=wandb``, ``logger=[wandb,tensorboard,csv]``)
+    as one group, or None for ``logger=none``. A logger that cannot start (its package is
+    missing, its service refuses) is named in one line, and training goes on without it."""
+    started = []
+    for name, logger_cfg in logger_configs(cfg.get("logger")).items():
+        extra = {}
+        if str(logger_cfg._target_).endswith("WandbLogger"):
+            id_file = run_dir / "wandb_id.txt"
+            extra = {"name": f"{cfg.name}/{run_dir.name}",
+                     "resume_id": id_file.read_text().strip()
+                     if resuming and id_file.is_file() else None}
+        try:
+            started.append(_instantiate("logger", logger_cfg, run_dir=str(run_dir), **extra))
+        except ConfigError as exc:  # a wrong setting stops; a logger that cannot start does not
+            cause = getattr(exc.__context__, "__cause__", None)
+            if cause is None or isinstance(cause, ValueError | TypeError):
+                raise
+            log.warning("logger %s could not start (%s); training goes on without it.", name,
+                        str(cause).splitlines()[0] if str(cause) else type(cause).__name__)
+    return LoggerGroup(started) if started else None

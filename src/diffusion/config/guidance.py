@@ -16,9 +16,12 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 
 from diffusion.config.runs import run_config
-from diffusion.errors import ConfigError
+from diffusion.data.datasets import data_key
+from diffusion.errors import USER_ERRORS, ConfigError
 from diffusion.runs.load import load_classifier
+from diffusion.runs.records import read_json
 from diffusion.sampling.guidance import Guidance
+from diffusion.training.checkpoint import latest_checkpoint
 
 NOISE_PROCESS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
                  "rescale_betas_zero_snr")
@@ -65,7 +68,45 @@ def check_classifier_run(classifier: str, run: str, run_cfg: DictConfig) -> Dict
                     f"classifier={classifier} was trained with {group}.{key}={mine} but run "
                     f"{run} has {theirs}: train the classifier with the run's settings "
                     f"(python -m diffusion.train_classifier {group}.{key}={theirs} ...).")
+    _check_finished(classifier, cfg)
+    _check_same_files(classifier, run, run_cfg)
     return cfg
+
+
+def _check_finished(classifier: str, cfg: DictConfig) -> None:
+    """A classifier run that stopped early (interrupted, failed, killed) is refused: its
+    weights are not the classifier its config describes."""
+    folder = Path(classifier)
+    status = read_json(folder / "status.json").get("status") if (
+        folder / "status.json").is_file() else None
+    finished = status == "completed" or (status is None and (folder / "accuracy.json").is_file())
+    if finished:
+        return
+    newest = latest_checkpoint(folder / "checkpoints")
+    reached = f"step {int(newest.stem.split('_')[1])}" if newest else "no checkpoint"
+    raise ConfigError(
+        f"classifier={classifier} stopped at {reached} of {cfg.steps} "
+        f"({status or 'killed'}): continue it with python -m diffusion.train_classifier "
+        f"resume={classifier}, or pass another classifier.")
+
+
+def _check_same_files(classifier: str, run: str, run_cfg: DictConfig) -> None:
+    """A classifier of a folder of the user's own images must have learned from the run's
+    folder (the same files), not from another one with as many classes."""
+    record = Path(classifier) / "data.json"
+    mine = read_json(record).get("content_key") if record.is_file() else None
+    if not mine or "@" not in mine:
+        return  # a named dataset (checked above), or a run of an earlier version
+    try:
+        theirs = data_key(run_cfg.data)
+    except USER_ERRORS:
+        return  # the run's images are gone: nothing to compare with
+    if mine != theirs:
+        raise ConfigError(
+            f"classifier={classifier} was trained on other images than run {run} "
+            f"(data.root={run_cfg.data.get('root')}, or its files changed since): train the "
+            "classifier on the run's folder (python -m diffusion.train_classifier "
+            f"data=image_folder data.root={run_cfg.data.get('root')} ...).")
 
 
 def check_guidance_options(cfg: DictConfig, run_cfg: DictConfig,

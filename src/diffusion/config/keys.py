@@ -9,6 +9,9 @@ says where it went (``diffusion.config.legacy``).
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 from diffusion.checks import check_choice
@@ -16,6 +19,13 @@ from diffusion.config.legacy import MOVED_KEYS, moved_key_message
 from diffusion.config.paths import CONF_DIR
 from diffusion.errors import ConfigError
 from diffusion.runs.load import RUN_EXAMPLE
+
+LAUNCHER_PLUGINS = {
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+}
+"""Hydra launchers the project offers as an optional extra: the option of
+``hydra/launcher=<option>``, the module its plugin installs and the extra that installs it."""
 
 RUN_REQUIRED = ("run= is required: pass the run folder diffusion.train printed, "
                 f"e.g. run={RUN_EXAMPLE}.")
@@ -66,6 +76,7 @@ def check_overrides(argv: list[str], config_name: str, multirun: bool = False) -
     Hydra, whose own errors are several lines ending in advice about stack traces. In a
     sweep (``multirun``) a group's comma-separated options are checked one by one."""
     check_name_override(argv)
+    check_commas(argv, multirun)
     known = known_keys(config_name)
     choices = _choices(argv, config_name, multirun)
     for arg in argv:
@@ -74,6 +85,21 @@ def check_overrides(argv: list[str], config_name: str, multirun: bool = False) -
             continue  # Hydra's own syntax (+add, ~delete, flags, packages) and hydra.*
         top, _, sub = key.partition(".")
         _check_key(top, sub.partition(".")[0] or None, known, config_name, choices.get(top))
+
+
+def check_commas(argv: list[str], multirun: bool) -> None:
+    """A path with a comma in its name (``data.root=/data/a,b``) is a list to Hydra, and two
+    jobs to a sweep: when the whole value names something that exists, say to quote it."""
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if (not eq or "," not in value or value[:1] in "[{'\""
+                or not Path(value).expanduser().exists()):
+            continue
+        reading = (f"{len(value.split(','))} jobs of a sweep" if multirun
+                   else "a list of values")
+        raise ConfigError(f"{arg}: the comma in this path makes Hydra read it as {reading}: "
+                          f"quote the value, e.g. '{key}=\"{value}\"' (the quotes inside "
+                          "the shell's).")
 
 
 def _choices(argv: list[str], config_name: str, multirun: bool = False
@@ -125,3 +151,22 @@ def check_cli_config(cfg, config_name: str) -> None:
                 _check_key(key, sub, known, config_name)
     if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
         raise ConfigError(RUN_REQUIRED)
+
+
+def check_launcher(argv: list[str]) -> None:
+    """``hydra/launcher=<option>`` of an optional extra (``LAUNCHER_PLUGINS``) that is not
+    installed: one sentence saying which ``pip install`` adds it, before any folder is made
+    (Hydra's own error lists its search path and comes after the sweep folder exists)."""
+    for arg in argv:
+        key, eq, option = arg.lstrip("+").partition("=")
+        if not eq or key != "hydra/launcher" or option not in LAUNCHER_PLUGINS:
+            continue
+        module, extra = LAUNCHER_PLUGINS[option]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # its parent package is missing too
+            found = False
+        if not found:
+            raise ConfigError(f"hydra/launcher={option} needs Hydra's {option.split('_')[0]} "
+                              f"launcher plugin ({module}), which is not installed: "
+                              f"pip install -e '.[{extra}]'.")

@@ -9,6 +9,8 @@ Typed in its old place on a new command line, an old key is refused with where i
 
 from __future__ import annotations
 
+from diffusion.sampling.sampler import OLD_TRAINER_SAMPLER_KEYS as OLD_TRAINER_SAMPLER_KEYS
+
 MOVED_KEYS = {"steps": "sampler.steps", "eta": "sampler.eta",
               "timestep_spacing": "sampler.timestep_spacing",
               "trainer.sampler": "sampler=<name>", "trainer.sample_steps": "sampler.steps",
@@ -17,9 +19,9 @@ MOVED_KEYS = {"steps": "sampler.steps", "eta": "sampler.eta",
 """Keys of earlier versions and where the ``sampler`` and ``objective`` config groups keep
 them now."""
 
-OLD_TRAINER_SAMPLER_KEYS = {"sampler": "name", "sample_steps": "steps",
-                            "sample_spacing": "timestep_spacing"}
-"""``trainer.*`` sampling keys of run folders from before the ``sampler`` group, and theirs."""
+# OLD_TRAINER_SAMPLER_KEYS (``trainer.*`` sampling keys of run folders from before the
+# ``sampler`` group, and theirs) lives with ``SamplerSpec.of_run``, which reads run folders
+# without this config layer.
 
 OLD_TRAINER_OBJECTIVE_KEYS = ("loss", "huber_delta")
 """``trainer.*`` keys of run folders from before the ``objective`` group."""

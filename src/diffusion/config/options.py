@@ -28,6 +28,7 @@ from diffusion.runtime.device import resolve_device, resolve_precision
 from diffusion.sampling.checks import labels_option
 from diffusion.sampling.pipeline import compile_mode
 from diffusion.sampling.sampler import SamplerSpec
+from diffusion.schedulers.betas import BETA_SCHEDULES
 
 EDIT_TASKS = ("img2img", "inpaint", "invert", "interpolate")
 TASK_KEYS = {  # the settings each task's images depend on, beyond the sampler's
@@ -142,3 +143,55 @@ def check_classifier_options(cfg: DictConfig) -> None:
     check_int("seed", cfg.seed, minimum=None)
     check_int("noise_levels", cfg.noise_levels, maximum=cfg.scheduler.num_train_timesteps,
               note=" (scheduler.num_train_timesteps)")
+
+
+FORWARD_KEYS = ("schedules", "num_train_timesteps", "images", "columns", "split", "seed")
+"""The settings only the forward-process figure of ``diffusion.visualize`` reads."""
+
+
+def _set_keys(overrides: list[str]) -> list[str]:
+    """The keys a command line set (``data.root=x`` -> ``data.root``; ``data=x`` -> ``data``)."""
+    return [o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o]
+
+
+def check_visualize_options(cfg: DictConfig, overrides: list[str]) -> None:
+    """``diffusion.visualize``'s settings, before any data is read; ``overrides`` (the command
+    line) tells which were set, so a setting the chosen figure does not read is refused."""
+    figure = cfg.figure
+    check_bool("wandb", cfg.wandb)
+    keys = _set_keys(overrides)
+    if figure != "forward":
+        unused = [k for k in keys if k.split(".")[0] in (*FORWARD_KEYS, "data")]
+        if unused:
+            raise ConfigError(f"{unused[0]} only applies to the forward figure, and "
+                              f"python -m diffusion.visualize {figure} draws the run's records: "
+                              "drop it.")
+        return
+    if cfg.run and any(k.split(".")[0] == "data" for k in keys):
+        raise ConfigError("run= draws the forward process on the run's own data, so data "
+                          "settings do not apply: drop them, or drop run=.")
+    schedules = cfg.schedules
+    if not OmegaConf.is_list(schedules) or not schedules:
+        raise ConfigError(f"schedules must be a list of beta schedules, e.g. "
+                          f"schedules=[linear,cosine]; got {schedules!r}.")
+    for name in schedules:
+        check_choice("schedules", name, sorted(BETA_SCHEDULES))
+    steps = check_int("num_train_timesteps", cfg.num_train_timesteps, minimum=2)
+    check_int("images", cfg.images, maximum=64)
+    check_int("columns", cfg.columns, minimum=2, maximum=min(steps, 64),
+              note=f" (at most num_train_timesteps, {steps}, and 64 in a row)")
+    check_int("seed", cfg.seed, minimum=None)
+
+
+def check_report_options(cfg: DictConfig) -> list:
+    """``diffusion.report``'s settings: the sweep folders (a non-empty list of existing
+    folders, returned as a list) and the title."""
+    sweeps = list(cfg.sweep) if OmegaConf.is_list(cfg.sweep) else [cfg.sweep]
+    if not sweeps or any(s in (None, "") for s in sweeps):
+        raise ConfigError("sweep= names no folder: pass the multirun folder that diffusion.train "
+                          "-m printed (sweep=runs/multirun/<date>_<time>), or a list of run "
+                          "folders (sweep=[a,b]).")
+    if cfg.title is not None and not isinstance(cfg.title, str):
+        raise ConfigError(f"title must be text; got {cfg.title!r} (quote it: "
+                          f"'title=\"{cfg.title}\"').")
+    return sweeps

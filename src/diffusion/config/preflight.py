@@ -42,7 +42,7 @@ from diffusion.config.build import (
     check_device,
     validate,
 )
-from diffusion.config.keys import check_group_key, check_name_override
+from diffusion.config.keys import check_commas, check_group_key, check_name_override
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.runs import run_config
@@ -113,6 +113,7 @@ def check_jobs(config_dir: Path, config_name: str, overrides: list[str],
         check_config(job.cfg)
         return job
 
+    check_commas(overrides, multirun)
     return check_each(split_jobs(overrides, multirun), check, multirun)
 
 
@@ -232,7 +233,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _missing_option(exc: Exception, config_name: str, overrides: list[str]) -> str:
     """The option that does not exist and the ones that do, in every folder searched."""
-    match = re.search(r"Could not find '([^']+)/([^'/]+)'", str(exc))
+    match = (re.search(r"Could not find '([^']+)/([^'/]+)'", str(exc))
+             or re.search(r"Could not load '([^']+)/([^'/]+)'", str(exc)))
     if match is None:
         return f"{_first_line(exc)}."
     group, option = match.groups()
@@ -310,16 +312,17 @@ def flatten(node: Mapping | list, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def check_resume_overrides(run: Path, overrides: list[str]) -> None:
-    """A run's saved config has no defaults list, so ``model=unet`` on a resume would replace
-    the whole group with a string: refuse group choices, which a resume cannot switch."""
-    saved = run_config(run, "resume")
+def check_resume_overrides(run: Path, overrides: list[str], key: str = "resume") -> None:
+    """A run's saved config has no defaults list, so ``model=unet`` on a resume (or a rerun,
+    ``key``) would replace the whole group with a string: refuse group choices, which a run
+    composed from its saved config cannot switch."""
+    saved = run_config(run, key)
     for override in overrides:
-        key = override.lstrip("+~").split("=", 1)[0]
-        if "." not in key and (OmegaConf.is_dict(saved.get(key)) or (CONF_DIR / key).is_dir()):
-            instead = (f"override single keys ({key}.<key>=...) or start a new run"
-                       if OmegaConf.is_dict(saved.get(key)) else "start a new run to change it")
-            raise ConfigError(f"resume={run} cannot switch {override}: a run keeps the groups "
+        name = override.lstrip("+~").split("=", 1)[0]
+        if "." not in name and (OmegaConf.is_dict(saved.get(name)) or (CONF_DIR / name).is_dir()):
+            instead = (f"override single keys ({name}.<key>=...) or start a new run"
+                       if OmegaConf.is_dict(saved.get(name)) else "start a new run to change it")
+            raise ConfigError(f"{key}={run} cannot switch {override}: a run keeps the groups "
                               f"it started with; {instead}.")
 
 

@@ -8,23 +8,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from diffusion.config.legacy import OLD_TRAINER_SAMPLER_KEYS
 from diffusion.config.paths import CONF_DIR
 from diffusion.sampling.checks import check_sampler
 from diffusion.sampling.sampler import SamplerSpec
 
 
 def training_sampler(cfg: Mapping[str, Any]) -> SamplerSpec:
-    """The sampler of a training config's grids and periodic FID: its ``sampler`` group, one
-    step count. A run folder from before the group states it as ``trainer.sampler``,
-    ``trainer.sample_steps`` and ``trainer.sample_spacing``, which are read instead."""
-    node = cfg.get("sampler")
-    if node is None:
-        trainer = cfg.get("trainer") or {}
-        node = {"name": "ddim", "steps": 50, "timestep_spacing": "trailing",
-                **{new: trainer[old] for old, new in OLD_TRAINER_SAMPLER_KEYS.items()
-                   if old in trainer}}
-    return SamplerSpec.from_config(node).one_step_count("the training grids and periodic FID")
+    """The sampler of a training config's grids and periodic FID (``SamplerSpec.of_run``:
+    also of run folders from before the group)."""
+    return SamplerSpec.of_run(cfg)
 
 
 def named_sampler(name: str, key: str = "sampler") -> SamplerSpec:

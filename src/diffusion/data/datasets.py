@@ -169,6 +169,15 @@ class ImageDataset(Dataset):
             x = x.flip(-1)
         return to_model_range(x), int(label)
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The classes' names in label order, where the files name them (torchvision's
+        ``classes``, an image folder's class folders); None otherwise."""
+        names = getattr(self.source, "classes", None)
+        if not names or len(names) != self.num_classes:
+            return None
+        return tuple(str(name) for name in names)
+
     def preprocessed(self, num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Every image through ``preprocess`` once: uint8 (N, C, H, W) and int64 labels."""
         data, targets = getattr(self.source, "data", None), getattr(self.source, "targets", None)
@@ -215,6 +224,14 @@ def dataset_options(data: Mapping) -> dict:
     own = (inspect.signature(dataset_info(data["name"]).__init__).parameters.keys()
            - inspect.signature(ImageDataset.__init__).parameters.keys())
     return {key: data[key] for key in sorted(own) if key in data}
+
+
+def data_key(data: Mapping) -> str:
+    """What identifies the files the data config ``data`` reads: its name, and for a folder
+    of the user's own images a hash of its file list (paths, sizes, times), so two runs on
+    different folders of the same shape tell apart."""
+    key = dataset_info(data["name"]).content_key(root=data.get("root"), **dataset_options(data))
+    return f"{data['name']}@{key}" if key else str(data["name"])
 
 
 def build_dataset(name: str, **arguments) -> ImageDataset:

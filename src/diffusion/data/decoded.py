@@ -27,8 +27,9 @@ from filelock import FileLock
 from PIL import Image, ImageOps
 
 from diffusion.data.datasets import Preprocess
-from diffusion.data.files import resolve_cache
+from diffusion.data.files import DATA_CACHE_FIX, resolve_cache
 from diffusion.data.image_files import FolderListing
+from diffusion.runtime.files import load_cached, save_torch
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +109,14 @@ def decode_folder(listing: FolderListing, channels: int, preprocess: Preprocess,
     path = folder / f"{prefix}-{listing_key(listing)}.pt"
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / f"{prefix}.lock")):
-        if path.is_file():
-            decoded = DecodedFolder(**torch.load(path, map_location="cpu", weights_only=True))
+        cached = load_cached(path)
+        if cached is not None:
+            decoded = DecodedFolder(**cached)
         else:
             log.info("Decoding %d images under %s (once: cached as %s)", len(listing.files),
                      listing.root, path)
             decoded = _decode_all(listing, channels, preprocess)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(vars(decoded), tmp)
-            os.replace(tmp, path)
+            save_torch(vars(decoded), path, DATA_CACHE_FIX)
             for stale in folder.glob(f"{prefix}-*.pt"):
                 if stale != path:
                     stale.unlink(missing_ok=True)

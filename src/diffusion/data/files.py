@@ -27,6 +27,7 @@ from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity
 
 from diffusion.errors import DatasetCorruptError, DatasetNotFoundError
+from diffusion.runtime.files import writable_folder
 
 DOWNLOAD_TIMEOUT_S = 10.0
 """Socket timeout while torchvision downloads, so that a dead network fails fast."""
@@ -196,10 +197,14 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root).expanduser().absolute()
 
 
+DATA_CACHE_FIX = ("free space there, or set DIFFUSION_CACHE (or data.cache_dir) to a writable "
+                  "folder with space")
+
+
 def resolve_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     """Writable cache: ``cache_dir``, else ``$DIFFUSION_CACHE``, else ~/.cache/diffusion/data."""
     cache = cache_dir or os.environ.get("DIFFUSION_CACHE") or "~/.cache/diffusion/data"
-    return Path(cache).expanduser().absolute()
+    return writable_folder(Path(cache).expanduser().absolute(), DATA_CACHE_FIX)
 
 
 def _symlink(target: Path, link: Path) -> None:

@@ -25,10 +25,12 @@ from diffusion.errors import ConfigError, DatasetNotFoundError
 
 
 class DecodedImages(Dataset):
-    """(uint8 (C, H, W) image, label) items of tensors already preprocessed."""
+    """(uint8 (C, H, W) image, label) items of tensors already preprocessed; ``classes``:
+    the labels' names (the class folders), if any."""
 
-    def __init__(self, data: torch.Tensor, targets: torch.Tensor):
-        self.data, self.targets = data, targets
+    def __init__(self, data: torch.Tensor, targets: torch.Tensor,
+                 classes: tuple[str, ...] | None = None):
+        self.data, self.targets, self.classes = data, targets, classes
 
     def __len__(self) -> int:
         return len(self.data)
@@ -100,7 +102,7 @@ class ImageFolderDataset(ImageDataset):
         if split == "val" and self.val_root:
             decoded = self._decode(_listing(self.val_root, "data.val_root", listing.classes),
                                    cache_dir)
-            return DecodedImages(decoded.images, decoded.labels)
+            return DecodedImages(decoded.images, decoded.labels, listing.classes)
         if split == "val" and not self.val_fraction:
             raise ConfigError("data.val_fraction is 0 and data.val_root is null, so the image "
                               "folder has no held-out split: set one of them, or "
@@ -108,7 +110,7 @@ class ImageFolderDataset(ImageDataset):
         decoded = self._decode(listing, cache_dir)
         index = (split_indices(len(decoded.images), self.val_fraction, self.split_seed)[split]
                  if not self.val_root else torch.arange(len(decoded.images)))
-        return DecodedImages(decoded.images[index], decoded.labels[index])
+        return DecodedImages(decoded.images[index], decoded.labels[index], listing.classes)
 
     def _decode(self, listing: FolderListing, cache_dir) -> DecodedFolder:
         decoded = decode_folder(listing, self.channels, self.preprocess, cache_dir)

@@ -19,7 +19,9 @@ import torch
 
 from diffusion.checks import check_number
 from diffusion.editing.inputs import check_edit, in_batches, starting_noise
+from diffusion.sampling.checks import check_generator, generator_part
 from diffusion.schedulers import NoiseScheduler
+from diffusion.schedulers.noise import Generators
 from diffusion.schedulers.sigmas import SigmaScheduler
 
 
@@ -52,7 +54,7 @@ def begin(sched: NoiseScheduler, first: int, x0: torch.Tensor, noise: torch.Tens
 
 
 def denoise(pipe, sched: NoiseScheduler, x: torch.Tensor, timesteps, y,
-            generator: torch.Generator | None) -> torch.Tensor:
+            generator: Generators) -> torch.Tensor:
     """The reverse process over ``timesteps`` (a tail of ``sched.timesteps``) from x."""
     for t in timesteps:
         out = pipe.model_output(sched.scale_model_input(x, t), t, y)
@@ -63,16 +65,19 @@ def denoise(pipe, sched: NoiseScheduler, x: torch.Tensor, timesteps, y,
 @torch.no_grad()
 def img2img(pipe, images: torch.Tensor, strength: float = 0.6, steps: int = 50,
             sampler: str | NoiseScheduler = "ddim", eta: float = 0.0,
-            timestep_spacing: str | None = "trailing", generator: torch.Generator | None = None,
+            timestep_spacing: str | None = "trailing", generator: Generators = None,
             noise: torch.Tensor | None = None, y: torch.Tensor | None = None,
             batch_size: int = 256) -> torch.Tensor:
-    """``images`` (N, C, H, W) in [-1, 1] edited by SDEdit; see the module docstring.
+    """``images`` (N, C, H, W) in [-1, 1] edited by SDEdit; see the module docstring. Any
+    image kind ``check_images`` takes (PIL, numpy) goes in; a tensor comes out.
 
     ``noise`` (default: drawn from ``generator``, whole, so the result does not depend on
-    ``batch_size``) is the noise added to the images; ``y`` labels for a conditional model.
+    ``batch_size``) is the noise added to the images; ``generator`` a list: one per image;
+    ``y`` labels for a conditional model.
     """
     strength = check_strength(strength)
     images, y = check_edit(pipe, images, steps, y, batch_size, sampler, eta, timestep_spacing)
+    generator = check_generator(generator, len(images))
     sched = pipe._sampler(sampler, steps, eta, timestep_spacing)
     noise = starting_noise(noise, images.shape, generator)
     first = start_index(strength, steps)
@@ -83,6 +88,7 @@ def img2img(pipe, images: torch.Tensor, strength: float = 0.6, steps: int = 50,
         x, timesteps = begin(sched, first, images[part].to(pipe.device),
                              noise[part].to(pipe.device))
         return denoise(pipe, sched, x, timesteps,
-                       None if y is None else y[part].to(pipe.device), generator)
+                       None if y is None else y[part].to(pipe.device),
+                       generator_part(generator, part))
 
     return in_batches(len(images), batch_size, run)

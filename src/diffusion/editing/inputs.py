@@ -10,36 +10,28 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion.sampling.checks import check_labels, check_sampling
-
-RANGE_SLACK = 1e-3  # images a little outside [-1, 1] (from rounding) are accepted
+from diffusion.sampling.checks import check_generator, check_labels, check_sampling
+from diffusion.sampling.images import as_images, as_mask, describe
+from diffusion.schedulers.noise import Generators, randn_tensor
 
 
 def check_images(images, sample_shape: tuple[int, int, int], key: str = "images") -> torch.Tensor:
-    """``images`` as a float32 (N, C, H, W) CPU tensor of the model's shape, in [-1, 1];
-    one (C, H, W) image is a batch of one."""
-    if not torch.is_tensor(images) or not images.dtype.is_floating_point:
-        raise ValueError(f"{key} must be a float tensor in [-1, 1] of shape (N, "
-                         f"{', '.join(map(str, sample_shape))}); got {_describe(images)}.")
-    images = images.unsqueeze(0) if images.ndim == 3 else images
-    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(sample_shape) or not len(images):
-        raise ValueError(f"{key} must have shape (N, {', '.join(map(str, sample_shape))}) for "
-                         f"this model; got {tuple(images.shape)}.")
-    low, high = float(images.min()), float(images.max())
-    if low < -1 - RANGE_SLACK or high > 1 + RANGE_SLACK:
-        raise ValueError(f"{key} must be in [-1, 1], the model's range; got values from "
-                         f"{low:g} to {high:g} (map [0, 1] images with 2 * x - 1).")
-    return images.detach().float().cpu().clamp(-1, 1)
+    """``images`` as a float32 (N, C, H, W) CPU tensor of the model's shape, in [-1, 1]: given
+    as PIL images, a numpy array (N, H, W, C) in [0, 1] or a tensor in [-1, 1]
+    (``diffusion.sampling.images``); one image is a batch of one."""
+    return as_images(images, sample_shape, key)
 
 
 def check_mask(mask, images: torch.Tensor) -> torch.Tensor:
     """``mask`` (1 where a pixel is filled in, 0 where it is kept) as a float32 (N, 1 or C, H, W)
     tensor for ``images`` (N, C, H, W): given as (H, W), (1 or C, H, W) or (1 or N, 1 or C, H, W),
-    values in [0, 1]."""
+    values in [0, 1]; or as a PIL image (white: fill in), a list of them (one per image) or a
+    numpy array (H, W) or (N, H, W, 1), channels last."""
     n, c, h, w = images.shape
+    mask = as_mask(mask, (h, w), c)
     if not torch.is_tensor(mask):
-        raise ValueError(f"mask must be a tensor of 0s and 1s (1: fill in) of size {h}x{w}; "
-                         f"got {_describe(mask)}.")
+        raise ValueError(f"mask must be a tensor of 0s and 1s (1: fill in) of size {h}x{w}, "
+                         f"a PIL image or a numpy array; got {describe(mask)}.")
     m = mask.detach().float().cpu()
     while m.ndim < 4:
         m = m.unsqueeze(0)
@@ -64,12 +56,11 @@ def check_edit(pipe, images, steps: int, y, batch_size: int, sampler="ddim", eta
 
 
 def starting_noise(noise: torch.Tensor | None, shape: torch.Size,
-                   generator: torch.Generator | None) -> torch.Tensor:
+                   generator: Generators) -> torch.Tensor:
     """``noise`` checked against ``shape``, or drawn whole from ``generator`` (so that the
-    result does not depend on how the work is batched)."""
+    result does not depend on how the work is batched; a list: image i from generator i)."""
     if noise is None:
-        return torch.randn(shape, generator=generator,
-                           device=generator.device if generator is not None else "cpu")
+        return randn_tensor(shape, check_generator(generator, shape[0]))
     if tuple(noise.shape) != tuple(shape):
         raise ValueError(f"noise must have the images' shape {tuple(shape)}; "
                          f"got {tuple(noise.shape)}.")
@@ -81,9 +72,3 @@ def in_batches(n: int, batch_size: int,
     """``work`` on slices of ``batch_size`` of range(n), results concatenated (float32, CPU)."""
     return torch.cat([work(slice(s, min(s + batch_size, n))).float().cpu()
                       for s in range(0, n, batch_size)])
-
-
-def _describe(value) -> str:
-    if torch.is_tensor(value):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"

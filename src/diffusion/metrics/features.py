@@ -34,18 +34,21 @@ from tqdm.auto import tqdm
 from diffusion.data import build_dataset, to_model_range
 from diffusion.errors import FeatureNetworkError
 from diffusion.metrics.classifiers import ARCHITECTURES
+from diffusion.runtime.files import save_torch, writable_folder, write_atomic
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+CACHE_FIX = ("free space there, or set DIFFUSION_CACHE (or metrics.cache_dir) to a writable "
+             "folder with space")
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir``, else ``$DIFFUSION_CACHE/features``, else ``~/.cache/diffusion/features``."""
     if cache_dir:
-        return Path(cache_dir).expanduser().absolute()
+        return writable_folder(Path(cache_dir).expanduser().absolute(), CACHE_FIX)
     base = os.environ.get("DIFFUSION_CACHE") or "~/.cache/diffusion"
-    return (Path(base) / "features").expanduser().absolute()
+    return writable_folder((Path(base) / "features").expanduser().absolute(), CACHE_FIX)
 
 
 @dataclass(frozen=True)
@@ -229,12 +232,10 @@ def _train(spec: FeatureSpec, images: torch.Tensor, labels: torch.Tensor, progre
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if isinstance(obj, str):
-        tmp.write_text(obj)
+        write_atomic(path, obj, CACHE_FIX)
     else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+        save_torch(obj, path, CACHE_FIX)
 
 
 def capped_epochs(epochs: int, max_steps: int, n: int, batch_size: int) -> int:
@@ -293,7 +294,11 @@ def load_feature_network(dataset: str, root: str | os.PathLike | None = None,
             log.info("Feature network %s trained (%s): %s", spec.id, folder,
                      ", ".join(f"{k} {v:.4g}" for k, v in info.items() if k.startswith("test_")
                                and isinstance(v, float)))
-    info = json.loads(info_file.read_text())
+    try:
+        info = json.loads(info_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FeatureNetworkError(f"Feature network record {info_file} is damaged; delete "
+                                  f"{folder} to retrain it.") from None
     net = spec.build()
     try:
         net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

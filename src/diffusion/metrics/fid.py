@@ -26,8 +26,9 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from diffusion.data import build_dataset, dataset_info
-from diffusion.metrics.features import cache_root, to_uint8
+from diffusion.metrics.features import CACHE_FIX, cache_root, to_uint8
 from diffusion.runtime import distributed as dist
+from diffusion.runtime.files import load_cached, save_torch
 from diffusion.sampling.checks import balanced_labels
 from diffusion.sampling.guidance import Guidance
 from diffusion.sampling.sampler import SamplerSpec
@@ -165,17 +166,15 @@ class FidScorer:
     def real_features(self, split: str, n: int | None) -> torch.Tensor:
         """Features of ``n`` real images of ``split`` (a seeded subset; None: all), cached."""
         path = self._cache_file(split, n)
-        if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
+        cached = load_cached(path)
+        if cached is not None:
+            return cached
         images = self.data.images(split)
         if n is not None and n < len(images):
             pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed))
             images = images[pick[:n]]
         features = self.extract(images)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(features, tmp)
-        os.replace(tmp, path)
+        save_torch(features, path, CACHE_FIX)
         return features
 
     # ------------------------------------------------------------------- scores

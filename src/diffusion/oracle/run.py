@@ -84,6 +84,20 @@ class OracleConfig:
         for key, minimum in (("n", 2), ("projections", 1), ("floor_repeats", 1)):
             check_int(key, getattr(self, key), minimum)
         check_number("eta", self.eta, 0, 1)
+        for key, values in (("samplers", self.samplers), ("nfe", self.nfe),
+                            ("datasets", self.datasets), ("schedules", self.schedules),
+                            ("spacings", self.spacings),
+                            ("prediction-types", self.prediction_types)):
+            if not values:
+                raise ValueError(f"--{key} names nothing: give at least one value.")
+            repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+            if repeated:
+                raise ValueError(f"--{key} lists {', '.join(repeated)} more than once: each "
+                                 "value once (a repeat would only run again).")
+        takes_eta = [s for s in self.samplers if "eta" in NoiseScheduler.SAMPLERS[s].config_keys()]
+        if self.eta and not takes_eta:
+            raise ValueError(f"--eta {self.eta:g} changes nothing: none of "
+                             f"{', '.join(self.samplers)} takes eta (ddim does).")
 
 
 def steps_for_nfe(nfe: int, order: int) -> int:

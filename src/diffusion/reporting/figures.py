@@ -1,6 +1,7 @@
 """Pictures of the diffusion process: sample grids, denoising chains (grid and
-animated GIF), forward-process strips (of given images, or of a dataset's with
-``forward_figure``) and curves. Images are in [-1, 1]."""
+animated GIF, the GIF from ``pictures``), forward-process strips (of given images, or of a
+dataset's with ``forward_figure``) and curves: loss, FID against network evaluations (NFE)
+and against the guidance scale. Images are in [-1, 1]."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from PIL import Image
 from torchvision.utils import make_grid, save_image
 
 from diffusion.data import build_dataset, dataset_info, dataset_options, to_model_range
-from diffusion.schedulers import DDPMScheduler
+from diffusion.reporting.pictures import save_chain_gif  # noqa: F401 (part of this API)
+from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -28,11 +30,6 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
     save_image(to_unit(images), path, nrow=nrow, padding=2)
     return path
-
-
-def _to_pil(grid: torch.Tensor) -> Image.Image:
-    array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array)
 
 
 def save_chain_grid(chain: torch.Tensor, path: str | Path,
@@ -55,18 +52,6 @@ def save_chain_grid(chain: torch.Tensor, path: str | Path,
     ax.set_yticks([])
     ax.set_title("Reverse process: x_T (left) to x_0 (right)", fontsize=9)
     return _save_figure(fig, path)
-
-
-def save_chain_gif(chain: torch.Tensor, path: str | Path, duration_ms: int = 120,
-                   hold_last_ms: int = 1500) -> Path:
-    """An animated GIF of the reverse process; each frame shows all samples side by side."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = [_to_pil(make_grid(to_unit(chain[:, f]), nrow=chain.shape[0], padding=2))
-              for f in range(chain.shape[1])]
-    durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,28 +149,134 @@ def plot_loss_curves(runs: dict[str, list[dict]], path: str | Path,
     return _finish_log_plot(fig, ax, path, "step", "loss")
 
 
-def plot_fid_vs_steps(runs: dict[str, list[dict]], path: str | Path) -> Path:
-    """FID against sampling steps: one line per (run, sampler, n) from ``eval.json`` entries
-    ({label: entries}), and the data floor at each n as a grey dotted line."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    floors: dict[int, float] = {}
-    for i, (label, entries) in enumerate(runs.items()):
-        groups: dict[tuple[str, str, int], dict[int, float]] = {}
-        for e in entries:
-            key = (e["sampler"], e.get("timestep_spacing") or "", e["n"])
-            groups.setdefault(key, {})[e["steps"]] = e["fid"]
-            floors[e["n"]] = e["floor"]
-        for j, ((sampler, spacing, n), points) in enumerate(sorted(groups.items())):
-            spacings = {k[1] for k in groups if k[0] == sampler}
-            name = f"{sampler} {spacing}" if len(spacings) > 1 and spacing else sampler
-            steps, fids = zip(*sorted(points.items()), strict=True)
-            ax.plot(steps, fids, marker="o", color=f"C{i}",
-                    linestyle=["-", "--", ":", "-."][j % 4], label=f"{label} {name} (n={n})")
-    ax.set_xscale("log")
+def network_evaluations(sampler: str, steps: int) -> int:
+    """The network evaluations (NFE) of ``steps`` steps of ``sampler``: one a step, and
+    ``order`` a step for a higher-order sampler but one its last, a plain Euler step
+    (Heun: 2 * steps - 1)."""
+    order = getattr(NoiseScheduler.SAMPLERS.get(sampler), "order", 1)
+    return order * (steps - 1) + 1
+
+
+def guidance_sweeps(entries: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``eval.json`` entries split in two: (those of no guidance sweep, those of one). A
+    guidance sweep is two or more classifier-free guidance scales with the same sampler,
+    spacing, steps, n and classifier scale, drawn against the scale rather than the NFE."""
+    def setting(e: dict) -> tuple:
+        return (e["sampler"], e.get("timestep_spacing") or "", e["steps"], e["n"],
+                e.get("classifier_scale"))
+
+    scales: dict[tuple, set] = {}
+    for e in entries:
+        if e.get("guidance_scale") is not None:
+            scales.setdefault(setting(e), set()).add(e["guidance_scale"])
+    swept = [len(scales.get(setting(e), ())) > 1 and e.get("guidance_scale") is not None
+             for e in entries]
+    return ([e for e, s in zip(entries, swept, strict=True) if not s],
+            [e for e, s in zip(entries, swept, strict=True) if s])
+
+
+def _curve(entry: dict, x: str) -> tuple[tuple, float]:
+    """(the line an entry belongs to: what it was sampled with but ``x``; its x value)."""
+    guidance, classifier = entry.get("guidance_scale"), entry.get("classifier_scale")
+    spacing = entry.get("timestep_spacing") or ""
+    if x == "guidance_scale":
+        return (entry["sampler"], spacing, entry["n"], entry["steps"], None, classifier), \
+            guidance
+    return (entry["sampler"], spacing, entry["n"], None, guidance, classifier), \
+        network_evaluations(entry["sampler"], entry["steps"])
+
+
+def _curve_name(run: str, key: tuple, spacings: dict[str, set]) -> str:
+    sampler, spacing, n, steps, guidance, classifier = key
+    name = f"{run} {sampler} {spacing}" if len(spacings[sampler]) > 1 and spacing \
+        else f"{run} {sampler}"
+    name += f"-{steps}" if steps is not None else ""
+    name += f" cfg {guidance:g}" if guidance is not None else ""
+    name += f" classifier {classifier:g}" if classifier is not None else ""
+    return f"{name} (n={n})"
+
+
+def eval_curves(runs: dict[str, list[dict]], x: str = "nfe",
+                y: str = "fid") -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """The lines of a plot of ``eval.json`` entries ({run label: entries}): {run label:
+    {line label: [(x, y), ...] by x}}. ``x="nfe"``: against network evaluations
+    (``network_evaluations``), one line per sampler, spacing, n and guidance; ``x=
+    "guidance_scale"``: against the guidance scale, one line per sampler, spacing, n and
+    steps (unguided entries left out). Of entries at one point, the newest; entries without
+    a number for ``y`` are left out."""
+    curves = {}
+    for run, entries in runs.items():
+        lines: dict[tuple, dict[float, float]] = {}
+        for e in sorted(entries, key=lambda e: e.get("time", "")):
+            key, at = _curve(e, x)
+            if at is not None and isinstance(e.get(y), int | float):
+                lines.setdefault(key, {})[at] = e[y]
+        spacings: dict[str, set] = {}
+        for key in lines:
+            spacings.setdefault(key[0], set()).add(key[1])
+        curves[run] = {_curve_name(run, key, spacings): sorted(points.items())
+                       for key, points in sorted(lines.items(), key=lambda kv: repr(kv[0]))}
+    return curves
+
+
+def _draw_curves(ax, curves: dict[str, dict[str, list[tuple[float, float]]]]) -> set[float]:
+    """One colour per run, one line style per line of a run; returns the x values drawn."""
+    xs = set()
+    for i, lines in enumerate(curves.values()):
+        for j, (name, points) in enumerate(lines.items()):
+            ax.plot(*zip(*points, strict=True), marker="o", color=f"C{i}",
+                    linestyle=["-", "--", ":", "-."][j % 4], label=name)
+            xs |= {p[0] for p in points}
+    return xs
+
+
+def _floors(ax, runs: dict[str, list[dict]]) -> None:
+    floors = {e["n"]: e["floor"] for entries in runs.values() for e in entries
+              if isinstance(e.get("floor"), int | float)}
     for n, floor in sorted(floors.items()):
         _floor_line(ax, floor, f"data floor, n={n}: {floor:.2f}")
-    return _finish_log_plot(fig, ax, path, "sampling steps", "FID")
+
+
+def _mark_x(ax, xs: set[float]) -> None:
+    """Ticks at the values drawn, written plainly (not 2 x 10^0), when there are few."""
+    if 0 < len(xs) <= 12:
+        ax.set_xticks(sorted(xs), [f"{v:g}" for v in sorted(xs)])
+        ax.set_xticks([], minor=True)
+
+
+def plot_fid_vs_steps(runs: dict[str, list[dict]], path: str | Path) -> Path:
+    """FID against network evaluations (NFE: the steps of a one-evaluation sampler, 2 *
+    steps - 1 of Heun's), one line per (run, sampler, n, guidance) from ``eval.json``
+    entries ({label: entries}), and the data floor at each n as a grey dotted line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.set_xscale("log")
+    _mark_x(ax, _draw_curves(ax, eval_curves(runs, "nfe")))
+    _floors(ax, runs)
+    return _finish_log_plot(fig, ax, path, "network evaluations (NFE)", "FID")
+
+
+def plot_fid_vs_guidance(runs: dict[str, list[dict]], path: str | Path) -> Path:
+    """FID against the classifier-free guidance scale, one line per (run, sampler, steps, n)
+    from ``eval.json`` entries ({label: entries}), with the data floor; beside it the class
+    accuracy of the samples where it was measured (guidance trades one for the other)."""
+    plt = _pyplot()
+    accuracy = eval_curves(runs, "guidance_scale", "class_accuracy")
+    panels = 2 if any(accuracy.values()) else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels + 1.5, 4), squeeze=False,
+                             layout="constrained")
+    ax = axes[0, 0]
+    _mark_x(ax, _draw_curves(ax, eval_curves(runs, "guidance_scale")))
+    _floors(ax, runs)
+    ax.set_title("FID (lower is better)", fontsize=9)
+    if panels == 2:
+        right = axes[0, 1]
+        _mark_x(right, _draw_curves(right, accuracy))
+        right.set(xlabel="guidance scale w", ylabel="class accuracy of the samples",
+                  ylim=(0, 1.02))
+        right.set_title("Samples of the requested class (higher is better)", fontsize=9)
+        right.grid(alpha=0.3)
+    return _finish_log_plot(fig, ax, path, "guidance scale w", "FID")
 
 
 def plot_fid_during_training(runs: dict[str, list[dict]], path: str | Path) -> Path:

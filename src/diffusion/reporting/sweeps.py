@@ -2,145 +2,42 @@
 
 Reads the run folders of a sweep (``<multirun>/<job>/``: ``.hydra/overrides.yaml``,
 ``config.yaml``, ``env.json``, ``metrics.jsonl``, ``summary.json``, ``status.json``,
-``eval.json``, ``samples/``) and writes ``<out>/README.md`` (the command, the git commit and
-a table with one row per job: overrides, final train and validation loss, FID per sampler,
-spacing and step count with the data floor, wall time, images/s; and, when the jobs trained
-with ``trainer.eval_every``, their FID by training step) and PNG plots: loss curves overlaid,
-FID against sampling steps, FID during training, the jobs' last sample grids side by side, and
+``eval.json``, ``samples/``) and writes ``<out>/README.md`` (the commands, the git commit, the
+sample-quality table first: one row per job, its FID per sampler, spacing and step count with
+the data floor, or the ``diffusion.evaluate sweep=`` command that measures them; then the
+training table: status, final train and validation loss, marked where the jobs' objectives or
+schedules make losses incomparable, wall time, images/s; and, when the jobs trained with
+``trainer.eval_every``, their FID by training step) and PNG plots: loss curves overlaid,
+FID against network evaluations (NFE) or, for a guidance sweep, against the guidance scale, FID
+during training, the jobs' last sample grids side by side, and
 the forward process when the jobs differ in beta schedule. Nothing else is read, so a report
 can be regenerated. The commands name folders as anyone can paste them: relative to the
 current folder, ``$DIFFUSION_DATA``/``$DIFFUSION_RUNS``, else a placeholder
 (``diffusion.runs.records``).
 
 The folders may be multirun folders or single runs, so that jobs of different sweeps can be
-compared. A ``notes.md`` in ``out`` is kept at the top of the README. The YAML files are read
-as plain data (PyYAML, ``diffusion.runs.load``), so a notebook writes a report without Hydra.
+compared. A ``notes.md`` in ``out`` leads the README when its first line is the
+``<!-- results <hash> -->`` line of the current numbers; otherwise it may describe earlier
+results and follows them, marked, so regenerated numbers never sit under stale prose. The
+YAML files are read as plain data (PyYAML, ``diffusion.runs.load``), so a notebook writes a
+report without Hydra.
 """
 
 from __future__ import annotations
 
+__all__ = ["Job", "find_jobs", "legend_labels", "run_label", "write_report"]
+
+import hashlib
 import json
 import os
-import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from diffusion.metrics.fid import format_score
 from diffusion.reporting import figures as viz
-from diffusion.runs.load import read_config
-from diffusion.runs.records import portable_arg, portable_path, read_eval, shell_word
-from diffusion.training.loggers import read_metrics
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _overrides(run: Path) -> list[str] | None:
-    """The command-line overrides Hydra saved in a run folder (``.hydra/overrides.yaml``, a
-    list of strings); None when the folder has none."""
-    path = run / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return None
-    return [str(o) for o in yaml.safe_load(path.read_text()) or []]
-
-
-@dataclass
-class Job:
-    """What one run folder says about itself."""
-
-    path: Path
-    name: str
-    overrides: list[str]
-    status: str
-    error: str | None
-    config: dict | None
-    env: dict
-    summary: dict
-    records: list[dict]
-    evals: dict[str, dict]
-    label: str = ""
-    varying: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: Path, name: str) -> Job:
-        status = _json(path / "status.json")
-        return cls(path=path, name=name, overrides=_overrides(path) or [],
-                   status=status.get("status", "unknown"), error=status.get("error"),
-                   config=read_config(path) if (path / "config.yaml").is_file() else None,
-                   env=_json(path / "env.json"), summary=_json(path / "summary.json"),
-                   records=read_metrics(path / "metrics.jsonl"), evals=read_eval(path))
-
-    def last(self, key: str) -> float | None:
-        values = [r[key] for r in self.records if isinstance(r.get(key), int | float)]
-        return values[-1] if values else None
-
-    @property
-    def images_per_sec(self) -> float | None:
-        values = [r["train/images_per_sec"] for r in self.records
-                  if isinstance(r.get("train/images_per_sec"), int | float)]
-        return statistics.median(values) if values else None
-
-    @property
-    def wall_time(self) -> float | None:
-        if "wall_time_sec" in self.summary:
-            return self.summary["wall_time_sec"]
-        times = [r["time"] for r in self.records if "time" in r and "train/loss" in r]
-        return times[-1] - times[0] if len(times) > 1 else None
-
-    @property
-    def periodic_fids(self) -> list[dict]:
-        """The trainer's periodic FIDs (``trainer.eval_every``): ``eval/fid`` records that
-        ``diffusion.evaluate`` did not write (its records name their sampler)."""
-        return [r for r in self.records
-                if isinstance(r.get("eval/fid"), int | float) and "eval/sampler" not in r]
-
-    def latest_samples(self) -> Path | None:
-        grids = sorted((self.path / "samples").glob("step_*.png"))
-        return grids[-1] if grids else None
-
-
-def _is_run(path: Path) -> bool:
-    return (path / ".hydra").is_dir() or (path / "config.yaml").is_file()
-
-
-def find_jobs(sweeps: list[Path]) -> list[Job]:
-    """Every run folder under the given multirun folders (or the folders themselves)."""
-    jobs = []
-    for sweep in sweeps:
-        if not sweep.is_dir():
-            raise ValueError(f"sweep={sweep} is not a folder: pass the multirun folder "
-                             "(runs/multirun/<date>_<time>) or run folders.")
-        if _is_run(sweep):
-            jobs.append(Job.load(sweep, f"{sweep.parent.name}/{sweep.name}"))
-            continue
-        found = sorted((p for p in sweep.iterdir() if p.is_dir() and _is_run(p)),
-                       key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit()
-                                      else 0, p.name))
-        prefix = f"{sweep.name}/" if len(sweeps) > 1 else ""
-        jobs += [Job.load(p, f"{prefix}{p.name}") for p in found]
-    if not jobs:
-        raise ValueError(f"No run folders under {', '.join(map(str, sweeps))}: pass the "
-                         "multirun folder that diffusion.train -m printed.")
-    _label(jobs)
-    return jobs
-
-
-def _short(override: str) -> str:
-    key, _, value = override.partition("=")
-    return f"{key.rsplit('.', 1)[-1]}={value}"
-
-
-def _label(jobs: list[Job]) -> None:
-    """Each job's ``varying`` overrides (not shared by all jobs) and a short label: the
-    varying group choices (``model=unet``) if any, else all varying overrides."""
-    common = set.intersection(*(set(j.overrides) for j in jobs)) if jobs else set()
-    for job in jobs:
-        job.varying = [o for o in job.overrides if o not in common]
-        groups = [o for o in job.varying if "." not in o.partition("=")[0]]
-        job.label = ", ".join(_short(o) for o in (groups or job.varying)) or job.name
+from diffusion.reporting.jobs import Job, find_jobs, job_overrides, legend_labels, run_label
+from diffusion.runs.records import portable_arg, portable_path, shell_word
 
 
 def sweep_command(sweep: Path) -> str | None:
@@ -150,7 +47,7 @@ def sweep_command(sweep: Path) -> str | None:
     if multirun.is_file():
         prefix = "-m "
         overrides = yaml.safe_load(multirun.read_text())["hydra"]["overrides"]["task"]
-    elif (overrides := _overrides(sweep)) is not None:
+    elif (overrides := job_overrides(sweep)) is not None:
         prefix = ""
     else:
         return None
@@ -223,29 +120,67 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def results_table(jobs: list[Job]) -> str:
-    """The markdown table: one row per job, then the data floor of each FID column."""
+def _table(rows: list[list]) -> str:
+    return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
+
+
+def quality_table(jobs: list[Job]) -> str | None:
+    """Sample quality, the table that answers which job is better: one row per job with
+    its FID in each evaluated (sampler, spacing, n, steps) column, then the data floor of
+    each column; None when no job was evaluated."""
     columns = _eval_columns(jobs)
-    head = ["job", "overrides", "status", "train loss", "val loss",
-            *[f"FID {_column_name(c, columns)}" for c in columns], "wall time", "images/s"]
+    if not columns:
+        return None
+    head = ["job", "overrides", *[f"FID {_column_name(c, columns)}" for c in columns]]
     rows = [head, ["---"] * len(head)]
     for job in jobs:
         fids = [_find_entry(job, c) for c in columns]
-        wall = job.wall_time
+        rows.append([job.name, " ".join(f"`{o}`" for o in job.varying) or "–",
+                     *[format_score(e["fid"]) if e else "–" for e in fids]])
+    floors = []
+    for column in columns:
+        entry = next((e for j in jobs if (e := _find_entry(j, column))), None)
+        floors.append(format_score(entry["floor"]) if entry else "–")
+    rows.append(["data floor", "real train images", *floors])
+    return _table(rows)
+
+
+LOSS_SETTINGS = {"objective": ("objective",), "beta schedule": ("scheduler", "beta_schedule"),
+                 "prediction type": ("scheduler", "prediction_type")}
+"""What weights the training loss differently, so losses compare only where it is equal."""
+
+
+def loss_confounds(jobs: list[Job]) -> list[str]:
+    """The settings among ``LOSS_SETTINGS`` in which the jobs differ."""
+    def value(job: Job, path: tuple[str, ...]):
+        node = job.config or {}
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return json.dumps(node, sort_keys=True, default=str)
+
+    return [name for name, path in LOSS_SETTINGS.items()
+            if len({value(j, path) for j in jobs if j.config is not None}) > 1]
+
+
+def training_table(jobs: list[Job]) -> str:
+    """How each job trained: status, final losses (marked when the jobs' losses do not
+    compare), wall time and throughput."""
+    mark = "*" if loss_confounds(jobs) else ""
+    head = ["job", "overrides", "status", f"train loss{mark}", f"val loss{mark}", "wall time",
+            "images/s"]
+    rows = [head, ["---"] * len(head)]
+    for job in jobs:
         rows.append([
             job.name, " ".join(f"`{o}`" for o in job.varying) or "–",
             job.status if job.status != "failed" else f"failed: {job.error}".replace("|", "/"),
-            _fmt(job.last("train/loss")), _fmt(job.last("val/loss")),
-            *[format_score(e["fid"]) if e else "–" for e in fids],
-            _duration(wall),
+            _fmt(job.last("train/loss")), _fmt(job.last("val/loss")), _duration(job.wall_time),
             "–" if job.images_per_sec is None else f"{job.images_per_sec:.0f}"])
-    if columns:
-        floors = []
-        for column in columns:
-            entry = next((e for j in jobs if (e := _find_entry(j, column))), None)
-            floors.append(format_score(entry["floor"]) if entry else "–")
-        rows.append(["data floor", "real train images", "", "", "", *floors, "", ""])
-    return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
+    return _table(rows)
+
+
+def results_table(jobs: list[Job]) -> str:
+    """Both tables: sample quality (when evaluated), then training."""
+    return "\n\n".join(t for t in (quality_table(jobs), training_table(jobs)) if t)
 
 
 def _protocol(jobs: list[Job]) -> str | None:
@@ -299,10 +234,7 @@ def _plots(jobs: list[Job], out: Path) -> dict[str, str]:
         viz.plot_loss_curves({j.label: j.records for j in jobs if j.records},
                              out / "loss_curves.png")
         plots["Loss curves"] = "loss_curves.png"
-    if any(j.evals for j in jobs):
-        viz.plot_fid_vs_steps({j.label: list(j.evals.values()) for j in jobs if j.evals},
-                              out / "fid_vs_steps.png")
-        plots["FID against sampling steps"] = "fid_vs_steps.png"
+    plots |= _fid_plots(jobs, out)
     if any(j.periodic_fids for j in jobs):
         viz.plot_fid_during_training({j.label: j.periodic_fids for j in jobs if j.periodic_fids},
                                      out / "fid_during_training.png")
@@ -321,6 +253,21 @@ def _plots(jobs: list[Job], out: Path) -> dict[str, str]:
     return plots
 
 
+def _fid_plots(jobs: list[Job], out: Path) -> dict[str, str]:
+    """FID against network evaluations (the steps; Heun's 2 * steps - 1), and where jobs
+    were scored at several guidance scales with the same sampler and steps, FID against the
+    guidance scale (``fid_vs_guidance.png``) instead of one dot per scale."""
+    split = {j.label: viz.guidance_sweeps(list(j.evals.values())) for j in jobs if j.evals}
+    plots = {}
+    if by_nfe := {label: plain for label, (plain, _) in split.items() if plain}:
+        viz.plot_fid_vs_steps(by_nfe, out / "fid_vs_steps.png")
+        plots["FID against network evaluations (NFE)"] = "fid_vs_steps.png"
+    if by_scale := {label: swept for label, (_, swept) in split.items() if swept}:
+        viz.plot_fid_vs_guidance(by_scale, out / "fid_vs_guidance.png")
+        plots["FID against the guidance scale"] = "fid_vs_guidance.png"
+    return plots
+
+
 def write_report(sweeps: list[Path], out: Path, title: str | None = None) -> Path:
     """Write ``out/README.md`` and the plots for the jobs under ``sweeps``."""
     jobs = find_jobs(sweeps)
@@ -330,10 +277,12 @@ def write_report(sweeps: list[Path], out: Path, title: str | None = None) -> Pat
     git = env.get("git") or {}
     commit = (git.get("commit") or "unknown")[:12] + (" (with uncommitted changes)"
                                                        if git.get("dirty") else "")
+    periodic = periodic_table(jobs)
+    digest = hashlib.sha1((results_table(jobs) + (periodic or "")).encode()).hexdigest()[:12]
+    current, stale = _notes(out / "notes.md", digest)
     lines = [f"# {title or out.name}", ""]
-    notes = out / "notes.md"
-    if notes.is_file():
-        lines += [notes.read_text().strip(), ""]
+    if current:
+        lines += [current, ""]
     lines += ["## Commands", "", "```bash"]
     lines += [c for s in sweeps if (c := sweep_command(s))]
     lines += sorted({eval_command(e["command"], _shown_job(j, sweeps))
@@ -347,22 +296,61 @@ def write_report(sweeps: list[Path], out: Path, title: str | None = None) -> Pat
               f"Git commit {commit}; device {env.get('device_name') or env.get('device')}; "
               f"started {env.get('started', 'unknown')}; torch {env.get('torch', '?')}.", "",
               "## Results", ""]
-    if (protocol := _protocol(jobs)) is not None:
-        lines += [protocol, ""]
-    lines += [results_table(jobs), ""]
-    lines += ["Final losses are the last logged values; images/s is the median training "
-              "throughput; wall time covers the whole job (training, sampling grids, "
-              "validation).", ""]
-    if (periodic := periodic_table(jobs)) is not None:
+    lines += _results_sections(jobs, sweep_arg)
+    if periodic is not None:
         lines += ["### FID by training step", "",
                   "The trainer's own FIDs (`trainer.eval_every`) from the EMA weights at each "
                   "step, with the same starting noise every time, scored like the table above.",
                   "", periodic, ""]
     for caption, file in plots.items():
         lines += [f"### {caption}", "", f"![{caption}]({file})", ""]
+    if stale:
+        lines += ["## Notes written for other results", "",
+                  "These notes carry no `<!-- results ... -->` line of the numbers above, so "
+                  "they may describe earlier results: read them against the tables. Once they "
+                  f"are checked, make `<!-- results {digest} -->` the first line of notes.md "
+                  "and they lead the report again.", "", stale, ""]
+    lines += [f"<!-- results {digest} -->"]
     readme = out / "README.md"
     readme.write_text("\n".join(lines).rstrip() + "\n")
     return readme
+
+
+def _notes(path: Path, digest: str) -> tuple[str | None, str | None]:
+    """``notes.md`` as (current, stale): current when its first line is
+    ``<!-- results <digest> -->`` of these very results (then shown first, without that
+    line), stale otherwise (shown after the results, marked)."""
+    if not path.is_file():
+        return None, None
+    text = path.read_text().strip()
+    first, _, rest = text.partition("\n")
+    if first.strip() == f"<!-- results {digest} -->":
+        return rest.strip() or None, None
+    return None, text
+
+
+def _results_sections(jobs: list[Job], sweep_arg: str) -> list[str]:
+    """Sample quality first (or the command that measures it), then training, with what the
+    loss columns can and cannot be compared across."""
+    lines = ["### Sample quality", ""]
+    quality = quality_table(jobs)
+    if quality is None:
+        lines += ["No job is evaluated yet, and losses do not rank samples: score every job "
+                  "under one protocol, then report again:", "", "```bash",
+                  f"python -m diffusion.evaluate sweep={sweep_arg} n=1000 sampler.steps=20",
+                  "```", ""]
+    else:
+        lines += [_protocol(jobs) or "", "", quality, ""]
+    lines += ["### Training", "", training_table(jobs), ""]
+    confounds = loss_confounds(jobs)
+    if confounds:
+        lines += [f"\\* These jobs differ in {' and '.join(confounds)}, which weight the loss "
+                  "differently: their losses do not compare with each other (only within one "
+                  "objective and schedule); the sample-quality table ranks them.", ""]
+    lines += ["Losses compare only between jobs of one objective and beta schedule. Final losses "
+              "are the last logged values; images/s is the median training throughput; wall "
+              "time covers the whole job (training, sampling grids, validation).", ""]
+    return lines
 
 
 def _shown_job(job: Job, sweeps: list[Path]) -> str:

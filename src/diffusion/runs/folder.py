@@ -100,12 +100,13 @@ def create_run_dir(path: str | Path) -> Path:
 
 
 def write_env(run_dir: str | Path, seed: int | None, device: torch.device | None,
-              resumed: bool = False) -> Path:
-    """``env.json``: how the run was produced; a resume writes ``env-resume-<time>.json``
-    beside it, so the first launch's record stays."""
+              resumed: bool = False, extra: dict | None = None) -> Path:
+    """``env.json``: how the run was produced (with ``extra``, e.g. a sweep job's own
+    ``job_command``); a resume writes ``env-resume-<time>.json`` beside it, so the first
+    launch's record stays."""
     name = f"env-resume-{time.strftime('%Y%m%d-%H%M%S')}.json" if resumed else "env.json"
     path = Path(run_dir) / name
-    path.write_text(json.dumps(environment(seed, device), indent=2) + "\n")
+    path.write_text(json.dumps({**environment(seed, device), **(extra or {})}, indent=2) + "\n")
     return path
 
 

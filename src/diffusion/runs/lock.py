@@ -62,7 +62,7 @@ class WriterLock:
         except BlockingIOError:
             os.close(fd)
             raise RunError(f"{self.run_dir} is being written by {_holder(path)} (a "
-                           "diffusion.train still running): wait for it to end or stop it, "
+                           "training still running): wait for it to end or stop it, "
                            "then try again.") from None
         _held[self.run_dir] = [fd, 1]
         return self

@@ -16,6 +16,7 @@ import shlex
 from pathlib import Path
 
 from diffusion.errors import RunError
+from diffusion.runtime.files import write_atomic
 from diffusion.sampling.checks import is_stochastic
 
 ENV_ROOTS = ("DIFFUSION_DATA", "DIFFUSION_RUNS")
@@ -108,6 +109,20 @@ def entry_key(entry: dict) -> str:
                     and (k not in GUIDANCE or entry.get(k) is not None))
 
 
+def read_json(path: str | Path) -> dict:
+    """The JSON object in ``path`` (a run's status, data or summary record); a damaged one
+    is one sentence naming it."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        raise RunError(f"{path} is damaged (not the JSON record it should be): restore it "
+                       "from a copy, or move it aside.")
+    return record
+
+
 def read_eval(run: str | Path) -> dict[str, dict]:
     """The entries of ``<run>/eval.json`` ({} when the run was never evaluated); entries
     written before keys held the whole protocol keep their ``<sampler>-<steps>-n<n>`` key."""
@@ -129,10 +144,8 @@ def write_eval(run: str | Path, entries: dict[str, dict]) -> Path:
     """Merge ``entries`` into ``<run>/eval.json`` (same key: the newer result wins)."""
     path = Path(run) / "eval.json"
     merged = {**read_eval(run), **entries}
-    tmp = path.with_name(f".eval.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"entries": dict(sorted(merged.items()))}, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, json.dumps({"entries": dict(sorted(merged.items()))}, indent=2)
+                        + "\n", "free space on the run folder's disk, then run again")
 
 
 def plot_entries(entries: list[dict], current: dict) -> list[dict]:

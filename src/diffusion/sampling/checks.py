@@ -16,7 +16,7 @@ import torch
 from diffusion.checks import check_choice, check_int, check_number, is_int
 from diffusion.errors import ConfigError
 from diffusion.schedulers import NoiseScheduler
-from diffusion.schedulers.base import TIMESTEP_SPACINGS
+from diffusion.schedulers.base import TIMESTEP_SPACINGS, Generators
 
 SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` spells it
 SAMPLER_PRESETS = NoiseScheduler.SAMPLER_PRESETS  # name -> the options the name sets
@@ -125,3 +125,32 @@ def labels_option(labels: Any, n: int, num_classes: int | None) -> torch.Tensor 
         return check_labels(values, n, None, key="labels")
     return check_labels(torch.tensor(values).repeat(-(-n // len(values)))[:n], n, num_classes,
                         key="labels")
+
+
+def labels_tag(labels: Any) -> str:
+    """The ``labels`` option in a file name: ``""`` for null, ``_labelsall``, ``_labels3``,
+    ``_labels0-1-2`` (the first eight, then ``-etc``)."""
+    if labels is None:
+        return ""
+    if labels == "all":
+        return "_labelsall"
+    values = [labels] if is_int(labels) else list(labels)
+    return "_labels" + "-".join(map(str, values[:8])) + ("-etc" if len(values) > 8 else "")
+
+
+def check_generator(generator: Generators, n: int, key: str = "generator") -> Generators:
+    """A ``torch.Generator``, None, or a list of ``n`` of them (one per image, as diffusers)."""
+    if isinstance(generator, list | tuple):
+        if len(generator) != n or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ConfigError(f"{key} must be one torch.Generator or a list of {n} (one per "
+                              f"image); got a list of {len(generator)}.")
+        return list(generator)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ConfigError(f"{key} must be a torch.Generator, a list of them or None; got "
+                          f"a {type(generator).__name__}.")
+    return generator
+
+
+def generator_part(generator: Generators, part: slice) -> Generators:
+    """The generators of the images in ``part``: a list's slice, else the one generator."""
+    return generator[part] if isinstance(generator, list | tuple) else generator

@@ -1,59 +1,62 @@
 """Model + scheduler -> images. Used by the trainer, ``diffusion.sample``,
-``diffusion.evaluate`` and notebooks alike, so every path samples the same way.
+``diffusion.evaluate``, ``diffusion.edit`` and notebooks alike, so every path samples the same
+way. It takes diffusers' argument names (``num_inference_steps``, ``generator``,
+``output_type``, ``return_dict``) beside its own, and every method returns a
+``PipelineOutput``:
 
->>> pipe = DiffusionPipeline.from_run("runs/mnist/2026-01-01_12-00-00")
->>> images = pipe(16, steps=50)          # (16, C, H, W) in [-1, 1]
+>>> import torch
+>>> from diffusion.pipeline import DiffusionPipeline
+>>> pipe = DiffusionPipeline.from_run("runs/mnist/<date>_<time>")  # the run's grid sampler
+>>> pipe                                         # model, sampler and steps, shape, device
+>>> out = pipe(16, generator=torch.Generator().manual_seed(0))
+>>> out.images.shape                             # (16, C, H, W) tensors in [-1, 1]
+>>> out.save("samples.png")                      # one grid, whatever the output_type
+>>> digits = pipe(4, num_inference_steps=20, output_type="pil").images  # 4 PIL images
+>>> edited = pipe.img2img(digits, strength=0.5, output_type="pil").images
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion import editing
 from diffusion.checks import check_int
 from diffusion.errors import ConfigError
 from diffusion.runs.load import load_run
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import autocast, resolve_device, resolve_precision
-from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS, check_labels, check_sampling
+from diffusion.sampling.arguments import (
+    DEFAULT,
+    SamplerArg,
+    finish,
+    resolve_steps,
+    seeded,
+)
+from diffusion.sampling.checks import (
+    check_labels,
+    check_sampler,
+    check_sampling,
+    generator_part,
+)
+from diffusion.sampling.edits import EditingMethods
 from diffusion.sampling.guidance import Guidance
+from diffusion.sampling.images import PipelineOutput, check_output_type, save_images, to_output
+from diffusion.sampling.sampler import SamplerSpec, make_sampler
 from diffusion.schedulers import NoiseScheduler
+from diffusion.schedulers.base import Generators, randn_tensor
+
+__all__ = ["COMPILE_MODES", "DiffusionPipeline", "PipelineOutput", "chunk_seed", "compile_mode",
+           "make_sampler", "save_images"]
 
 NoiseFn = Callable[[int, int], torch.Tensor]  # (start, size) -> x_T of that chunk
 FROM_MODEL = object()  # num_classes default: the model's own attribute
-
-
-def make_sampler(train_scheduler: NoiseScheduler, sampler: str | NoiseScheduler,
-                 eta: float = 0.0, timestep_spacing: str | None = None,
-                 **options) -> NoiseScheduler:
-    """The scheduler that walks the reverse process: ``sampler`` itself when it is a scheduler
-    object, else the class named ``sampler`` over the training noise schedule (its betas,
-    prediction type and clipping; only the reverse-step algorithm changes), with the options
-    the name presets (``dpmpp_3m``: ``solver_order=3``) updated by ``options``
-    (``use_karras_sigmas=True``, say), ``eta`` where that sampler takes one, and
-    ``timestep_spacing`` (None: the training scheduler's)."""
-    if isinstance(sampler, NoiseScheduler):
-        return sampler  # with its own timestep_spacing
-    cls, options = SAMPLERS[sampler], {**SAMPLER_PRESETS[sampler], **options}
-    if "eta" in cls.config_keys():
-        options["eta"] = eta
-    if timestep_spacing is not None:
-        options["timestep_spacing"] = timestep_spacing
-    return cls.over(train_scheduler, **options)
-
-
-@dataclass
-class PipelineOutput:
-    images: torch.Tensor                   # (n, C, H, W) in [-1, 1], float32 on the CPU
-    chain: torch.Tensor | None = None      # (n, frames, C, H, W): x_t along the reverse process
-    chain_timesteps: list[int] | None = None
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -70,8 +73,15 @@ def compile_mode(compile: bool | str) -> str | None:
     return None if compile == "default" else compile
 
 
-class DiffusionPipeline:
-    """Samples images from a denoising ``model`` with any sampler of ``NoiseScheduler.SAMPLERS``.
+class DiffusionPipeline(EditingMethods):
+    """Samples and edits images with a denoising ``model`` over the training ``scheduler``'s
+    noise process, with any sampler of ``NoiseScheduler.SAMPLERS``.
+
+    ``sampler`` (a ``SamplerSpec``: name, steps, timestep spacing, options) is what a draw
+    runs when none is named: ``from_run`` takes the run's (the sampler of its training
+    grids, ``sampler:`` in its ``config.yaml``); built directly, it is DDIM with 50 steps (T
+    where the model has fewer), trailing spacing and eta 0 (``SamplerSpec()``). ``steps=None``
+    anywhere means its step count (``pipe.default_steps``).
 
     ``compile`` compiles the model's forward for sampling (``torch.compile``; each chunk
     size compiles once); ``compile="reduce-overhead"`` adds CUDA graphs on a GPU.
@@ -79,12 +89,17 @@ class DiffusionPipeline:
     by default the model's ``num_classes``, which every backbone has. It is read once and
     explicitly, so a wrapper without the attribute is an error here rather than a
     conditional model silently sampled with its untrained null label.
+
+    Every method returns a ``PipelineOutput`` (``return_dict=False``: its fields as a tuple,
+    ``(images,)`` for sampling) whose ``images`` are of ``output_type``: ``"pt"`` (default)
+    float32 (N, C, H, W) CPU tensors in [-1, 1]; ``"np"`` float32 numpy (N, H, W, C) in
+    [0, 1]; ``"pil"`` a list of PIL images. ``output.save("grid.png")`` writes them as one grid.
     """
 
     def __init__(self, model: nn.Module, scheduler, sample_shape: tuple[int, int, int],
                  device: str | torch.device = "auto", precision: str = "auto",
                  compile: bool | str = False, channels_last: bool = False,
-                 num_classes: int | None = FROM_MODEL):
+                 num_classes: int | None = FROM_MODEL, sampler: SamplerSpec | None = None):
         if num_classes is FROM_MODEL:
             if not hasattr(model, "num_classes"):
                 raise ValueError(f"{type(model).__name__} has no num_classes: pass "
@@ -92,22 +107,33 @@ class DiffusionPipeline:
             num_classes = model.num_classes
         if num_classes is not None:
             check_int("num_classes", num_classes)
+        if sampler is not None and not isinstance(sampler, SamplerSpec):
+            raise ConfigError("sampler must be a SamplerSpec (diffusion.sampling.sampler), e.g. "
+                              f"SamplerSpec('dpmpp_2m', 20), or None; got {sampler!r}.")
         self.num_classes = num_classes
         self.model = model
         self.scheduler = scheduler
         self.sample_shape = tuple(sample_shape)
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        num_train_timesteps = scheduler.config["num_train_timesteps"]
+        if sampler is None:  # DDIM-50 (all T steps where T is smaller)
+            sampler = replace(SamplerSpec(), steps=min(SamplerSpec.steps, num_train_timesteps))
+        else:
+            sampler.one_step_count("a pipeline's default sampler").check(num_train_timesteps)
+        self.sampler = sampler
+        self.precision_setting = precision
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model.to(self.device, memory_format=self.memory_format).eval()
+        self.to(device)
+        self.model.eval()
         self.forward = (torch.compile(self.model, mode=compile_mode(compile), dynamic=False)
                         if compile else self.model)
 
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str | Path | None = None,
                  device: str | torch.device = "auto", precision: str = "auto",
-                 compile: bool | str = False, channels_last: bool | None = None):
-        """Build from a run folder: its config, and the EMA weights of its newest checkpoint.
+                 compile: bool | str = False, channels_last: bool | None = None,
+                 sampler: SamplerSpec | None = None):
+        """Build from a run folder: its config, the EMA weights of its newest checkpoint, and
+        the sampler of its training grids as the default (``sampler``: another spec).
         ``channels_last=None`` follows the run's ``trainer.channels_last``. A folder that is
         not a run, has no checkpoint yet or whose checkpoint does not fit its config raises
         ``RunError`` or ``CheckpointError`` with one sentence saying what to do."""
@@ -116,64 +142,111 @@ class DiffusionPipeline:
         if channels_last is None:
             channels_last = bool((cfg.get("trainer") or {}).get("channels_last", False))
         return cls(model, scheduler, (channels, size, size), device=device, precision=precision,
-                   compile=compile,
-                   channels_last=channels_last)
+                   compile=compile, channels_last=channels_last,
+                   sampler=SamplerSpec.of_run(cfg) if sampler is None else sampler)
 
+    # ------------------------------------------------------------------ diffusers' basics
+    def to(self, device: str | torch.device) -> DiffusionPipeline:
+        """Move the model to ``device`` (``auto``, ``cpu``, ``cuda[:N]``, a ``torch.device``);
+        ``precision="auto"`` follows it (bf16 autocast on CUDA, fp32 on the CPU). Returns the
+        pipeline, as diffusers' ``to`` does."""
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(self.precision_setting, self.device)
+        self.model.to(self.device, memory_format=self.memory_format)
+        return self
+
+    @property
+    def default_steps(self) -> int:
+        """The step count of ``steps=None``: the default sampler's (all T where it says null)."""
+        return self.sampler.step_counts(self.scheduler.config["num_train_timesteps"])[0]
+
+    def __repr__(self) -> str:
+        parameters = sum(p.numel() for p in self.model.parameters())
+        config = self.scheduler.config
+        scheduler = (f"{type(self.scheduler).__name__} ({config['num_train_timesteps']} "
+                     f"training steps, {config.get('beta_schedule')} betas, "
+                     f"{config.get('prediction_type')})")
+        return (f"{type(self).__name__}(\n"
+                f"  model={type(self.model).__name__} ({parameters:,} parameters),\n"
+                f"  scheduler={scheduler},\n"
+                f"  sampler={self.sampler.describe()},\n"
+                f"  image_shape={self.sample_shape}, num_classes={self.num_classes},\n"
+                f"  device={self.device}, precision={self.precision})")
+
+    @staticmethod
+    def save(images: Any, path: str | Path, nrow: int | None = None) -> Path:
+        """``images`` of any ``output_type`` (or a ``PipelineOutput``) as one PNG grid at
+        ``path``; ``nrow`` images a row. Returns the path (``save_images``)."""
+        return save_images(images, path, nrow=nrow)
+
+    # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def __call__(self, n: int, steps: int | None = None,
-                 sampler: str | NoiseScheduler = "ddim", eta: float = 0.0,
-                 timestep_spacing: str | None = "trailing",
-                 generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                 y: torch.Tensor | None = None, batch_size: int = 256,
-                 return_chain: bool = False, chain_frames: int = 20,
-                 progress: bool = False, guidance: Guidance | None = None) -> PipelineOutput:
-        """Draw ``n`` samples with ``steps`` reverse steps (default: all training steps).
+    def __call__(self, n: int | None = None, steps: int | None = None,
+                 sampler: SamplerArg = None, eta: float | None = None,
+                 timestep_spacing: str | None = DEFAULT, generator: Generators = None,
+                 noise: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                 batch_size: int = 256, return_chain: bool = False, chain_frames: int = 20,
+                 progress: bool = False, guidance: Guidance | None = None, *,
+                 num_inference_steps: int | None = None, seed: int | None = None,
+                 output_type: str = "pt", return_dict: bool = True) -> PipelineOutput | tuple:
+        """Draw ``n`` samples with ``steps`` (alias ``num_inference_steps``) reverse steps.
+
+        ``sampler``: None runs the pipeline's (``pipe.sampler``: its options and spacing, and
+        its steps when ``steps`` is None); a name (``"dpmpp_2m"``) that sampler with its
+        presets; a ``SamplerSpec`` or a scheduler object as given. ``eta`` (DDIM's) and
+        ``timestep_spacing`` (trailing, leading, linspace; None: the training scheduler's)
+        override the sampler's; trailing starts at t = T - 1, where x_T ~ N(0, I) is right for
+        every schedule (Lin et al. 2024).
 
         ``noise`` fixes the starting x_T (used for comparable grids across training);
-        ``generator`` makes the whole draw reproducible. Batches of ``batch_size``: x_T is
-        drawn for all ``n`` first, so deterministic samplers (DDIM, eta=0) give the same
-        images for any batch size; DDPM's per-step noise follows the batching. ``y``: class
-        labels in [0, num_classes - 1] for a conditional model (default 0..K-1 in turn).
-        ``timestep_spacing`` (trailing, leading, linspace) picks the ``steps`` timesteps
-        among the training ones; None keeps the training scheduler's; a scheduler object
-        as ``sampler`` keeps its own. Trailing starts at t = T - 1, where x_T ~ N(0, I) is
-        right for every schedule (Lin et al. 2024). ``guidance`` (``diffusion.sampling.guidance``):
-        classifier-free and/or classifier guidance towards the labels ``y``.
+        ``generator`` (or ``seed``) makes the whole draw reproducible; a list of ``n``
+        generators draws image i from generator i alone, as diffusers. Batches of
+        ``batch_size`` (how many are denoised at once; diffusers' ``batch_size`` is ``n``):
+        x_T is drawn for all ``n`` first, so deterministic samplers (DDIM, eta=0) give the
+        same images for any batch size; the per-step noise of a stochastic sampler follows
+        the batching, unless it comes from a list of generators. ``y``: class labels in
+        [0, num_classes - 1] for a conditional model (default 0..K-1 in turn). ``guidance``
+        (``diffusion.sampling.guidance``): classifier-free and/or classifier guidance towards
+        the labels ``y``. ``output_type``, ``return_dict``: see the class docstring; the
+        ``chain`` of ``return_chain`` stays tensors in [-1, 1].
         """
-        steps = self._check(n, steps, sampler, eta, batch_size, return_chain, chain_frames,
-                            timestep_spacing)
+        if n is None:
+            raise ConfigError("pass the number of images as n, e.g. pipe(4); batch_size is how "
+                              "many are denoised at once, not diffusers' image count.")
+        plan, steps = self._plan(n, resolve_steps(steps, num_inference_steps), sampler, eta,
+                                 timestep_spacing, batch_size, return_chain, chain_frames)
+        generator = seeded(generator, seed, n)
+        check_output_type(output_type, self.sample_shape[0])
         guidance = guidance or Guidance()
         y = check_labels(y, n, guidance.label_classes(self.num_classes))
         denoiser = guidance.denoiser(self.forward, self.num_classes, self.scheduler, self.device)
-        sched = self._sampler(sampler, steps, eta, timestep_spacing)
+        sched = self._build(plan, steps)
         if noise is not None and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
         if noise is None:  # drawn whole, so x_T does not depend on batch_size
-            noise = torch.randn((n, *self.sample_shape), generator=generator,
-                                device=generator.device if generator is not None else "cpu")
+            noise = randn_tensor((n, *self.sample_shape), generator)
         images, chains = [], []
         starts = range(0, n, batch_size)
         for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
-            b = min(batch_size, n - start)
-            x = noise[start:start + b].to(self.device).contiguous(
-                memory_format=self.memory_format)
-            yb = None if y is None else y[start:start + b].to(self.device)
-            out, chain = self._denoise(sched, x, yb, generator, return_chain, chain_frames,
-                                       denoiser)
+            part = slice(start, min(start + batch_size, n))
+            x = noise[part].to(self.device).contiguous(memory_format=self.memory_format)
+            yb = None if y is None else y[part].to(self.device)
+            out, chain = self._denoise(sched, x, yb, generator_part(generator, part),
+                                       return_chain, chain_frames, denoiser)
             images.append(out.float().cpu())
             if chain is not None:
                 chains.append(chain)
-        return PipelineOutput(
-            images=torch.cat(images),
+        return finish(PipelineOutput(
+            images=to_output(torch.cat(images), output_type),
             chain=torch.cat(chains) if chains else None,
             chain_timesteps=self._chain_timesteps(sched, chain_frames) if return_chain else None,
-        )
+        ), return_dict)
 
     @torch.no_grad()
     def sample_across_ranks(self, n: int, *, noise: torch.Tensor | NoiseFn, seed: int,
                             chunk_size: int = 256, steps: int | None = None,
-                            sampler: str | NoiseScheduler = "ddim", eta: float = 0.0,
-                            timestep_spacing: str | None = "trailing",
+                            sampler: SamplerArg = None, eta: float | None = None,
+                            timestep_spacing: str | None = DEFAULT,
                             y: torch.Tensor | None = None,
                             transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                             return_chain: bool = False, chain_frames: int = 20,
@@ -188,11 +261,12 @@ class DiffusionPipeline:
         samplers comes from a generator seeded by (``seed``, chunk index). So the images depend
         on ``chunk_size`` but not on the number of processes. ``transform`` maps each chunk on
         the rank that drew it (to FID features, say) before the gather. ``y`` as for
-        ``__call__``: the default labels run 0..K-1 over all ``n``, not per chunk; ``guidance``
-        as for ``__call__``.
+        ``__call__``: the default labels run 0..K-1 over all ``n``, not per chunk; ``sampler``,
+        ``steps``, ``eta``, ``timestep_spacing`` and ``guidance`` as for ``__call__``. The
+        images are tensors (``output_type="pt"``).
         """
-        steps = self._check(n, steps, sampler, eta, chunk_size, return_chain, chain_frames,
-                            timestep_spacing)
+        plan, steps = self._plan(n, steps, sampler, eta, timestep_spacing, chunk_size,
+                                 return_chain, chain_frames)
         y = check_labels(y, n, (guidance or Guidance()).label_classes(self.num_classes))
         if not callable(noise) and noise.shape[0] != n:
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
@@ -207,8 +281,7 @@ class DiffusionPipeline:
                 x_t = noise(start, b) if callable(noise) else noise[start:start + b]
                 if index % world != rank:
                     continue
-                out = self(b, steps=steps, sampler=sampler, eta=eta,
-                           timestep_spacing=timestep_spacing, noise=x_t,
+                out = self(b, steps=steps, sampler=plan, noise=x_t,
                            generator=torch.Generator().manual_seed(chunk_seed(seed, index)),
                            y=None if y is None else y[start:start + b], batch_size=b,
                            return_chain=return_chain, chain_frames=chain_frames,
@@ -222,60 +295,59 @@ class DiffusionPipeline:
         return PipelineOutput(
             images=torch.cat([images for images, _ in ordered]),
             chain=torch.cat(chains) if chains else None,
-            chain_timesteps=(self._chain_timesteps(
-                self._sampler(sampler, steps, eta, timestep_spacing), chain_frames)
-                if return_chain else None))
+            chain_timesteps=(self._chain_timesteps(self._build(plan, steps), chain_frames)
+                             if return_chain else None))
 
-    # ------------------------------------------------------------------ editing
-    def img2img(self, images: torch.Tensor, strength: float = 0.6, steps: int = 50,
-                **options) -> torch.Tensor:
-        """SDEdit: ``images`` noised to the level ``strength`` selects and denoised from there
-        (``diffusion.editing.img2img`` has the options)."""
-        return editing.img2img(self, images, strength=strength, steps=steps, **options)
+    # ------------------------------------------------------------------ internals
+    def _steps(self, steps: int | None) -> int:
+        """``steps``, None meaning the pipeline's default step count."""
+        return self.default_steps if steps is None else steps
 
-    def inpaint(self, images: torch.Tensor, mask: torch.Tensor, steps: int = 250,
-                jump_length: int = 10, jump_n_sample: int = 10, **options) -> torch.Tensor:
-        """RePaint: the pixels where ``mask`` is 1 filled in; ``jump_n_sample=1`` is the plain
-        mode without jumps (``diffusion.editing.inpaint`` has the options)."""
-        return editing.inpaint(self, images, mask, steps=steps, jump_length=jump_length,
-                               jump_n_sample=jump_n_sample, **options)
+    def _resolve(self, sampler: SamplerArg, eta: float | None,
+                 timestep_spacing: str | None) -> SamplerSpec | NoiseScheduler:
+        """The sampler a draw runs (see ``__call__``): a scheduler object as it is, else a
+        spec with ``eta`` and ``timestep_spacing`` where given; a named sampler's steps are
+        the pipeline's default."""
+        if isinstance(sampler, NoiseScheduler):
+            return sampler
+        if sampler is None:
+            base = self.sampler
+        elif isinstance(sampler, SamplerSpec):
+            base = sampler
+        else:
+            base = SamplerSpec(check_sampler(sampler), self.default_steps, "trailing", {})
+        options = dict(base.options) if eta is None else {**base.options, "eta": eta}
+        spacing = base.timestep_spacing if timestep_spacing is DEFAULT else timestep_spacing
+        return replace(base, timestep_spacing=spacing, options=options)
 
-    def invert(self, images: torch.Tensor, steps: int = 50, **options) -> torch.Tensor:
-        """DDIM inversion: the x_T from which ``regenerate(x_T, steps)`` (DDIM without clipping)
-        gives back ``images`` (``diffusion.editing.invert`` has the options)."""
-        return editing.invert(self, images, steps=steps, **options)
-
-    def regenerate(self, x_T: torch.Tensor, steps: int = 50, **options) -> torch.Tensor:
-        """The images back from ``invert``'s x_T: ``self(len(x_T), steps=steps, noise=x_T)``
-        with DDIM without clipping (``diffusion.editing.regenerate``)."""
-        return editing.regenerate(self, x_T, steps=steps, **options)
-
-    def interpolate(self, a: torch.Tensor, b: torch.Tensor, n: int, steps: int = 50,
-                    **options) -> PipelineOutput:
-        """``n`` images from x_T on the great-circle arc from ``a`` to ``b`` (two x_T, or two
-        images' ``invert``), both ends included, decoded as ``regenerate`` does unless
-        ``sampler=`` says otherwise; ``options`` as for ``__call__``."""
-        noise = editing.interpolation_noises(a, b, n, self.sample_shape)
-        options.setdefault("sampler", editing.decoder(self, options.get("timestep_spacing",
-                                                                         "trailing")))
-        return self(n, steps=steps, noise=noise, **options)
-
-    def _check(self, n, steps, sampler, eta, batch_size, return_chain, chain_frames,
-               timestep_spacing=None) -> int:
-        """Validate a draw's arguments before any work; returns ``steps`` (None: all T)."""
+    def _plan(self, n, steps, sampler, eta, timestep_spacing, batch_size=None,
+              return_chain=False, chain_frames=20) -> tuple[SamplerSpec | NoiseScheduler, int]:
+        """(the sampler to run, its steps), every argument of a draw checked before any work:
+        ``steps`` None is the sampler spec's own (the default steps for a scheduler object)."""
+        plan = self._resolve(sampler, eta, timestep_spacing)
         num_train_timesteps = self.scheduler.config["num_train_timesteps"]
-        steps = num_train_timesteps if steps is None else steps
-        check_sampling(sampler, steps, eta, num_train_timesteps, n=n, batch_size=batch_size,
-                       timestep_spacing=timestep_spacing)
+        if steps is None:
+            steps = (self.default_steps if isinstance(plan, NoiseScheduler)
+                     else plan.step_counts(num_train_timesteps)[0])
+        if isinstance(plan, NoiseScheduler):
+            check_sampling(plan, steps, 0.0, num_train_timesteps, n=n, batch_size=batch_size)
+        else:
+            check_sampling(plan.name, steps, plan.eta, num_train_timesteps, n=n,
+                           batch_size=batch_size, timestep_spacing=plan.timestep_spacing)
         if return_chain:
             check_int("chain_frames", chain_frames, minimum=2)
-        return int(steps)
+        return plan, int(steps)
 
-    def _sampler(self, sampler: str | NoiseScheduler, steps: int, eta: float,
-                 timestep_spacing: str | None = None):
-        sched = make_sampler(self.scheduler, sampler, eta, timestep_spacing)
+    def _build(self, plan: SamplerSpec | NoiseScheduler, steps: int) -> NoiseScheduler:
+        """The scheduler of a plan, its ``steps`` timesteps set."""
+        sched = plan if isinstance(plan, NoiseScheduler) else plan.build(self.scheduler)
         sched.set_timesteps(steps, device=self.device)
         return sched
+
+    def _sampler(self, sampler: str | NoiseScheduler, steps: int, eta: float,
+                 timestep_spacing: str | None = None) -> NoiseScheduler:
+        """``make_sampler``'s scheduler over the training one, its ``steps`` timesteps set."""
+        return self._build(make_sampler(self.scheduler, sampler, eta, timestep_spacing), steps)
 
     @staticmethod
     def _chain_indices(num_steps: int, frames: int) -> list[int]:

@@ -23,11 +23,33 @@ from typing import Any
 from diffusion.checks import check_int
 from diffusion.errors import ConfigError
 from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS, check_sampler, check_sampling
-from diffusion.sampling.pipeline import make_sampler
 from diffusion.schedulers import NoiseScheduler
 
 GENERIC_KEYS = ("name", "steps", "timestep_spacing")
 """Keys of every ``conf/sampler/*.yaml``; the others are options of the sampler's class."""
+
+OLD_TRAINER_SAMPLER_KEYS = {"sampler": "name", "sample_steps": "steps",
+                            "sample_spacing": "timestep_spacing"}
+"""``trainer.*`` sampling keys of run folders from before the ``sampler`` group, and theirs."""
+
+
+def make_sampler(train_scheduler: NoiseScheduler, sampler: str | NoiseScheduler,
+                 eta: float = 0.0, timestep_spacing: str | None = None,
+                 **options) -> NoiseScheduler:
+    """The scheduler that walks the reverse process: ``sampler`` itself when it is a scheduler
+    object, else the class named ``sampler`` over the training noise schedule (its betas,
+    prediction type and clipping; only the reverse-step algorithm changes), with the options
+    the name presets (``dpmpp_3m``: ``solver_order=3``) updated by ``options``
+    (``use_karras_sigmas=True``, say), ``eta`` where that sampler takes one, and
+    ``timestep_spacing`` (None: the training scheduler's)."""
+    if isinstance(sampler, NoiseScheduler):
+        return sampler  # with its own timestep_spacing
+    cls, options = SAMPLERS[sampler], {**SAMPLER_PRESETS[sampler], **options}
+    if "eta" in cls.config_keys():
+        options["eta"] = eta
+    if timestep_spacing is not None:
+        options["timestep_spacing"] = timestep_spacing
+    return cls.over(train_scheduler, **options)
 
 
 def sampler_options(name: str) -> set[str]:
@@ -75,6 +97,29 @@ class SamplerSpec:
         if isinstance(steps, Sequence) and not isinstance(steps, str):
             steps = list(steps)
         return cls(name, steps, node.get("timestep_spacing"), options)
+
+    @classmethod
+    def of_run(cls, cfg: Mapping[str, Any]) -> SamplerSpec:
+        """The sampler a training config (a run folder's ``config.yaml``) draws its grids and
+        periodic FID with: its ``sampler`` group, one step count. A run folder from before the
+        group states it as ``trainer.sampler``, ``trainer.sample_steps`` and
+        ``trainer.sample_spacing``, which are read instead (DDIM, 50 steps, trailing, where
+        those are absent too)."""
+        node = cfg.get("sampler")
+        if node is None:
+            trainer = cfg.get("trainer") or {}
+            node = {"name": "ddim", "steps": 50, "timestep_spacing": "trailing",
+                    **{new: trainer[old] for old, new in OLD_TRAINER_SAMPLER_KEYS.items()
+                       if old in trainer}}
+        return cls.from_config(node).one_step_count("the training grids and periodic FID")
+
+    def describe(self) -> str:
+        """``ddim, 50 steps (trailing)``: the name, steps, spacing and changed options."""
+        steps = "every training step" if self.steps is None else f"{self.steps} steps"
+        spacing = self.timestep_spacing or "the training scheduler's spacing"
+        options = "".join(f", {k}={v}" for k, v in self.changed_options().items())
+        eta = f", eta={self.eta:g}" if self.eta else ""
+        return f"{self.name}, {steps} ({spacing}{eta}{options})"
 
     @property
     def eta(self) -> float:

@@ -20,22 +20,23 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from diffusion.checks import check_choice, check_int
+from diffusion.schedulers import interop
 from diffusion.schedulers.betas import BETA_SCHEDULES, get_beta_schedule, rescale_zero_terminal_snr
+from diffusion.schedulers.noise import Generators, randn_tensor
 
 Tensor = torch.Tensor
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-
-
-
 
 @dataclass
 class SchedulerOutput:
@@ -185,8 +186,38 @@ class NoiseScheduler:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any):
-        """Build a scheduler from a ``config`` dict; ``overrides`` replace single entries."""
-        return cls(**{**dict(config), **overrides})
+        """Build a scheduler from a ``config`` dict (ours, or a diffusers scheduler's:
+        ``DDIMScheduler.from_config(diffusers_scheduler.config)``); ``overrides`` replace
+        single entries. See ``schedulers.interop.constructor_arguments``: another sampler's
+        options are dropped, as diffusers does; a diffusers feature this class lacks is
+        refused rather than ignored."""
+        return cls(**interop.constructor_arguments(cls.__name__, cls.config_keys(), config,
+                                                   overrides))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None,
+                        **overrides: Any):
+        """The scheduler a ``save_pretrained`` folder holds (ours or diffusers',
+        ``scheduler_config.json``; ``subfolder="scheduler"`` inside a pipeline's folder)."""
+        return cls.from_config(interop.read_config(path, subfolder), **overrides)
+
+    def diffusers_config(self) -> dict[str, Any]:
+        """The config in diffusers' terms (``schedulers.interop.to_diffusers``), so
+        ``diffusers.<Same class>.from_config`` builds the same noise process."""
+        return interop.to_diffusers(self._config, type(self).__name__)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:
+        """Write ``scheduler_config.json`` (``diffusers_config``) into ``save_directory``:
+        what diffusers' and our ``from_pretrained`` read."""
+        return interop.write_config(self.diffusers_config(), save_directory)
+
+    save_config = save_pretrained
+
+    @property
+    def compatibles(self) -> list[type[NoiseScheduler]]:
+        """The sampler classes that build over the same config (``from_config``)."""
+        return sorted({c for c in self.SAMPLERS.values() if c is not type(self)},
+                      key=lambda c: c.__name__)
 
     def __len__(self) -> int:
         return self.num_train_timesteps
@@ -400,15 +431,7 @@ class NoiseScheduler:
         return pred_original_sample.clamp(-self.clip_sample_range, self.clip_sample_range)
 
     @staticmethod
-    def _randn(like: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Standard normal noise shaped like ``like``, drawn as diffusers' ``randn_tensor`` does.
-
-        Drawn on the generator's device in ``like``'s dtype, then moved, so a CPU
-        generator gives the same numbers on every device.
-        """
-        device = generator.device if generator is not None else like.device
-        # drawn into pinned memory and copied without blocking: no host-device sync per step
-        pinned = device.type == "cpu" and like.device.type == "cuda"
-        noise = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype,
-                            pin_memory=pinned)
-        return noise.to(like.device, non_blocking=pinned)
+    def _randn(like: Tensor, generator: Generators) -> Tensor:
+        """Standard normal noise shaped like ``like``, drawn as diffusers' ``randn_tensor`` does
+        (a list of generators: one per sample, row i from generator i)."""
+        return randn_tensor(like.shape, generator, like.device, like.dtype)

@@ -109,6 +109,15 @@ BETA_SCHEDULES: dict[str, Callable[..., Tensor]] = {
 }
 
 
+def schedule_ends(name: str, T: int) -> tuple[float | None, float | None]:
+    """The (beta_start, beta_end) schedule ``name`` uses for ``T`` steps when they are left
+    unset; (None, None) for a schedule without them (cosine)."""
+    if name not in _DEFAULT_ENDPOINTS:
+        return None, None
+    start, end = _DEFAULT_ENDPOINTS[name]
+    return start * 1000 / T, end * 1000 / T
+
+
 def get_beta_schedule(
     name: str, T: int, beta_start: float | None = None, beta_end: float | None = None
 ) -> Tensor:

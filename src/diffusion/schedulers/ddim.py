@@ -55,13 +55,16 @@ class DDIMScheduler(NoiseScheduler, sampler_name="ddim"):
         model_output: torch.Tensor,
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
-        generator: torch.Generator | None = None,
         eta: float | None = None,
-    ) -> SchedulerOutput:
+        *,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
         """One DDIM step from x_t = ``sample`` at ``timestep`` to the next timestep.
 
-        ``eta`` overrides the constructor's; noise is drawn from ``generator`` only
-        when eta > 0.
+        ``eta`` (fourth, as in diffusers) overrides the constructor's; noise is drawn from
+        ``generator`` only when eta > 0. What follows ``eta`` is keyword-only, so that no
+        argument lands in another's place unnoticed. ``return_dict=False``: a tuple.
         """
         eta = self.eta if eta is None else _check_eta(eta)
         t, prev = self._step_pair(timestep)
@@ -73,4 +76,5 @@ class DDIMScheduler(NoiseScheduler, sampler_name="ddim"):
         prev_sample = math.sqrt(a_prev) * x0 + direction * eps
         if eta > 0:
             prev_sample = prev_sample + sigma * self._randn(sample, generator)
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        out = SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return out if return_dict else tuple(out)

@@ -70,7 +70,9 @@ class DDPMScheduler(NoiseScheduler, sampler_name="ddpm"):
         timestep: int | torch.Tensor,
         sample: torch.Tensor,
         generator: torch.Generator | None = None,
-    ) -> SchedulerOutput:
+        *,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
         """One ancestral step from x_t = ``sample`` at ``timestep`` to the next timestep.
 
         x_0_hat is clipped to +-clip_sample_range when ``clip_sample``; noise is
@@ -81,4 +83,5 @@ class DDPMScheduler(NoiseScheduler, sampler_name="ddpm"):
         prev_sample = self.posterior_mean(x0, sample, t)
         if prev >= 0:
             prev_sample = prev_sample + math.sqrt(self.variance(t)) * self._randn(sample, generator)
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        out = SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return out if return_dict else tuple(out)

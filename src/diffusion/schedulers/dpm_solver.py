@@ -211,7 +211,8 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         return x_coef, [b0 + c0 / r0, -c0 / r0 + c1 / r1, -c1 / r1], noise
 
     def step(self, model_output: torch.Tensor, timestep: int | torch.Tensor,
-             sample: torch.Tensor, generator: torch.Generator | None = None) -> SchedulerOutput:
+             sample: torch.Tensor, generator: torch.Generator | None = None, *,
+             return_dict: bool = True) -> SchedulerOutput | tuple:
         """One multistep update from the current sigma to the next. Noise (``sde-dpmsolver++``
         only) is drawn from ``generator``."""
         i = self._current(timestep)
@@ -231,7 +232,8 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         if noise > 0:
             prev_sample = prev_sample + noise * self._randn(sample, generator)
         self._step_index += 1
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        out = SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return out if return_dict else tuple(out)
 
 
 NoiseScheduler.register("dpmpp_2m", DPMSolverMultistepScheduler, solver_order=2,

@@ -54,7 +54,8 @@ class EulerDiscreteScheduler(SigmaScheduler, sampler_name="euler"):
         self._set_tables([*sigmas, 0.0], timesteps, n, device, torch.float32)
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor,
-             sample: torch.Tensor, generator: torch.Generator | None = None) -> SchedulerOutput:
+             sample: torch.Tensor, *, generator: torch.Generator | None = None,
+             return_dict: bool = True) -> SchedulerOutput | tuple:
         """One Euler step from the current sigma to the next: x + (sigma_next - sigma) *
         (x - x_0_hat) / sigma. ``generator`` is accepted for a uniform loop and not used."""
         i = self._current(timestep)
@@ -63,7 +64,8 @@ class EulerDiscreteScheduler(SigmaScheduler, sampler_name="euler"):
         ratio = sigma_next / sigma
         prev_sample = ratio * sample + (1.0 - ratio) * x0
         self._step_index += 1
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        out = SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return out if return_dict else tuple(out)
 
 
 class EulerAncestralDiscreteScheduler(SigmaScheduler, sampler_name="euler_a"):
@@ -83,7 +85,8 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler, sampler_name="euler_a"):
         self._set_tables([*sigmas, 0.0], timesteps, n, device, torch.float32)
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor,
-             sample: torch.Tensor, generator: torch.Generator | None = None) -> SchedulerOutput:
+             sample: torch.Tensor, generator: torch.Generator | None = None, *,
+             return_dict: bool = True) -> SchedulerOutput | tuple:
         """One ancestral step: sigma_up = sigma_next * sqrt(1 - sigma_next^2 / sigma^2),
         sigma_down = sqrt(sigma_next^2 - sigma_up^2); x moves along (x - x_0_hat) / sigma
         to sigma_down, then gains sigma_up * z, z ~ N(0, I) drawn from ``generator``."""
@@ -96,4 +99,5 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler, sampler_name="euler_a"):
         if sigma_up > 0:
             prev_sample = prev_sample + sigma_up * self._randn(sample, generator)
         self._step_index += 1
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        out = SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return out if return_dict else tuple(out)

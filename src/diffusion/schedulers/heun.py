@@ -70,7 +70,8 @@ class HeunDiscreteScheduler(SigmaScheduler, sampler_name="heun"):
         return [*range(0, calls, 2), calls]
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor,
-             sample: torch.Tensor, generator: torch.Generator | None = None) -> SchedulerOutput:
+             sample: torch.Tensor, *, generator: torch.Generator | None = None,
+             return_dict: bool = True) -> SchedulerOutput | tuple:
         """The first or second half of a Heun step; ``prev_sample`` is the Euler prediction
         at sigma_next after the first, the corrected x at sigma_next after the second."""
         i = self._current(timestep)
@@ -88,4 +89,5 @@ class HeunDiscreteScheduler(SigmaScheduler, sampler_name="heun"):
             prev_sample = start + (0.5 * dt) * slope + (0.5 * dt / sigma_next) * (sample - x0)
             self._pending = None
         self._step_index += 1
-        return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        out = SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+        return out if return_dict else tuple(out)

@@ -9,16 +9,15 @@ checkpoint can never execute code.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffusion.errors import CheckpointError
+from diffusion.runtime.files import save_torch
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -84,20 +83,11 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 
 def save_atomic(obj: dict, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``; a
+    failed write (a full disk) leaves the older checkpoints as they were and no partial file,
+    and ends in one sentence (``StorageError``)."""
+    return save_torch(obj, path, "free space on that disk, then continue from the run's newest "
+                      "checkpoint with resume=<run folder>")
 
 
 def prune(directory: str | Path, keep_last: int) -> None:

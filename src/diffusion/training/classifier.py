@@ -21,8 +21,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffusion.data import to_model_range
+from diffusion.errors import CheckpointError
 from diffusion.schedulers import NoiseScheduler
 from diffusion.training import checkpoint as ckpt
+from diffusion.training.interrupt import StopRequest
 from diffusion.training.loggers import JsonlLogger
 
 
@@ -34,8 +36,9 @@ def noise_bands(num_train_timesteps: int, levels: int) -> list[tuple[int, int]]:
 
 class ClassifierTrainer:
     """Fits ``model(x_t, t) -> logits`` on uint8 ``train`` (images, labels) noised by
-    ``scheduler``; writes ``metrics.jsonl``, ``checkpoints/step_*.pt`` (the weights and the
-    step) and ``accuracy.json`` (test accuracy per noise band at the last evaluation)."""
+    ``scheduler``; writes ``metrics.jsonl``, ``checkpoints/step_*.pt`` (the weights, the
+    optimizer and generator state, and the step: ``resume`` continues from one exactly) and
+    ``accuracy.json`` (test accuracy per noise band at the last evaluation)."""
 
     def __init__(self, model: nn.Module, scheduler: NoiseScheduler,
                  train: tuple[torch.Tensor, torch.Tensor],
@@ -54,6 +57,7 @@ class ClassifierTrainer:
         self.bands = noise_bands(scheduler.num_train_timesteps, noise_levels)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.logger = JsonlLogger(self.run_dir / "metrics.jsonl")
+        self._resume_state: tuple[int, torch.Tensor] | None = None
 
     def _noised(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator):
         noise = torch.randn(x0.shape, generator=generator)
@@ -77,15 +81,61 @@ class ClassifierTrainer:
         self.model.train()
         return out
 
+    def save(self, step: int, generator: torch.Generator) -> Path:
+        """A checkpoint at ``step``: the weights, the optimizer and the batch generator's
+        state, so ``resume`` continues exactly where this left off."""
+        return ckpt.save_atomic({"model": self.model.state_dict(),
+                                 "optimizer": self.optimizer.state_dict(),
+                                 "generator": generator.get_state(), "step": step},
+                                ckpt.checkpoint_path(self.run_dir / "checkpoints", step))
+
+    def resume(self, path: str | Path) -> int:
+        """Continue from checkpoint ``path`` (one ``save`` wrote): returns its step. A
+        checkpoint of an earlier version without the optimizer state cannot continue."""
+        state = ckpt.load(path)
+        missing = [key for key in ("model", "optimizer", "generator", "step") if key not in state]
+        if missing:
+            raise CheckpointError(
+                f"{path} holds no {', '.join(missing)} (written by an earlier version, which "
+                "kept the weights only), so training cannot continue from it: train a new "
+                "classifier.")
+        ckpt.load_weights(self.model, state["model"], "classifier", path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._resume_state = (int(state["step"]), state["generator"])
+        return int(state["step"])
+
     def fit(self) -> dict:
-        """Train ``steps`` steps; returns the last evaluation (accuracy per band)."""
+        """Train to ``steps`` steps (from a ``resume``'s step); returns the summary with the
+        last evaluation (accuracy per band). A stop signal (``training.interrupt``) ends it
+        after the step it is in, with a checkpoint there; ``summary["interrupted"]`` then
+        names the signal and no ``accuracy.json`` is written."""
         generator = torch.Generator().manual_seed(self.seed)
-        T = self.scheduler.num_train_timesteps
+        first = 1
+        if self._resume_state is not None:
+            first = self._resume_state[0] + 1
+            generator.set_state(self._resume_state[1])
         self.model.train()
-        accuracy: dict[str, float] = {}
         start = time.perf_counter()
-        for step in tqdm(range(1, self.steps + 1), desc="classifier", disable=not self.progress,
-                         dynamic_ncols=True):
+        with StopRequest() as stop:
+            step, accuracy = self._loop(first, generator, stop, start)
+        summary = {"step": step, "steps": self.steps, "test_images": len(self.test_images),
+                   "accuracy_per_noise_band": accuracy,
+                   "wall_time_sec": round(time.perf_counter() - start, 1)}
+        if stop.signal is not None:
+            return {**summary, "interrupted": stop.signal}
+        (self.run_dir / "accuracy.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def _loop(self, first: int, generator: torch.Generator, stop: StopRequest,
+              start: float) -> tuple[int, dict[str, float]]:
+        """Steps ``first``..``steps``, or until ``stop``; returns the last step and the last
+        evaluation."""
+        T = self.scheduler.num_train_timesteps
+        accuracy: dict[str, float] = {}
+        step = first - 1
+        bar = tqdm(range(first, self.steps + 1), desc="classifier", disable=not self.progress,
+                   dynamic_ncols=True, initial=first - 1, total=self.steps)
+        for step in bar:
             index = torch.randint(0, len(self.train_images), (self.batch_size,),
                                   generator=generator)
             x0 = to_model_range(self.train_images[index])
@@ -97,7 +147,8 @@ class ClassifierTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            if step % self.log_every == 0 or step == self.steps:
+            last = step == self.steps or stop.signal is not None
+            if step % self.log_every == 0 or last:
                 self.logger.log_metrics({
                     "train/loss": loss.item(),
                     "train/accuracy": (logits.argmax(1) == labels).float().mean().item(),
@@ -106,10 +157,10 @@ class ClassifierTrainer:
                 accuracy = self.accuracy_per_band()
                 self.logger.log_metrics({f"eval/accuracy_{k}": v for k, v in accuracy.items()},
                                         step)
-                ckpt.save_atomic({"model": self.model.state_dict(), "step": step},
-                                 ckpt.checkpoint_path(self.run_dir / "checkpoints", step))
-        summary = {"step": self.steps, "test_images": len(self.test_images),
-                   "accuracy_per_noise_band": accuracy,
-                   "wall_time_sec": round(time.perf_counter() - start, 1)}
-        (self.run_dir / "accuracy.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+                self.save(step, generator)
+            elif last:
+                self.save(step, generator)
+            if last:
+                break
+        bar.close()
+        return step, accuracy

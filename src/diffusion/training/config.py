@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from diffusion.checks import check_choice, check_int, check_number
+from diffusion.checks import check_bool, check_choice, check_int, check_number
 from diffusion.errors import ConfigError
 from diffusion.runtime.device import PRECISIONS
 
@@ -16,7 +16,7 @@ class TrainerConfig:
 
     max_steps: int = 100_000
     max_minutes: float = 0.0        # also stop (with a checkpoint) after this many minutes of
-                                    # this launch's training, checked at log steps; 0: off
+                                    # this launch's training, checked every step; 0: off
     device: str = "auto"            # auto | cpu | cuda[:N]
     precision: str = "auto"         # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     grad_accum: int = 1             # micro-batches per optimizer step
@@ -33,6 +33,8 @@ class TrainerConfig:
     compile: bool = False           # torch.compile the model
     channels_last: bool = False
     log_every: int = 100
+    early_logs: bool = True         # also log at steps 1, 2, 5, 10, 20, 50, ... below
+                                    # log_every, so the loss is seen moving within a minute
     sample_every: int = 5000
     sample_n: int = 64
     sample_guidance_scale: float | None = None  # a conditional run's grids: classifier-free
@@ -56,6 +58,7 @@ class TrainerConfig:
             check_int(f"trainer.{key}", getattr(self, key), minimum=0, note=off)
         for key in ("grad_clip", "max_minutes"):
             check_number(f"trainer.{key}", getattr(self, key), minimum=0, note=off)
+        check_bool("trainer.early_logs", self.early_logs)
         check_number("trainer.label_dropout", self.label_dropout, minimum=0, below=1)
         check_number("trainer.ema_decay", self.ema_decay, minimum=0, below=1)
         check_choice("trainer.precision", self.precision, PRECISIONS)

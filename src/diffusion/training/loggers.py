@@ -1,12 +1,16 @@
 """Metric and image loggers.
 
 ``metrics.jsonl`` is always written (the run folder must describe itself without
-any service); W&B is optional and must never block training: with no API key it
-runs offline and says so once, and a failed online start falls back to offline.
+any service). W&B, TensorBoard and a CSV file are optional (``logger=[wandb,tensorboard,csv]``)
+and must never block training: W&B with no API key runs offline and says so once, a failed
+online start falls back to offline, and a logger that cannot start at all is named in one
+line while training goes on without it.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
@@ -16,7 +20,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from diffusion.errors import RunError
+from diffusion.runtime.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +92,8 @@ def truncate_metrics(path: str | Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept),
+                 "free space on the run folder's disk, then run again")
 
 
 def _has_wandb_credentials() -> bool:
@@ -143,6 +150,70 @@ class WandbLogger(Logger):
 
     def finish(self) -> None:
         self.run.finish()
+
+
+class TensorBoardLogger(Logger):
+    """TensorBoard: scalars, sample grids and the config (as text) in ``<run>/tensorboard``,
+    through torch's ``SummaryWriter`` (needs the ``tensorboard`` package)."""
+
+    def __init__(self, run_dir: str | Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the optional tensorboard
+        except ImportError:
+            raise ImportError("tensorboard is not installed (pip install -e '.[tensorboard]')"
+                              ) from None
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        text = json.dumps(dict(config), indent=2, default=str)
+        self.writer.add_text("config", "    " + text.replace("\n", "\n    "))  # as code
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, step)
+
+    def log_image(self, name: str, path: str | Path, step: int) -> None:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        self.writer.add_image(name, image, step, dataformats="HWC")
+
+    def finish(self) -> None:
+        self.writer.close()
+
+
+class CsvLogger(Logger):
+    """``<run>/metrics.csv``: one row per logged step and one column per metric, rebuilt at
+    the start from ``metrics.jsonl`` (so a resume's file holds each step once), then
+    appended to; a metric seen for the first time rewrites it with the new column."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "metrics.csv"
+        self.rows = [{k: v for k, v in r.items() if k != "time"}
+                     for r in read_metrics(Path(run_dir) / "metrics.jsonl")]
+        self.columns = self._columns(self.rows)
+        self._rewrite()
+
+    @staticmethod
+    def _columns(rows: list[dict]) -> list[str]:
+        names = sorted({k for r in rows for k in r} - {"step"})
+        return ["step", *names]
+
+    def _rewrite(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomic(self.path, buffer.getvalue(), "free space on the run folder's disk")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        self.rows.append(row)
+        if set(row) - set(self.columns):
+            self.columns = self._columns(self.rows)
+            self._rewrite()
+            return
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns, restval="").writerow(row)
 
 
 class LoggerGroup(Logger):

@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from diffusion.errors import TrainingError
-from diffusion.reporting.figures import save_grid
+from diffusion.reporting.pictures import class_blocks, save_labelled_grid
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import autocast
-from diffusion.sampling.guidance import Guidance, class_rows
+from diffusion.sampling.guidance import Guidance
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.training import checkpoint as ckpt
 
@@ -62,29 +62,41 @@ class PeriodicWork:
             self._pipeline = DiffusionPipeline(
                 self.ema.model, self.scheduler, self.sample_shape, device=self.device,
                 precision=self.precision, compile=self.cfg.compile,
-                channels_last=self.cfg.channels_last)
+                channels_last=self.cfg.channels_last, sampler=self.sampler)
         return self._pipeline
 
     def sample_grid(self) -> Path | None:
         """A grid from the EMA model, starting from the same noise at every call; under DDP
         each rank draws a share and rank 0 writes the grid (None on the other ranks). A
-        conditional model's grid has one row per class (the first 16 of more), guided with
-        ``sample_guidance_scale``."""
-        n, y, columns = self.cfg.sample_n, None, None
+        conditional model's grid has one block of rows per class (the first 16 of more), laid
+        out near-square, each block labelled with its class, guided with
+        ``sample_guidance_scale``. A header band names the step and the sampler."""
+        n, y, columns, scale = self.cfg.sample_n, None, None, None
         if self.conditional:
-            rows, columns = class_rows(self.ema.model.num_classes, n)
-            n, y = len(rows), rows
+            y, columns = class_blocks(self.ema.model.num_classes, n, *self.sample_shape[1:])
+            n = len(y)
+            scale = self.cfg.sample_guidance_scale
+        steps = self.sampler.step_counts(self.num_train_timesteps)[0]
         images = self.pipeline().sample_across_ranks(
             n, noise=self.fixed_noise[:n], seed=self.seed, y=y,
-            chunk_size=-(-n // self.world_size),
-            steps=self.sampler.step_counts(self.num_train_timesteps)[0],
+            chunk_size=-(-n // self.world_size), steps=steps,
             sampler=self.sampler.build(self.scheduler),
-            guidance=Guidance(scale=1.0 if self.cfg.sample_guidance_scale is None
-                              else self.cfg.sample_guidance_scale)
+            guidance=Guidance(scale=1.0 if scale is None else scale)
             if self.conditional else None).images
         if not self.is_main:
             return None
-        return save_grid(images, self.sample_dir / f"step_{self.step:08d}.png", nrow=columns)
+        title = f"step {self.step:,} · {self.sampler.name}-{steps} · EMA" + (
+            f" · guidance {scale:g}" if scale is not None else "")
+        return save_labelled_grid(
+            images, self.sample_dir / f"step_{self.step:08d}.png",
+            columns or max(1, math.ceil(math.sqrt(n))), title=title,
+            row_labels=self._class_labels(int(y.max()) + 1) if y is not None else None)
+
+    def _class_labels(self, count: int) -> list[str]:
+        """The first ``count`` classes' names as the training set gives them (an image
+        folder's class folders, a torchvision dataset's ``classes``), else their indices."""
+        names = getattr(self.train_set, "class_names", None)
+        return [str(names[k]) if names and k < len(names) else str(k) for k in range(count)]
 
     def evaluate(self) -> dict:
         """Run the evaluator on the EMA model (every rank: it splits the sampling and hands

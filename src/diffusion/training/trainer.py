@@ -26,6 +26,7 @@ from diffusion.data import DeviceDataset
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import (
     autocast,
+    describe_device,
     resolve_device,
     resolve_precision,
     use_deterministic_algorithms,
@@ -43,6 +44,22 @@ from diffusion.training.periodic import PeriodicWork
 from diffusion.training.state import CheckpointState
 
 log = logging.getLogger(__name__)
+
+EARLY_LOG_STEPS = frozenset(m * 10 ** k for k in range(7) for m in (1, 2, 5))
+"""The steps below ``log_every`` that ``trainer.early_logs`` logs as well."""
+ETA_AFTER = 10
+"""Steps of a launch after which its time per step is measured and the time left said."""
+
+
+def format_duration(seconds: float) -> str:
+    """``40 s``, ``12 min``, ``3.4 h``, ``2.1 days``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 class Trainer(CheckpointState, PeriodicWork):
@@ -134,6 +151,8 @@ class Trainer(CheckpointState, PeriodicWork):
         self.step = 0
         self._stop_reason: str | None = None  # why this launch stops early (None: it does not)
         self.interrupted_by: str | None = None  # the stop signal, when one ended the launch
+        self.eta_hint: str | None = None  # said on a CPU when the estimate is over an hour
+        self._fit_started, self._eta_said = 0.0, False
         self.skipped_steps = 0  # fp16 updates the GradScaler skipped (not counted in step)
         self.micro_batches = 0  # batches consumed, skipped steps' too: where the data resumes
         self._start_step = 0
@@ -256,17 +275,24 @@ class Trainer(CheckpointState, PeriodicWork):
     def _due(self, every: int) -> bool:
         return every > 0 and (self.step % every == 0 or self._last())
 
+    def _log_due(self) -> bool:
+        """A log is due: every ``log_every`` steps, the launch's last step, and with
+        ``early_logs`` also at steps 1, 2, 5, 10, 20, 50, ... below ``log_every``."""
+        every = self.cfg.log_every
+        return self._due(every) or (self.cfg.early_logs and 0 < self.step < every
+                                    and self.step in EARLY_LOG_STEPS)
+
     def _check_stop(self, stop: StopRequest, started: float) -> None:
         """Whether to make this step the last: a stop signal arrived (``stop``), or
-        ``trainer.max_minutes`` of this launch are spent (looked at where a log is due
-        anyway). One process looks at every step; several look at log steps only, where
-        rank 0 decides for every rank (one broadcast), so all of them stop at the same step."""
+        ``trainer.max_minutes`` of this launch are spent. One process looks at every step;
+        several look at log steps only, where rank 0 decides for every rank (one broadcast),
+        so all of them stop at the same step."""
         at_log = bool(self.cfg.log_every) and self.step % self.cfg.log_every == 0
         if self.world_size > 1 and not at_log:
             return
         signal_name = stop.signal
         reason = f"{signal_name} received" if signal_name else None
-        if reason is None and self.cfg.max_minutes and at_log \
+        if reason is None and self.cfg.max_minutes \
                 and time.perf_counter() - started >= 60.0 * self.cfg.max_minutes:
             reason = f"trainer.max_minutes={self.cfg.max_minutes} reached"
         if self.world_size > 1:
@@ -285,6 +311,9 @@ class Trainer(CheckpointState, PeriodicWork):
                    dynamic_ncols=True, desc="train")
         wall_start = time.perf_counter()
         self._stop_reason, self.interrupted_by = None, None
+        self._fit_started, self._eta_said = wall_start, False
+        if self.is_main:
+            log.info("%s", self.banner())
         with StopRequest() as stop:
             metrics = self._loop(batches, bar, stop, wall_start)
         bar.close()
@@ -308,7 +337,7 @@ class Trainer(CheckpointState, PeriodicWork):
             data_time += waited
             window_steps += 1
             bar.update(1)
-            if self._due(cfg.log_every) or self._due(cfg.ckpt_every):
+            if self._log_due() or self._due(cfg.ckpt_every):
                 metrics = self._train_metrics(loss_sum / loss_count, grad_norm, window_steps,
                                               data_time, window_start)
                 loss_sum.zero_()
@@ -345,8 +374,39 @@ class Trainer(CheckpointState, PeriodicWork):
         if self._due(self.cfg.val_every):
             metrics["val/loss"] = self.validation_loss()
         self.logger.log_metrics(metrics, self.step)
+        self._say_eta()
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}",
                         img_s=f"{metrics['train/images_per_sec']:.0f}")
+
+    def banner(self) -> str:
+        """One line saying what trains where: the network and its size, the device, the
+        precision, the batch and the steps of this launch."""
+        params = sum(p.numel() for p in self.model.parameters())
+        where = describe_device(self.device)
+        if self.world_size > 1:
+            where = f"{self.world_size} processes on {where}"
+        budget = (f", at most {self.cfg.max_minutes:g} min" if self.cfg.max_minutes else "")
+        return (f"Training {type(self.model).__name__} ({params / 1e6:.2f}M parameters) on "
+                f"{where}, {self.precision}, batch {self.batch_size * self.cfg.grad_accum}: "
+                f"steps {self.step} -> {self.cfg.max_steps}{budget}.")
+
+    def _say_eta(self) -> None:
+        """Once this launch has trained ETA_AFTER steps (or sooner, when the run ends before
+        that): the measured time per step and the estimate to ``max_steps``; on a CPU where
+        that is over an hour, ``eta_hint`` too (the command's word on a recipe that fits)."""
+        done = self.step - self._start_step
+        if self._eta_said or not self.is_main or done < min(
+                ETA_AFTER, self.cfg.max_steps - self._start_step):
+            return
+        self._eta_said = True
+        per_step = (time.perf_counter() - self._fit_started) / done
+        left = per_step * (self.cfg.max_steps - self.step)
+        budget = (f" (trainer.max_minutes={self.cfg.max_minutes:g} stops it sooner)"
+                  if self.cfg.max_minutes and left > 60 * self.cfg.max_minutes else "")
+        log.info("%.3g s per step over the first %d: about %s to step %d%s.", per_step, done,
+                 format_duration(left), self.cfg.max_steps, budget)
+        if self.device.type == "cpu" and left > 3600 and self.eta_hint and not budget:
+            log.warning("%s", self.eta_hint)
 
     def _run_due_work(self) -> None:
         """The work due after this step besides logging: a sample grid, an evaluation and a

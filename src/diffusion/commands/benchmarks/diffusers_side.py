@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffusion.commands.benchmarks.ours import Side, bench_samplers, synthetic_batch
 from diffusion.errors import ConfigError
-from diffusion.models.layers import level_resolutions
+from diffusion.models.diffusers_unet import unet2d_arguments
 from diffusion.runtime.device import autocast
 from diffusion.sampling.checks import SAMPLERS
 from diffusion.sampling.sampler import SamplerSpec
@@ -71,35 +71,9 @@ def _is_ddpm_cifar10(m: Mapping, channels: int, image_size: int) -> bool:
 
 
 def _mapped(m: Mapping, channels: int, image_size: int) -> dict:
-    """Our config's structure in diffusers' terms: widths, blocks per level, attention levels."""
-    mult = tuple(m["channel_mult"])
-    widths = tuple(m["base_channels"] * k for k in mult)
-    sides = level_resolutions(image_size, len(mult))
-    attention = m["_target_"].endswith("AttentionUNet")
-    attended: set[int] = set()
-    head_dim = None
-    if attention:
-        resolutions = m.get("attention_resolutions") or (sides[min(1, len(mult) - 1)],)
-        attended = {sides.index(r) for r in resolutions}
-        first = widths[min(attended)] if attended else widths[-1]
-        head_dim = m.get("head_channels") or first // m.get("num_heads", 1)
-    config = {
-        "sample_size": sides[0], "in_channels": channels, "out_channels": channels,
-        "layers_per_block": m.get("num_res_blocks", 2), "block_out_channels": widths,
-        "down_block_types": tuple("AttnDownBlock2D" if i in attended else "DownBlock2D"
-                                  for i in range(len(mult))),
-        "up_block_types": tuple("AttnUpBlock2D" if i in attended else "UpBlock2D"
-                                for i in reversed(range(len(mult)))),
-        "attention_head_dim": head_dim, "add_attention": attention,
-        "norm_num_groups": m.get("norm_groups", 8), "dropout": float(m.get("dropout") or 0.0),
-    }
-    if m.get("use_scale_shift_norm"):
-        config["resnet_time_scale_shift"] = "scale_shift"
-    if m.get("resblock_updown"):
-        config.update(downsample_type="resnet", upsample_type="resnet")
-    if m.get("num_classes") is not None:
-        config["num_class_embeds"] = m["num_classes"]
-    return config
+    """Our config's structure in diffusers' terms: widths, blocks per level, attention levels
+    (``models.diffusers_unet.unet2d_arguments``, what ``model=diffusers_unet`` builds)."""
+    return unet2d_arguments(m, channels, image_size)
 
 
 def _rescaled(config: dict, scale: float, layers: int) -> dict:

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
-from diffusion.checks import check_choice, check_int
+from diffusion.checks import check_choice, check_int, check_writable
 from diffusion.commands.benchmarks.guidance import check_guidance_bench, time_guidance
 from diffusion.commands.benchmarks.guidance import describe as describe_guidance
 from diffusion.commands.benchmarks.measure import (
@@ -41,6 +41,7 @@ from diffusion.config.metrics import build_scorer
 from diffusion.errors import ConfigError, FeatureNetworkError
 from diffusion.runs.records import cpu_model, portable_arg, portable_value
 from diffusion.runtime.device import resolve_device, resolve_precision
+from diffusion.runtime.files import write_atomic
 
 OPERATIONS = {"train": "train_step", "data": "next_batch", "ema": "ema_update"}
 """The operations besides sampling, which is timed once per sampler (``sample:<name>``)."""
@@ -141,6 +142,7 @@ def run_benchmark(cfg: DictConfig, command: str = "") -> dict:
         precision = resolve_precision(cfg.trainer.precision, device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    check_writable(output_path(cfg, device.type, precision), "set bench.out to a writable file")
     threads = torch.get_num_threads()
     if bench.num_threads is not None:
         torch.set_num_threads(bench.num_threads)
@@ -341,11 +343,18 @@ def _versions() -> dict:
     return versions
 
 
-def output_path(cfg: DictConfig, record: dict) -> Path:
-    """``bench.out``, else ``experiments/bench/<name>-<device>-<precision>-b<batch>[...].json``."""
+def output_path(cfg: DictConfig, device: str, precision: str) -> Path:
+    """``bench.out``, else ``experiments/bench/<name>-<device>-<precision>-b<batch>[...].json``
+    where ``[...]`` names every setting that changes what is measured (sampling size and
+    steps, samplers, compile, ...), so two different measurements never share a file."""
     if cfg.bench.out:
         return Path(cfg.bench.out)
-    parts = [cfg.name, record["device"], record["precision"], f"b{cfg.data.batch_size}"]
+    bench = cfg.bench
+    names = list(bench.sampler) if OmegaConf.is_list(bench.sampler) else [bench.sampler]
+    parts = [cfg.name, device, precision, f"b{cfg.data.batch_size}",
+             f"n{bench.sample_n}x{bench.sample_steps}", "+".join(map(str, names))]
+    parts += [f"fid{bench.fid_n}x{bench.fid_steps}"] if bench.get("fid_n") else []
+    parts += [f"cfg{bench.guidance_scale:g}"] if bench.get("guidance_scale") is not None else []
     parts += [flag for flag in ("compile", "channels_last") if cfg.trainer[flag]]
     if cfg.data.on_device:
         parts.append("on_device")
@@ -355,11 +364,8 @@ def output_path(cfg: DictConfig, record: dict) -> Path:
 
 
 def write_record(record: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, json.dumps(record, indent=2) + "\n",
+                        "free space there, or set bench.out to a file elsewhere")
 
 
 def report(record: dict) -> str:

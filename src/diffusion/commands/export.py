@@ -1,0 +1,69 @@
+"""``python -m diffusion.export run=<run folder> out=<folder> [pipeline=ddim|ddpm]``
+
+Writes a run as a diffusers pipeline folder that plain diffusers loads with
+``DDIMPipeline.from_pretrained(out)`` (or ``DDPMPipeline``): ``unet/`` (the EMA weights of
+the chosen checkpoint, ``UNet2DModel.save_pretrained``), ``scheduler/`` (the run's noise
+process as diffusers' ``DDIMScheduler``/``DDPMScheduler`` config) and ``model_index.json``.
+Runs trained with ``model=diffusers_unet`` export as they are; our own backbones have no
+diffusers counterpart with the same weights, and are refused in one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from diffusion.checks import check_choice, check_writable
+from diffusion.commands.launcher import launch
+from diffusion.config.keys import check_cli_config
+from diffusion.config.runs import run_config
+from diffusion.errors import ConfigError
+from diffusion.models import DiffusersUNet
+from diffusion.runs.load import load_run
+from diffusion.schedulers import DDIMScheduler, DDPMScheduler
+
+PIPELINES = {"ddim": ("DDIMPipeline", DDIMScheduler), "ddpm": ("DDPMPipeline", DDPMScheduler)}
+
+
+def export(cfg: DictConfig) -> Path:
+    """Write the pipeline folder ``cfg.out`` for run ``cfg.run``; returns it."""
+    check_cli_config(cfg, "export")
+    check_choice("pipeline", cfg.pipeline, tuple(PIPELINES))
+    run_cfg = run_config(cfg.run)
+    target = str(run_cfg.model.get("_target_", ""))
+    if not target.endswith("DiffusersUNet"):
+        raise ConfigError(f"run={cfg.run} trained model={target.rsplit('.', 1)[-1]}, our own "
+                          "network, which diffusers cannot load with these weights: export "
+                          "runs trained with model=diffusers_unet (the same settings map onto "
+                          "it).")
+    out = Path(cfg.out)
+    if (out / "model_index.json").is_file() or (out.exists() and any(out.iterdir())):
+        raise ConfigError(f"out={out} is not empty: choose a new folder.")
+    check_writable(out, "set out= to a writable folder", folder=True, what="the export folder")
+    model, scheduler, _ = load_run(cfg.run, cfg.checkpoint)
+    if not isinstance(model, DiffusersUNet):  # config.yaml edited since the checks above
+        raise ConfigError(f"run={cfg.run} does not hold a diffusers_unet network.")
+    pipeline, sampler_cls = PIPELINES[cfg.pipeline]
+    sampler = sampler_cls.over(scheduler)
+    model.net.save_pretrained(out / "unet")
+    sampler.save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": pipeline, "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", type(sampler).__name__]}, indent=2) + "\n")
+    print(f"export: {out} (diffusers.{pipeline}.from_pretrained({str(out)!r}))")
+    if model.num_classes is not None:
+        print(f"note: the run is class-conditional; {pipeline} draws without labels, so load "
+              "the UNet (UNet2DModel.from_pretrained(out/'unet')) and pass class_labels "
+              f"(0..{model.num_classes - 1}; {model.num_classes} is the null label).")
+    return out
+
+
+def main() -> None:
+    """``python -m diffusion.export run=<run> out=<folder>``; see the module docstring."""
+    launch("export", export, distributed=False)
+
+
+if __name__ == "__main__":
+    main()

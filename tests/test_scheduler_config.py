@@ -1,0 +1,64 @@
+"""Schedulers saved, loaded and swapped as diffusers users do: ``save_pretrained`` writes a
+``scheduler_config.json`` that diffusers' class of the same name loads into the same noise
+process, ours loads what diffusers saved, and ``from_config`` swaps between our classes and
+diffusers' either way."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diffusion.schedulers import DDPMScheduler, NoiseScheduler
+
+diffusers = pytest.importorskip("diffusers")
+
+SCHEDULES = ["linear", "scaled_linear", "cosine"]
+
+
+def _same_process(ours, theirs, steps: int = 10) -> None:
+    assert torch.allclose(ours.alphas_cumprod.double(), theirs.alphas_cumprod.double(),
+                          rtol=1e-6, atol=1e-9)
+    ours.set_timesteps(steps)
+    theirs.set_timesteps(steps)
+    assert [float(t) for t in ours.timesteps] == pytest.approx(
+        [float(t) for t in theirs.timesteps], abs=1e-4)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("name", sorted(NoiseScheduler.SAMPLERS))
+def test_a_saved_scheduler_loads_in_diffusers_and_back(tmp_path, name, schedule):
+    ours = NoiseScheduler.SAMPLERS[name].over(
+        DDPMScheduler(beta_schedule=schedule, timestep_spacing="trailing"))
+    path = ours.save_pretrained(tmp_path / "scheduler")
+    saved = json.loads(path.read_text())
+    assert saved["_class_name"] == type(ours).__name__
+    theirs = getattr(diffusers, type(ours).__name__).from_pretrained(tmp_path / "scheduler")
+    _same_process(type(ours).from_pretrained(tmp_path / "scheduler"), theirs)
+    _same_process(NoiseScheduler.SAMPLERS[name].over(
+        DDPMScheduler(beta_schedule=schedule, timestep_spacing="trailing")), theirs)
+    theirs.save_pretrained(tmp_path / "theirs")  # and what diffusers saves, we load
+    _same_process(type(ours).from_pretrained(tmp_path / "theirs"),
+                  getattr(diffusers, type(ours).__name__).from_pretrained(tmp_path / "theirs"))
+
+
+def test_from_config_swaps_between_our_classes_and_diffusers(tmp_path):
+    from diffusion.schedulers import DDIMScheduler, EulerDiscreteScheduler
+
+    theirs = diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2")
+    ours = EulerDiscreteScheduler.from_config(theirs.config)  # diffusers' config, our class
+    assert ours.config["beta_schedule"] == "cosine"
+    back = diffusers.EulerDiscreteScheduler.from_config(ours.diffusers_config())
+    _same_process(ours, back)
+    ddim = DDIMScheduler.from_config(ours.config)
+    assert EulerDiscreteScheduler in ddim.compatibles and DDIMScheduler not in ddim.compatibles
+
+
+def test_a_diffusers_option_that_would_matter_is_refused():
+    config = {**diffusers.DDPMScheduler().config, "thresholding": True}
+    with pytest.raises(ValueError, match=r"^DDPMScheduler has no option thresholding \(got "
+                                         r"True\); drop it, or leave it at diffusers' default"):
+        DDPMScheduler.from_config(config)
+    with pytest.raises(FileNotFoundError, match="No scheduler_config.json in"):
+        DDPMScheduler.from_pretrained("/nonexistent-folder")
