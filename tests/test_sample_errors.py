@@ -60,7 +60,8 @@ SAMPLE_CASES = {
                      "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); got -0.5."),
     "eta-with-ddpm": (["sampler=ddpm", "sampler.eta=0.5", "n=2", "sampler.steps=2"],
                       "sampler.eta is not an option of sampler=ddpm: use one of name, steps, "
-                      "timestep_spacing, variance_type."),
+                      "timestep_spacing, dynamic_thresholding_ratio, sample_max_value, "
+                      "thresholding, variance_type."),
     "option-value": (["sampler=dpmpp_2m", "sampler.solver_order=5", "n=2"],
                      "sampler.solver_order must be one of 1, 2, 3; got 5."),
     "steps-list": (["sampler.steps=[2,3]", "n=2"], "sampler.steps must be one step count for "

@@ -24,6 +24,9 @@ from diffusion.schedulers import DDPMScheduler, NoiseScheduler
 from hydra_utils import compose_config
 from test_train import run_training
 
+THRESHOLDING = {"thresholding": False, "dynamic_thresholding_ratio": 0.995,
+                "sample_max_value": 1.0}  # what every sampler's file states
+
 FILES = sorted((CONF_DIR / "sampler").glob("*.yaml"))
 
 
@@ -68,7 +71,8 @@ def test_changed_options_reach_the_scheduler_and_are_named():
     assert SamplerSpec.from_config({"name": "ddpm", "steps": None}).step_counts(500) == [500]
     with pytest.raises(ValueError, match=r"^sampler.eta is not an option of sampler=euler: use "
                                          r"one of name, steps, timestep_spacing, "
-                                         r"use_karras_sigmas.$"):
+                                         r"dynamic_thresholding_ratio, sample_max_value, "
+                                         r"thresholding, use_karras_sigmas.$"):
         SamplerSpec.from_config({"name": "euler", "steps": 5, "eta": 0.5})
     with pytest.raises(ValueError, match=r"^sampler.solver_order must be one of 1, 2, 3; got 4.$"):
         SamplerSpec.from_config({"name": "dpmpp_2m", "steps": 5, "solver_order": 4}).check(1000)
@@ -89,12 +93,13 @@ def test_one_spec_for_sample_evaluate_and_training():
                                 config_name="sample")
     assert SamplerSpec.from_config(sample_cfg.sampler).steps == 10
     assert SamplerSpec.from_config(compose_config(["run=x"], config_name="sample").sampler) \
-        == SamplerSpec("ddim", 50, "trailing", {"eta": 0.0, "set_alpha_to_one": True})
+        == SamplerSpec("ddim", 50, "trailing", {"eta": 0.0, "set_alpha_to_one": True,
+                                                **THRESHOLDING})
     evaluate_cfg = compose_config(["run=x", "sampler=heun", "sampler.steps=[10,20]"],
                                   config_name="evaluate")
     assert SamplerSpec.from_config(evaluate_cfg.sampler).step_counts(1000) == [10, 20]
     train_cfg = compose_config(["sampler=euler_a", "sampler.steps=25"])
-    assert training_sampler(train_cfg) == SamplerSpec("euler_a", 25, "trailing", {})
+    assert training_sampler(train_cfg) == SamplerSpec("euler_a", 25, "trailing", THRESHOLDING)
     assert "sampler" not in build_trainer_config(train_cfg).__dict__
 
 

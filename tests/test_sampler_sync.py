@@ -63,9 +63,12 @@ def test_steps_never_read_a_tensor_back(name, eta, monkeypatch):
 def test_a_timestep_out_of_order_is_still_refused_on_the_meta_device():
     sched = _sampler("euler", 0.0)
     sched.set_timesteps(4, device="meta")
-    with pytest.raises(ValueError, match=r"call 0 of this run is at timesteps\[0\], not "
-                                         r"timesteps\[2\]"):
-        sched.scale_model_input(torch.zeros(1), sched.timesteps[2])
+    x = torch.zeros(1)
+    sched.scale_model_input(x, sched.timesteps[2])  # the first call places the run (no read)
+    x = sched.step(x, sched.timesteps[2], x).prev_sample
+    with pytest.raises(ValueError, match=r"call 3 of this run is at timesteps\[3\], not "
+                                         r"timesteps\[1\]"):
+        sched.scale_model_input(x, sched.timesteps[1])
     ddim = _sampler("ddim", 0.0)
     ddim.set_timesteps(4, device="meta")
     assert ddim.previous_timestep(ddim.timesteps[1]) == ddim._steps[2]  # any order, looked up

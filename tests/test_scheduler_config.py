@@ -56,9 +56,12 @@ def test_from_config_swaps_between_our_classes_and_diffusers(tmp_path):
 
 
 def test_a_diffusers_option_that_would_matter_is_refused():
-    config = {**diffusers.DDPMScheduler().config, "thresholding": True}
-    with pytest.raises(ValueError, match=r"^DDPMScheduler has no option thresholding \(got "
-                                         r"True\); drop it, or leave it at diffusers' default"):
+    config = {**diffusers.DDPMScheduler().config, "timestep_type": "continuous"}
+    with pytest.raises(ValueError, match=r"^DDPMScheduler has no option timestep_type \(got "
+                                         r"'continuous'\); drop it, or leave it at diffusers' "
+                                         r"default"):
         DDPMScheduler.from_config(config)
+    thresholded = {**diffusers.DDPMScheduler().config, "thresholding": True}
+    assert DDPMScheduler.from_config(thresholded).thresholding  # supported now
     with pytest.raises(FileNotFoundError, match="No scheduler_config.json in"):
         DDPMScheduler.from_pretrained("/nonexistent-folder")

@@ -96,7 +96,9 @@ BAD_VALUES = [
     ("sampler.steps=2000", "error: sampler.steps must be an integer from 1 to 1000 (the "
                            "model's num_train_timesteps); got 2000."),
     ("sampler.solver_order=4", "error: sampler.solver_order is not an option of sampler=ddim: "
-                               "use one of eta, name, set_alpha_to_one, steps, timestep_spacing."),
+                               "use one of dynamic_thresholding_ratio, eta, name, "
+                               "sample_max_value, set_alpha_to_one, steps, thresholding, "
+                               "timestep_spacing."),
     ("trainer.sample_steps=25", "error: trainer.sample_steps is now sampler.steps: the sampler "
                                 "is a config group, e.g. sampler=ddim sampler.steps=50"),
     ("trainer.sampler=heun", "error: trainer.sampler is now sampler=<name>: "),
@@ -130,8 +132,9 @@ BAD_VALUES = [
                                    "'foo.Bar': check objective._target_"),
     # a group's option and its keys, named together
     ("sampler=euler sampler.eta=0.3", "error: sampler.eta is not an option of sampler=euler: "
-                                      "use one of name, steps, timestep_spacing, "
-                                      "use_karras_sigmas."),
+                                      "use one of dynamic_thresholding_ratio, name, "
+                                      "sample_max_value, steps, thresholding, "
+                                      "timestep_spacing, use_karras_sigmas."),
     ("sampler.name=dpmpp_2m", "error: sampler.name picks the sampler but not its options: use "
                               "sampler=dpmpp_2m (the config group) instead of "
                               "sampler.name=dpmpp_2m."),

@@ -52,10 +52,16 @@ def make_sampler(train_scheduler: NoiseScheduler, sampler: str | NoiseScheduler,
     return cls.over(train_scheduler, **options)
 
 
+SAMPLING_OPTIONS = frozenset({"thresholding", "dynamic_thresholding_ratio", "sample_max_value"})
+"""Arguments of every scheduler that change only how x_0 is used at sampling time, so a
+sampler may set them over a trained run's noise process."""
+
+
 def sampler_options(name: str) -> set[str]:
     """The options ``sampler.<option>`` may set for sampler ``name``: its class's own
-    constructor arguments, not the noise process's (those come from the trained run)."""
-    return SAMPLERS[name].config_keys() - NoiseScheduler.config_keys()
+    constructor arguments and ``SAMPLING_OPTIONS``, not the noise process's (those come from
+    the trained run)."""
+    return SAMPLERS[name].config_keys() - (NoiseScheduler.config_keys() - SAMPLING_OPTIONS)
 
 
 def default_options(name: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +32,13 @@ from diffusion.checks import check_choice, check_int
 from diffusion.schedulers import interop
 from diffusion.schedulers.betas import BETA_SCHEDULES, get_beta_schedule, rescale_zero_terminal_snr
 from diffusion.schedulers.noise import Generators, randn_tensor
+from diffusion.schedulers.options import (
+    check_thresholding,
+    check_trained_betas,
+    custom_timesteps,
+    dynamic_threshold,
+    one_of,
+)
 
 Tensor = torch.Tensor
 
@@ -137,6 +144,10 @@ class NoiseScheduler:
         timestep_spacing: str = "leading",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
+        trained_betas: Sequence[float] | None = None,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
     ):
         check_int("num_train_timesteps", num_train_timesteps)
         check_choice("beta_schedule", beta_schedule, tuple(BETA_SCHEDULES))
@@ -154,12 +165,18 @@ class NoiseScheduler:
                 "rescale_betas_zero_snr=True needs prediction_type 'v_prediction' or 'sample', "
                 "because at zero terminal SNR an epsilon prediction cannot recover x_0."
             )
+        trained = check_trained_betas(trained_betas, num_train_timesteps)
+        self.thresholding, self.dynamic_thresholding_ratio, self.sample_max_value = \
+            check_thresholding(thresholding, dynamic_thresholding_ratio, sample_max_value)
         self._config: dict[str, Any] = dict(
             num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
             beta_start=beta_start, beta_end=beta_end, prediction_type=prediction_type,
             clip_sample=clip_sample, clip_sample_range=clip_sample_range,
             timestep_spacing=timestep_spacing, steps_offset=steps_offset,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
+            trained_betas=None if trained is None else trained.tolist(),
+            thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            sample_max_value=sample_max_value,
         )
         self.num_train_timesteps = num_train_timesteps
         self.prediction_type = prediction_type
@@ -168,7 +185,8 @@ class NoiseScheduler:
         self.timestep_spacing = timestep_spacing
         self.steps_offset = steps_offset
 
-        betas = get_beta_schedule(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        betas = trained if trained is not None else get_beta_schedule(
+            beta_schedule, num_train_timesteps, beta_start, beta_end)
         self.betas = rescale_zero_terminal_snr(betas) if rescale_betas_zero_snr else betas
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
@@ -227,8 +245,12 @@ class NoiseScheduler:
         return f"{type(self).__name__}({args})"
 
     # -------------------------------------------------------------- timesteps
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """Choose the ``num_inference_steps`` timesteps the reverse process visits.
+    def set_timesteps(self, num_inference_steps: int | None = None,
+                      device: str | torch.device | None = None,
+                      timesteps: Sequence[int] | None = None):
+        """Choose the timesteps the reverse process visits: ``num_inference_steps`` of them
+        spaced by ``timestep_spacing``, or the custom descending ``timesteps`` (a list, array
+        or tensor of training timesteps; diffusers' argument), one of the two.
 
         Spacings as diffusers computes them (T = num_train_timesteps, n steps):
         ``leading`` = i * (T // n) + steps_offset, ``trailing`` = round(T - i * T / n) - 1,
@@ -236,10 +258,18 @@ class NoiseScheduler:
         Always n of them: for some n (T = 1000, n = 61) numpy's float ``arange`` gives
         diffusers' ``trailing`` one more, a spurious -1.
         """
-        n = self._check_num_steps(num_inference_steps)
-        steps = [round(t) for t in self._spaced_timesteps(n)]
-        self.num_inference_steps = n
-        self._use_timesteps(sorted(steps, reverse=True), device)
+        steps = self._requested_timesteps(num_inference_steps, timesteps)
+        self.num_inference_steps = len(steps)
+        self._use_timesteps(steps, device)
+
+    def _requested_timesteps(self, num_inference_steps, timesteps, integer: bool = True):
+        """The descending timesteps ``set_timesteps`` was asked for: ``timesteps`` checked,
+        or ``num_inference_steps`` of ``timestep_spacing`` (rounded when ``integer``)."""
+        one_of("num_inference_steps", num_inference_steps, "timesteps", timesteps)
+        if timesteps is not None:
+            return custom_timesteps(timesteps, self.num_train_timesteps, integer)
+        steps = self._spaced_timesteps(self._check_num_steps(num_inference_steps))
+        return sorted((round(t) for t in steps) if integer else steps, reverse=True)
 
     def _check_num_steps(self, n: Any) -> int:
         T = self.num_train_timesteps
@@ -426,6 +456,11 @@ class NoiseScheduler:
         return (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
 
     def _clip(self, pred_original_sample: Tensor) -> Tensor:
+        """x_0_hat as the step uses it: dynamically thresholded when ``thresholding``, else
+        clipped to +-clip_sample_range when ``clip_sample`` (diffusers' order)."""
+        if self.thresholding:
+            return dynamic_threshold(pred_original_sample, self.dynamic_thresholding_ratio,
+                                     self.sample_max_value)
         if not self.clip_sample:
             return pred_original_sample
         return pred_original_sample.clamp(-self.clip_sample_range, self.clip_sample_range)

@@ -38,16 +38,16 @@ to float32 and applies its coefficients there). Differences:
   do (998, 998, 998, ...): it skips the first sigma and runs past its table (IndexError).
 * A step to sigma = 0 draws no noise (its weight is 0).
 * ``clip_sample`` clips the x_0 prediction (for ``dpmsolver``, epsilon is re-derived
-  from the clipped x_0, as diffusers does when thresholding).
+  from the clipped x_0, as diffusers does when thresholding); ``thresholding`` as diffusers.
 
-Not implemented: dynamic thresholding (``thresholding``; use ``clip_sample``),
-``lambda_min_clipped``, ``euler_at_final``, ``sde-dpmsolver``, Lu lambdas and exponential or
-beta sigmas, learned variances and flow prediction.
+Not implemented: ``lambda_min_clipped``, ``euler_at_final``, ``sde-dpmsolver``, Lu lambdas and
+exponential or beta sigmas, learned variances and flow prediction.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ import torch
 
 from diffusion.checks import check_choice
 from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput
+from diffusion.schedulers.options import custom_timesteps, one_of
 from diffusion.schedulers.sigmas import SigmaScheduler, karras_sigmas, sigma_to_t
 
 ALGORITHM_TYPES = ("dpmsolver++", "dpmsolver", "sde-dpmsolver++")
@@ -81,6 +82,7 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
     """
 
     init_noise_sigma = 1.0  # x stays variance preserving
+    add_noise = NoiseScheduler.add_noise  # x_t itself, as diffusers' DPM-Solver
 
     def __init__(self, *, solver_order: int = 2, algorithm_type: str = "dpmsolver++",
                  solver_type: str = "midpoint", lower_order_final: bool = True,
@@ -128,15 +130,27 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
             return steps
         return [round(t) for t in self._spaced_timesteps(n)]
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """Tables for ``num_inference_steps`` steps: int64 timesteps on ``device``, their
-        sigmas and the final sigma; clears the history of model outputs."""
-        n = self._check_num_steps(num_inference_steps)
+    def set_timesteps(self, num_inference_steps: int | None = None,
+                      device: str | torch.device | None = None,
+                      timesteps: Sequence[int] | None = None):
+        """Tables for ``num_inference_steps`` steps, or for the custom descending integer
+        ``timesteps``: int64 timesteps on ``device``, their sigmas and the final sigma;
+        clears the history of model outputs."""
+        one_of("num_inference_steps", num_inference_steps, "timesteps", timesteps)
         train = self.train_sigmas.numpy()
-        if self.use_karras_sigmas:
+        if timesteps is not None:
+            if self.use_karras_sigmas:
+                raise ValueError("custom timesteps and use_karras_sigmas=True exclude each "
+                                 "other (Karras sigmas place their own timesteps).")
+            timesteps = np.array(custom_timesteps(timesteps, self.num_train_timesteps))
+            n = len(timesteps)
+            sigmas = train[timesteps]
+        elif self.use_karras_sigmas:
+            n = self._check_num_steps(num_inference_steps)
             sigmas = karras_sigmas(float(train[0]), float(train[-1]), n)
             timesteps = np.round(sigma_to_t(sigmas, train))
         else:
+            n = self._check_num_steps(num_inference_steps)
             timesteps = np.array(self._dpm_timesteps(n))
             sigmas = train[timesteps]
         final = float(train[0]) if self.final_sigmas_type == "sigma_min" else 0.0
@@ -161,9 +175,10 @@ class DPMSolverMultistepScheduler(SigmaScheduler):
         x0 = self._clip(x0)
         if self.algorithm_type != "dpmsolver":
             return x0, x0
-        if self.prediction_type == "epsilon" and not self.clip_sample:
+        altered = self.clip_sample or self.thresholding  # epsilon is then re-derived
+        if self.prediction_type == "epsilon" and not altered:
             return x0, model_output
-        if self.prediction_type == "v_prediction" and not self.clip_sample:
+        if self.prediction_type == "v_prediction" and not altered:
             return x0, alpha * model_output + sigma_t * sample
         return x0, (sample - alpha * x0) / sigma_t
 

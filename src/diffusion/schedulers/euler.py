@@ -24,6 +24,7 @@ sigma schedules (exponential, beta), ``final_sigmas_type`` (the last step lands 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -46,12 +47,16 @@ class EulerDiscreteScheduler(SigmaScheduler, sampler_name="euler"):
         self.use_karras_sigmas = self._check_flag("use_karras_sigmas", use_karras_sigmas)
         self._config["use_karras_sigmas"] = use_karras_sigmas
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """Tables for ``num_inference_steps`` steps: float32 timesteps on ``device``, and
-        the sigmas of those steps followed by 0."""
-        n = self._check_num_steps(num_inference_steps)
-        timesteps, sigmas = self._spaced_sigmas(n, self.use_karras_sigmas)
-        self._set_tables([*sigmas, 0.0], timesteps, n, device, torch.float32)
+    def set_timesteps(self, num_inference_steps: int | None = None,
+                      device: str | torch.device | None = None,
+                      timesteps: Sequence[float] | None = None,
+                      sigmas: Sequence[float] | None = None):
+        """Tables for ``num_inference_steps`` steps, or for custom descending ``timesteps``
+        or ``sigmas`` (each step's sigma and the final one), one of the three, as diffusers:
+        float32 timesteps on ``device``, and the sigmas of those steps followed by 0."""
+        timesteps, sigmas = self._sigma_schedule(num_inference_steps, timesteps, sigmas,
+                                                 self.use_karras_sigmas)
+        self._set_tables(sigmas, timesteps, len(timesteps), device, torch.float32)
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor,
              sample: torch.Tensor, *, generator: torch.Generator | None = None,
@@ -77,12 +82,15 @@ class EulerAncestralDiscreteScheduler(SigmaScheduler, sampler_name="euler_a"):
     def stochastic(self) -> bool:
         return True
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """Tables for ``num_inference_steps`` steps: float32 timesteps on ``device``, and
-        the sigmas of those steps followed by 0."""
-        n = self._check_num_steps(num_inference_steps)
-        timesteps, sigmas = self._spaced_sigmas(n, karras=False)
-        self._set_tables([*sigmas, 0.0], timesteps, n, device, torch.float32)
+    def set_timesteps(self, num_inference_steps: int | None = None,
+                      device: str | torch.device | None = None,
+                      timesteps: Sequence[float] | None = None,
+                      sigmas: Sequence[float] | None = None):
+        """Tables for ``num_inference_steps`` steps, or for custom ``timesteps`` or ``sigmas``
+        as ``EulerDiscreteScheduler`` takes them (diffusers' ancestral sampler takes only the
+        number): float32 timesteps on ``device``, and the sigmas of those steps followed by 0."""
+        timesteps, sigmas = self._sigma_schedule(num_inference_steps, timesteps, sigmas)
+        self._set_tables(sigmas, timesteps, len(timesteps), device, torch.float32)
 
     def step(self, model_output: torch.Tensor, timestep: float | torch.Tensor,
              sample: torch.Tensor, generator: torch.Generator | None = None, *,

@@ -22,13 +22,18 @@ last Euler step to 0 leaves no half-finished step behind, and ``generator`` is a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from diffusion.schedulers.base import SchedulerOutput
+from diffusion.schedulers.betas import schedule_ends
 from diffusion.schedulers.sigmas import SigmaScheduler
+
+HEUN_ENDS = (0.00085, 0.012)
+"""diffusers' ``HeunDiscreteScheduler`` defaults for ``beta_start`` and ``beta_end``."""
 
 
 class HeunDiscreteScheduler(SigmaScheduler, sampler_name="heun"):
@@ -42,18 +47,30 @@ class HeunDiscreteScheduler(SigmaScheduler, sampler_name="heun"):
     order = 2
 
     def __init__(self, *, use_karras_sigmas: bool = False, **process: Any):
-        """``process``: the noise-process arguments of ``NoiseScheduler`` (diffusers' names)."""
+        """``process``: the noise-process arguments of ``NoiseScheduler`` (diffusers' names).
+        Left out, ``beta_start``/``beta_end`` are diffusers' defaults for this class, Stable
+        Diffusion's 0.00085 and 0.012 (every other sampler's are DDPM's 0.0001 and 0.02);
+        ``over`` copies the training process's, as for every sampler."""
+        if "beta_start" not in process and "beta_end" not in process and \
+                schedule_ends(process.get("beta_schedule", "linear"), 1000) != (None, None):
+            process.update(beta_start=HEUN_ENDS[0], beta_end=HEUN_ENDS[1])
         super().__init__(**process)
         self.use_karras_sigmas = self._check_flag("use_karras_sigmas", use_karras_sigmas)
         self._config["use_karras_sigmas"] = use_karras_sigmas
         self._pending: tuple[torch.Tensor, float, torch.Tensor] | None = None
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """Tables for ``num_inference_steps`` steps (2n - 1 model evaluations): float32
-        timesteps on ``device``, each after the first twice, and their sigmas, then 0."""
-        n = self._check_num_steps(num_inference_steps)
-        timesteps, sigmas = self._spaced_sigmas(n, self.use_karras_sigmas)
-        sigmas = np.concatenate([sigmas[:1], np.repeat(sigmas[1:], 2), [0.0]])
+    def set_timesteps(self, num_inference_steps: int | None = None,
+                      device: str | torch.device | None = None,
+                      timesteps: Sequence[float] | None = None,
+                      sigmas: Sequence[float] | None = None):
+        """Tables for ``num_inference_steps`` steps (2n - 1 model evaluations), or for custom
+        descending ``timesteps`` (as diffusers) or ``sigmas`` (each step's and the final one,
+        as diffusers' Euler takes them): float32 timesteps on ``device``, each after the first
+        twice, and their sigmas, then the final one."""
+        timesteps, sigmas = self._sigma_schedule(num_inference_steps, timesteps, sigmas,
+                                                 self.use_karras_sigmas)
+        n = len(timesteps)
+        sigmas = np.concatenate([sigmas[:1], np.repeat(sigmas[1:-1], 2), sigmas[-1:]])
         timesteps = np.concatenate([timesteps[:1], np.repeat(timesteps[1:], 2)])
         self._set_tables(sigmas, timesteps, n, device, torch.float32)
         self._pending = None

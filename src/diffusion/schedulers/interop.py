@@ -25,8 +25,7 @@ FROM_DIFFUSERS_SCHEDULES = {v: k for k, v in TO_DIFFUSERS_SCHEDULES.items()}
 DIFFUSERS_ENDS = {"beta_start": 0.0001, "beta_end": 0.02}
 """diffusers' class defaults, written for a schedule that has no ends (it ignores them)."""
 DIFFUSERS_NOOPS: dict[str, tuple] = {
-    "trained_betas": (None,), "thresholding": (False,), "dynamic_thresholding_ratio": (0.995,),
-    "sample_max_value": (1.0,), "variance_type": ("fixed_small", None),
+    "variance_type": ("fixed_small", None),
     "use_exponential_sigmas": (False,), "use_beta_sigmas": (False,),
     "use_flow_sigmas": (False,), "flow_shift": (1.0,), "use_dynamic_shifting": (False,),
     "time_shift_type": ("exponential",), "timestep_type": ("discrete",),
@@ -48,7 +47,7 @@ def constructor_arguments(class_name: str, keys: Iterable[str], config: Mapping[
     diffusers', any class's) with ``overrides``: diffusers' bookkeeping (``_class_name``, ...)
     and another sampler's own options (a DPM-Solver config's ``solver_order`` read by DDIM)
     are dropped, as diffusers does; a diffusers feature the class lacks
-    (``thresholding=True``, ``trained_betas``) raises one sentence."""
+    (``use_exponential_sigmas=True``, ``timestep_type="continuous"``) raises one sentence."""
     merged = {**dict(config), **overrides}
     schedule = merged.get("beta_schedule")
     if schedule is not None:

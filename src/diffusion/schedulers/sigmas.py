@@ -24,6 +24,7 @@ import torch
 
 from diffusion.checks import check_int
 from diffusion.schedulers.base import NoiseScheduler
+from diffusion.schedulers.options import custom_sigmas, one_of
 
 Tensor = torch.Tensor
 
@@ -70,6 +71,7 @@ class SigmaScheduler(NoiseScheduler):
         self._sigma: list[float] = []  # the sigmas table as Python floats, read by step
         self._timestep_values: list[float] = []  # timesteps as the model sees them
         self._step_index: int | None = None
+        self._placed = False
 
     @staticmethod
     def _check_flag(name: str, value: Any) -> bool:
@@ -78,21 +80,33 @@ class SigmaScheduler(NoiseScheduler):
         return value
 
     # ------------------------------------------------------------------- tables
-    def _spaced_sigmas(self, n: int, karras: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(timesteps, sigmas) of n steps as diffusers' Euler and Heun place them.
+    def _sigma_schedule(self, num_inference_steps, timesteps=None, sigmas=None,
+                        karras: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(timesteps, sigmas and the final one) of a run, as diffusers' Euler and Heun place
+        them, from one of: ``num_inference_steps``, custom ``timesteps`` or custom ``sigmas``.
 
-        The timesteps of ``timestep_spacing`` (``linspace`` unrounded), rounded to float32 as
-        the model sees them, and sigma interpolated linearly there. With ``karras``, n Karras
-        sigmas between the first and the last of those instead, each with its fractional
-        timestep.
+        The timesteps of ``timestep_spacing`` (``linspace`` unrounded) or the custom ones,
+        rounded to float32 as the model sees them, and sigma interpolated linearly there;
+        with ``karras``, n Karras sigmas between the first and the last of those instead,
+        each with its fractional timestep. Custom ``sigmas`` list every step's sigma and the
+        one the last step lands on; their timesteps are interpolated in log sigma.
         """
-        timesteps = np.array(self._spaced_timesteps(n), dtype=np.float32).astype(np.float64)
         train = self.train_sigmas.numpy()
-        sigmas = np.interp(timesteps, np.arange(len(train)), train)
+        if sigmas is not None:
+            one_of("num_inference_steps", num_inference_steps, "timesteps", timesteps,
+                   "sigmas", sigmas)
+            table = np.array(custom_sigmas(sigmas))
+            return sigma_to_t(table[:-1], train), table
+        if timesteps is not None and karras:
+            raise ValueError("custom timesteps and use_karras_sigmas=True exclude each other "
+                             "(Karras sigmas place their own timesteps); pass sigmas= instead.")
+        steps = self._requested_timesteps(num_inference_steps, timesteps, integer=False)
+        steps = np.array(steps, dtype=np.float32).astype(np.float64)
+        table = np.interp(steps, np.arange(len(train)), train)
         if karras:
-            sigmas = karras_sigmas(float(sigmas[-1]), float(sigmas[0]), n)
-            timesteps = sigma_to_t(sigmas, train)
-        return timesteps, sigmas
+            table = karras_sigmas(float(table[-1]), float(table[0]), len(steps))
+            steps = sigma_to_t(table, train)
+        return steps, np.append(table, 0.0)
 
     def _set_tables(self, sigmas, timesteps, num_inference_steps: int, device,
                     dtype: torch.dtype) -> None:
@@ -104,6 +118,7 @@ class SigmaScheduler(NoiseScheduler):
         self._timestep_values = as_seen.tolist()
         self.timesteps = as_seen.to(device)
         self._step_index = 0
+        self._placed = False  # whether the run's first call is placed (see _current)
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start this run at call ``begin_index`` of ``timesteps`` instead of the first
@@ -115,17 +130,40 @@ class SigmaScheduler(NoiseScheduler):
         calls = len(self._timestep_values)
         check_int("begin_index", begin_index, 0, calls - 1)
         self._step_index = begin_index
+        self._placed = True
 
     @property
     def step_index(self) -> int | None:
         """How many calls of ``step`` this run has made (None before ``set_timesteps``)."""
         return self._step_index
 
+    def _look_up(self, timestep) -> int | None:
+        """The call of this run at ``timestep`` (an element of ``timesteps`` or its value;
+        of two equal entries the second, where a whole step of Heun begins, as diffusers'
+        ``index_for_timestep``); None when no entry has that value."""
+        if torch.is_tensor(timestep):
+            position = self._position_in_timesteps(timestep)
+            if position is not None:
+                return position
+            timestep = timestep.item()  # read once per run, at its first call
+        hits = [j for j, t in enumerate(self._timestep_values)
+                if abs(float(timestep) - t) <= 1e-4 * max(1.0, abs(t))]
+        return hits[1] if len(hits) > 1 else hits[0] if hits else None
+
     def _current(self, timestep) -> int:
-        """The index of the call about to be made, checked against ``timestep`` where free."""
+        """The index of the call about to be made, checked against ``timestep`` where free.
+
+        The first call of a run is placed by its timestep, as diffusers does: a loop over a
+        tail of ``timesteps`` (image-to-image without ``set_begin_index``) starts there.
+        Later calls are counted, so a loop on an accelerator never waits on the device."""
         i = self._step_index
         if i is None:
             raise ValueError(f"call set_timesteps(n) before sampling with {type(self).__name__}.")
+        if not self._placed and timestep is not None:
+            self._placed = True
+            j = self._look_up(timestep)
+            if j is not None and self._timestep_values[j] != self._timestep_values[i]:
+                self._step_index = i = j
         if i >= len(self._timestep_values):
             raise ValueError(f"all {len(self._timestep_values)} steps of this run are done; "
                              "call set_timesteps(n) to sample again.")
@@ -151,18 +189,45 @@ class SigmaScheduler(NoiseScheduler):
 
     # --------------------------------------------------------------- sigma space
     @property
-    def init_noise_sigma(self) -> float:
+    def init_noise_sigma(self) -> Tensor:
         """x_T = init_noise_sigma * N(0, I) in sigma space, by diffusers' rule: the largest
         sigma for ``linspace`` and ``trailing`` spacing, sqrt(sigma^2 + 1) for ``leading``.
+        A 0-d CPU float64 tensor, as diffusers' (a tensor; multiplying a sample on any
+        device by it waits on nothing).
 
         sqrt(sigma_max^2 + 1) is exactly the spread of x_T / sqrt(a_T) for x_T ~ N(0, I); the
         largest sigma alone (k-diffusion's convention) is smaller by a relative
         1 / (2 sigma_max^2): 2e-5 for the linear schedule at T = 1000.
         """
         sigma_max = float(self.sigmas.max())
-        if self.timestep_spacing in ("linspace", "trailing"):
-            return sigma_max
-        return math.sqrt(sigma_max**2 + 1.0)
+        if self.timestep_spacing not in ("linspace", "trailing"):
+            sigma_max = math.sqrt(sigma_max**2 + 1.0)
+        return torch.tensor(sigma_max, dtype=torch.float64)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor,
+                  timesteps: float | Tensor) -> Tensor:
+        """x_0 + sigma(t) noise: the sampler's own variable at ``timesteps`` (one, or one per
+        sample), as diffusers' Euler and Heun. sigma(t) is this run's sigma where t is one of
+        its timesteps (fractional ones included), else the training sigma interpolated
+        linearly in t. The training process's x_t is this divided by sqrt(sigma^2 + 1)
+        (``scale_model_input``); DPM-Solver, which works on x_t, returns that instead."""
+        sigma = self._sigmas_at(timesteps).to(original_samples.device)
+        sigma = sigma.reshape(-1, *([1] * (original_samples.ndim - 1)))
+        return original_samples + sigma.to(original_samples.dtype) * noise
+
+    def _sigmas_at(self, timesteps: float | Tensor) -> Tensor:
+        """sigma(t) in float64 for each of ``timesteps`` (see ``add_noise``)."""
+        values = timesteps.detach().cpu().double().flatten().tolist() \
+            if torch.is_tensor(timesteps) else [float(timesteps)]
+        T = self.num_train_timesteps
+        train = self.train_sigmas.numpy()
+        table = dict(zip(self._timestep_values, self._sigma, strict=False))
+        out = []
+        for t in values:
+            if not 0 <= t <= T - 1:
+                raise ValueError(f"timesteps must be in [0, {T - 1}]; got {t:g}.")
+            out.append(table.get(t, float(np.interp(t, np.arange(T), train))))
+        return torch.tensor(out, dtype=torch.float64)
 
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
         """The network's input x_t = x / sqrt(sigma^2 + 1) at the current call's sigma."""
