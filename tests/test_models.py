@@ -1,5 +1,7 @@
 """Backbones: shapes, gradient flow, determinism, conditioning, sizes and argument checks."""
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -11,6 +13,8 @@ SMALL = {
     UNet: dict(base_channels=8, norm_groups=4),
     AttentionUNet: dict(base_channels=16, norm_groups=8, num_res_blocks=1, num_heads=2),
 }
+if importlib.util.find_spec("diffusers"):  # diffusers' UNet2DModel behind our interface
+    SMALL[DiffusersUNet] = dict(base_channels=16, norm_groups=8, num_res_blocks=1, num_heads=2)
 BACKBONES = list(SMALL)
 DDPM_CIFAR10 = dict(
     in_channels=3,

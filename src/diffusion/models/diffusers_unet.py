@@ -18,8 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffusion.checks import check_int
 from diffusion.errors import ConfigError
-from diffusion.models.layers import broadcast_timesteps, level_resolutions
+from diffusion.models.layers import (
+    broadcast_timesteps,
+    crop_padding,
+    level_resolutions,
+    pad_to_multiple,
+)
 
 
 def unet2d_arguments(m: Mapping[str, Any], channels: int, image_size: int) -> dict[str, Any]:
@@ -78,12 +84,16 @@ class DiffusersUNet(nn.Module):
                  attention_resolutions: Sequence[int] | None = None, num_heads: int = 4,
                  head_channels: int | None = None, dropout: float = 0.0, norm_groups: int = 32,
                  use_scale_shift_norm: bool = False, resblock_updown: bool = False,
-                 num_classes: int | None = None, pretrained: str | None = None):
+                 num_classes: int | None = None, pretrained: str | None = None,
+                 out_channels: int | None = None):
         super().__init__()
         unet2d = _unet2d()
         self.num_classes = num_classes
+        self.in_channels = in_channels
         if pretrained:
-            self.net = self._pretrained(unet2d, pretrained, in_channels, image_size, num_classes)
+            self.net = self._pretrained(unet2d, pretrained, in_channels, image_size, num_classes,
+                                        out_channels)
+            self.num_downsamples = len(self.net.config.block_out_channels) - 1
             return
         settings = dict(base_channels=base_channels, channel_mult=channel_mult,
                         num_res_blocks=num_res_blocks, num_heads=num_heads,
@@ -95,11 +105,15 @@ class DiffusersUNet(nn.Module):
             if width % norm_groups:
                 raise ConfigError(f"model.norm_groups={norm_groups} must divide every level's "
                                   f"width (base_channels x channel_mult); {width} is not.")
-        self.net = unet2d(**unet2d_arguments(settings, in_channels, image_size))
+        arguments = unet2d_arguments(settings, in_channels, image_size)
+        if out_channels is not None:
+            arguments["out_channels"] = check_int("out_channels", out_channels)
+        self.net = unet2d(**arguments)
+        self.num_downsamples = len(channel_mult) - 1
 
     @staticmethod
     def _pretrained(unet2d, folder: str, in_channels: int, image_size: int,
-                    num_classes: int | None) -> nn.Module:
+                    num_classes: int | None, out_channels: int | None) -> nn.Module:
         path = Path(folder)
         if not (path / "config.json").is_file() and (path / "unet" / "config.json").is_file():
             path = path / "unet"  # a pipeline's folder
@@ -112,7 +126,9 @@ class DiffusersUNet(nn.Module):
             net = unet2d.from_pretrained(path)
         config = net.config
         wanted = {"in_channels": in_channels, "sample_size": image_size,
-                  "num_class_embeds": None if num_classes is None else num_classes + 1}
+                  "num_class_embeds": None if num_classes is None else num_classes + 1,
+                  "out_channels": config.get("out_channels") if out_channels is None
+                  else out_channels}
         for key, value in wanted.items():
             if config.get(key) != value:
                 raise ConfigError(f"model.pretrained={folder} has {key}={config.get(key)} but "
@@ -121,12 +137,19 @@ class DiffusersUNet(nn.Module):
         return net
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+        """As our backbones: x of any height and width (padded to what the halvings need and
+        cropped back), t one timestep or one per sample, y labels or None (the null label)."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (batch, {self.in_channels}, height, width), "
+                             f"got {tuple(x.shape)}.")
         t = broadcast_timesteps(t, x)
+        labels = {}
         if self.num_classes is None:
             if y is not None:
                 raise ValueError("y was given but the model was built with num_classes=None; "
                                  "set num_classes to train a class-conditional model.")
-            return self.net(x, t).sample
-        if y is None:
-            y = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-        return self.net(x, t, class_labels=y).sample
+        else:
+            labels["class_labels"] = y if y is not None else torch.full(
+                (x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        x, pad = pad_to_multiple(x, 2**self.num_downsamples)
+        return crop_padding(self.net(x, t, **labels).sample, pad)

@@ -15,7 +15,6 @@ reverse step and the options above change.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,12 +66,7 @@ def sampler_options(name: str) -> set[str]:
 def default_options(name: str) -> dict[str, Any]:
     """What ``name`` uses for each of its options when none is given: its presets, else
     the class's defaults."""
-    defaults = {}
-    for klass in SAMPLERS[name].__mro__:
-        if "__init__" in vars(klass):
-            for key, p in inspect.signature(klass.__init__).parameters.items():
-                if p.default is not inspect.Parameter.empty:
-                    defaults.setdefault(key, p.default)
+    defaults = SAMPLERS[name].config_defaults()
     return {key: SAMPLER_PRESETS[name].get(key, defaults.get(key))
             for key in sorted(sampler_options(name))}
 

@@ -107,6 +107,17 @@ class NoiseScheduler:
                 if name != "self" and p.kind in named}
 
     @classmethod
+    def config_defaults(cls) -> dict[str, Any]:
+        """Each constructor argument's default, the subclass's where both name one."""
+        defaults: dict[str, Any] = {}
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                for name, p in inspect.signature(klass.__init__).parameters.items():
+                    if p.default is not inspect.Parameter.empty:
+                        defaults.setdefault(name, p.default)
+        return defaults
+
+    @classmethod
     def over(cls, scheduler: NoiseScheduler, **options: Any) -> NoiseScheduler:
         """A ``cls`` sampler over ``scheduler``'s noise process (betas, prediction type,
         clipping): only the reverse step changes; ``options`` set its own arguments."""
@@ -222,7 +233,7 @@ class NoiseScheduler:
     def diffusers_config(self) -> dict[str, Any]:
         """The config in diffusers' terms (``schedulers.interop.to_diffusers``), so
         ``diffusers.<Same class>.from_config`` builds the same noise process."""
-        return interop.to_diffusers(self._config, type(self).__name__)
+        return interop.to_diffusers(self._config, type(self).__name__, self.config_defaults())
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:
         """Write ``scheduler_config.json`` (``diffusers_config``) into ``save_directory``:

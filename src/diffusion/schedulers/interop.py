@@ -37,6 +37,21 @@ DIFFUSERS_NOOPS: dict[str, tuple] = {
 that holds them so (every diffusers config does) builds our class; another value is refused."""
 
 
+_THRESHOLDING = {"thresholding", "dynamic_thresholding_ratio", "sample_max_value"}
+DIFFUSERS_LACKS: dict[str, set[str]] = {
+    "DDIMScheduler": {"eta"},
+    "DPMSolverMultistepScheduler": {"clip_sample", "clip_sample_range"},
+    "EulerDiscreteScheduler": {"clip_sample", "clip_sample_range", *_THRESHOLDING},
+    "EulerAncestralDiscreteScheduler": {"clip_sample", "clip_sample_range", *_THRESHOLDING},
+    "HeunDiscreteScheduler": {"rescale_betas_zero_snr", *_THRESHOLDING},
+    "RePaintScheduler": {"clip_sample_range", "prediction_type", "rescale_betas_zero_snr",
+                         "set_alpha_to_one", "steps_offset", "timestep_spacing", *_THRESHOLDING},
+}
+"""Our options that diffusers' class of the same name does not take: left out of the config
+written for diffusers where they are at their defaults, so diffusers loads it without a
+warning (at another value they are written, and diffusers warns that it ignores them)."""
+
+
 def _is_noop(key: str, value: Any) -> bool:
     return key in DIFFUSERS_NOOPS and value in DIFFUSERS_NOOPS[key]
 
@@ -64,10 +79,15 @@ def constructor_arguments(class_name: str, keys: Iterable[str], config: Mapping[
     return {key: value for key, value in merged.items() if key in keys}
 
 
-def to_diffusers(config: Mapping[str, Any], class_name: str) -> dict[str, Any]:
-    """``config`` as diffusers writes one: its class name, its beta schedule names and the
-    schedule's ends spelt out (diffusers' defaults where the schedule has none)."""
-    config = dict(config)
+def to_diffusers(config: Mapping[str, Any], class_name: str,
+                 defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``config`` as diffusers writes one: its class name, its beta schedule names, the
+    schedule's ends spelt out (diffusers' defaults where the schedule has none), and without
+    the options diffusers' class lacks (``DIFFUSERS_LACKS``) that are at their ``defaults``."""
+    defaults = defaults or {}
+    config = {key: value for key, value in config.items()
+              if not (key in DIFFUSERS_LACKS.get(class_name, ()) and key in defaults
+                      and value == defaults[key])}
     schedule = config["beta_schedule"]
     config["beta_schedule"] = TO_DIFFUSERS_SCHEDULES.get(schedule, schedule)
     start, end = schedule_ends(schedule, config["num_train_timesteps"])
