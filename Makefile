@@ -8,10 +8,10 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml .ci/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,test]'
+	$(PY) -m pip install -q -e '.[dev,test]' -c .ci/constraints.txt
 	touch $(STAMP)
 
 test: install
@@ -31,7 +31,7 @@ train: install
 # batch 128, then the 35.7M DDPM CIFAR-10 network, then a 10,000-image FID). JSON and tables
 # land in experiments/bench/; experiments/bench/README.md says how to read them.
 bench: install
-	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m pip install -q -e '.[bench]' -c .ci/constraints.txt
 	if $(PY) -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
 	  $(PY) -m diffusion.bench vs=diffusers data.batch_size=128 bench.warmup=3 bench.repeats=10 \
 	    bench.sample_n=256 bench.sample_steps=50 $(ARGS) && \

@@ -11,8 +11,10 @@ import sys
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cli_helpers import cli_env
+from diffusion.commands.train import train
 from diffusion.models import AttentionUNet, DiffusersUNet
 from diffusion.models.diffusers_unet import unet2d_arguments
 from diffusion.runs.load import load_run
@@ -86,8 +88,17 @@ def test_a_diffusers_network_is_fine_tuned_from_its_folder(tmp_path, tiny_mnist_
     run, summary = run_training(tmp_path, tiny_mnist_root, "model=diffusers_unet",
                                 f"model.pretrained={tmp_path / 'pretrained'}")
     assert summary["step"] == 4
+    # the run records the network, so it loads and resumes without the pretrained folder
+    (tmp_path / "pretrained").rename(tmp_path / "moved")
+    model, _, cfg = load_run(run)
+    assert cfg["model"]["unet_config"]["block_out_channels"] == [8, 16, 16]
+    assert model(torch.zeros(1, 1, 28, 28), 10).shape == (1, 1, 28, 28)
+    resumed = OmegaConf.load(run / "config.yaml")
+    resumed.resume = str(run)
+    resumed.trainer.max_steps = 6
+    assert train(resumed, run)["step"] == 6
     with pytest.raises(Exception, match=r"has in_channels=1 but this run needs 3"):
-        DiffusersUNet(in_channels=3, image_size=28, pretrained=str(tmp_path / "pretrained"))
+        DiffusersUNet(in_channels=3, image_size=28, pretrained=str(tmp_path / "moved"))
 
 
 SPACING = {"ddpm": "leading", "ddim": "leading"}  # where diffusers' last step agrees with ours

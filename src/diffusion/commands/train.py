@@ -27,7 +27,7 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.commands.launcher import fail, guarded, launch
 from diffusion.config import preflight
@@ -102,7 +102,10 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
     if trainer_cfg.eval_every:  # a periodic small FID; every rank samples a share
         evaluator = build_evaluator(cfg, device=trainer_cfg.device)
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg)
+    model = build_model(cfg, checkpoint_follows=resume is not None)
+    if resume is None and cfg.model.get("pretrained") and hasattr(model, "unet_config"):
+        with open_dict(cfg.model):  # the run then loads without the pretrained folder
+            cfg.model.unet_config = model.unet_config()
     scheduler = build_scheduler(cfg)
     seed_everything(cfg.seed + dist.rank())  # then per-rank streams (dropout, workers)
     train_set, val_set = build_datasets(cfg.data)

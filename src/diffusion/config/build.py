@@ -23,6 +23,7 @@ from diffusion.config.legacy import (
 from diffusion.config.sampler import training_sampler
 from diffusion.data import dataset_info
 from diffusion.errors import USER_ERRORS, ConfigError
+from diffusion.models.diffusers_unet import weights_follow
 from diffusion.runtime.device import resolve_device
 from diffusion.training.loggers import LoggerGroup
 from diffusion.training.objectives import Objective
@@ -130,8 +131,13 @@ def build_training_sampler(cfg: DictConfig):
     return sampler
 
 
-def build_model(cfg: DictConfig):
-    return _instantiate("model", cfg.model)
+def build_model(cfg: DictConfig, checkpoint_follows: bool = False):
+    """The network of ``cfg.model``; ``checkpoint_follows``: its weights will come from a
+    checkpoint, so a fine-tuning run's recorded network replaces its pretrained folder."""
+    node = cfg.model
+    if checkpoint_follows:
+        node = OmegaConf.create(weights_follow(OmegaConf.to_container(node, resolve=True)))
+    return _instantiate("model", node)
 
 
 def build_scheduler(cfg: DictConfig):

@@ -255,7 +255,7 @@ def check_config(cfg: DictConfig) -> None:
     build_training_sampler(cfg)
     check_device(trainer.device)
     with torch.device("meta"):
-        build_model(cfg)
+        build_model(cfg, checkpoint_follows=cfg.get("resume") is not None)
     build_objective(cfg, build_scheduler(cfg))
     _check_optimizer(cfg.optimizer)
     dummy = torch.nn.Parameter(torch.zeros(1))

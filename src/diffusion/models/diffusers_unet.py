@@ -11,6 +11,7 @@ our networks. ``diffusion.export`` writes its EMA weights as a folder plain diff
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,24 @@ def unet2d_arguments(m: Mapping[str, Any], channels: int, image_size: int) -> di
     return config
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping a dict and every non-string sequence a list."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(item) for item in value]
+    return value
+
+
+def weights_follow(node: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config node for a network whose weights a checkpoint brings: where a fine-tuning
+    run recorded its network (``unet_config``), the ``pretrained`` folder is not needed."""
+    node = dict(node)
+    if node.get("unet_config") and node.get("pretrained"):
+        node["pretrained"] = None
+    return node
+
+
 def _unet2d():
     try:
         from diffusers import UNet2DModel  # the optional dependency, only when asked for
@@ -85,14 +104,21 @@ class DiffusersUNet(nn.Module):
                  head_channels: int | None = None, dropout: float = 0.0, norm_groups: int = 32,
                  use_scale_shift_norm: bool = False, resblock_updown: bool = False,
                  num_classes: int | None = None, pretrained: str | None = None,
-                 out_channels: int | None = None):
+                 out_channels: int | None = None,
+                 unet_config: Mapping[str, Any] | None = None):
+        """Our UNet settings, or ``pretrained`` (a diffusers folder: its network and weights),
+        or ``unet_config`` (a ``UNet2DModel`` config: its network, initial weights; what a
+        fine-tuning run records, so that its checkpoints load without the folder)."""
         super().__init__()
         unet2d = _unet2d()
         self.num_classes = num_classes
         self.in_channels = in_channels
-        if pretrained:
-            self.net = self._pretrained(unet2d, pretrained, in_channels, image_size, num_classes,
-                                        out_channels)
+        if pretrained or unet_config:
+            if pretrained:
+                self.net = self._pretrained(unet2d, pretrained, in_channels, image_size,
+                                            num_classes, out_channels)
+            else:
+                self.net = unet2d.from_config(_plain(unet_config))
             self.num_downsamples = len(self.net.config.block_out_channels) - 1
             return
         settings = dict(base_channels=base_channels, channel_mult=channel_mult,
@@ -135,6 +161,11 @@ class DiffusersUNet(nn.Module):
                                   f"this run needs {value}: choose data (and conditioning) that "
                                   "fit the network, or another network.")
         return net
+
+    def unet_config(self) -> dict[str, Any]:
+        """The network's ``UNet2DModel`` config as plain data (what ``unet_config`` takes)."""
+        return json.loads(json.dumps({k: v for k, v in self.net.config.items()
+                                      if not k.startswith("_")}))
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
         """As our backbones: x of any height and width (padded to what the halvings need and

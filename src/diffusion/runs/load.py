@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from diffusion.errors import CheckpointError, ConfigError, RunError
+from diffusion.models.diffusers_unet import weights_follow
 from diffusion.training.checkpoint import latest_checkpoint, load, load_weights
 
 RUN_EXAMPLE = "runs/<name>/<date>_<time>"
@@ -114,7 +115,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None):
                        f"that diffusion.train printed, e.g. {RUN_EXAMPLE}.")
     path = Path(checkpoint) if checkpoint is not None else newest_checkpoint(run)
     state = load(path)
-    model = instantiate(cfg["model"])
+    model = instantiate(weights_follow(cfg["model"]))
     if "ema" not in state:
         raise CheckpointError(f"{path} holds no EMA weights (not a diffusion.train "
                               "checkpoint): pass a checkpoint from this run's checkpoints/.")

@@ -132,6 +132,11 @@ def diffusers_scheduler(spec: SamplerSpec, noise_config: Mapping, training_spaci
     accepted = inspect.signature(cls.__init__).parameters
     process = {k: v for k, v in dict(noise_config).items() if k in accepted}
     options = {k: v for k, v in spec.options.items() if k != "eta"}
+    defaults = SAMPLERS[spec.name].config_defaults()
+    for key in [k for k in options if k not in accepted]:  # ours only (thresholding on Euler)
+        if options.pop(key) != defaults.get(key):
+            raise ConfigError(f"diffusers' {cls.__name__} has no option {key}: bench "
+                              f"sampler={spec.name} with {key} at its default.")
     return cls(**{**process, "timestep_spacing": spec.timestep_spacing or training_spacing,
                   **options})
 
