@@ -1,0 +1,181 @@
+"""Predictor-corrector sampling of a continuous-time process's reverse SDE (Song et al. 2021,
+"Score-Based Generative Modeling through Stochastic Differential Equations", Algorithms 2-3
+and appendix G), in the scheduler API of this package.
+
+The reverse of dx = f x dt + g dW is dx = [f x - g^2 score] dt + g dW-bar, run from t = 1 down
+to t_min over n times t_0 = 1 > ... > t_{n-1} = t_min (evenly spaced), each step landing on the
+next time (the last one on t = 0). Predictors (one model evaluation each):
+
+* ``euler_maruyama``: x + [f x - g^2 score] dt + g sqrt(|dt|) z (Song's ``EulerMaruyamaPredictor``,
+  diffusers' ``ScoreSdeVpScheduler.step_pred``); with ``probability_flow=True`` the ODE
+  dx = [f x - g^2 score / 2] dt, deterministic (an Euler step).
+* ``reverse_diffusion``: the forward process's own step from the next time up to this one,
+  x_t = r x_next + G z with r = alpha(t) / alpha(t_next) and G^2 = sigma(t)^2 - r^2
+  sigma(t_next)^2, reversed: x - (r - 1) x + G^2 score + G z (Song's
+  ``ReverseDiffusionPredictor``; for VE it is diffusers' ``ScoreSdeVeScheduler.step_pred``).
+
+The ``langevin`` corrector runs ``n_corrector`` Langevin steps at each time before its
+predictor (Song's ``LangevinCorrector``, diffusers' ``step_correct``): x + e score + sqrt(2 e) z
+with e = 2 r^2 (snr ||z|| / ||score||)^2, norms averaged over the batch. Each corrector step is a
+model evaluation: ``timesteps`` lists every evaluation (n (1 + n_corrector) of them, the NFE),
+as the network is told the time (``Process.model_time``), so the pipeline's loop runs it
+unchanged. The last predictor's noise-free mean is returned (Song's ``denoise=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from diffusion.checks import check_choice, check_int, check_number
+from diffusion.processes.base import Process
+from diffusion.schedulers.base import SchedulerOutput
+from diffusion.schedulers.noise import Generators, randn_tensor
+
+Tensor = torch.Tensor
+
+PREDICTORS = ("euler_maruyama", "reverse_diffusion", "none")
+CORRECTORS = ("langevin", "none")
+
+
+class ScoreSDEScheduler:
+    """Predictor-corrector sampling of ``process``'s reverse SDE; see the module docstring."""
+
+    order = 1
+
+    def __init__(self, process: Process, *, predictor: str = "reverse_diffusion",
+                 corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1,
+                 probability_flow: bool = False):
+        if not isinstance(process, Process):
+            raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
+        self.process = process
+        self.predictor = check_choice("predictor", predictor, PREDICTORS)
+        self.corrector = check_choice("corrector", corrector, CORRECTORS)
+        self.snr = check_number("snr", snr, above=0)
+        self.n_corrector = check_int("n_corrector", n_corrector, 0)
+        self.probability_flow = check_choice("probability_flow", probability_flow, (True, False))
+        if self.predictor == "none" and (self.corrector == "none" or not self.n_corrector):
+            raise ValueError("predictor='none' needs the langevin corrector with n_corrector >= 1.")
+        self._calls: list[tuple[str, int]] = []  # (predictor | corrector, index of the time)
+        self._times: list[float] = []
+        self.timesteps = torch.empty(0)
+        self.num_inference_steps: int | None = None
+        self._index = 0
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"predictor": self.predictor, "corrector": self.corrector, "snr": self.snr,
+                "n_corrector": self.n_corrector, "probability_flow": self.probability_flow}
+
+    @property
+    def stochastic(self) -> bool:
+        return (self.predictor != "none" and not self.probability_flow) or self._corrects
+
+    @property
+    def _corrects(self) -> bool:
+        return self.corrector != "none" and self.n_corrector > 0
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """The prior's standard deviation: sampling starts from N(0, prior_std^2 I)."""
+        return self.process.prior_std
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
+        """n times evenly spaced from 1 to t_min; ``timesteps`` holds what the network is told
+        at each of the n (1 + n_corrector) evaluations, in order."""
+        n = check_int("num_inference_steps", num_inference_steps, 2 if self.predictor != "none"
+                      else 1)
+        t_min = self.process.t_min
+        self._times = [1.0 - i * (1.0 - t_min) / (n - 1) for i in range(n)] if n > 1 else [1.0]
+        self._calls = []
+        for i in range(n):
+            self._calls += [("corrector", i)] * (self.n_corrector if self._corrects else 0)
+            if self.predictor != "none":
+                self._calls.append(("predictor", i))
+        model_times = self.process.model_time(torch.tensor([self._times[i] for _, i in self._calls],
+                                                           dtype=torch.float64))
+        self.timesteps = model_times.float().to(device)
+        self.num_inference_steps = n
+        self._index = 0
+
+    @property
+    def state_positions(self) -> list[int]:
+        """Loop positions where x is a state of the chain: before each time's first call."""
+        starts = [j for j, (_, i) in enumerate(self._calls) if j == 0 or self._calls[j - 1][1] != i]
+        return [*starts, len(self._calls)]
+
+    def _time(self) -> tuple[str, float, float]:
+        if self._index >= len(self._calls):
+            raise ValueError("all steps of this run are done; call set_timesteps(n) to sample "
+                             "again.")
+        kind, i = self._calls[self._index]
+        t_next = self._times[i + 1] if i + 1 < len(self._times) else 0.0
+        return kind, self._times[i], t_next
+
+    def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
+        """The network's input c_in(t) x at the current call's time."""
+        _, t, _ = self._time()
+        return sample * float(self.process.c_in(t))
+
+    def step(self, model_output: Tensor, timestep, sample: Tensor, *,
+             generator: Generators = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        """One call: a corrector or a predictor step (see ``timesteps``); after the last
+        predictor, ``prev_sample`` is its noise-free mean."""
+        kind, t, t_next = self._time()
+        score = self.process.score(model_output, sample, t)
+        x0, _ = self.process.pred_x0_eps(model_output, sample, t)
+        noise = randn_tensor(sample.shape, generator, sample.device, sample.dtype)
+        if kind == "corrector":
+            r2 = float(self.process.alpha(t) / self.process.alpha(t_next)) ** 2  # 1 - beta
+            prev, _ = langevin_step(sample, score, noise, self.snr, r2)
+        else:
+            step = reverse_diffusion_step if self.predictor == "reverse_diffusion" else em_step
+            prev, mean = step(self.process, sample, score, noise, t, t_next,
+                              self.probability_flow)
+            if self._index == len(self._calls) - 1:
+                prev = mean
+        self._index += 1
+        out = SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return out if return_dict else tuple(out)
+
+
+def em_step(process: Process, x: Tensor, score: Tensor, noise: Tensor, t: float, t_next: float,
+            probability_flow: bool = False) -> tuple[Tensor, Tensor]:
+    """(x_next, its mean) of one Euler-Maruyama step of the reverse SDE (or, with
+    ``probability_flow``, one Euler step of the probability-flow ODE) from t to t_next < t."""
+    f, g2 = (float(v) for v in process.sde(t))
+    dt = t_next - t
+    drift = f * x - (0.5 if probability_flow else 1.0) * g2 * score
+    mean = x + drift * dt
+    if probability_flow:
+        return mean, mean
+    return mean + math.sqrt(g2 * -dt) * noise, mean
+
+
+def reverse_diffusion_step(process: Process, x: Tensor, score: Tensor, noise: Tensor, t: float,
+                           t_next: float, probability_flow: bool = False
+                           ) -> tuple[Tensor, Tensor]:
+    """(x_next, its mean) of Song et al.'s reverse-diffusion predictor: the forward step from
+    t_next to t (x_t = r x_next + G z) reversed. ``probability_flow`` halves the score term and
+    drops the noise, as Song's code does."""
+    alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
+    alpha_n, sigma_n = float(process.alpha(t_next)), float(process.sigma(t_next))
+    r = alpha / alpha_n
+    g2 = max(sigma**2 - r**2 * sigma_n**2, 0.0)
+    mean = x - (r - 1.0) * x + (0.5 if probability_flow else 1.0) * g2 * score
+    if probability_flow:
+        return mean, mean
+    return mean + math.sqrt(g2) * noise, mean
+
+
+def langevin_step(x: Tensor, score: Tensor, noise: Tensor, snr: float, r2: float = 1.0
+                  ) -> tuple[Tensor, Tensor]:
+    """(x, its mean) after one step of Song et al.'s Langevin corrector: step size
+    e = 2 r2 (snr ||z|| / ||score||)^2 with the per-sample norms averaged over the batch."""
+    grad_norm = score.flatten(1).norm(dim=-1).mean()
+    noise_norm = noise.flatten(1).norm(dim=-1).mean()
+    step = (snr * noise_norm / grad_norm) ** 2 * 2 * r2
+    mean = x + step * score
+    return mean + (2 * step).sqrt() * noise, mean
