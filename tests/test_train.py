@@ -49,12 +49,27 @@ def test_short_run_writes_a_complete_run_folder(tmp_path, tiny_mnist_root, model
     assert any("val/loss" in r for r in records)
     assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == [
         "step_00000002.pt", "step_00000004.pt"]
+    _assert_plain(torch.load(run_dir / "checkpoints" / "step_00000004.pt", weights_only=True))
     assert (run_dir / "samples" / "step_00000004.png").is_file()
     env = json.loads((run_dir / "env.json").read_text())
     assert env["seed"] == 0 and env["device"] == "cpu" and "git" in env
     saved = OmegaConf.load(run_dir / "config.yaml")
     assert saved.model._target_.endswith({"basic": "BasicUNet", "unet": "UNet",
                                           "unet_attn": "AttentionUNet"}[model])
+
+
+def _assert_plain(value, where="checkpoint") -> None:
+    """Only tensors and plain Python in a checkpoint: no config objects (a ListConfig in the
+    optimizer's betas makes torch < 2.6 refuse to load it with weights_only=True)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _assert_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _assert_plain(item, f"{where}[{i}]")
+    else:
+        assert value is None or isinstance(value, torch.Tensor | int | float | str | bool), (
+            f"{where} is a {type(value).__name__}")
 
 
 def test_same_seed_gives_identical_losses(tmp_path, tiny_mnist_root):

@@ -26,7 +26,6 @@ import torch
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.commands.launcher import fail, guarded, launch
@@ -34,8 +33,10 @@ from diffusion.config import preflight
 from diffusion.config.build import (
     build_datasets,
     build_logger,
+    build_lr_scheduler,
     build_model,
     build_objective,
+    build_optimizer,
     build_scheduler,
     build_trainer_config,
     build_training_sampler,
@@ -112,9 +113,9 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
     check_batch(len(train_set), cfg.data.batch_size, dist.world_size())  # before any write
     main_rank = dist.is_main()
     trainer = Trainer(
-        model, scheduler, instantiate(cfg.optimizer), train_set, trainer_cfg,
+        model, scheduler, build_optimizer(cfg), train_set, trainer_cfg,
         batch_size=cfg.data.batch_size, run_dir=run_dir, val_set=val_set,
-        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        lr_scheduler=build_lr_scheduler(cfg),
         seed=cfg.seed, num_workers=cfg.data.num_workers,
         conditional=cfg.model.get("num_classes") is not None,
         on_device=cfg.data.on_device, evaluator=evaluator, sampler=build_training_sampler(cfg),

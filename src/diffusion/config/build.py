@@ -140,6 +140,20 @@ def build_model(cfg: DictConfig, checkpoint_follows: bool = False):
     return _instantiate("model", node)
 
 
+def build_optimizer(cfg: DictConfig):
+    """The optimizer factory of ``cfg.optimizer`` (``_partial_``), its arguments plain Python
+    (``betas`` a list, not a ListConfig: the optimizer's state is saved in checkpoints, which
+    load with ``weights_only=True``)."""
+    return _instantiate("optimizer", cfg.optimizer, _convert_="all")
+
+
+def build_lr_scheduler(cfg: DictConfig):
+    """The LR schedule factory of ``cfg.lr_scheduler``, or None without one."""
+    if not cfg.get("lr_scheduler"):
+        return None
+    return _instantiate("lr_scheduler", cfg.lr_scheduler, _convert_="all")
+
+
 def build_scheduler(cfg: DictConfig):
     return _instantiate("scheduler", cfg.scheduler)
 

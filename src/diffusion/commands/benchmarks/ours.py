@@ -13,12 +13,17 @@ import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from diffusion.config.build import build_model, build_scheduler, build_trainer_config
+from diffusion.config.build import (
+    build_lr_scheduler,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_trainer_config,
+)
 from diffusion.config.sampler import named_sampler
 from diffusion.data import build_dataset, dataset_info, dataset_options
 from diffusion.data.synthetic import MNIST_KINDS, write_tiny_mnist
@@ -130,9 +135,9 @@ class OurSide(Side):
         seed_everything(cfg.seed)
         conditional = cfg.model.get("num_classes") is not None
         self.trainer = Trainer(
-            build_model(cfg), build_scheduler(cfg), instantiate(cfg.optimizer), train_set,
+            build_model(cfg), build_scheduler(cfg), build_optimizer(cfg), train_set,
             trainer_cfg, batch_size=cfg.data.batch_size, run_dir=workdir / "run",
-            lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+            lr_scheduler=build_lr_scheduler(cfg),
             seed=cfg.seed, num_workers=cfg.data.num_workers, conditional=conditional,
             on_device=cfg.data.on_device)
         self.model = self.trainer.model.train()
