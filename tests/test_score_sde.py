@@ -91,7 +91,10 @@ def _exact_gaussian_run(sched: ScoreSDEScheduler, c: float, n: int, samples: int
     (VPProcess(), "reverse_diffusion", "langevin", False),
     (DiscreteProcess.of(DDPMScheduler()), "reverse_diffusion", "none", False),
     (VEProcess(sigma_max=20.0), "none", "langevin", False),
-], ids=["vp-em", "vp-ode", "subvp-em", "ve-pc", "vp-pc", "ddpm-table", "ve-langevin"])
+    (VEProcess(sigma_max=20.0), "ancestral", "none", False),
+    (VPProcess(), "ancestral", "langevin", False),
+], ids=["vp-em", "vp-ode", "subvp-em", "ve-pc", "vp-pc", "ddpm-table", "ve-langevin",
+        "ve-ancestral", "vp-ancestral-pc"])
 def test_exact_score_sampling_reaches_the_data_distribution(process, predictor, corrector, flow):
     c = 0.5
     sched = ScoreSDEScheduler(process, predictor=predictor, corrector=corrector,
@@ -113,6 +116,8 @@ def test_timesteps_count_every_model_evaluation_and_are_the_models_time():
     assert sched.stochastic and not ScoreSDEScheduler(
         VPProcess(), predictor="euler_maruyama", corrector="none", probability_flow=True).stochastic
     with pytest.raises(ValueError, match="predictor must be one of"):
+        ScoreSDEScheduler(VPProcess(), predictor="rk4")
+    with pytest.raises(ValueError, match="integrates the probability-flow ODE"):
         ScoreSDEScheduler(VPProcess(), predictor="heun")
     with pytest.raises(ValueError, match="needs the langevin corrector"):
         ScoreSDEScheduler(VPProcess(), predictor="none", corrector="none")
@@ -121,3 +126,46 @@ def test_timesteps_count_every_model_evaluation_and_are_the_models_time():
         x = sched.step(torch.zeros_like(x), t, x).prev_sample
     with pytest.raises(ValueError, match="all steps of this run are done"):
         sched.step(x, 0, x)
+
+
+def _ode_error(predictor: str, n: int) -> float:
+    """Largest error of the probability-flow ODE's endpoint with the exact score of N(0, c^2):
+    the exact flow is linear, x(t) = x(1) sqrt(var(t) / var(1)), var = alpha^2 c^2 + sigma^2."""
+    process, c = VPProcess(), 0.5
+    sched = ScoreSDEScheduler(process, predictor=predictor, corrector="none",
+                              probability_flow=True)
+    start = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    end = _exact_gaussian_run_from(sched, c, n, start)
+    var1 = float(process.alpha(1.0) ** 2 * c**2 + process.sigma(1.0) ** 2)
+    return float((end - start * c / var1**0.5).abs().max())
+
+
+def _exact_gaussian_run_from(sched, c, n, x):
+    process = sched.process
+    sched.set_timesteps(n)
+    for model_time in sched.timesteps:
+        t = float(model_time) / (process.model_steps - 1)
+        var = process.alpha(t) ** 2 * c**2 + process.sigma(t) ** 2
+        eps = process.sigma(t) * (sched.scale_model_input(x, model_time) / process.c_in(t)) / var
+        x = sched.step(eps, model_time, x).prev_sample
+    return x
+
+
+def test_heun_is_second_order_on_the_probability_flow_ode():
+    euler = [_ode_error("euler_maruyama", n) for n in (20, 40)]
+    heun = [_ode_error("heun", n) for n in (10, 20)]  # the same evaluations: 2n - 1
+    assert 1.6 < euler[0] / euler[1] < 2.5, euler  # first order
+    assert heun[0] / heun[1] > 3.0, heun  # second order
+    assert heun[1] < 0.7 * euler[1], (heun, euler)  # and more accurate at equal NFE
+    sched = ScoreSDEScheduler(VPProcess(), predictor="heun", corrector="none",
+                              probability_flow=True)
+    sched.set_timesteps(5)
+    assert len(sched.timesteps) == 9 and sched.state_positions == [0, 2, 4, 6, 8, 9]
+
+
+def test_tweedie_denoising_ends_with_the_networks_x0():
+    sched = ScoreSDEScheduler(VEProcess(sigma_max=20.0), denoise="tweedie")
+    sched.set_timesteps(50)
+    assert len(sched.timesteps) == 49 * 2 + 1  # corrector + predictor per step, then Tweedie
+    x = _exact_gaussian_run(sched, 0.5, n=50)
+    assert float(x.std()) == pytest.approx(0.5, rel=0.06)

@@ -9,6 +9,11 @@ next time (the last one on t = 0). Predictors (one model evaluation each):
 * ``euler_maruyama``: x + [f x - g^2 score] dt + g sqrt(|dt|) z (Song's ``EulerMaruyamaPredictor``,
   diffusers' ``ScoreSdeVpScheduler.step_pred``); with ``probability_flow=True`` the ODE
   dx = [f x - g^2 score / 2] dt, deterministic (an Euler step).
+* ``ancestral``: a draw from the forward process's posterior q(x_next | x_t, x_0) at the
+  network's x_0 (DDPM's step, eq. 7 of Ho et al., for any process; for VE it is Song's
+  ``AncestralSamplingPredictor``, for VP his is this step to first order in beta).
+* ``heun`` (with ``probability_flow=True`` only): Heun's second-order step of the ODE, two
+  model evaluations (the second at the next time), the last step to t = 0 an Euler step.
 * ``reverse_diffusion``: the forward process's own step from the next time up to this one,
   x_t = r x_next + G z with r = alpha(t) / alpha(t_next) and G^2 = sigma(t)^2 - r^2
   sigma(t_next)^2, reversed: x - (r - 1) x + G^2 score + G z (Song's
@@ -19,7 +24,9 @@ predictor (Song's ``LangevinCorrector``, diffusers' ``step_correct``): x + e sco
 with e = 2 r^2 (snr ||z|| / ||score||)^2, norms averaged over the batch. Each corrector step is a
 model evaluation: ``timesteps`` lists every evaluation (n (1 + n_corrector) of them, the NFE),
 as the network is told the time (``Process.model_time``), so the pipeline's loop runs it
-unchanged. The last predictor's noise-free mean is returned (Song's ``denoise=True``).
+unchanged. ``denoise="mean"``: the last predictor step lands on t = 0 and its noise-free mean is
+returned (Song's ``denoise=True``); ``denoise="tweedie"``: the steps end on t_min and one more
+evaluation there returns E[x_0 | x] (Tweedie's formula, the network's x_0).
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ from diffusion.schedulers.noise import Generators, randn_tensor
 
 Tensor = torch.Tensor
 
-PREDICTORS = ("euler_maruyama", "reverse_diffusion", "none")
+PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "heun", "none")
+DENOISE = ("mean", "tweedie")
 CORRECTORS = ("langevin", "none")
 
 
@@ -47,7 +55,7 @@ class ScoreSDEScheduler:
 
     def __init__(self, process: Process, *, predictor: str = "reverse_diffusion",
                  corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1,
-                 probability_flow: bool = False):
+                 probability_flow: bool = False, denoise: str = "mean"):
         if not isinstance(process, Process):
             raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
         self.process = process
@@ -56,9 +64,15 @@ class ScoreSDEScheduler:
         self.snr = check_number("snr", snr, above=0)
         self.n_corrector = check_int("n_corrector", n_corrector, 0)
         self.probability_flow = check_choice("probability_flow", probability_flow, (True, False))
+        self.denoise = check_choice("denoise", denoise, DENOISE)
         if self.predictor == "none" and (self.corrector == "none" or not self.n_corrector):
             raise ValueError("predictor='none' needs the langevin corrector with n_corrector >= 1.")
-        self._calls: list[tuple[str, int]] = []  # (predictor | corrector, index of the time)
+        if self.predictor == "heun" and not self.probability_flow:
+            raise ValueError("predictor='heun' integrates the probability-flow ODE: set "
+                             "probability_flow=True, or use euler_maruyama for the SDE.")
+        # each call: (corrector | predictor | heun2 | tweedie, index of the time, its time)
+        self._calls: list[tuple[str, int, float]] = []
+        self._pending: tuple[Tensor, Tensor, float] | None = None  # Heun's first half
         self._times: list[float] = []
         self.timesteps = torch.empty(0)
         self.num_inference_steps: int | None = None
@@ -67,7 +81,8 @@ class ScoreSDEScheduler:
     @property
     def config(self) -> dict[str, Any]:
         return {"predictor": self.predictor, "corrector": self.corrector, "snr": self.snr,
-                "n_corrector": self.n_corrector, "probability_flow": self.probability_flow}
+                "n_corrector": self.n_corrector, "probability_flow": self.probability_flow,
+                "denoise": self.denoise}
 
     @property
     def stochastic(self) -> bool:
@@ -88,31 +103,42 @@ class ScoreSDEScheduler:
         n = check_int("num_inference_steps", num_inference_steps, 2 if self.predictor != "none"
                       else 1)
         t_min = self.process.t_min
-        self._times = [1.0 - i * (1.0 - t_min) / (n - 1) for i in range(n)] if n > 1 else [1.0]
+        times = [1.0 - i * (1.0 - t_min) / (n - 1) for i in range(n)] if n > 1 else [1.0]
+        tweedie = self.denoise == "tweedie"
+        # the times each step starts from, then where the last one lands
+        self._times = times[:-1] + [t_min] if tweedie else times + [0.0]
         self._calls = []
-        for i in range(n):
-            self._calls += [("corrector", i)] * (self.n_corrector if self._corrects else 0)
+        for i, t in enumerate(self._times[:-1]):
+            self._calls += [("corrector", i, t)] * (self.n_corrector if self._corrects else 0)
             if self.predictor != "none":
-                self._calls.append(("predictor", i))
-        model_times = self.process.model_time(torch.tensor([self._times[i] for _, i in self._calls],
+                self._calls.append(("predictor", i, t))
+                t_next = self._times[i + 1]
+                if self.predictor == "heun" and t_next > 0:
+                    self._calls.append(("heun2", i, t_next))
+        if tweedie:
+            self._calls.append(("tweedie", len(self._times) - 1, t_min))
+        model_times = self.process.model_time(torch.tensor([t for *_, t in self._calls],
                                                            dtype=torch.float64))
         self.timesteps = model_times.float().to(device)
         self.num_inference_steps = n
         self._index = 0
+        self._pending = None
 
     @property
     def state_positions(self) -> list[int]:
         """Loop positions where x is a state of the chain: before each time's first call."""
-        starts = [j for j, (_, i) in enumerate(self._calls) if j == 0 or self._calls[j - 1][1] != i]
+        starts = [j for j, (kind, i, _) in enumerate(self._calls)
+                  if kind != "heun2" and (j == 0 or self._calls[j - 1][1] != i)]
         return [*starts, len(self._calls)]
 
     def _time(self) -> tuple[str, float, float]:
+        """(kind of the call about to be made, the time it evaluates at, the next time)."""
         if self._index >= len(self._calls):
             raise ValueError("all steps of this run are done; call set_timesteps(n) to sample "
                              "again.")
-        kind, i = self._calls[self._index]
+        kind, i, t = self._calls[self._index]
         t_next = self._times[i + 1] if i + 1 < len(self._times) else 0.0
-        return kind, self._times[i], t_next
+        return kind, t, t_next
 
     def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
         """The network's input c_in(t) x at the current call's time."""
@@ -126,19 +152,40 @@ class ScoreSDEScheduler:
         kind, t, t_next = self._time()
         score = self.process.score(model_output, sample, t)
         x0, _ = self.process.pred_x0_eps(model_output, sample, t)
-        noise = randn_tensor(sample.shape, generator, sample.device, sample.dtype)
-        if kind == "corrector":
+        deterministic = kind in ("heun2", "tweedie") or (
+            kind == "predictor" and self.probability_flow)
+        noise = None if deterministic else randn_tensor(sample.shape, generator, sample.device,
+                                                        sample.dtype)
+        if kind == "tweedie":
+            prev = x0
+        elif kind == "corrector":
             r2 = float(self.process.alpha(t) / self.process.alpha(t_next)) ** 2  # 1 - beta
             prev, _ = langevin_step(sample, score, noise, self.snr, r2)
+        elif kind == "heun2":  # the second half: the mean of the two slopes from the start
+            start, slope, t_start = self._pending
+            prev = start + 0.5 * (t - t_start) * (slope + ode_drift(self.process, sample, score, t))
+            self._pending = None
         else:
-            step = reverse_diffusion_step if self.predictor == "reverse_diffusion" else em_step
-            prev, mean = step(self.process, sample, score, noise, t, t_next,
-                              self.probability_flow)
+            if self.predictor == "heun":
+                slope = ode_drift(self.process, sample, score, t)
+                prev = mean = sample + (t_next - t) * slope
+                if t_next > 0:
+                    self._pending = (sample, slope, t)
+            else:
+                step = PREDICTOR_STEPS[self.predictor]
+                prev, mean = step(self.process, sample, score, noise, t, t_next,
+                                  self.probability_flow)
             if self._index == len(self._calls) - 1:
                 prev = mean
         self._index += 1
         out = SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
         return out if return_dict else tuple(out)
+
+
+def ode_drift(process: Process, x: Tensor, score: Tensor, t: float) -> Tensor:
+    """dx/dt of the probability-flow ODE: f x - g^2 score / 2."""
+    f, g2 = (float(v) for v in process.sde(t))
+    return f * x - 0.5 * g2 * score
 
 
 def em_step(process: Process, x: Tensor, score: Tensor, noise: Tensor, t: float, t_next: float,
@@ -179,3 +226,25 @@ def langevin_step(x: Tensor, score: Tensor, noise: Tensor, snr: float, r2: float
     step = (snr * noise_norm / grad_norm) ** 2 * 2 * r2
     mean = x + step * score
     return mean + (2 * step).sqrt() * noise, mean
+
+
+def ancestral_step(process: Process, x: Tensor, score: Tensor, noise: Tensor, t: float,
+                   t_next: float, probability_flow: bool = False) -> tuple[Tensor, Tensor]:
+    """(x_next, its mean): a draw from q(x_next | x_t = x, x_0) at the x_0 that ``score``
+    implies (Tweedie). With r = alpha(t) / alpha(t_next) and G^2 = sigma(t)^2 - r^2
+    sigma(t_next)^2 the posterior is N(alpha_n G^2 / sigma^2 x_0 + r sigma_n^2 / sigma^2 x,
+    sigma_n^2 G^2 / sigma^2); ``probability_flow`` takes DDIM's deterministic step instead."""
+    alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
+    alpha_n, sigma_n = float(process.alpha(t_next)), float(process.sigma(t_next))
+    x0 = (x + sigma**2 * score) / alpha
+    if probability_flow:  # DDIM: the same x_0 and eps, at the next level
+        mean = alpha_n * x0 + sigma_n * (-sigma * score)
+        return mean, mean
+    r = alpha / alpha_n
+    g2 = max(sigma**2 - r**2 * sigma_n**2, 0.0)
+    mean = (alpha_n * g2 / sigma**2) * x0 + (r * sigma_n**2 / sigma**2) * x
+    return mean + math.sqrt(sigma_n**2 * g2 / sigma**2) * noise, mean
+
+
+PREDICTOR_STEPS = {"euler_maruyama": em_step, "reverse_diffusion": reverse_diffusion_step,
+                   "ancestral": ancestral_step}
