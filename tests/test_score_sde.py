@@ -9,6 +9,7 @@ import torch
 
 from diffusion.processes import DiscreteProcess, SubVPProcess, VEProcess, VPProcess
 from diffusion.schedulers import DDPMScheduler
+from diffusion.schedulers.annealed_langevin import AnnealedLangevinScheduler
 from diffusion.schedulers.score_sde import (
     ScoreSDEScheduler,
     em_step,
@@ -67,7 +68,7 @@ def test_vp_euler_maruyama_step_matches_diffusers():
         torch.testing.assert_close(prev, their_x, rtol=1e-9, atol=1e-9)
 
 
-def _exact_gaussian_run(sched: ScoreSDEScheduler, c: float, n: int, samples: int = 4000):
+def _exact_gaussian_run(sched, c: float, n: int, samples: int = 4000):
     """Sample with the exact epsilon of data N(0, c^2 I) (d = 2) through ``sched``'s loop."""
     process = sched.process
     sched.set_timesteps(n)
@@ -169,3 +170,16 @@ def test_tweedie_denoising_ends_with_the_networks_x0():
     assert len(sched.timesteps) == 49 * 2 + 1  # corrector + predictor per step, then Tweedie
     x = _exact_gaussian_run(sched, 0.5, n=50)
     assert float(x.std()) == pytest.approx(0.5, rel=0.06)
+
+
+def test_annealed_langevin_with_the_exact_score_reaches_the_data():
+    """NCSN's sampler over VE levels 20 .. 0.01 with Song & Ermon's L = 10, T = 100 and
+    step_lr (with T = 10 at L = 30 the chain lags its levels: std 0.58 for 0.5)."""
+    process = VEProcess(sigma_min=0.01, sigma_max=20.0)
+    sched = AnnealedLangevinScheduler(process, steps_per_level=100)
+    x = _exact_gaussian_run(sched, 0.5, n=10)
+    assert len(sched.timesteps) == 10 * 100 + 1
+    assert float(x.std()) == pytest.approx(0.5, rel=0.06)
+    assert float(x.mean().abs()) < 0.05
+    with pytest.raises(ValueError, match="step_lr must be"):
+        AnnealedLangevinScheduler(process, step_lr=0)
