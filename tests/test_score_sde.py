@@ -179,7 +179,9 @@ def test_annealed_langevin_with_the_exact_score_reaches_the_data():
     sched = AnnealedLangevinScheduler(process, steps_per_level=100)
     x = _exact_gaussian_run(sched, 0.5, n=10)
     assert len(sched.timesteps) == 10 * 100 + 1
-    assert float(x.std()) == pytest.approx(0.5, rel=0.06)
+    # unadjusted Langevin at a finite step overshoots a Gaussian's variance by 1 / (1 - a / 4v)
+    # and T steps do not quite settle each level: 3-6% high here, never low
+    assert 0.5 <= float(x.std()) <= 0.5 * 1.08
     assert float(x.mean().abs()) < 0.05
     with pytest.raises(ValueError, match="step_lr must be"):
         AnnealedLangevinScheduler(process, step_lr=0)
