@@ -12,6 +12,7 @@ import torch
 from diffusion.metrics.likelihood import bits_per_dim, dequantize, ode_likelihood
 from diffusion.oracle.mixtures import ring
 from diffusion.processes import SubVPProcess, VEProcess, VPProcess
+from diffusion.processes.flow import integrate_flow
 
 
 def _gaussian_eps(process, c: float):
@@ -65,3 +66,20 @@ def test_bits_per_dim_and_dequantisation():
     # a uniform density on [-1, 1]^D is 1/2^D: log p = -D ln 2, 1 bit below the 8 of a pixel
     dim = 4
     assert float(bits_per_dim(torch.tensor(-dim * math.log(2)), dim)) == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize("process", [VPProcess(), VEProcess(sigma_max=30.0)], ids=["vp", "ve"])
+def test_the_adaptive_flow_sampler_follows_the_exact_flow(process):
+    """With the exact epsilon of N(0, c^2 I) the flow is linear: x(t) = x(1) sqrt(var(t) /
+    var(1)); RK45 at rtol = atol = 1e-6 lands there, with tens of evaluations, not thousands."""
+    c = 0.4
+    x1 = torch.randn(5, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x1 = x1 * process.prior_std
+    end, nfe = integrate_flow(process, _gaussian_eps(process, c), x1, 1.0, process.t_min,
+                              rtol=1e-6, atol=1e-6)
+    var = lambda t: float(process.alpha(t) ** 2 * c**2 + process.sigma(t) ** 2)  # noqa: E731
+    torch.testing.assert_close(end, x1 * (var(process.t_min) / var(1.0)) ** 0.5,
+                               rtol=1e-4, atol=1e-5)
+    assert 10 < nfe < 500
+    with pytest.raises(ValueError, match="method must be one of"):
+        integrate_flow(process, _gaussian_eps(process, c), x1, 1.0, 0.5, method="euler")

@@ -21,7 +21,6 @@ u) / 256 - 1), u ~ U[0, 1)): -log p(x) / (D ln 2) + 7, the 7 being log2 of the 1
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +29,9 @@ from scipy.integrate import solve_ivp
 
 from diffusion.checks import check_choice
 from diffusion.processes.base import Process
+from diffusion.processes.flow import EpsFn, flow_drift
 
 Tensor = torch.Tensor
-EpsFn = Callable[[Tensor, float], Tensor]
-"""(x_t, t) -> the epsilon that the network's output implies at x_t (``Process.pred_x0_eps``)."""
 
 
 @dataclass
@@ -64,9 +62,7 @@ def ode_likelihood(process: Process, eps_fn: EpsFn, x0: Tensor, *, trace: str = 
     nfe = 0
 
     def drift(x: Tensor, t: float) -> Tensor:
-        f, g2 = (float(v) for v in process.sde(t))
-        score = -eps_fn(x, t) / float(process.sigma(t))
-        return f * x - 0.5 * g2 * score
+        return flow_drift(process, eps_fn(x, t), x, t)
 
     def rhs(t: float, state: np.ndarray) -> np.ndarray:
         nonlocal nfe
