@@ -185,3 +185,30 @@ def test_annealed_langevin_with_the_exact_score_reaches_the_data():
     assert float(x.mean().abs()) < 0.05
     with pytest.raises(ValueError, match="step_lr must be"):
         AnnealedLangevinScheduler(process, step_lr=0)
+
+
+def test_a_ddpm_pipeline_samples_with_the_sde_samplers():
+    """A DDPM-trained network (here the exact epsilon of N(0, c^2) pixels, told DDPM's
+    timestep) sampled through ``DiffusionPipeline`` by the continuous-time samplers over the
+    run's own table: the pipeline runs any scheduler object, and the samples have the data's
+    spread."""
+    from diffusion.sampling.pipeline import DiffusionPipeline
+
+    training = DDPMScheduler()
+    process = DiscreteProcess.of(training)
+    c = 0.5
+
+    class ExactEps(torch.nn.Module):
+        num_classes = None
+
+        def forward(self, x, t, y=None):
+            a2 = process.alpha(t.double() / 999).reshape(-1, 1, 1, 1) ** 2  # x is x_t (VP)
+            return (x.double() * (1 - a2).sqrt() / (a2 * c**2 + 1 - a2)).float()
+
+    pipe = DiffusionPipeline(ExactEps(), training, (1, 8, 8), device="cpu")
+    for sampler in (ScoreSDEScheduler(process, predictor="reverse_diffusion"),
+                    ScoreSDEScheduler(process, predictor="heun", corrector="none",
+                                      probability_flow=True, denoise="tweedie"),
+                    AnnealedLangevinScheduler(process, steps_per_level=20)):
+        images = pipe(64, steps=100, sampler=sampler, seed=0).images
+        assert float(images.std()) == pytest.approx(c, rel=0.08), type(sampler).__name__

@@ -22,6 +22,16 @@ SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` s
 SAMPLER_PRESETS = NoiseScheduler.SAMPLER_PRESETS  # name -> the options the name sets
 
 
+SCHEDULER_API = ("set_timesteps", "step", "scale_model_input", "init_noise_sigma")
+
+
+def is_scheduler(sampler: Any) -> bool:
+    """Whether ``sampler`` is a scheduler object the sampling loop runs as it is: one of ours,
+    a continuous-time sampler (``schedulers.score_sde``, ``schedulers.annealed_langevin``), or
+    any object with the loop's methods."""
+    return isinstance(sampler, NoiseScheduler) or all(hasattr(sampler, a) for a in SCHEDULER_API)
+
+
 def check_sampler(name: Any, key: str = "sampler") -> str:
     """A registered sampler's name."""
     return check_choice(key, name, sorted(SAMPLERS))
@@ -42,6 +52,9 @@ def check_sampling(sampler: Any, steps: Any, eta: Any, num_train_timesteps: int,
     error rather than a setting that silently does nothing. ``prefix`` (``metrics.``) names
     the keys as the config spells them.
     """
+    if is_scheduler(sampler) and not isinstance(sampler, NoiseScheduler):
+        check_int(f"{prefix}steps", steps)  # its own set_timesteps checks the rest
+        return
     if isinstance(sampler, NoiseScheduler):  # a scheduler object brings its own settings
         sampler, eta = type(sampler), 0
     else:

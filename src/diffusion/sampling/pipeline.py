@@ -44,6 +44,7 @@ from diffusion.sampling.checks import (
     check_sampler,
     check_sampling,
     generator_part,
+    is_scheduler,
 )
 from diffusion.sampling.edits import EditingMethods
 from diffusion.sampling.guidance import Guidance
@@ -308,7 +309,7 @@ class DiffusionPipeline(EditingMethods):
         """The sampler a draw runs (see ``__call__``): a scheduler object as it is, else a
         spec with ``eta`` and ``timestep_spacing`` where given; a named sampler's steps are
         the pipeline's default."""
-        if isinstance(sampler, NoiseScheduler):
+        if is_scheduler(sampler):
             return sampler
         if sampler is None:
             base = self.sampler
@@ -327,9 +328,9 @@ class DiffusionPipeline(EditingMethods):
         plan = self._resolve(sampler, eta, timestep_spacing)
         num_train_timesteps = self.scheduler.config["num_train_timesteps"]
         if steps is None:
-            steps = (self.default_steps if isinstance(plan, NoiseScheduler)
+            steps = (self.default_steps if is_scheduler(plan)
                      else plan.step_counts(num_train_timesteps)[0])
-        if isinstance(plan, NoiseScheduler):
+        if is_scheduler(plan):
             check_sampling(plan, steps, 0.0, num_train_timesteps, n=n, batch_size=batch_size)
         else:
             check_sampling(plan.name, steps, plan.eta, num_train_timesteps, n=n,
@@ -340,7 +341,7 @@ class DiffusionPipeline(EditingMethods):
 
     def _build(self, plan: SamplerSpec | NoiseScheduler, steps: int) -> NoiseScheduler:
         """The scheduler of a plan, its ``steps`` timesteps set."""
-        sched = plan if isinstance(plan, NoiseScheduler) else plan.build(self.scheduler)
+        sched = plan if is_scheduler(plan) else plan.build(self.scheduler)
         sched.set_timesteps(steps, device=self.device)
         return sched
 

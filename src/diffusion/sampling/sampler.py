@@ -21,7 +21,13 @@ from typing import Any
 
 from diffusion.checks import check_int
 from diffusion.errors import ConfigError
-from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS, check_sampler, check_sampling
+from diffusion.sampling.checks import (
+    SAMPLER_PRESETS,
+    SAMPLERS,
+    check_sampler,
+    check_sampling,
+    is_scheduler,
+)
 from diffusion.schedulers import NoiseScheduler
 
 GENERIC_KEYS = ("name", "steps", "timestep_spacing")
@@ -41,7 +47,7 @@ def make_sampler(train_scheduler: NoiseScheduler, sampler: str | NoiseScheduler,
     the name presets (``dpmpp_3m``: ``solver_order=3``) updated by ``options``
     (``use_karras_sigmas=True``, say), ``eta`` where that sampler takes one, and
     ``timestep_spacing`` (None: the training scheduler's)."""
-    if isinstance(sampler, NoiseScheduler):
+    if is_scheduler(sampler):
         return sampler  # with its own timestep_spacing
     cls, options = SAMPLERS[sampler], {**SAMPLER_PRESETS[sampler], **options}
     if "eta" in cls.config_keys():
