@@ -59,9 +59,9 @@ SAMPLE_CASES = {
     "eta-negative": (["sampler.eta=-0.5", "n=2", "sampler.steps=2"],
                      "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); got -0.5."),
     "eta-with-ddpm": (["sampler=ddpm", "sampler.eta=0.5", "n=2", "sampler.steps=2"],
-                      "sampler.eta is not an option of sampler=ddpm: use one of name, steps, "
-                      "timestep_spacing, dynamic_thresholding_ratio, sample_max_value, "
-                      "thresholding, variance_type."),
+                      "sampler.eta is not an option of sampler=ddpm: use one of "
+                      "dynamic_thresholding_ratio, name, sample_max_value, steps, thresholding, "
+                      "timestep_spacing, variance_type."),
     "option-value": (["sampler=dpmpp_2m", "sampler.solver_order=5", "n=2"],
                      "sampler.solver_order must be one of 1, 2, 3; got 5."),
     "steps-list": (["sampler.steps=[2,3]", "n=2"], "sampler.steps must be one step count for "
