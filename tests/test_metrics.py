@@ -179,7 +179,9 @@ def test_evaluate_writes_eval_json_metrics_and_plot(evaluated_run, cache):
     assert entry["reference"] == "mnist/test" and entry["reference_n"] == 32
     assert entry["step"] == 4 and entry["floor_n"] == 16 and entry["fid"] > entry["floor"]
     assert (" n=16 sampler=ddim sampler.steps=2,4 sampler.eta=0.0 sampler.set_alpha_to_one=true "
-            "sampler.timestep_spacing=trailing batch_size=8 " in entry["command"])
+            "sampler.thresholding=false sampler.dynamic_thresholding_ratio=0.995 "
+            "sampler.sample_max_value=1.0 sampler.timestep_spacing=trailing batch_size=8 "
+            in entry["command"])
     # merged, not overwritten
     _evaluate(evaluated_run, cache, "n=8", "sampler=ddpm", "sampler.steps=3")
     entries = read_eval(evaluated_run)
