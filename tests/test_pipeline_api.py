@@ -272,7 +272,8 @@ def _run_snippet(code: str, run: Path, folder: Path, monkeypatch) -> str:
 
 
 def test_the_readme_pipeline_and_editing_snippets_run(run, tmp_path, monkeypatch):
-    snippets = [s for s in _readme_snippets() if "guidance=" not in s]
+    snippets = [s for s in _readme_snippets() if "guidance=" not in s
+                and "ScoreSDEScheduler" not in s]
     assert len(snippets) == 2  # sampling, editing
     printed = _run_snippet(snippets[0], run, tmp_path, monkeypatch)
     assert "torch.Size([16, 1, 28, 28])" in printed and "(4, 28, 28, 1) True True" in printed
@@ -281,6 +282,13 @@ def test_the_readme_pipeline_and_editing_snippets_run(run, tmp_path, monkeypatch
     for name in ("samples.png", "digit.png", "inpainted.png", "round_trip.png",
                  "interpolation.png"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_the_readme_score_sde_snippet_runs(run, tmp_path, monkeypatch):
+    snippets = [s for s in _readme_snippets() if "ScoreSDEScheduler" in s]
+    assert len(snippets) == 1 and "steps=500" in snippets[0]
+    _run_snippet(snippets[0].replace("steps=500", "steps=3") + "\nprint(images.shape)", run,
+                 tmp_path, monkeypatch)
 
 
 def test_the_readme_guidance_snippet_runs(tmp_path, tiny_mnist_root, monkeypatch):
