@@ -11,6 +11,7 @@ our networks. ``diffusion.export`` writes its EMA weights as a folder plain diff
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -92,6 +93,9 @@ def _unet2d():
     except ImportError:
         raise ConfigError("model=diffusers_unet needs diffusers: pip install diffusers (or "
                           "pip install -e '.[test]').") from None
+    # diffusers before 0.33 calls safetensors.torch.save_file in save_pretrained without
+    # importing the submodule (elsewhere something else usually has)
+    importlib.import_module("safetensors.torch")
     return UNet2DModel
 
 
