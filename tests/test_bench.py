@@ -163,7 +163,7 @@ def test_each_sampler_is_paired_with_diffusers_scheduler_of_its_name_and_steps(n
 
 
 def test_bench_sampler_names_are_checked():
-    with pytest.raises(ConfigError, match=r"^bench.sampler must be one of ddim, ddpm, .*; "
+    with pytest.raises(ConfigError, match=r"^bench.sampler must be one of ald, ddim, ddpm, .*; "
                                           r"got 'dpm'.$"):
         bench_samplers(OmegaConf.create({"sampler": ["ddim", "dpm"]}))
     with pytest.raises(ConfigError, match="a list of distinct names"):
@@ -204,3 +204,12 @@ def test_vs_flag_spellings():
     assert _hydra_argv(["--vs=diffusers"]) == ["vs=diffusers"]
     with pytest.raises(ConfigError, match="vs must be"):
         bench(compose_config([*TINY, "vs=pytorch"], config_name="bench"))
+
+
+def test_a_continuous_time_sampler_has_no_diffusers_counterpart_to_bench_against():
+    from diffusion.commands.benchmarks.diffusers_side import diffusers_scheduler
+
+    with pytest.raises(ConfigError, match=r"^diffusers has no counterpart of sampler=pc to "
+                                          r"bench it against: choose bench.sampler among ddim, "
+                                          r"ddpm, .*, heun.$"):
+        diffusers_scheduler(named_sampler("pc"), DDPMScheduler().config, "leading")

@@ -71,8 +71,13 @@ def test_img2img_starts_at_the_level_strength_selects(pipe, sampler, steps, stre
 def test_img2img_rejects_bad_strength_samplers_and_images(pipe):
     with pytest.raises(ValueError, match=r"^strength must be a number in \[0, 1\]"):
         pipe.img2img(_images(), strength=1.5)
-    with pytest.raises(ValueError, match=r"^sampler must be one of ddim, ddpm"):
+    with pytest.raises(ValueError, match=r"^sampler must be one of ald, ddim, ddpm"):
         pipe.img2img(_images(), sampler="euler_b")
+    with pytest.raises(ValueError, match=r"^the edits run the discrete samplers; sampler=pc is "
+                                         r"a continuous-time one: use one of ddim, ddpm, "
+                                         r"dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, euler, euler_a, "
+                                         r"heun.$"):
+        pipe.img2img(_images(), sampler="pc")
     with pytest.raises(ValueError, match=r"^images must have shape \(N, 1, 16, 16\) for this "
                                          r"model; got \(2, 3, 16, 16\)\.$"):
         pipe.img2img(torch.zeros(2, 3, 16, 16))

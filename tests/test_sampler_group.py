@@ -20,7 +20,9 @@ from diffusion.sampling.sampler import (
     default_options,
     sampler_options,
 )
-from diffusion.schedulers import DDPMScheduler, NoiseScheduler
+from diffusion.processes import DiscreteProcess
+from diffusion.sampling.checks import SAMPLERS
+from diffusion.schedulers import CONTINUOUS_SAMPLERS, DDPMScheduler, NoiseScheduler
 from hydra_utils import compose_config
 from test_train import run_training
 
@@ -28,10 +30,13 @@ THRESHOLDING = {"thresholding": False, "dynamic_thresholding_ratio": 0.995,
                 "sample_max_value": 1.0}  # what every sampler's file states
 
 FILES = sorted((CONF_DIR / "sampler").glob("*.yaml"))
+DISCRETE = [p for p in FILES if p.stem in NoiseScheduler.SAMPLERS]
+CONTINUOUS = [p for p in FILES if p.stem in CONTINUOUS_SAMPLERS]
 
 
 def test_every_registered_sampler_has_one_file_and_no_file_names_another():
-    assert sorted(p.stem for p in FILES) == sorted(NoiseScheduler.SAMPLERS)
+    assert sorted(p.stem for p in FILES) == sorted(SAMPLERS)
+    assert sorted(p.stem for p in CONTINUOUS) == ["ald", "em", "ode", "pc"]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
@@ -41,11 +46,28 @@ def test_file_states_every_option_as_the_registry_presets_it(path):
     assert set(node) == {*GENERIC_KEYS, *sampler_options(path.stem)}
     spec = SamplerSpec.from_config(node)
     assert spec.options == default_options(path.stem) and spec.changed_options() == {}
-    assert spec.timestep_spacing == "trailing"
+    # the continuous-time samplers' times are evenly spaced: no spacing to choose
+    assert spec.timestep_spacing == ("trailing" if path in DISCRETE else None)
     spec.check(1000)
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", CONTINUOUS, ids=lambda p: p.stem)
+def test_continuous_sampler_reads_a_ddpm_run_in_continuous_time(path):
+    train = DDPMScheduler(beta_schedule="cosine", prediction_type="v_prediction")
+    spec = SamplerSpec.from_config(OmegaConf.load(path))
+    sched = spec.build(train)
+    assert type(sched) is CONTINUOUS_SAMPLERS[spec.name]
+    assert isinstance(sched.process, DiscreteProcess)
+    assert torch.equal(sched.process.alphas_cumprod, train.alphas_cumprod.double())
+    assert sched.process.prediction_type == "v_prediction"
+    assert {k: sched.config[k] for k in spec.options} == spec.options
+    with pytest.raises(ValueError, match=rf"^sampler.timestep_spacing does not apply to "
+                                         rf"sampler={path.stem}, whose times are evenly spaced "
+                                         rf"from 1 to t_min: set it to null.$"):
+        SamplerSpec.from_config({**OmegaConf.load(path), "timestep_spacing": "leading"})
+
+
+@pytest.mark.parametrize("path", DISCRETE, ids=lambda p: p.stem)
 def test_built_sampler_keeps_the_training_noise_process(path):
     train = DDPMScheduler(beta_schedule="cosine", prediction_type="v_prediction",
                           clip_sample=False, timestep_spacing="leading")
@@ -134,6 +156,11 @@ def test_any_trained_run_samples_with_every_sampler(tmp_path, tiny_mnist_root):
         images[path.stem] = torch.load(written["tensors"], weights_only=True)
         assert images[path.stem].shape == (3, 1, 28, 28)
         built = SamplerSpec.from_config(cfg.sampler).build(pipe.scheduler)
+        if path in CONTINUOUS:
+            assert torch.equal(built.process.alphas_cumprod,
+                               pipe.scheduler.alphas_cumprod.double())
+            assert built.process.prediction_type == "v_prediction"
+            continue
         assert (built.config["beta_schedule"], built.config["prediction_type"]) == (
             "cosine", "v_prediction")
     torch.testing.assert_close(images["euler"], images["ddim"], atol=1e-4, rtol=0)

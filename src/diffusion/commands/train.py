@@ -40,6 +40,7 @@ from diffusion.config.build import (
     build_scheduler,
     build_trainer_config,
     build_training_sampler,
+    fit_to_data,
 )
 from diffusion.config.keys import check_launcher
 from diffusion.config.metrics import build_evaluator
@@ -111,6 +112,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
     seed_everything(cfg.seed + dist.rank())  # then per-rank streams (dropout, workers)
     train_set, val_set = build_datasets(cfg.data)
     check_batch(len(train_set), cfg.data.batch_size, dist.world_size())  # before any write
+    scheduler = fit_to_data(cfg, scheduler, train_set)
     main_rank = dist.is_main()
     trainer = Trainer(
         model, scheduler, build_optimizer(cfg), train_set, trainer_cfg,

@@ -9,9 +9,10 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.checks import check_int
 from diffusion.config.legacy import (
@@ -24,6 +25,7 @@ from diffusion.config.sampler import training_sampler
 from diffusion.data import dataset_info
 from diffusion.errors import USER_ERRORS, ConfigError
 from diffusion.models.diffusers_unet import weights_follow
+from diffusion.processes import sigma_max_from_data
 from diffusion.runtime.device import resolve_device
 from diffusion.training.loggers import LoggerGroup
 from diffusion.training.objectives import Objective
@@ -125,7 +127,8 @@ def build_training_sampler(cfg: DictConfig):
     training scheduler."""
     try:
         sampler = training_sampler(cfg)
-        sampler.check(build_scheduler(cfg).num_train_timesteps)
+        scheduler = build_scheduler(cfg)
+        sampler.check(scheduler.num_train_timesteps, scheduler=scheduler)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return sampler
@@ -156,6 +159,21 @@ def build_lr_scheduler(cfg: DictConfig):
 
 def build_scheduler(cfg: DictConfig):
     return _instantiate("scheduler", cfg.scheduler)
+
+
+def fit_to_data(cfg: DictConfig, scheduler, train_set, max_images: int = 5000):
+    """The training noise process with what it measures from the data: a VE process's
+    ``sigma_max: null`` becomes the largest distance between two of the first ``max_images``
+    training images (Song & Ermon 2020), written into ``cfg`` so the run records it."""
+    if not hasattr(scheduler, "sigma_max") or scheduler.sigma_max is not None:
+        return scheduler
+    n = min(len(train_set), max_images)
+    images = torch.stack([train_set[i][0] for i in range(n)])
+    with open_dict(cfg.scheduler):
+        cfg.scheduler.sigma_max = round(sigma_max_from_data(images), 4)
+    log.info("scheduler.sigma_max = %s: the largest distance between two of the first %d "
+             "training images (Song & Ermon 2020)", cfg.scheduler.sigma_max, n)
+    return build_scheduler(cfg)
 
 
 def build_classifier(cfg: DictConfig):

@@ -65,7 +65,8 @@ def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -
                           "was made before metrics existed) or set trainer.eval_every=0.")
     try:  # before the feature network is trained or loaded
         sampler = training_sampler(cfg)
-        sampler.check(instantiate(cfg.scheduler).num_train_timesteps)
+        scheduler = instantiate(cfg.scheduler)
+        sampler.check(scheduler.num_train_timesteps, scheduler=scheduler)
         check_int("metrics.batch_size", metrics.batch_size)
         check_int("trainer.eval_n", trainer.eval_n, minimum=2)
         check_metrics(metrics)

@@ -59,12 +59,13 @@ def check_run_options(cfg: DictConfig, command: str, several_steps: bool = False
     spec = SamplerSpec.from_config(cfg.sampler)
     if not several_steps:
         spec.one_step_count(f"diffusion.{command}")
-    num_train_timesteps = build_scheduler(run_cfg).num_train_timesteps
+    scheduler = build_scheduler(run_cfg)
+    num_train_timesteps = scheduler.num_train_timesteps
     steps = spec.step_counts(num_train_timesteps)
     if not steps:
         raise ConfigError("sampler.steps must be one or more step counts, e.g. "
                           "sampler.steps=50 or sampler.steps=10,20,50; got none.")
-    spec.check(num_train_timesteps, **counts)
+    spec.check(num_train_timesteps, scheduler=scheduler, **counts)
     resolve_precision(cfg.precision, resolve_device(cfg.device))
     if cfg.get("compile"):
         compile_mode(cfg.compile)

@@ -10,8 +10,11 @@ from collections.abc import Callable
 
 import torch
 
+from diffusion.errors import ConfigError
 from diffusion.sampling.checks import check_generator, check_labels, check_sampling
 from diffusion.sampling.images import as_images, as_mask, describe
+from diffusion.schedulers import CONTINUOUS_SAMPLERS, NoiseScheduler
+from diffusion.schedulers.continuous import ContinuousSampler
 from diffusion.schedulers.noise import Generators, randn_tensor
 
 
@@ -46,11 +49,22 @@ def check_mask(mask, images: torch.Tensor) -> torch.Tensor:
     return m.expand(n, -1, -1, -1).contiguous()
 
 
+def check_discrete(sampler) -> None:
+    """The edits (img2img, inpainting) start a discrete sampler part-way: refuse a
+    continuous-time one (a name or an object)."""
+    if (isinstance(sampler, str) and sampler in CONTINUOUS_SAMPLERS) \
+            or isinstance(sampler, ContinuousSampler):
+        what = f"sampler={sampler}" if isinstance(sampler, str) else type(sampler).__name__
+        raise ConfigError(f"the edits run the discrete samplers; {what} is a continuous-time "
+                          f"one: use one of {', '.join(sorted(NoiseScheduler.SAMPLERS))}.")
+
+
 def check_edit(pipe, images, steps: int, y, batch_size: int, sampler="ddim", eta=0.0,
                timestep_spacing=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The arguments every edit takes, checked as sampling checks them: (images, labels)."""
     images = check_images(images, pipe.sample_shape)
-    check_sampling(sampler, steps, eta, pipe.scheduler.config["num_train_timesteps"],
+    check_discrete(sampler)
+    check_sampling(sampler, steps, eta, pipe.scheduler.num_train_timesteps,
                    batch_size=batch_size, timestep_spacing=timestep_spacing)
     return images, check_labels(y, len(images), pipe.num_classes)
 

@@ -295,7 +295,7 @@ class FidEvaluator:
             if device.type == "cuda" else []  # only this rank's GPU, not every visible one
         with torch.random.fork_rng(devices=cuda):  # draws nothing from the training streams
             scheduler = pipeline.scheduler
-            steps = self.sampler.step_counts(scheduler.config["num_train_timesteps"])[0]
+            steps = self.sampler.step_counts(scheduler.num_train_timesteps)[0]
             self.last = self.scorer.score_pipeline(
                 pipeline, self.n, self.sampler.build(scheduler), steps, self.batch_size,
                 name=self.sampler.name)

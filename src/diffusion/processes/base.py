@@ -83,6 +83,12 @@ class Process:
         return {"t_min": self.t_min, "model_steps": self.model_steps,
                 "prediction_type": self.prediction_type}
 
+    @property
+    def num_train_timesteps(self) -> int:
+        """The network's time scale (``model_steps``), read where a DDPM scheduler's step count
+        is: the most steps a sampler takes over this process."""
+        return self.model_steps
+
     # ------------------------------------------------------- what follows
     def sde(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """(f(t), g(t)^2) of the forward SDE dx = f x dt + g dW whose marginals these are."""

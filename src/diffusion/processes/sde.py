@@ -76,17 +76,25 @@ class SubVPProcess(VPProcess):
 
 
 class VEProcess(Process):
-    """The VE SDE: x_t = x_0 + sigma(t) eps with sigma geometric from sigma_min to sigma_max."""
+    """The VE SDE: x_t = x_0 + sigma(t) eps with sigma geometric from sigma_min to sigma_max.
+    ``sigma_max=None`` stands for "measured from the training data" (``sigma_max_from_data``),
+    which the train command does before anything uses the process."""
 
     name = "ve"
 
-    def __init__(self, *, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 1e-5,
-                 **options: Any):
+    def __init__(self, *, sigma_min: float = 0.01, sigma_max: float | None = 50.0,
+                 t_min: float = 1e-5, **options: Any):
         super().__init__(t_min=t_min, **options)
         self.sigma_min = check_number("sigma_min", sigma_min, above=0)
-        self.sigma_max = check_number("sigma_max", sigma_max, above=self.sigma_min,
-                                      note=" (above sigma_min)")
-        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        self.sigma_max = sigma_max if sigma_max is None else check_number(
+            "sigma_max", sigma_max, above=self.sigma_min, note=" (above sigma_min)")
+
+    @property
+    def _log_ratio(self) -> float:
+        if self.sigma_max is None:
+            raise ValueError("sigma_max is not set yet: give a number, or train with "
+                             "sigma_max=null to measure it from the training images.")
+        return math.log(self.sigma_max / self.sigma_min)
 
     @property
     def config(self) -> dict[str, Any]:

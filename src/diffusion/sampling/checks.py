@@ -8,6 +8,7 @@ load a model, train a feature network or sample for minutes.
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,11 +16,13 @@ import torch
 
 from diffusion.checks import check_choice, check_int, check_number, is_int
 from diffusion.errors import ConfigError
-from diffusion.schedulers import NoiseScheduler
+from diffusion.schedulers import CONTINUOUS_PRESETS, CONTINUOUS_SAMPLERS, NoiseScheduler
 from diffusion.schedulers.base import TIMESTEP_SPACINGS, Generators
 
-SAMPLERS = NoiseScheduler.SAMPLERS  # name -> scheduler class, as ``sampler=`` spells it
-SAMPLER_PRESETS = NoiseScheduler.SAMPLER_PRESETS  # name -> the options the name sets
+# name -> sampler class, as ``sampler=`` spells it: the discrete samplers (NoiseScheduler's)
+# and the continuous-time ones (schedulers.continuous); live views of both registries
+SAMPLERS = ChainMap(NoiseScheduler.SAMPLERS, CONTINUOUS_SAMPLERS)
+SAMPLER_PRESETS = ChainMap(NoiseScheduler.SAMPLER_PRESETS, CONTINUOUS_PRESETS)
 
 
 SCHEDULER_API = ("set_timesteps", "step", "scale_model_input", "init_noise_sigma")

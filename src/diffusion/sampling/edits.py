@@ -40,6 +40,7 @@ class EditingMethods:
         images = editing.check_images(images, self.sample_shape)
         plan, steps = self._plan(len(images), resolve_steps(steps, num_inference_steps),
                                  sampler, eta, timestep_spacing)
+        editing.check_discrete(getattr(plan, "name", plan))
         generator = seeded(generator, seed, len(images))
         check_output_type(output_type, self.sample_shape[0])
         out = editing.img2img(self, images, strength=strength, steps=steps,

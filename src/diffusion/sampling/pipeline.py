@@ -115,11 +115,14 @@ class DiffusionPipeline(EditingMethods):
         self.model = model
         self.scheduler = scheduler
         self.sample_shape = tuple(sample_shape)
-        num_train_timesteps = scheduler.config["num_train_timesteps"]
+        num_train_timesteps = scheduler.num_train_timesteps
+        if sampler is None and not isinstance(scheduler, NoiseScheduler):
+            sampler = SamplerSpec("ode", 50, None)  # a continuous-time process: its ODE
         if sampler is None:  # DDIM-50 (all T steps where T is smaller)
             sampler = replace(SamplerSpec(), steps=min(SamplerSpec.steps, num_train_timesteps))
         else:
-            sampler.one_step_count("a pipeline's default sampler").check(num_train_timesteps)
+            sampler.one_step_count("a pipeline's default sampler").check(
+                num_train_timesteps, scheduler=scheduler)
         self.sampler = sampler
         self.precision_setting = precision
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -159,14 +162,15 @@ class DiffusionPipeline(EditingMethods):
     @property
     def default_steps(self) -> int:
         """The step count of ``steps=None``: the default sampler's (all T where it says null)."""
-        return self.sampler.step_counts(self.scheduler.config["num_train_timesteps"])[0]
+        return self.sampler.step_counts(self.scheduler.num_train_timesteps)[0]
 
     def __repr__(self) -> str:
         parameters = sum(p.numel() for p in self.model.parameters())
         config = self.scheduler.config
         scheduler = (f"{type(self.scheduler).__name__} ({config['num_train_timesteps']} "
                      f"training steps, {config.get('beta_schedule')} betas, "
-                     f"{config.get('prediction_type')})")
+                     f"{config.get('prediction_type')})"
+                     if isinstance(self.scheduler, NoiseScheduler) else repr(self.scheduler))
         return (f"{type(self).__name__}(\n"
                 f"  model={type(self.model).__name__} ({parameters:,} parameters),\n"
                 f"  scheduler={scheduler},\n"
@@ -326,7 +330,7 @@ class DiffusionPipeline(EditingMethods):
         """(the sampler to run, its steps), every argument of a draw checked before any work:
         ``steps`` None is the sampler spec's own (the default steps for a scheduler object)."""
         plan = self._resolve(sampler, eta, timestep_spacing)
-        num_train_timesteps = self.scheduler.config["num_train_timesteps"]
+        num_train_timesteps = self.scheduler.num_train_timesteps
         if steps is None:
             steps = (self.default_steps if is_scheduler(plan)
                      else plan.step_counts(num_train_timesteps)[0])

@@ -52,7 +52,7 @@ def make_sampler(train_scheduler: NoiseScheduler, sampler: str | NoiseScheduler,
     cls, options = SAMPLERS[sampler], {**SAMPLER_PRESETS[sampler], **options}
     if "eta" in cls.config_keys():
         options["eta"] = eta
-    if timestep_spacing is not None:
+    if timestep_spacing is not None and "timestep_spacing" in cls.config_keys():
         options["timestep_spacing"] = timestep_spacing
     return cls.over(train_scheduler, **options)
 
@@ -99,6 +99,10 @@ class SamplerSpec:
         if unknown:
             raise ConfigError(f"{key}.{unknown[0]} is not an option of {key}={name}: use one of "
                              f"{', '.join([*GENERIC_KEYS, *sorted(sampler_options(name))])}.")
+        if node.get("timestep_spacing") is not None \
+                and "timestep_spacing" not in SAMPLERS[name].config_keys():
+            raise ConfigError(f"{key}.timestep_spacing does not apply to {key}={name}, whose "
+                              f"times are evenly spaced from 1 to t_min: set it to null.")
         steps = node.get("steps")
         if isinstance(steps, Sequence) and not isinstance(steps, str):
             steps = list(steps)
@@ -122,7 +126,9 @@ class SamplerSpec:
     def describe(self) -> str:
         """``ddim, 50 steps (trailing)``: the name, steps, spacing and changed options."""
         steps = "every training step" if self.steps is None else f"{self.steps} steps"
-        spacing = self.timestep_spacing or "the training scheduler's spacing"
+        spacing = self.timestep_spacing or (
+            "the training scheduler's spacing" if "timestep_spacing" in
+            SAMPLERS[self.name].config_keys() else "evenly spaced in time")
         options = "".join(f", {k}={v}" for k, v in self.changed_options().items())
         eta = f", eta={self.eta:g}" if self.eta else ""
         return f"{self.name}, {steps} ({spacing}{eta}{options})"
@@ -150,16 +156,20 @@ class SamplerSpec:
             return [num_train_timesteps]
         return list(self.steps) if isinstance(self.steps, list) else [self.steps]
 
-    def check(self, num_train_timesteps: int, key: str = "sampler", **extra: Any) -> None:
+    def check(self, num_train_timesteps: int, key: str = "sampler", *, scheduler: Any = None,
+              **extra: Any) -> None:
         """Every value, before any model is loaded (``extra``: ``n``, ``batch_size``); an
-        option's value is checked by building the sampler over a probe schedule."""
+        option's value is checked by building the sampler over the run's training noise
+        process ``scheduler`` (a probe DDPM schedule when None), which also refuses a discrete
+        sampler for a continuous-time process."""
         check_sampling(self.name, self.step_counts(num_train_timesteps), self.eta,
                        num_train_timesteps, prefix=f"{key}.",
                        timestep_spacing=self.timestep_spacing)
         for name, value in extra.items():
             check_int(name, value)
         try:
-            self.build(SAMPLERS["ddpm"](num_train_timesteps=num_train_timesteps))
+            self.build(SAMPLERS["ddpm"](num_train_timesteps=num_train_timesteps)
+                       if scheduler is None else scheduler)
         except ValueError as exc:
             message = str(exc)
             named = message.split(" ", 1)[0] in self.options

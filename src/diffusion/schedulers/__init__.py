@@ -3,7 +3,9 @@
 Samplers by name (``NoiseScheduler.SAMPLERS``): ``ddpm``, ``ddim``, ``dpmpp_2m``,
 ``dpmpp_3m``, ``dpmpp_2m_sde`` (DPM-Solver++ of order 2 or 3, ODE or SDE), ``euler``,
 ``euler_a`` (Euler ancestral) and ``heun``. ``RePaintScheduler`` inpaints (its step takes
-the original image and a mask), so it is not among them.
+the original image and a mask), so it is not among them. The continuous-time samplers
+(``CONTINUOUS_SAMPLERS``: ``pc``, ``em``, ``ode``, ``ald``) walk a ``diffusion.processes``
+process, a DDPM table's included (``schedulers.continuous``).
 
 >>> sched = DDPMScheduler(beta_schedule="cosine")
 >>> x_t = sched.add_noise(x0, noise, t)                    # training input
@@ -16,14 +18,19 @@ the original image and a mask), so it is not among them.
 ...     x = sampler.step(out, t, x).prev_sample
 """
 
+from diffusion.schedulers.annealed_langevin import AnnealedLangevinScheduler
 from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput
+from diffusion.schedulers.continuous import CONTINUOUS_PRESETS, CONTINUOUS_SAMPLERS
 from diffusion.schedulers.ddim import DDIMScheduler
 from diffusion.schedulers.ddpm import DDPMScheduler
 from diffusion.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from diffusion.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from diffusion.schedulers.heun import HeunDiscreteScheduler
 from diffusion.schedulers.repaint import RePaintScheduler
+from diffusion.schedulers.score_sde import ScoreSDEScheduler
 
-__all__ = ["DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+__all__ = ["CONTINUOUS_PRESETS", "CONTINUOUS_SAMPLERS", "AnnealedLangevinScheduler",
+           "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
            "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
-           "NoiseScheduler", "RePaintScheduler", "SchedulerOutput"]
+           "NoiseScheduler", "RePaintScheduler", "SchedulerOutput",
+           "ScoreSDEScheduler"]

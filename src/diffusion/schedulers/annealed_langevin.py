@@ -23,22 +23,22 @@ import torch
 from diffusion.checks import check_choice, check_int, check_number
 from diffusion.processes.base import Process
 from diffusion.schedulers.base import SchedulerOutput
+from diffusion.schedulers.continuous import ContinuousSampler
 from diffusion.schedulers.noise import Generators, randn_tensor
 
 Tensor = torch.Tensor
 
 
-class AnnealedLangevinScheduler:
+class AnnealedLangevinScheduler(ContinuousSampler, sampler_name="ald"):
     """Annealed Langevin dynamics over ``process``'s noise levels; see the module docstring.
     Defaults: Song & Ermon's T = 100 would be 1,000 evaluations at L = 10; ``steps_per_level``
     is 5 here and ``step_lr`` their 2e-5 (tuned for sigma_L = 0.01)."""
 
-    order = 1
     stochastic = True
 
-    def __init__(self, process: Process, *, steps_per_level: int = 5, step_lr: float = 2e-5,
+    def __init__(self, process: Process | None = None, *, steps_per_level: int = 5, step_lr: float = 2e-5,
                  denoise: bool = True):
-        if not isinstance(process, Process):
+        if process is not None and not isinstance(process, Process):
             raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
         self.process = process
         self.steps_per_level = check_int("steps_per_level", steps_per_level)
@@ -57,12 +57,12 @@ class AnnealedLangevinScheduler:
 
     @property
     def init_noise_sigma(self) -> float:
-        return self.process.prior_std
+        return self._process().prior_std
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
         """L = ``num_inference_steps`` levels; ``timesteps`` lists the L T (+ 1) evaluations."""
         levels = check_int("num_inference_steps", num_inference_steps)
-        t_min = self.process.t_min
+        t_min = self._process().t_min
         self._times = [1.0 - i * (1.0 - t_min) / max(levels - 1, 1) for i in range(levels)]
         self._calls = [(False, t) for t in self._times for _ in range(self.steps_per_level)]
         if self.denoise:

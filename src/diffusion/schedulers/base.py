@@ -121,6 +121,10 @@ class NoiseScheduler:
     def over(cls, scheduler: NoiseScheduler, **options: Any) -> NoiseScheduler:
         """A ``cls`` sampler over ``scheduler``'s noise process (betas, prediction type,
         clipping): only the reverse step changes; ``options`` set its own arguments."""
+        if not isinstance(scheduler, NoiseScheduler):
+            raise ValueError(f"{cls.__name__} walks a discrete DDPM noise process; this run's "
+                             f"is {type(scheduler).__name__} (continuous time): sample it with "
+                             f"sampler=pc, em, ode or ald.")
         keys = cls.config_keys()
         return cls.from_config({k: v for k, v in scheduler.config.items() if k in keys},
                                **options)

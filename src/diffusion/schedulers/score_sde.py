@@ -39,6 +39,7 @@ import torch
 from diffusion.checks import check_choice, check_int, check_number
 from diffusion.processes.base import Process
 from diffusion.schedulers.base import SchedulerOutput
+from diffusion.schedulers.continuous import ContinuousSampler, register
 from diffusion.schedulers.noise import Generators, randn_tensor
 
 Tensor = torch.Tensor
@@ -48,15 +49,16 @@ DENOISE = ("mean", "tweedie")
 CORRECTORS = ("langevin", "none")
 
 
-class ScoreSDEScheduler:
-    """Predictor-corrector sampling of ``process``'s reverse SDE; see the module docstring."""
+class ScoreSDEScheduler(ContinuousSampler, sampler_name="pc"):
+    """Predictor-corrector sampling of ``process``'s reverse SDE; see the module docstring.
+    ``sampler=pc`` is its defaults (reverse diffusion and one Langevin step at snr 0.16, Song et
+    al.'s VE setting), ``sampler=em`` Euler-Maruyama alone, ``sampler=ode`` the probability-flow
+    ODE with Heun's method."""
 
-    order = 1
-
-    def __init__(self, process: Process, *, predictor: str = "reverse_diffusion",
+    def __init__(self, process: Process | None = None, *, predictor: str = "reverse_diffusion",
                  corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1,
                  probability_flow: bool = False, denoise: str = "mean"):
-        if not isinstance(process, Process):
+        if process is not None and not isinstance(process, Process):
             raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
         self.process = process
         self.predictor = check_choice("predictor", predictor, PREDICTORS)
@@ -95,14 +97,14 @@ class ScoreSDEScheduler:
     @property
     def init_noise_sigma(self) -> float:
         """The prior's standard deviation: sampling starts from N(0, prior_std^2 I)."""
-        return self.process.prior_std
+        return self._process().prior_std
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
         """n times evenly spaced from 1 to t_min; ``timesteps`` holds what the network is told
         at each of the n (1 + n_corrector) evaluations, in order."""
         n = check_int("num_inference_steps", num_inference_steps, 2 if self.predictor != "none"
                       else 1)
-        t_min = self.process.t_min
+        t_min = self._process().t_min
         times = [1.0 - i * (1.0 - t_min) / (n - 1) for i in range(n)] if n > 1 else [1.0]
         tweedie = self.denoise == "tweedie"
         # the times each step starts from, then where the last one lands
@@ -248,3 +250,7 @@ def ancestral_step(process: Process, x: Tensor, score: Tensor, noise: Tensor, t:
 
 PREDICTOR_STEPS = {"euler_maruyama": em_step, "reverse_diffusion": reverse_diffusion_step,
                    "ancestral": ancestral_step}
+
+
+register("em", ScoreSDEScheduler, predictor="euler_maruyama", corrector="none")
+register("ode", ScoreSDEScheduler, predictor="heun", corrector="none", probability_flow=True)

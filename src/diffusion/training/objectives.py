@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffusion.checks import check_choice, check_number
+from diffusion.errors import ConfigError
 
 WEIGHTINGS = ("none", "min_snr", "p2")
 T_SAMPLINGS = ("uniform", "stratified")
@@ -51,6 +52,10 @@ class Objective:
             check_number(f"objective.{key}", value, above=0)
         for key, value in (("p2_gamma", p2_gamma), ("offset_noise", offset_noise)):
             check_number(f"objective.{key}", value, minimum=0)
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise ConfigError(f"this objective trains a DDPM noise process; the run's is "
+                              f"{type(scheduler).__name__}, in continuous time: use "
+                              f"objective=dsm.")
         self.scheduler = scheduler
         self.prediction_type = scheduler.prediction_type
         self.weighting, self.t_sampling, self.loss_kind = weighting, t_sampling, loss
@@ -80,6 +85,12 @@ class Objective:
             noise = noise + self.offset_noise * torch.randn(
                 (*shape[:2], *([1] * (len(shape) - 2))), device=device, generator=generator)
         return noise
+
+    def noised(self, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(network input, the time it is told, target) for clean ``x0``: x_t and t itself
+        here; a continuous-time objective scales x_t and maps t (``ScoreMatching``)."""
+        return (self.scheduler.add_noise(x0, noise, t), t,
+                self.scheduler.training_target(x0, noise, t))
 
     # ---------------------------------------------------------------- weights
     def weights(self, timesteps: Tensor) -> Tensor:

@@ -42,16 +42,16 @@ class PeriodicWork:
         total = torch.zeros(2, device=self.device)  # (sum of losses, images)
         for x0, y in loader:
             x0, y = self._to_device(x0, y)
-            x_t, t, target = self._noised(x0, generator, local=False)
-            parts = [part.tensor_split(self.world_size)[self.rank] if part is not None else None
-                     for part in (x_t, t, target, y)]
-            x_t, t, target, y = parts
-            if x_t.shape[0] == 0:
+            noised = self._noised(x0, generator, local=False)
+            x_in, t_in, target, t, y = (
+                part.tensor_split(self.world_size)[self.rank] if part is not None else None
+                for part in (*noised, y))
+            if x_in.shape[0] == 0:
                 continue
             with autocast(self.device, self.precision):
-                prediction = self.ema.model(x_t, t, y)
-            total[0] += self.objective.loss(prediction, target, t) * x_t.shape[0]
-            total[1] += x_t.shape[0]
+                prediction = self.ema.model(x_in, t_in, y)
+            total[0] += self.objective.loss(prediction, target, t) * x_in.shape[0]
+            total[1] += x_in.shape[0]
         loss, count = dist.all_sum(total).tolist()
         return loss / count
 

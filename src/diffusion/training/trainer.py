@@ -102,7 +102,7 @@ class Trainer(CheckpointState, PeriodicWork):
         self.local_batch = batch_size // self.world_size
         self.seed = seed
         self.conditional = conditional
-        self.num_train_timesteps = int(scheduler.config["num_train_timesteps"])
+        self.num_train_timesteps = int(scheduler.num_train_timesteps)
         self.sample_shape = tuple(train_set[0][0].shape)
 
         self._place_model(model)
@@ -193,15 +193,15 @@ class Trainer(CheckpointState, PeriodicWork):
         return global_batch[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
 
     def _noised(self, x0: torch.Tensor, generator: torch.Generator, local: bool = True):
-        """(x_t, t, target) for clean ``x0``. Timesteps and noise are drawn for the global
-        batch on every rank and sliced, so the run does not depend on the process count."""
+        """(network input, its time, target, t) for clean ``x0`` (the objective's ``noised``;
+        t is what the loss weights read). Timesteps and noise are drawn for the global batch
+        on every rank and sliced, so the run does not depend on the process count."""
         n = self.batch_size if local and self.world_size > 1 else x0.shape[0]
         t = self.objective.sample_timesteps(n, self.device, generator)
         noise = self.objective.sample_noise((n, *x0.shape[1:]), self.device, generator)
         if n != x0.shape[0]:
             t, noise = self._local(t), self._local(noise)
-        return self.scheduler.add_noise(x0, noise, t), t, self.scheduler.training_target(
-            x0, noise, t)
+        return (*self.objective.noised(x0, noise, t), t)
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -230,7 +230,7 @@ class Trainer(CheckpointState, PeriodicWork):
             self.micro_batches += 1
             data_time += time.perf_counter() - start
             x0, y = self._to_device(x0, y)
-            x_t, t, target = self._noised(x0, self.noise_generator)
+            x_in, t_in, target, t = self._noised(x0, self.noise_generator)
             y = self._drop_labels(y, self.noise_generator)
             last = micro == self.cfg.grad_accum - 1
             # gradients are all-reduced once per optimizer step, not per micro-batch
@@ -238,7 +238,7 @@ class Trainer(CheckpointState, PeriodicWork):
                     else contextlib.nullcontext())
             with sync:
                 with autocast(self.device, self.precision):
-                    prediction = self.forward(x_t, t, y)
+                    prediction = self.forward(x_in, t_in, y)
                 loss = self.objective.loss(prediction, target, t) / self.cfg.grad_accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()

@@ -36,6 +36,7 @@ from diffusion.models.diffusers_unet import unet2d_arguments
 from diffusion.runtime.device import autocast
 from diffusion.sampling.checks import SAMPLERS
 from diffusion.sampling.sampler import SamplerSpec
+from diffusion.schedulers import NoiseScheduler
 
 TOLERANCE = 0.05
 """How far the diffusers network's parameter count may be from ours (relative)."""
@@ -126,6 +127,10 @@ def diffusers_scheduler(spec: SamplerSpec, noise_config: Mapping, training_spaci
     ``spec`` gives ours (None: ``training_spacing``); DDIM's eta goes to its step instead."""
     import diffusers
 
+    if not hasattr(diffusers, SAMPLERS[spec.name].__name__):
+        raise ConfigError(f"diffusers has no counterpart of sampler={spec.name} to bench it "
+                          f"against: choose bench.sampler among "
+                          f"{', '.join(sorted(NoiseScheduler.SAMPLERS))}.")
     cls = getattr(diffusers, SAMPLERS[spec.name].__name__)
     # Passed as arguments: from_config leaves some classes' own beta_start/beta_end defaults
     # in place of the config's (HeunDiscreteScheduler gets Stable Diffusion's betas).

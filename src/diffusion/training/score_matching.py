@@ -1,0 +1,81 @@
+"""Denoising score matching in continuous time (Song et al. 2021, eq. 7): the objective of the
+score-SDE processes (``scheduler=vp|subvp|ve``), and of a DDPM table read in continuous time.
+
+t is drawn from [t_min, 1], x_t = alpha(t) x_0 + sigma(t) eps, and the network sees
+c_in(t) x_t at time ``model_time(t)`` (``Process``). It outputs epsilon, x_0 or v in the
+normalised terms of ``Process.normalised``; its score is -eps / sigma(t). The loss weights
+lambda(t) of the paper are on the score error |s - grad log p|^2 = |d eps|^2 / sigma^2:
+
+- ``sigma2``: lambda = sigma(t)^2 (Song's default; NCSN's lambda(sigma) = sigma^2), i.e. the
+  plain epsilon MSE, carried to x_0 and v outputs exactly (``objectives.error_ratio``);
+- ``likelihood``: lambda = g(t)^2, the weighting under which the loss bounds the negative
+  log-likelihood (Song et al. 2021b, "Maximum Likelihood Training of Score-Based Diffusion
+  Models"), i.e. g^2 / sigma^2 on the epsilon error. Without importance sampling of t its
+  variance is high for VP near t_min, where g^2 / sigma^2 ~ 1 / t;
+- ``none``: the plain MSE of the network's own output.
+
+A DDPM scheduler given instead of a process is read as ``DiscreteProcess.of(scheduler)``: the
+same table, with t continuous between its steps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffusion.checks import check_choice, check_number
+from diffusion.processes.base import Process
+from diffusion.schedulers.continuous import as_process
+from diffusion.training.objectives import LOSSES, T_SAMPLINGS, Objective, error_ratio
+
+DSM_WEIGHTINGS = ("sigma2", "likelihood", "none")
+
+
+class ScoreMatching(Objective):
+    """Continuous-time denoising score matching over ``scheduler`` (a ``Process``, or a DDPM
+    scheduler read in continuous time); see the module docstring."""
+
+    def __init__(self, scheduler, weighting: str = "sigma2", t_sampling: str = "uniform",
+                 offset_noise: float = 0.0, loss: str = "mse", huber_delta: float = 0.1):
+        for key, value, choices in (("weighting", weighting, DSM_WEIGHTINGS),
+                                    ("t_sampling", t_sampling, T_SAMPLINGS),
+                                    ("loss", loss, LOSSES)):
+            check_choice(f"objective.{key}", value, choices)
+        check_number("objective.huber_delta", huber_delta, above=0)
+        check_number("objective.offset_noise", offset_noise, minimum=0)
+        self.process: Process = as_process(scheduler)
+        self.scheduler = self.process
+        self.prediction_type = self.process.prediction_type
+        self.weighting, self.t_sampling, self.loss_kind = weighting, t_sampling, loss
+        self.offset_noise, self.huber_delta = float(offset_noise), float(huber_delta)
+
+    def sample_timesteps(self, n: int, device: torch.device, generator: torch.Generator):
+        """n times in [t_min, 1) (float64), uniform or stratified (one per slice, shuffled)."""
+        u = torch.rand(n, device=device, generator=generator, dtype=torch.float64)
+        if self.t_sampling == "stratified":
+            u = (torch.randperm(n, device=device, generator=generator) + u) / n
+        t_min = self.process.t_min
+        return t_min + (1.0 - t_min) * u
+
+    def noised(self, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(c_in(t) x_t, model_time(t), target): what the network sees and must output."""
+        process = self.process
+        x_in = process.add_noise(x0, noise, t) * process._per_sample(process.c_in(t), x0)
+        return x_in, process.model_time(t), process.training_target(x0, noise, t)
+
+    def weights(self, timesteps: Tensor) -> Tensor:
+        """Per-sample loss weights on the network's own output (float32)."""
+        process = self.process
+        a, s = process.normalised(timesteps)
+        on_eps = torch.ones_like(a)
+        if self.weighting == "likelihood":
+            on_eps = process.sde(timesteps)[1] / process.sigma(timesteps) ** 2
+        return (on_eps * error_ratio((a / s) ** 2, self.prediction_type)).float()
+
+    def weight_table(self) -> Tensor:
+        raise NotImplementedError("continuous time has no table: use weights(t).")
+
+    def __repr__(self) -> str:
+        return (f"ScoreMatching(process={self.process!r}, weighting={self.weighting!r}, "
+                f"t_sampling={self.t_sampling!r}, offset_noise={self.offset_noise}, "
+                f"loss={self.loss_kind!r})")
