@@ -12,7 +12,9 @@ from diffusion.commands.sample import sample
 from diffusion.config.build import build_trainer_config
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.sampler import training_sampler
+from diffusion.processes import DiscreteProcess
 from diffusion.runs.records import entry_key
+from diffusion.sampling.checks import SAMPLERS
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import (
     GENERIC_KEYS,
@@ -20,8 +22,6 @@ from diffusion.sampling.sampler import (
     default_options,
     sampler_options,
 )
-from diffusion.processes import DiscreteProcess
-from diffusion.sampling.checks import SAMPLERS
 from diffusion.schedulers import CONTINUOUS_SAMPLERS, DDPMScheduler, NoiseScheduler
 from hydra_utils import compose_config
 from test_train import run_training

@@ -36,8 +36,8 @@ class AnnealedLangevinScheduler(ContinuousSampler, sampler_name="ald"):
 
     stochastic = True
 
-    def __init__(self, process: Process | None = None, *, steps_per_level: int = 5, step_lr: float = 2e-5,
-                 denoise: bool = True):
+    def __init__(self, process: Process | None = None, *, steps_per_level: int = 5,
+                 step_lr: float = 2e-5, denoise: bool = True):
         if process is not None and not isinstance(process, Process):
             raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
         self.process = process
