@@ -1,4 +1,5 @@
 """``python -m diffusion.evaluate run=<run folder> n=10000 sampler=ddim sampler.steps=10,20,50,100``
+``python -m diffusion.evaluate run=<run folder> metrics=nll n=1000`` (bits/dim: ``evaluate_nll``)
 
 Samples ``n`` images from the run's EMA weights with the ``sampler`` config group
 (``conf/sampler/<name>.yaml``) for each of its step counts, scores them with FID and
@@ -28,6 +29,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from diffusion.checks import check_writable
+from diffusion.commands.evaluate_nll import evaluate_nll
 from diffusion.commands.launcher import launch
 from diffusion.config.guidance import (
     GuidanceOptions,
@@ -36,7 +38,7 @@ from diffusion.config.guidance import (
     guidance_record,
     load_options_classifier,
 )
-from diffusion.config.metrics import build_scorer
+from diffusion.config.metrics import build_scorer, is_nll
 from diffusion.config.options import check_evaluate_options
 from diffusion.errors import ConfigError
 from diffusion.metrics import FidResult
@@ -57,6 +59,10 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
     eval.json and the plot, so a read-only run fails now rather than after the scoring."""
     run_options, guidance = check_evaluate_options(cfg)
     run = Path(cfg.run)
+    if is_nll(cfg.metrics):
+        check_writable(run / "nll.json", "diffusion.evaluate records its results there: make "
+                       "the run folder writable or evaluate a copy of it")
+        return run_options.run_cfg, run_options.spec, run_options.steps, guidance
     read_eval(run)  # a damaged eval.json is found now, not after the scoring
     if dist.is_main():
         what = ("diffusion.evaluate records its results there: make the run folder writable "
@@ -70,6 +76,8 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
 def evaluate(cfg: DictConfig) -> list[FidResult]:
     """Evaluate ``cfg.run`` as ``cfg`` (conf/evaluate.yaml) says; returns the results."""
     run_cfg, spec, steps_list, guided = check_evaluate_config(cfg)
+    if is_nll(cfg.metrics):
+        return [evaluate_nll(cfg, run_cfg)]
     run = Path(cfg.run)
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(run)
     pipe = DiffusionPipeline.from_run(run, checkpoint=checkpoint, device=cfg.device,

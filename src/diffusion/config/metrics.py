@@ -11,13 +11,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from diffusion.checks import check_bool, check_int
+from diffusion.checks import check_bool, check_choice, check_int, check_number
 from diffusion.config.sampler import training_sampler
 from diffusion.data import dataset_options
 from diffusion.errors import ConfigError
 from diffusion.metrics.features import load_feature_network
 from diffusion.metrics.fid import DataRef, FidEvaluator, FidScorer
 from diffusion.metrics.inception import InceptionFeatures
+from diffusion.metrics.nll import TRACES
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import resolve_device
 
@@ -77,8 +78,35 @@ def build_evaluator(cfg: DictConfig, device: str | torch.device | None = None) -
                         batch_size=metrics.batch_size)
 
 
+NLL_KEYS = ("name", "trace", "rtol", "atol", "vlb", "batch_size", "seed")
+"""The keys of ``metrics=nll`` (conf/metrics/nll.yaml)."""
+
+
+def is_nll(metrics: DictConfig) -> bool:
+    """Whether ``metrics`` asks for the likelihood (``metrics=nll``) rather than FID."""
+    return metrics.get("name") == "nll"
+
+
+def check_nll_metrics(metrics: DictConfig) -> None:
+    """The ``metrics=nll`` settings (conf/metrics/nll.yaml)."""
+    unknown = sorted(set(metrics) - set(NLL_KEYS))
+    if unknown:
+        raise ConfigError(f"metrics.{unknown[0]} is not an option of metrics=nll: use one of "
+                          f"{', '.join(NLL_KEYS[1:])}.")
+    check_choice("metrics.trace", metrics.trace, TRACES)
+    check_number("metrics.rtol", metrics.rtol, above=0)
+    check_number("metrics.atol", metrics.atol, above=0)
+    check_bool("metrics.vlb", metrics.vlb)
+    check_int("metrics.batch_size", metrics.batch_size)
+    check_int("metrics.seed", metrics.seed, minimum=None)
+
+
 def check_metrics(metrics: DictConfig) -> None:
-    """The ``metrics.*`` settings (conf/metrics/fid.yaml), before any feature network work."""
+    """The ``metrics.*`` settings (conf/metrics/fid.yaml, or nll.yaml), before any feature
+    network work."""
+    if is_nll(metrics):
+        check_nll_metrics(metrics)
+        return
     if metrics.features not in FEATURES:
         raise ConfigError(f"metrics.features must be one of {', '.join(FEATURES)}; "
                           f"got {metrics.features!r}.")

@@ -129,16 +129,23 @@ class ExactModel(nn.Module):
     timestep per sample. alpha_bar is looked up in ``alphas_cumprod`` (the training
     scheduler's float64 table) at integer timesteps; a fractional timestep, as samplers in
     sigma space may pass, gets sigma = sqrt((1 - a) / a) interpolated linearly between its
-    integer neighbours, which is how such samplers place their sigmas. ``calls`` counts
-    the forward passes: the real number of function evaluations (NFE).
+    integer neighbours, which is how such samplers place their sigmas. With ``process`` (a
+    ``diffusion.processes.Process``), a timestep is that process's model time
+    (model_steps - 1) t and alpha_bar is its normalised a(t)^2 at every t, as the continuous-time
+    samplers read it. ``calls`` counts the forward passes: the real number of function
+    evaluations (NFE).
     """
 
-    def __init__(self, mixture: GaussianMixture, alphas_cumprod: Tensor,
-                 prediction_type: str = "epsilon"):
+    def __init__(self, mixture: GaussianMixture, alphas_cumprod: Tensor | None = None,
+                 prediction_type: str = "epsilon", process=None):
         super().__init__()
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        if (alphas_cumprod is None) == (process is None):
+            raise ValueError("give the exact model one noise process: alphas_cumprod or "
+                             "process.")
         self.mixture = mixture
-        self.alphas_cumprod = alphas_cumprod.to(f64)
+        self.process = process
+        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.to(f64)
         self.prediction_type = prediction_type
         self.calls = 0
 
@@ -150,12 +157,14 @@ class ExactModel(nn.Module):
                              f"got {t.numel()}.")
         if t.numel() > 1 and (t == t.flatten()[0]).all():
             t = t.flatten()[0]  # the usual case, one timestep for the batch: cheaper math
-        T = len(self.alphas_cumprod)
+        T = len(self.alphas_cumprod) if self.process is None else self.process.model_steps
         if t.min() < 0 or t.max() > T - 1:
             raise ValueError(f"timesteps must lie in [0, {T - 1}]; got {t.min().item()} "
                              f"to {t.max().item()}.")
         lo = t.floor().long()
-        if (t == lo).all():
+        if self.process is not None:
+            a = self.process.normalised(t / (T - 1))[0] ** 2
+        elif (t == lo).all():
             a = self.alphas_cumprod[lo]
         else:
             sigmas = ((1.0 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()

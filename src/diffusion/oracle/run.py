@@ -40,7 +40,8 @@ from diffusion.oracle.mixtures import (
     projections,
 )
 from diffusion.sampling import pipeline
-from diffusion.schedulers import DDPMScheduler, NoiseScheduler
+from diffusion.sampling.checks import SAMPLERS
+from diffusion.schedulers import CONTINUOUS_SAMPLERS, DDPMScheduler, NoiseScheduler
 from diffusion.schedulers.base import PREDICTION_TYPES, TIMESTEP_SPACINGS
 from diffusion.schedulers.betas import BETA_SCHEDULES
 
@@ -50,7 +51,7 @@ class OracleConfig:
     """One harness run. ``clip_sample`` is off by default: the mixtures lie inside [-1, 1]
     (4 stds), so clipping could only hide errors of the sampler's x_0 estimate."""
 
-    samplers: list[str] = field(default_factory=lambda: sorted(NoiseScheduler.SAMPLERS))
+    samplers: list[str] = field(default_factory=lambda: sorted(SAMPLERS))
     nfe: list[int] = field(default_factory=lambda: [5, 10, 20, 50, 100, 1000])
     n: int = 10_000
     seed: int = 0
@@ -66,7 +67,7 @@ class OracleConfig:
 
     def check(self) -> None:
         """One-sentence errors for bad options, before any sampling."""
-        registered = sorted(NoiseScheduler.SAMPLERS)
+        registered = sorted(SAMPLERS)
         for name in self.samplers:
             if name not in registered:
                 raise ValueError(f"unknown sampler {name!r}; valid samplers are "
@@ -94,7 +95,7 @@ class OracleConfig:
             if repeated:
                 raise ValueError(f"--{key} lists {', '.join(repeated)} more than once: each "
                                  "value once (a repeat would only run again).")
-        takes_eta = [s for s in self.samplers if "eta" in NoiseScheduler.SAMPLERS[s].config_keys()]
+        takes_eta = [s for s in self.samplers if "eta" in SAMPLERS[s].config_keys()]
         if self.eta and not takes_eta:
             raise ValueError(f"--eta {self.eta:g} changes nothing: none of "
                              f"{', '.join(self.samplers)} takes eta (ddim does).")
@@ -107,6 +108,21 @@ def steps_for_nfe(nfe: int, order: int) -> int:
     last step is a plain Euler step) then equal an odd ``nfe`` and fall one short of an
     even one. The harness counts the calls actually made and reports those."""
     return max(1, -(-nfe // order))
+
+
+def continuous_steps_for_nfe(sampler, nfe: int) -> int:
+    """The most steps whose model calls (``len(sampler.timesteps)``: predictor, corrector
+    and denoising calls) do not pass ``nfe``; the fewest steps it takes when even those do."""
+    fewest = None
+    for steps in range(nfe, 0, -1):
+        try:
+            sampler.set_timesteps(steps)
+        except ValueError:  # below the sampler's least steps (2 for a predictor)
+            continue
+        fewest = steps
+        if len(sampler.timesteps) <= nfe:
+            return steps
+    return fewest or 1
 
 
 def stream_seed(seed: int, *tags: object) -> int:
@@ -134,10 +150,15 @@ def sample_with(mixture: GaussianMixture, train: NoiseScheduler, sampler: str, n
     """Draw ``len(x_T)`` samples with ``sampler`` at about ``nfe`` model calls, through the
     pipeline's own loop. Returns the samples (n, D), the steps asked for, the calls made
     and the seconds taken."""
-    eta = eta if "eta" in NoiseScheduler.SAMPLERS[sampler].config_keys() else 0.0
-    order = pipeline.make_sampler(train, sampler, eta).order
-    steps = steps_for_nfe(nfe, order)
-    model = ExactModel(mixture, train.alphas_cumprod, train.prediction_type)
+    eta = eta if "eta" in SAMPLERS[sampler].config_keys() else 0.0
+    built = pipeline.make_sampler(train, sampler, eta)
+    if sampler in CONTINUOUS_SAMPLERS:  # the table read in continuous time, exactly
+        steps = continuous_steps_for_nfe(built, nfe)
+        model = ExactModel(mixture, prediction_type=train.prediction_type,
+                           process=built.process)
+    else:
+        steps = steps_for_nfe(nfe, built.order)
+        model = ExactModel(mixture, train.alphas_cumprod, train.prediction_type)
     pipe = pipeline.DiffusionPipeline(model, train, (mixture.dim, 1, 1), device="cpu",
                                       precision="fp32", num_classes=None)
     start = time.perf_counter()

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Score SDEs on MNIST at the objectives_mnist budget: a VE and a VP process trained by
+# denoising score matching, and the best DDPM objective of experiments/objectives_mnist
+# (v_minsnr), each with the same 280k-parameter model, 2,000 steps, seed 0.
+# Two jobs side by side, one thread each; then the third.
+#   DIFFUSION_DATA=../shared/data bash experiments/score_sde_mnist/train.sh
+set -euo pipefail
+OUT=${OUT:-runs/score_sde_mnist}
+COMMON=(experiment=mnist_cpu model.base_channels=16 "trainer.max_steps=${STEPS:-2000}"
+        logger=none trainer.progress=false trainer.eval_every=500 "trainer.eval_n=${N:-500}"
+        sampler=ode sampler.steps=10 metrics.features=domain paths.runs_dir=runs)
+export OMP_NUM_THREADS=1
+python -m diffusion.train -m scheduler=ve objective=dsm "${COMMON[@]}" "hydra.sweep.dir=$OUT/ve" &
+python -m diffusion.train -m scheduler=vp objective=dsm "${COMMON[@]}" "hydra.sweep.dir=$OUT/vp" &
+wait
+OMP_NUM_THREADS=2 python -m diffusion.train -m objective=v_minsnr "${COMMON[@]}" \
+    "hydra.sweep.dir=$OUT/ddpm_v_minsnr"
