@@ -107,8 +107,12 @@ class ScoreSDEScheduler(ContinuousSampler, sampler_name="pc"):
         t_min = self._process().t_min
         times = [1.0 - i * (1.0 - t_min) / (n - 1) for i in range(n)] if n > 1 else [1.0]
         tweedie = self.denoise == "tweedie"
-        # the times each step starts from, then where the last one lands
-        self._times = times[:-1] + [t_min] if tweedie else times + [0.0]
+        # the times each step starts from, then where the last one lands: n steps, the last
+        # to t = 0 (a process whose t_min is 0, a DDPM table's, spaces n + 1 times down to it)
+        if t_min == 0 and not tweedie:
+            self._times = [1.0 - i / n for i in range(n + 1)]
+        else:
+            self._times = times if tweedie else times + [0.0]
         self._calls = []
         for i, t in enumerate(self._times[:-1]):
             self._calls += [("corrector", i, t)] * (self.n_corrector if self._corrects else 0)
