@@ -99,7 +99,7 @@ def test_classifier_guided_samples_are_the_conditional_models_samples(sampler):
                            sampler)).abs().max() > 0.05  # the guidance did something
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "heun"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "heun", "pc", "ode"])
 def test_guidance_scale_one_is_the_conditional_model_and_zero_the_unconditional(sampler):
     m, sched = mixture(DIM), _scheduler()
     model = ExactClassModel(m, sched.alphas_cumprod)
