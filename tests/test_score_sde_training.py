@@ -22,7 +22,7 @@ from diffusion.schedulers import DDPMScheduler, ScoreSDEScheduler
 from diffusion.training.objectives import Objective
 from diffusion.training.score_matching import ScoreMatching
 from hydra_utils import compose_config
-from test_train import run_training
+from test_train import SMALL_MODELS, run_training
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +176,46 @@ def test_vp_run_trains_with_the_likelihood_weighting_and_samples_with_the_ode(
     first = pipe(2, generator=torch.Generator().manual_seed(1), output_type="pt").images
     again = pipe(2, generator=torch.Generator().manual_seed(1), output_type="pt").images
     assert torch.equal(first, again)  # the ODE is deterministic given x_T
+
+
+def test_levels_draw_ncsn_noise_levels_and_the_recipe_anneals_through_them():
+    process = VEProcess(sigma_min=0.01, sigma_max=10.0)
+    objective = ScoreMatching(process, levels=10)
+    t = objective.sample_timesteps(4000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    levels = torch.tensor([1e-5 + (1 - 1e-5) * k / 9 for k in range(10)], dtype=torch.float64)
+    assert torch.isclose(t[:, None], levels[None]).any(1).all()
+    counts = torch.isclose(t[:, None], levels[None]).sum(0)
+    assert int(counts.min()) > 300  # each level about 400 times
+    sigmas = process.sigma(levels)
+    torch.testing.assert_close(sigmas[1:] / sigmas[:-1], torch.full(
+        (9,), 1000 ** ((1 - 1e-5) / 9), dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^objective.levels must be an integer >= 2"):
+        ScoreMatching(process, levels=1)
+    cfg = compose_config(["experiment=ncsn_mnist"])
+    assert (cfg.objective.levels, cfg.sampler.name, cfg.sampler.steps) == (10, "ald", 10)
+    sampler = SamplerSpec.from_config(cfg.sampler).build(
+        VEProcess(sigma_min=0.01, sigma_max=10.0))
+    sampler.set_timesteps(10)
+    visited = sorted(set(sampler.timesteps.tolist()))
+    torch.testing.assert_close(torch.tensor(visited, dtype=torch.float64),
+                               (999 * levels).float().double(), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("model", ["basic", "unet", "unet_attn"])
+def test_backbones_take_a_float_time_equal_to_the_integer_one(model):
+    """The time embedding reads t as a float: 500.0 is 500 (DDPM runs unchanged), and a
+    fractional time gives an output between its neighbours' (continuous in t)."""
+    from diffusion.config.build import build_model
+    cfg = compose_config([f"model={model}", *SMALL_MODELS[model]])
+    net = build_model(cfg).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # the output layer starts at zero: give every weight a value
+        for parameter in net.parameters():
+            parameter.normal_(0.0, 0.05)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        at_int = net(x, torch.tensor([500, 500]))
+        at_float = net(x, torch.tensor([500.0, 500.0], dtype=torch.float64))
+        nearby = net(x, torch.tensor([500.001, 500.001]))
+    assert torch.equal(at_int, at_float)
+    assert 0 < (nearby - at_int).abs().max() < 1e-3

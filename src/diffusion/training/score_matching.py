@@ -14,6 +14,10 @@ lambda(t) of the paper are on the score error |s - grad log p|^2 = |d eps|^2 / s
   variance is high for VP near t_min, where g^2 / sigma^2 ~ 1 / t;
 - ``none``: the plain MSE of the network's own output.
 
+``levels: L`` trains on L times evenly spaced from t_min to 1 only (for a VE process, NCSN's L
+geometric noise levels of Song & Ermon 2019, whose lambda(sigma) = sigma^2 is ``sigma2``); the
+``ald`` sampler then anneals through the same levels with ``sampler.steps=L``.
+
 A DDPM scheduler given instead of a process is read as ``DiscreteProcess.of(scheduler)``: the
 same table, with t continuous between its steps.
 """
@@ -23,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffusion.checks import check_choice, check_number
+from diffusion.checks import check_choice, check_int, check_number
 from diffusion.processes.base import Process
 from diffusion.schedulers.continuous import as_process
 from diffusion.training.objectives import LOSSES, T_SAMPLINGS, Objective, error_ratio
@@ -36,25 +40,34 @@ class ScoreMatching(Objective):
     scheduler read in continuous time); see the module docstring."""
 
     def __init__(self, scheduler, weighting: str = "sigma2", t_sampling: str = "uniform",
-                 offset_noise: float = 0.0, loss: str = "mse", huber_delta: float = 0.1):
+                 offset_noise: float = 0.0, loss: str = "mse", huber_delta: float = 0.1,
+                 levels: int | None = None):
         for key, value, choices in (("weighting", weighting, DSM_WEIGHTINGS),
                                     ("t_sampling", t_sampling, T_SAMPLINGS),
                                     ("loss", loss, LOSSES)):
             check_choice(f"objective.{key}", value, choices)
         check_number("objective.huber_delta", huber_delta, above=0)
         check_number("objective.offset_noise", offset_noise, minimum=0)
+        if levels is not None:
+            check_int("objective.levels", levels, minimum=2, note=" (or null: continuous t)")
         self.process: Process = as_process(scheduler)
         self.scheduler = self.process
         self.prediction_type = self.process.prediction_type
         self.weighting, self.t_sampling, self.loss_kind = weighting, t_sampling, loss
         self.offset_noise, self.huber_delta = float(offset_noise), float(huber_delta)
+        self.levels = levels
 
     def sample_timesteps(self, n: int, device: torch.device, generator: torch.Generator):
-        """n times in [t_min, 1) (float64), uniform or stratified (one per slice, shuffled)."""
+        """n times in [t_min, 1) (float64), uniform or stratified (one per slice, shuffled);
+        with ``levels`` = L, one of L times evenly spaced from t_min to 1 (NCSN's L noise
+        levels: geometric sigmas for a VE process)."""
         u = torch.rand(n, device=device, generator=generator, dtype=torch.float64)
         if self.t_sampling == "stratified":
             u = (torch.randperm(n, device=device, generator=generator) + u) / n
         t_min = self.process.t_min
+        if self.levels is not None:
+            u = (u * self.levels).floor().clamp(max=self.levels - 1) / (self.levels - 1)
+            return t_min + (1.0 - t_min) * u
         return t_min + (1.0 - t_min) * u
 
     def noised(self, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
