@@ -77,6 +77,21 @@ def test_our_own_networks_are_refused_by_export_in_one_sentence(tmp_path, tiny_m
     assert not (tmp_path / "out").exists()
 
 
+def test_a_continuous_time_run_is_refused_by_export_in_one_sentence(tmp_path, tiny_mnist_root):
+    """A diffusers network trains on a VE process (float times) but diffusers' DDPM and DDIM
+    pipelines cannot run that process: export says so before writing anything."""
+    run, summary = run_training(tmp_path, tiny_mnist_root, "model=diffusers_unet",
+                                "model.base_channels=8", "model.norm_groups=4",
+                                "scheduler=ve", "objective=dsm", "sampler=pc",
+                                "sampler.steps=2")
+    assert summary["step"] == 4
+    result = _cli("diffusion.export", f"run={run}", f"out={tmp_path / 'out'}")
+    assert result.returncode == 1 and result.stderr.strip() == (
+        f"error: run={run} trained the continuous-time process VEProcess, which diffusers' "
+        "DDPM and DDIM pipelines cannot run: export runs trained with scheduler=ddpm.")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_diffusers_network_is_fine_tuned_from_its_folder(tmp_path, tiny_mnist_root):
     config = unet2d_arguments({"base_channels": 8, "channel_mult": (1, 2, 2),
                                "num_res_blocks": 1, "norm_groups": 4}, 1, 28)

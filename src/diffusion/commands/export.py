@@ -38,6 +38,11 @@ def export(cfg: DictConfig) -> Path:
                           "network, which diffusers cannot load with these weights: export "
                           "runs trained with model=diffusers_unet (the same settings map onto "
                           "it).")
+    process = str(run_cfg.scheduler.get("_target_", ""))
+    if process.startswith("diffusion.processes."):
+        raise ConfigError(f"run={cfg.run} trained the continuous-time process "
+                          f"{process.rsplit('.', 1)[-1]}, which diffusers' DDPM and DDIM "
+                          "pipelines cannot run: export runs trained with scheduler=ddpm.")
     out = Path(cfg.out)
     if (out / "model_index.json").is_file() or (out.exists() and any(out.iterdir())):
         raise ConfigError(f"out={out} is not empty: choose a new folder.")
