@@ -312,3 +312,15 @@ def test_report_keeps_spacings_apart_and_shows_the_fid_during_training(
     assert table[2].startswith("| basic-mnist | ddim-2 (trailing), n=8 |")  # not a date
     assert table[-1].startswith("| data floor | real train images |")
     assert (tmp_path / "out" / "fid_during_training.png").stat().st_size > 0
+
+
+def test_evaluate_scores_the_continuous_time_samplers(evaluated_run, cache):
+    """pc and ald over a DDPM run's table: one entry each, no timestep spacing (their times
+    are evenly spaced)."""
+    results = _evaluate(evaluated_run, cache, "n=8", "sampler=pc", "sampler.steps=2")
+    results += _evaluate(evaluated_run, cache, "n=8", "sampler=ald", "sampler.steps=2")
+    assert [(r.sampler, r.steps) for r in results] == [("pc", 2), ("ald", 2)]
+    entries = [e for e in read_eval(evaluated_run).values() if e["sampler"] in ("pc", "ald")]
+    assert len(entries) == 2 and all(e["timestep_spacing"] is None for e in entries)
+    assert all(e["fid"] > e["floor"] for e in entries)
+    assert "sampler=pc sampler.steps=2 " in entries[-1]["command"] + entries[0]["command"]

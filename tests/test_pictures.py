@@ -197,3 +197,14 @@ def test_heun_is_drawn_at_its_network_evaluations(tmp_path):
                       "run heun (n=16)": [(9, 2.0), (19, 1.0)]}
     assert viz.plot_fid_vs_steps({"run": entries}, tmp_path / "fid.png").stat().st_size > 0
     assert math.isclose(viz.network_evaluations("euler", 7), 7)
+
+
+def test_continuous_time_samplers_are_drawn_at_their_network_evaluations():
+    """pc: predictor and corrector calls, 2 a step (3 with n_corrector=2); ode: Heun's
+    2 steps - 1; ald: steps_per_level a level and the denoising call."""
+    assert viz.network_evaluations("pc", 10) == 20
+    assert viz.network_evaluations("pc", 10, {"n_corrector": 2}) == 30
+    assert viz.network_evaluations("ode", 10) == 19
+    assert viz.network_evaluations("em", 10) == 10
+    assert viz.network_evaluations("ald", 4) == 21
+    assert viz.network_evaluations("ald", 4, {"steps_per_level": 2, "denoise": False}) == 8

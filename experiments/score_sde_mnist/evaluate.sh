@@ -6,7 +6,7 @@
 set -euo pipefail
 OUT=${OUT:-runs/score_sde_mnist}
 N=${N:-1000}
-NLL_N=${NLL_N:-500}
+NLL_N=${NLL_N:-$(( N / 2 ))}
 export OMP_NUM_THREADS=2
 fid() { python -m diffusion.evaluate "run=$1" "n=$N" batch_size=250 metrics.features=domain \
           metrics.seed=0 plot=false "${@:2}"; }

@@ -140,7 +140,7 @@ def _protocol(cfg: DictConfig, spec: SamplerSpec, sampler, steps_list: list[int]
     (``entry_key`` reads it) and the command that repeats it."""
     options, metrics = spec.changed_options(), cfg.metrics
     return {"checkpoint": checkpoint.name, "step": saved_step(checkpoint),
-            "eta": float(spec.eta), "timestep_spacing": sampler.config["timestep_spacing"],
+            "eta": float(spec.eta), "timestep_spacing": sampler.config.get("timestep_spacing"),
             **({"sampler_options": options} if options else {}),
             "batch_size": cfg.batch_size, "seed": metrics.seed,
             "kid_subset_size": metrics.kid_subset_size if metrics.kid else None,

@@ -15,7 +15,12 @@ from torchvision.utils import make_grid, save_image
 
 from diffusion.data import build_dataset, dataset_info, dataset_options, to_model_range
 from diffusion.reporting.pictures import save_chain_gif  # noqa: F401 (part of this API)
-from diffusion.schedulers import DDPMScheduler, NoiseScheduler
+from diffusion.schedulers import (
+    CONTINUOUS_PRESETS,
+    CONTINUOUS_SAMPLERS,
+    DDPMScheduler,
+    NoiseScheduler,
+)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -149,10 +154,16 @@ def plot_loss_curves(runs: dict[str, list[dict]], path: str | Path,
     return _finish_log_plot(fig, ax, path, "step", "loss")
 
 
-def network_evaluations(sampler: str, steps: int) -> int:
+def network_evaluations(sampler: str, steps: int, options: Mapping | None = None) -> int:
     """The network evaluations (NFE) of ``steps`` steps of ``sampler``: one a step, and
     ``order`` a step for a higher-order sampler but one its last, a plain Euler step
-    (Heun: 2 * steps - 1)."""
+    (Heun: 2 * steps - 1); a continuous-time sampler's calls as it lists them with its
+    ``options`` (a Langevin corrector's, Heun's, the denoising one)."""
+    if sampler in CONTINUOUS_SAMPLERS:
+        built = CONTINUOUS_SAMPLERS[sampler].over(
+            DDPMScheduler(), **{**CONTINUOUS_PRESETS[sampler], **(options or {})})
+        built.set_timesteps(steps)
+        return len(built.timesteps)
     order = getattr(NoiseScheduler.SAMPLERS.get(sampler), "order", 1)
     return order * (steps - 1) + 1
 
@@ -183,7 +194,7 @@ def _curve(entry: dict, x: str) -> tuple[tuple, float]:
         return (entry["sampler"], spacing, entry["n"], entry["steps"], None, classifier), \
             guidance
     return (entry["sampler"], spacing, entry["n"], None, guidance, classifier), \
-        network_evaluations(entry["sampler"], entry["steps"])
+        network_evaluations(entry["sampler"], entry["steps"], entry.get("sampler_options"))
 
 
 def _curve_name(run: str, key: tuple, spacings: dict[str, set]) -> str:
