@@ -3,7 +3,7 @@
 # denoising score matching, and the best DDPM objective of experiments/objectives_mnist
 # (v_minsnr), each with the same 280k-parameter model, 2,000 steps, seed 0.
 # Two jobs side by side, one thread each; then the third.
-#   DIFFUSION_DATA=../shared/data bash experiments/score_sde_mnist/train.sh
+#   bash experiments/score_sde_mnist/train.sh     (DIFFUSION_DATA: the folder holding MNIST/raw)
 set -euo pipefail
 OUT=${OUT:-runs/score_sde_mnist}
 COMMON=(experiment=mnist_cpu model.base_channels=16 "trainer.max_steps=${STEPS:-2000}"
@@ -11,7 +11,10 @@ COMMON=(experiment=mnist_cpu model.base_channels=16 "trainer.max_steps=${STEPS:-
         sampler=ode sampler.steps=10 metrics.features=domain paths.runs_dir=runs)
 export OMP_NUM_THREADS=1
 python -m diffusion.train -m scheduler=ve objective=dsm "${COMMON[@]}" "hydra.sweep.dir=$OUT/ve" &
+ve=$!
 python -m diffusion.train -m scheduler=vp objective=dsm "${COMMON[@]}" "hydra.sweep.dir=$OUT/vp" &
-wait
+vp=$!
+wait "$ve"
+wait "$vp"
 OMP_NUM_THREADS=2 python -m diffusion.train -m objective=v_minsnr "${COMMON[@]}" \
     "hydra.sweep.dir=$OUT/ddpm_v_minsnr"

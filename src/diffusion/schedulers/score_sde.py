@@ -4,7 +4,8 @@ and appendix G), in the scheduler API of this package.
 
 The reverse of dx = f x dt + g dW is dx = [f x - g^2 score] dt + g dW-bar, run from t = 1 down
 to t_min over n times t_0 = 1 > ... > t_{n-1} = t_min (evenly spaced), each step landing on the
-next time (the last one on t = 0). Predictors (one model evaluation each):
+next time (the last one on t = 0; a process with t_min = 0, a DDPM table's, takes n + 1 evenly
+spaced times down to 0 instead, so n steps either way). Predictors (one model evaluation each):
 
 * ``euler_maruyama``: x + [f x - g^2 score] dt + g sqrt(|dt|) z (Song's ``EulerMaruyamaPredictor``,
   diffusers' ``ScoreSdeVpScheduler.step_pred``); with ``probability_flow=True`` the ODE
