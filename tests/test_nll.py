@@ -101,6 +101,20 @@ def test_evaluate_nll_scores_a_ddpm_run_by_the_ode_and_the_bound(ddpm_run, tiny_
     assert "NLL " in capsys.readouterr().out
 
 
+def test_evaluate_nll_scores_a_continuous_run_whatever_the_sampler_group_says(
+        tmp_path, tiny_mnist_root):
+    """evaluate.yaml's default sampler (ddim) cannot walk a VE process, but metrics=nll
+    draws no samples: it scores the run, without a bound (a continuous process has none)."""
+    run, _ = run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
+                          "scheduler=ve", "objective=dsm", "sampler=pc", "sampler.steps=2",
+                          "trainer.sample_every=0", "trainer.val_every=0")
+    cfg = compose_config([f"run={run}", "metrics=nll", "n=4", "metrics.batch_size=4",
+                          "metrics.rtol=1e-3", "metrics.atol=1e-3", "device=cpu",
+                          f"data_root={tiny_mnist_root}"], config_name="evaluate")
+    [result] = evaluate(cfg)
+    assert math.isfinite(result.bits_per_dim) and result.vlb_bits_per_dim is None
+
+
 def test_evaluate_nll_refuses_an_unknown_key(ddpm_run):
     cfg = compose_config([f"run={ddpm_run}", "metrics=nll", "+metrics.features=domain"],
                          config_name="evaluate")

@@ -19,4 +19,11 @@ for run in "$OUT/vp/0" "$OUT/ve/0" "$OUT/ddpm_v_minsnr/0"; do
   python -m diffusion.evaluate "run=$run" metrics=nll "n=$NLL_N" "metrics.batch_size=$NLL_N"
 done
 fid "$OUT/ddpm_v_minsnr/0" sampler=ode sampler.steps=50      # DDPM table, the same ODE: 99
+# the grids: 64 images each, the same seed
+grid() { python -m diffusion.sample "run=$1" n=64 seed=0 "out=experiments/score_sde_mnist/$2.png" "${@:3}"; }
+grid "$OUT/ve/0" ve_pc100 sampler=pc sampler.steps=50
+grid "$OUT/ve/0" ve_ald101 sampler=ald sampler.steps=20
+grid "$OUT/vp/0" vp_pc100 sampler=pc sampler.steps=50
+grid "$OUT/vp/0" vp_ode99 sampler=ode sampler.steps=50
+grid "$OUT/ddpm_v_minsnr/0" ddpm_dpmpp2m100 sampler=dpmpp_2m sampler.steps=100
 python experiments/score_sde_mnist/table.py "$OUT"

@@ -19,7 +19,7 @@ from diffusion.checks import check_bool, check_choice, check_int, check_number
 from diffusion.config.build import build_scheduler
 from diffusion.config.guidance import GuidanceOptions, check_guidance_options
 from diffusion.config.keys import check_cli_config
-from diffusion.config.metrics import check_metrics
+from diffusion.config.metrics import check_metrics, is_nll
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.runs import run_config
 from diffusion.editing.img2img import check_strength
@@ -51,9 +51,11 @@ class RunOptions:
 
 
 def check_run_options(cfg: DictConfig, command: str, several_steps: bool = False,
-                      **counts: int) -> RunOptions:
+                      samples: bool = True, **counts: int) -> RunOptions:
     """The options every command that reads ``run=`` shares; ``counts`` (``n``,
-    ``batch_size``) are integers >= 1 checked with the sampler."""
+    ``batch_size``) are integers >= 1 checked with the sampler. ``samples=False``: the
+    command draws no samples (``evaluate metrics=nll``), so the sampler is not checked
+    against the run."""
     check_cli_config(cfg, command)
     run_cfg = run_config(cfg.run)
     spec = SamplerSpec.from_config(cfg.sampler)
@@ -65,7 +67,11 @@ def check_run_options(cfg: DictConfig, command: str, several_steps: bool = False
     if not steps:
         raise ConfigError("sampler.steps must be one or more step counts, e.g. "
                           "sampler.steps=50 or sampler.steps=10,20,50; got none.")
-    spec.check(num_train_timesteps, scheduler=scheduler, **counts)
+    if samples:
+        spec.check(num_train_timesteps, scheduler=scheduler, **counts)
+    else:
+        for name, value in counts.items():
+            check_int(name, value)
     resolve_precision(cfg.precision, resolve_device(cfg.device))
     if cfg.get("compile"):
         compile_mode(cfg.compile)
@@ -88,7 +94,8 @@ def check_sample_options(cfg: DictConfig) -> tuple[RunOptions, GuidanceOptions,
 
 def check_evaluate_options(cfg: DictConfig) -> tuple[RunOptions, GuidanceOptions]:
     """``diffusion.evaluate``'s options: (the shared ones, the guidance, scales swept)."""
-    run = check_run_options(cfg, "evaluate", several_steps=True, batch_size=cfg.batch_size)
+    run = check_run_options(cfg, "evaluate", several_steps=True, samples=not is_nll(cfg.metrics),
+                            batch_size=cfg.batch_size)
     check_int("n", cfg.n, minimum=2, note=" (images per FID)")
     check_metrics(cfg.metrics)
     guidance = check_guidance_options(cfg, run.run_cfg, allow_lists=True)
