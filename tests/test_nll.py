@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from diffusion.commands.evaluate import evaluate
+from diffusion.config.metrics import check_nll_metrics
 from diffusion.metrics.likelihood import dequantize
 from diffusion.metrics.nll import score_nll
 from diffusion.processes import VEProcess, VPProcess
@@ -119,6 +120,10 @@ def test_evaluate_nll_refuses_an_unknown_key(ddpm_run):
     cfg = compose_config([f"run={ddpm_run}", "metrics=nll", "+metrics.features=domain"],
                          config_name="evaluate")
     with pytest.raises(ValueError, match=r"^metrics.features is not an option of metrics=nll: "
-                                         r"use one of trace, rtol, atol, vlb, batch_size, "
-                                         r"seed.$"):
+                                         r"use one of atol, batch_size, name, rtol, seed, "
+                                         r"trace, vlb.$"):
         evaluate(cfg)
+    with pytest.raises(ValueError, match=r"^metrics.features is not an option of metrics=nll: "
+                                         r"use one of trace, rtol, atol, vlb, batch_size, "
+                                         r"seed.$"):  # the library's own check
+        check_nll_metrics(cfg.metrics)

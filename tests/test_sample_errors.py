@@ -136,9 +136,13 @@ EVALUATE_CASES = {
     "batch_size": (["batch_size=0"], "batch_size must be an integer >= 1; got 0."),
     "features": (["metrics.features=foo"], "metrics.features must be one of domain, "
                  "inception; got 'foo'."),
-    "unknown-metrics-key": (["+metrics.sed=1"], "metrics.sed is not a metrics option: use "
-                            "one of batch_size, cache_dir, feature_epochs, features, "
+    "unknown-metrics-key": (["+metrics.sed=1"], "metrics.sed is not an option of metrics=fid: "
+                            "use one of batch_size, cache_dir, feature_epochs, features, "
                             "inception_weights, kid, kid_subset_size, reference_n, seed."),
+    "nll-key-with-fid": (["+metrics.trace=exact"], "metrics.trace is not an option of "
+                         "metrics=fid: use one of batch_size, cache_dir, feature_epochs, "
+                         "features, inception_weights, kid, kid_subset_size, reference_n, "
+                         "seed."),
     "figures-not-a-folder": (["figures"], "{run}/figures is a file, so "
                              "{run}/figures/fid_vs_steps.png cannot be written: "
                              "diffusion.evaluate records its results there: make the run "

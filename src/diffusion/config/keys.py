@@ -140,6 +140,11 @@ def check_group_key(key: str, overrides: list[str], config_name: str) -> None:
         _check_key(group, sub.partition(".")[0], {group: None}, config_name, option)
 
 
+NAMED_OPTIONS = {"metrics": "fid"}
+"""Groups whose composed node names its option (``name``; absent: the value here), so a key
+of another option (``metrics.trace`` with FID) is refused by the command's own check."""
+
+
 def check_cli_config(cfg, config_name: str) -> None:
     """``run=`` is set and every key is one ``conf/<config_name>.yaml`` knows: Hydra's
     ``+key=value`` adds any key, so a misspelt ``+y=3`` would otherwise be ignored."""
@@ -147,8 +152,12 @@ def check_cli_config(cfg, config_name: str) -> None:
     for key in cfg:
         _check_key(key, None, known, config_name)
         if known[key] is not None and OmegaConf.is_dict(cfg[key]):
+            option = None
+            if key in NAMED_OPTIONS:  # the node says which option it is: check its keys
+                option = cfg[key].get("name") or NAMED_OPTIONS[key]
+                option = option if option in group_options(key) else None
             for sub in cfg[key]:
-                _check_key(key, sub, known, config_name)
+                _check_key(key, sub, known, config_name, option)
     if OmegaConf.is_missing(cfg, "run") or cfg.run in (None, ""):
         raise ConfigError(RUN_REQUIRED)
 
