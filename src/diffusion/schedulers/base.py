@@ -14,23 +14,22 @@ tensor cast to the sample's dtype for a batch of timesteps).
 The step before t is read from ``timesteps`` (``previous_timestep``), never
 computed as ``t - T // n``: that arithmetic is wrong whenever the spacing is not
 uniform (``linspace``, or ``trailing`` when n does not divide T).
+
+The sampler registry, ``config`` and diffusers' save/load live in ``schedulers.configured``.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from diffusion.checks import check_choice, check_int
-from diffusion.schedulers import interop
 from diffusion.schedulers.betas import BETA_SCHEDULES, get_beta_schedule, rescale_zero_terminal_snr
+from diffusion.schedulers.configured import ConfiguredScheduler
 from diffusion.schedulers.noise import Generators, randn_tensor
 from diffusion.schedulers.options import (
     check_thresholding,
@@ -44,6 +43,7 @@ Tensor = torch.Tensor
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
 
 @dataclass
 class SchedulerOutput:
@@ -59,7 +59,7 @@ class SchedulerOutput:
         return getattr(self, key) if isinstance(key, str) else tuple(self)[key]
 
 
-class NoiseScheduler:
+class NoiseScheduler(ConfiguredScheduler):
     """Base class of the schedulers (``DDPMScheduler``, ``DDIMScheduler``, ...); see the
     module docstring.
 
@@ -73,61 +73,12 @@ class NoiseScheduler:
     ``step``, as in diffusers.
     """
 
-    #: sampler name -> class: ``sampler_name=`` in a subclass statement, or ``register``.
-    SAMPLERS: ClassVar[dict[str, type[NoiseScheduler]]] = {}
-    #: sampler name -> the options that name presets on its class ({} for most).
-    SAMPLER_PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     #: alpha_bar before the first training step: ``alpha_bar(-1)``, reached by the last step.
     final_alpha_cumprod: float = 1.0
     #: x_T = init_noise_sigma * N(0, I): 1 for these variance-preserving samplers.
     init_noise_sigma: float = 1.0
     #: model evaluations per step (a second-order sampler makes two).
     order: int = 1
-
-    def __init_subclass__(cls, sampler_name: str | None = None, **kwargs: Any):
-        super().__init_subclass__(**kwargs)
-        if sampler_name is not None:
-            NoiseScheduler.register(sampler_name, cls)
-
-    @staticmethod
-    def register(name: str, cls: type[NoiseScheduler], **presets: Any) -> None:
-        """Make ``sampler=name`` mean ``cls.over(training_scheduler, **presets)``."""
-        unknown = set(presets) - cls.config_keys()
-        if unknown:
-            raise ValueError(f"{cls.__name__} takes no option {', '.join(sorted(unknown))}.")
-        NoiseScheduler.SAMPLERS[name] = cls
-        NoiseScheduler.SAMPLER_PRESETS[name] = dict(presets)
-
-    @classmethod
-    def config_keys(cls) -> set[str]:
-        """Every constructor argument of this class: its own and the noise process's."""
-        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        return {name for klass in cls.__mro__ if "__init__" in vars(klass)
-                for name, p in inspect.signature(klass.__init__).parameters.items()
-                if name != "self" and p.kind in named}
-
-    @classmethod
-    def config_defaults(cls) -> dict[str, Any]:
-        """Each constructor argument's default, the subclass's where both name one."""
-        defaults: dict[str, Any] = {}
-        for klass in cls.__mro__:
-            if "__init__" in vars(klass):
-                for name, p in inspect.signature(klass.__init__).parameters.items():
-                    if p.default is not inspect.Parameter.empty:
-                        defaults.setdefault(name, p.default)
-        return defaults
-
-    @classmethod
-    def over(cls, scheduler: NoiseScheduler, **options: Any) -> NoiseScheduler:
-        """A ``cls`` sampler over ``scheduler``'s noise process (betas, prediction type,
-        clipping): only the reverse step changes; ``options`` set its own arguments."""
-        if not isinstance(scheduler, NoiseScheduler):
-            raise ValueError(f"{cls.__name__} walks a discrete DDPM noise process; this run's "
-                             f"is {type(scheduler).__name__} (continuous time): sample it with "
-                             f"sampler=pc, em, ode or ald.")
-        keys = cls.config_keys()
-        return cls.from_config({k: v for k, v in scheduler.config.items() if k in keys},
-                               **options)
 
     def scale_model_input(self, sample: Tensor, timestep: int | Tensor | None = None) -> Tensor:
         """What the network sees at ``timestep``: x_t itself for variance-preserving
@@ -210,54 +161,6 @@ class NoiseScheduler:
         # Until set_timesteps is called the chain is every training step, as in diffusers.
         self.num_inference_steps: int | None = None
         self._use_timesteps(list(range(num_train_timesteps - 1, -1, -1)), device=None)
-
-    # ----------------------------------------------------------------- config
-    @property
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments (a fresh plain dict)."""
-        return dict(self._config)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], **overrides: Any):
-        """Build a scheduler from a ``config`` dict (ours, or a diffusers scheduler's:
-        ``DDIMScheduler.from_config(diffusers_scheduler.config)``); ``overrides`` replace
-        single entries. See ``schedulers.interop.constructor_arguments``: another sampler's
-        options are dropped, as diffusers does; a diffusers feature this class lacks is
-        refused rather than ignored."""
-        return cls(**interop.constructor_arguments(cls.__name__, cls.config_keys(), config,
-                                                   overrides))
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, subfolder: str | None = None,
-                        **overrides: Any):
-        """The scheduler a ``save_pretrained`` folder holds (ours or diffusers',
-        ``scheduler_config.json``; ``subfolder="scheduler"`` inside a pipeline's folder)."""
-        return cls.from_config(interop.read_config(path, subfolder), **overrides)
-
-    def diffusers_config(self) -> dict[str, Any]:
-        """The config in diffusers' terms (``schedulers.interop.to_diffusers``), so
-        ``diffusers.<Same class>.from_config`` builds the same noise process."""
-        return interop.to_diffusers(self._config, type(self).__name__, self.config_defaults())
-
-    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:
-        """Write ``scheduler_config.json`` (``diffusers_config``) into ``save_directory``:
-        what diffusers' and our ``from_pretrained`` read."""
-        return interop.write_config(self.diffusers_config(), save_directory)
-
-    save_config = save_pretrained
-
-    @property
-    def compatibles(self) -> list[type[NoiseScheduler]]:
-        """The sampler classes that build over the same config (``from_config``)."""
-        return sorted({c for c in self.SAMPLERS.values() if c is not type(self)},
-                      key=lambda c: c.__name__)
-
-    def __len__(self) -> int:
-        return self.num_train_timesteps
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
-        return f"{type(self).__name__}({args})"
 
     # -------------------------------------------------------------- timesteps
     def set_timesteps(self, num_inference_steps: int | None = None,
