@@ -315,12 +315,19 @@ def test_report_keeps_spacings_apart_and_shows_the_fid_during_training(
 
 
 def test_evaluate_scores_the_continuous_time_samplers(evaluated_run, cache):
-    """pc and ald over a DDPM run's table: one entry each, no timestep spacing (their times
-    are evenly spaced)."""
+    """pc, ald and rk45 over a DDPM run's table: one entry each, no timestep spacing (their
+    times are evenly spaced, or the solver's own)."""
     results = _evaluate(evaluated_run, cache, "n=8", "sampler=pc", "sampler.steps=2")
     results += _evaluate(evaluated_run, cache, "n=8", "sampler=ald", "sampler.steps=2")
-    assert [(r.sampler, r.steps) for r in results] == [("pc", 2), ("ald", 2)]
-    entries = [e for e in read_eval(evaluated_run).values() if e["sampler"] in ("pc", "ald")]
-    assert len(entries) == 2 and all(e["timestep_spacing"] is None for e in entries)
+    results += _evaluate(evaluated_run, cache, "n=8", "sampler=rk45", "sampler.rtol=1e-2",
+                         "sampler.atol=1e-2")
+    assert [(r.sampler, r.steps) for r in results] == [("pc", 2), ("ald", 2), ("rk45", 1000)]
+    entries = [e for e in read_eval(evaluated_run).values()
+               if e["sampler"] in ("pc", "ald", "rk45")]
+    assert len(entries) == 3 and all(e["timestep_spacing"] is None for e in entries)
+    # the adaptive solver's NFE is measured (one batch of 8: a whole count), the cap its steps
+    [adaptive] = [e for e in entries if e["sampler"] == "rk45"]
+    assert 2 <= adaptive["nfe"] < 1000 and adaptive["nfe"] == int(adaptive["nfe"])
+    assert all("nfe" not in e for e in entries if e is not adaptive)
     assert all(e["fid"] > e["floor"] for e in entries)
-    assert "sampler=pc sampler.steps=2 " in entries[-1]["command"] + entries[0]["command"]
+    assert any("sampler=pc sampler.steps=2 " in e["command"] for e in entries)

@@ -235,3 +235,24 @@ def test_continuous_samplers_approach_the_exact_sampling_floor():
         assert many["sw"] < few["sw"], sampler
         assert many["sw_over_floor"] < bound, (sampler, many["sw_over_floor"])
         assert many["modes"]["covered"] == 8, sampler
+
+
+def test_the_adaptive_ode_runs_at_tolerances_and_reaches_the_floor(tmp_path):
+    """rk45 picks its own steps: the harness runs it at each tolerance, counts the calls and
+    labels the rows by tolerance. Measured (ring, linear, n = 2000, floor 0.0285 with a std of
+    0.010 over exact sets): 45 calls at tol 1e-2 (1.33x the floor), 105 at 1e-4 (1.20x)."""
+    result = run_oracle(OracleConfig(samplers=["rk45", "ddim"], nfe=[10], tolerances=[1e-2, 1e-4],
+                                     n=2000, datasets=["ring"], schedules=["linear"],
+                                     spacings=["trailing"], projections=200, floor_repeats=5),
+                        log=lambda line: None)
+    adaptive = {r["tolerance"]: r for r in result["runs"] if r["sampler"] == "rk45"}
+    assert set(adaptive) == {1e-2, 1e-4} and all(r["target_nfe"] is None
+                                                 for r in adaptive.values())
+    assert adaptive[1e-2]["nfe"] < adaptive[1e-4]["nfe"] < 1000
+    assert adaptive[1e-4]["sw_over_floor"] < 1.3 and adaptive[1e-4]["modes"]["covered"] == 8
+    [ddim] = [r for r in result["runs"] if r["sampler"] == "ddim"]
+    assert ddim["tolerance"] is None and ddim["nfe"] == 10
+    write_report(result, tmp_path)
+    text = (tmp_path / "oracle.md").read_text()
+    assert f"| rk45 (tol 0.0001) | {adaptive[1e-4]['nfe']} |" in text
+    assert "--tolerances 0.01,0.0001" in text and "at tol 0.0001 (NFE" in text

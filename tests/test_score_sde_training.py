@@ -52,10 +52,12 @@ def test_ve_run_trains_records_sigma_max_from_the_data_and_draws_its_grid(
     assert (run / "samples" / "step_00000004.png").is_file()
 
 
-@pytest.mark.parametrize("sampler", ["pc", "em", "ode", "ald"])
+@pytest.mark.parametrize("sampler", ["pc", "em", "ode", "ald", "rk45"])
 def test_ve_run_samples_from_the_command_line_with_each_continuous_sampler(ve_run, sampler):
     run, _ = ve_run
-    cfg = compose_config([f"run={run}", f"sampler={sampler}", "sampler.steps=3", "n=2",
+    steps = (["sampler.rtol=1e-2", "sampler.atol=1e-2"] if sampler == "rk45"
+             else ["sampler.steps=3"])
+    cfg = compose_config([f"run={run}", f"sampler={sampler}", *steps, "n=2",
                           "device=cpu", "save_tensors=true"], config_name="sample")
     images = torch.load(sample(cfg)["tensors"], weights_only=True)
     assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all()
@@ -67,7 +69,7 @@ def test_a_continuous_run_refuses_a_discrete_sampler_before_loading(ve_run):
                          config_name="sample")
     with pytest.raises(ValueError, match=r"^DDIMScheduler walks a discrete DDPM noise process; "
                                          r"this run's is VEProcess \(continuous time\): sample "
-                                         r"it with sampler=pc, em, ode or ald.$"):
+                                         r"it with sampler=pc, em, ode, rk45 or ald.$"):
         sample(cfg)
 
 

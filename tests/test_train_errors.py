@@ -92,7 +92,8 @@ BAD_VALUES = [
     ("data=cifar10", "error: data=cifar10 is not an option of data: choose one of "),
     ("trainer.foo=1", "error: trainer.foo is not a config key: check the override's spelling"),
     ("sampler=foo", "error: sampler=foo is not an option of sampler: choose one of ald, ddim, "
-                    "ddpm, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, em, euler, euler_a, heun, ode, pc."),
+                    "ddpm, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, em, euler, euler_a, heun, ode, pc, "
+                    "rk45."),
     ("sampler.steps=2000", "error: sampler.steps must be an integer from 1 to 1000 (the "
                            "model's num_train_timesteps); got 2000."),
     ("sampler.solver_order=4", "error: sampler.solver_order is not an option of sampler=ddim: "
@@ -111,7 +112,7 @@ BAD_VALUES = [
                                 "is VEProcess, in continuous time: use objective=dsm."),
     ("scheduler=ve objective=dsm", "error: DDIMScheduler walks a discrete DDPM noise process; "
                                    "this run's is VEProcess (continuous time): sample it with "
-                                   "sampler=pc, em, ode or ald."),
+                                   "sampler=pc, em, ode, rk45 or ald."),
     ("objective.weighting=snr", "error: objective.weighting must be one of none, min_snr, p2; "
                                 "got 'snr'."),
     ("objective=eps_minsnr scheduler.rescale_betas_zero_snr=true",

@@ -98,10 +98,12 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
             name=spec.name, guidance=build_guidance(guided, scale, classifier_scale, classifier))
         seconds = time.perf_counter() - start
         results.append(result)
+        measured = _measured(sampler)
         if main:
-            print(f"{result}  [{seconds:.0f} s]", flush=True)
+            nfe = f", {measured['nfe']:g} NFE a batch" if measured else ""
+            print(f"{result}  [{seconds:.0f} s{nfe}]", flush=True)
             entry = {**result.to_dict(), **protocol, "seconds": round(seconds, 1),
-                     **guidance_record(guided, scale, classifier_scale),
+                     **guidance_record(guided, scale, classifier_scale), **measured,
                      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             write_eval(run, {entry_key(entry): entry})
             entries.append(entry)
@@ -111,6 +113,17 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
         print(f"eval: {run / 'eval.json'}")
     dist.barrier()
     return results
+
+
+def _measured(sampler) -> dict:
+    """{"nfe": mean network evaluations per batch} for a sampler that picks its own steps
+    (``sampler=rk45``; on rank 0's batches under torchrun), counted since the last call."""
+    counts = getattr(sampler, "evaluations", None)
+    if not getattr(sampler, "adaptive", False) or not counts:
+        return {}
+    nfe = sum(counts) / len(counts)
+    counts.clear()
+    return {"nfe": round(nfe, 1)}
 
 
 def _plots(steps: list[int], guided: GuidanceOptions) -> list[str]:

@@ -25,6 +25,14 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(part) for part in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}.")\
+            from None
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(part) for part in _names(text)]
@@ -55,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[OracleConfig, str]:
     p.add_argument("--samplers", type=_names, default=d.samplers,
                    help="comma-separated sampler names; the default is every registered one")
     p.add_argument("--nfe", type=_ints, default=d.nfe, help="target model calls per sample")
+    p.add_argument("--tolerances", type=_floats, default=d.tolerances,
+                   help="rtol = atol of each run of an adaptive sampler (rk45), instead of NFE")
     p.add_argument("--n", type=int, default=d.n, help="samples per sampler run")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--datasets", type=_names, default=d.datasets, help="ring, mix64")
@@ -74,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[OracleConfig, str]:
     cfg = OracleConfig(samplers=a.samplers, nfe=a.nfe, n=a.n, seed=a.seed, datasets=a.datasets,
                        schedules=a.schedules, spacings=a.spacings,
                        prediction_types=a.prediction_types, projections=a.projections,
+                       tolerances=a.tolerances,
                        floor_repeats=a.floor_repeats, clip_sample=a.clip_sample, eta=a.eta)
     return cfg, a.out
 

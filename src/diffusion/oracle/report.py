@@ -19,19 +19,24 @@ from pathlib import Path
 import torch
 
 from diffusion.runs.records import cpu_model, portable_path
+from diffusion.sampling.checks import SAMPLERS
 
 READING = "\n## Reading"
 
 
 def command(config: dict, out: str) -> str:
     """The command line that reproduces ``config``, every option spelled out."""
-    lists = ("samplers", "nfe", "datasets", "schedules", "spacings", "prediction_types")
+    lists = ("samplers", "nfe", "datasets", "schedules", "spacings", "prediction_types",
+             "tolerances")
     words = ["python", "-m", "diffusion.samplers_oracle"]
+    adaptive = any(getattr(SAMPLERS.get(s), "adaptive", False) for s in config["samplers"])
     for key in ("samplers", "nfe", "n", "seed", "datasets", "schedules", "spacings",
-                "prediction_types", "projections", "floor_repeats", "eta"):
+                "prediction_types", "projections", "floor_repeats", "eta",
+                *(["tolerances"] if adaptive and "tolerances" in config else [])):
         value = config[key]
         words += [f"--{key.replace('_', '-')}",
-                  ",".join(map(str, value)) if key in lists else str(value)]
+                  ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+                  if key in lists else str(value)]
     if config["clip_sample"]:
         words.append("--clip-sample")
     words += ["--out", portable_path(out, "<out>")]
@@ -47,8 +52,9 @@ def machine() -> dict:
 
 
 def _groups(runs: list[dict], *keys: str) -> list[tuple]:
-    """The distinct values of ``keys`` over ``runs``, in the order they first appear."""
-    return list(dict.fromkeys(tuple(r[k] for k in keys) for r in runs))
+    """The distinct values of ``keys`` over ``runs``, in the order they first appear (a key a
+    run lacks, ``tolerance`` in records from before adaptive samplers, is None)."""
+    return list(dict.fromkeys(tuple(r.get(k) for k in keys) for r in runs))
 
 
 def _tables(result: dict) -> list[str]:
@@ -69,11 +75,13 @@ def _table(runs: list[dict], columns: list[tuple], cell) -> list[str]:
     """Rows sampler x NFE, a column per (data set, schedule), ``cell(run)`` in each."""
     head = ["sampler", "NFE"] + [f"{d} · {s}" for d, s in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for sampler, target in _groups(runs, "sampler", "target_nfe"):
+    for sampler, target, tolerance in _groups(runs, "sampler", "target_nfe", "tolerance"):
         cells = {(r["dataset"], r["schedule"]): r for r in runs
-                 if (r["sampler"], r["target_nfe"]) == (sampler, target)}
+                 if (r["sampler"], r["target_nfe"], r.get("tolerance")) ==
+                 (sampler, target, tolerance)}
         nfes = sorted({r["nfe"] for r in cells.values()})
-        row = [sampler, "/".join(map(str, nfes))]
+        label = sampler if tolerance is None else f"{sampler} (tol {tolerance:g})"
+        row = [label, "/".join(map(str, nfes))]
         lines.append("| " + " | ".join(row + [cell(cells[c]) if c in cells else ""
                                               for c in columns]) + " |")
     return lines
@@ -90,10 +98,18 @@ def _summary(result: dict) -> list[str]:
     lines = []
     for (sampler,) in _groups(result["runs"], "sampler"):
         mine = [r for r in result["runs"] if r["sampler"] == sampler]
-        top = max(r["target_nfe"] for r in mine)
-        ratios = [r["sw_over_floor"] for r in mine if r["target_nfe"] == top]
-        spreads = [r["modes"]["spread"] for r in mine if r["target_nfe"] == top]
-        text = (f"- `{sampler}`: at NFE {top}, {min(ratios):.2f}× to {max(ratios):.2f}× "
+        if mine[0].get("tolerance") is not None:  # adaptive: at its tightest tolerance
+            tightest = min(r["tolerance"] for r in mine)
+            top_runs = [r for r in mine if r["tolerance"] == tightest]
+            nfes = [r["nfe"] for r in top_runs]
+            at = f"tol {tightest:g} (NFE {min(nfes)} to {max(nfes)})"
+        else:
+            top = max(r["target_nfe"] for r in mine)
+            top_runs = [r for r in mine if r["target_nfe"] == top]
+            at = f"NFE {top}"
+        ratios = [r["sw_over_floor"] for r in top_runs]
+        spreads = [r["modes"]["spread"] for r in top_runs]
+        text = (f"- `{sampler}`: at {at}, {min(ratios):.2f}× to {max(ratios):.2f}× "
                 f"the floor, mode spread {min(spreads):.3f} to {max(spreads):.3f}")
         pairs, excess = [], []
         for key in _groups(mine, "dataset", "schedule", "spacing", "prediction_type"):

@@ -64,6 +64,9 @@ class OracleConfig:
     clip_sample: bool = False
     eta: float = 0.0
     num_train_timesteps: int = 1000
+    tolerances: list[float] = field(default_factory=lambda: [1e-1, 1e-2, 1e-3, 1e-4, 1e-5])
+    """rtol = atol of each run of an adaptive sampler (``rk45``), in place of ``nfe``: it
+    picks its own steps, and the calls it made are what the tables and plot show."""
 
     def check(self) -> None:
         """One-sentence errors for bad options, before any sampling."""
@@ -82,10 +85,13 @@ class OracleConfig:
                                      f"{', '.join(valid)}.")
         for nfe in self.nfe:
             check_int("each NFE", nfe, 1, self.num_train_timesteps)
+        for tolerance in self.tolerances:
+            check_number("each tolerance", tolerance, above=0)
         for key, minimum in (("n", 2), ("projections", 1), ("floor_repeats", 1)):
             check_int(key, getattr(self, key), minimum)
         check_number("eta", self.eta, 0, 1)
         for key, values in (("samplers", self.samplers), ("nfe", self.nfe),
+                            ("tolerances", self.tolerances),
                             ("datasets", self.datasets), ("schedules", self.schedules),
                             ("spacings", self.spacings),
                             ("prediction-types", self.prediction_types)):
@@ -145,14 +151,26 @@ def training_scheduler(cfg: OracleConfig, schedule: str, spacing: str,
                          clip_sample=cfg.clip_sample)
 
 
+def is_adaptive(sampler: str) -> bool:
+    """Whether the sampler named ``sampler`` picks its own steps (run at ``tolerances``)."""
+    return bool(getattr(SAMPLERS[sampler], "adaptive", False))
+
+
 def sample_with(mixture: GaussianMixture, train: NoiseScheduler, sampler: str, nfe: int,
-                x_T: torch.Tensor, step_seed: int, eta: float = 0.0) -> dict:
-    """Draw ``len(x_T)`` samples with ``sampler`` at about ``nfe`` model calls, through the
-    pipeline's own loop. Returns the samples (n, D), the steps asked for, the calls made
-    and the seconds taken."""
+                x_T: torch.Tensor, step_seed: int, eta: float = 0.0,
+                tolerance: float | None = None) -> dict:
+    """Draw ``len(x_T)`` samples with ``sampler`` at about ``nfe`` model calls (an adaptive
+    sampler: at rtol = atol = ``tolerance``, ``nfe`` its cap), through the pipeline's own
+    loop. Returns the samples (n, D), the steps asked for, the calls made and the seconds
+    taken."""
     eta = eta if "eta" in SAMPLERS[sampler].config_keys() else 0.0
-    built = pipeline.make_sampler(train, sampler, eta)
-    if sampler in CONTINUOUS_SAMPLERS:  # the table read in continuous time, exactly
+    tolerances = {} if tolerance is None else {"rtol": tolerance, "atol": tolerance}
+    built = pipeline.make_sampler(train, sampler, eta, **tolerances)
+    if tolerance is not None:
+        steps = nfe
+        model = ExactModel(mixture, prediction_type=train.prediction_type,
+                           process=built.process)
+    elif sampler in CONTINUOUS_SAMPLERS:  # the table read in continuous time, exactly
         steps = continuous_steps_for_nfe(built, nfe)
         model = ExactModel(mixture, prediction_type=train.prediction_type,
                            process=built.process)
@@ -162,7 +180,8 @@ def sample_with(mixture: GaussianMixture, train: NoiseScheduler, sampler: str, n
     pipe = pipeline.DiffusionPipeline(model, train, (mixture.dim, 1, 1), device="cpu",
                                       precision="fp32", num_classes=None)
     start = time.perf_counter()
-    out = pipe(len(x_T), steps=steps, sampler=sampler, eta=eta, timestep_spacing=None,
+    out = pipe(len(x_T), steps=steps, sampler=built if tolerance is not None else sampler,
+               eta=None if tolerance is not None else eta, timestep_spacing=None,
                noise=x_T.reshape(len(x_T), mixture.dim, 1, 1),
                generator=torch.Generator().manual_seed(step_seed), batch_size=len(x_T))
     seconds = time.perf_counter() - start
@@ -190,19 +209,25 @@ def run_oracle(cfg: OracleConfig, log=None) -> dict:
                         "modes": mode_stats(mixture, reference)}
         log(f"{name}: floor {floor:.5f} (std {spread:.5f} over {len(values)} exact sets)")
         x_T = torch.randn(cfg.n, mixture.dim, generator=generator(cfg.seed, name, "x_T"))
-        for schedule, spacing, prediction, sampler, nfe in itertools.product(
-                cfg.schedules, cfg.spacings, cfg.prediction_types, cfg.samplers, cfg.nfe):
+        targets = []  # (sampler, target NFE, tolerance): an adaptive one at each tolerance
+        for sampler in cfg.samplers:
+            targets += ([(sampler, None, tol) for tol in cfg.tolerances] if is_adaptive(sampler)
+                        else [(sampler, nfe, None) for nfe in cfg.nfe])
+        for schedule, spacing, prediction, (sampler, nfe, tolerance) in itertools.product(
+                cfg.schedules, cfg.spacings, cfg.prediction_types, targets):
             train = training_scheduler(cfg, schedule, spacing, prediction)
-            got = sample_with(mixture, train, sampler, nfe, x_T,
-                              stream_seed(cfg.seed, name, "steps"), cfg.eta)
+            got = sample_with(mixture, train, sampler, nfe or cfg.num_train_timesteps, x_T,
+                              stream_seed(cfg.seed, name, "steps"), cfg.eta, tolerance)
             sw = distance(got["samples"])
             runs.append({"dataset": name, "schedule": schedule, "spacing": spacing,
                          "prediction_type": prediction, "sampler": sampler, "target_nfe": nfe,
+                         "tolerance": tolerance,
                          "steps": got["steps"], "nfe": got["nfe"], "sw": sw,
                          "sw_over_floor": sw / floor, "excess": max(sw**2 - floor**2, 0) ** 0.5,
                          "seconds": got["seconds"],
                          "modes": mode_stats(mixture, got["samples"])})
-            log(f"{name} {schedule} {spacing} {prediction} {sampler} NFE {got['nfe']}: "
+            tol = "" if tolerance is None else f" tol {tolerance:g}"
+            log(f"{name} {schedule} {spacing} {prediction} {sampler}{tol} NFE {got['nfe']}: "
                 f"SW {sw:.5f} ({sw / floor:.2f}x floor) {got['seconds']:.1f}s")
     return {"config": asdict(cfg), "floors": floors, "runs": runs,
             "seconds": time.perf_counter() - started}

@@ -159,6 +159,9 @@ def network_evaluations(sampler: str, steps: int, options: Mapping | None = None
     ``order`` a step for a higher-order sampler but one its last, a plain Euler step
     (Heun: 2 * steps - 1); a continuous-time sampler's calls as it lists them with its
     ``options`` (a Langevin corrector's, Heun's, the denoising one)."""
+    if getattr(CONTINUOUS_SAMPLERS.get(sampler), "adaptive", False):
+        raise ValueError(f"sampler={sampler} picks its own steps: its NFE is measured "
+                         f"(an evaluation's \"nfe\"), not computed from the step count.")
     if sampler in CONTINUOUS_SAMPLERS:
         built = CONTINUOUS_SAMPLERS[sampler].over(
             DDPMScheduler(), **{**CONTINUOUS_PRESETS[sampler], **(options or {})})
@@ -193,8 +196,10 @@ def _curve(entry: dict, x: str) -> tuple[tuple, float]:
     if x == "guidance_scale":
         return (entry["sampler"], spacing, entry["n"], entry["steps"], None, classifier), \
             guidance
+    nfe = entry.get("nfe")  # measured, for a sampler that picks its own steps
     return (entry["sampler"], spacing, entry["n"], None, guidance, classifier), \
-        network_evaluations(entry["sampler"], entry["steps"], entry.get("sampler_options"))
+        nfe if nfe is not None else network_evaluations(entry["sampler"], entry["steps"],
+                                                         entry.get("sampler_options"))
 
 
 def _curve_name(run: str, key: tuple, spacings: dict[str, set]) -> str:

@@ -26,12 +26,16 @@ SAMPLER_PRESETS = ChainMap(NoiseScheduler.SAMPLER_PRESETS, CONTINUOUS_PRESETS)
 
 
 SCHEDULER_API = ("set_timesteps", "step", "scale_model_input", "init_noise_sigma")
+ADAPTIVE_API = ("set_timesteps", "solve", "init_noise_sigma")
 
 
 def is_scheduler(sampler: Any) -> bool:
     """Whether ``sampler`` is a scheduler object the sampling loop runs as it is: one of ours,
     a continuous-time sampler (``schedulers.score_sde``, ``schedulers.annealed_langevin``), or
-    any object with the loop's methods."""
+    any object with the loop's methods; or an adaptive one (``adaptive = True``) that solves
+    with the network itself (``schedulers.adaptive_ode``)."""
+    if getattr(sampler, "adaptive", False):  # it solves with the network (AdaptiveODESampler)
+        return all(hasattr(sampler, a) for a in ADAPTIVE_API)
     return isinstance(sampler, NoiseScheduler) or all(hasattr(sampler, a) for a in SCHEDULER_API)
 
 

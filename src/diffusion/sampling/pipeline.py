@@ -368,6 +368,9 @@ class DiffusionPipeline(EditingMethods):
         return [states[i] for i in self._chain_indices(len(states) - 1, frames)]
 
     def _chain_timesteps(self, sched, frames: int) -> list[int]:
+        if getattr(sched, "adaptive", False):  # evenly spaced in time, the last the final x_0
+            times = torch.linspace(1.0, sched.process.t_min, max(2, frames))[:-1]
+            return [round(float(t)) for t in sched.process.model_time(times)] + [-1]
         ts = [round(t) for t in sched.timesteps.tolist()] + [-1]  # -1 marks the final x_0
         return [ts[i] for i in self._chain_positions(sched, frames)]
 
@@ -390,6 +393,11 @@ class DiffusionPipeline(EditingMethods):
         ``set_timesteps`` first: a multistep or second-order sampler starts each batch afresh."""
         sched.set_timesteps(sched.num_inference_steps, device=self.device)
         denoiser = denoiser or self.forward
+        if getattr(sched, "adaptive", False):  # it picks its own steps: hand it the network
+            x, chain, _ = sched.solve(lambda x_in, t: self.model_output(x_in, t, y, denoiser),
+                                      x * sched.init_noise_sigma,
+                                      record=max(2, chain_frames) if return_chain else 0)
+            return x, (chain.float().cpu() if return_chain else None)
         keep = set(self._chain_positions(sched, chain_frames)) if return_chain else ()
         x = x * sched.init_noise_sigma
         chain = [x.float().cpu()] if 0 in keep else []

@@ -4,7 +4,7 @@ Samplers by name (``NoiseScheduler.SAMPLERS``): ``ddpm``, ``ddim``, ``dpmpp_2m``
 ``dpmpp_3m``, ``dpmpp_2m_sde`` (DPM-Solver++ of order 2 or 3, ODE or SDE), ``euler``,
 ``euler_a`` (Euler ancestral) and ``heun``. ``RePaintScheduler`` inpaints (its step takes
 the original image and a mask), so it is not among them. The continuous-time samplers
-(``CONTINUOUS_SAMPLERS``: ``pc``, ``em``, ``ode``, ``ald``) walk a ``diffusion.processes``
+(``CONTINUOUS_SAMPLERS``: ``pc``, ``em``, ``ode``, ``rk45``, ``ald``) walk a ``diffusion.processes``
 process, a DDPM table's included (``schedulers.continuous``).
 
 >>> sched = DDPMScheduler(beta_schedule="cosine")
@@ -18,6 +18,7 @@ process, a DDPM table's included (``schedulers.continuous``).
 ...     x = sampler.step(out, t, x).prev_sample
 """
 
+from diffusion.schedulers.adaptive_ode import AdaptiveODESampler
 from diffusion.schedulers.annealed_langevin import AnnealedLangevinScheduler
 from diffusion.schedulers.base import NoiseScheduler, SchedulerOutput
 from diffusion.schedulers.continuous import CONTINUOUS_PRESETS, CONTINUOUS_SAMPLERS
@@ -29,7 +30,8 @@ from diffusion.schedulers.heun import HeunDiscreteScheduler
 from diffusion.schedulers.repaint import RePaintScheduler
 from diffusion.schedulers.score_sde import ScoreSDEScheduler
 
-__all__ = ["CONTINUOUS_PRESETS", "CONTINUOUS_SAMPLERS", "AnnealedLangevinScheduler",
+__all__ = ["CONTINUOUS_PRESETS", "CONTINUOUS_SAMPLERS", "AdaptiveODESampler",
+           "AnnealedLangevinScheduler",
            "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
            "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
            "NoiseScheduler", "RePaintScheduler", "SchedulerOutput",

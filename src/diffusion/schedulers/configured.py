@@ -66,7 +66,7 @@ class ConfiguredScheduler:
         if not isinstance(scheduler, ConfiguredScheduler):
             raise ValueError(f"{cls.__name__} walks a discrete DDPM noise process; this run's "
                              f"is {type(scheduler).__name__} (continuous time): sample it with "
-                             f"sampler=pc, em, ode or ald.")
+                             f"sampler=pc, em, ode, rk45 or ald.")
         keys = cls.config_keys()
         return cls.from_config({k: v for k, v in scheduler.config.items() if k in keys},
                                **options)
