@@ -11,7 +11,7 @@ import torch
 
 from diffusion.metrics.likelihood import bits_per_dim, dequantize, ode_likelihood
 from diffusion.oracle.mixtures import ring
-from diffusion.processes import SubVPProcess, VEProcess, VPProcess
+from diffusion.processes import CosineVPProcess, SubVPProcess, VEProcess, VPProcess
 from diffusion.processes.flow import integrate_flow
 
 
@@ -22,8 +22,8 @@ def _gaussian_eps(process, c: float):
     return eps
 
 
-@pytest.mark.parametrize("process", [VPProcess(), SubVPProcess(), VEProcess(sigma_max=30.0)],
-                         ids=["vp", "subvp", "ve"])
+@pytest.mark.parametrize("process", [VPProcess(), SubVPProcess(), VEProcess(sigma_max=30.0),
+                                     CosineVPProcess()], ids=["vp", "subvp", "ve", "vp-cosine"])
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])
 def test_gaussian_data_log_density_is_recovered(process, trace):
     """Data N(0, c^2 I): p_t = N(0, (alpha^2 c^2 + sigma^2) I) in closed form; the ODE from

@@ -11,6 +11,7 @@ import torch
 
 from diffusion.processes import (
     PROCESSES,
+    CosineVPProcess,
     DiscreteProcess,
     SubVPProcess,
     VEProcess,
@@ -20,8 +21,8 @@ from diffusion.processes import (
 from diffusion.schedulers import DDPMScheduler
 
 CONTINUOUS = [VPProcess(), SubVPProcess(), VEProcess(), VPProcess(beta_min=0.5, beta_max=5.0),
-              VEProcess(sigma_min=0.002, sigma_max=80.0)]
-IDS = ["vp", "subvp", "ve", "vp-0.5-5", "ve-0.002-80"]
+              VEProcess(sigma_min=0.002, sigma_max=80.0), CosineVPProcess()]
+IDS = ["vp", "subvp", "ve", "vp-0.5-5", "ve-0.002-80", "vp-cosine"]
 
 
 def test_closed_forms_of_song_et_al():
@@ -79,6 +80,21 @@ def test_derivatives_match_finite_differences(process):
     torch.testing.assert_close(process.d_sigma2(t), d_sigma2, rtol=1e-6, atol=1e-8)
 
 
+def test_the_cosine_vp_process_is_ddpms_cosine_table_at_its_steps():
+    """DDPM's cosine table (Nichol & Dhariwal; betas clipped at 0.999, which only its last
+    steps reach) is alpha(t)^2 at t t_end = (i + 1) / T, and beta(t) = g^2 is VP's."""
+    process, table = CosineVPProcess(), DDPMScheduler(beta_schedule="cosine").alphas_cumprod
+    steps = torch.arange(980)
+    t = (steps + 1).double() / 1000 / process.t_end
+    torch.testing.assert_close(process.alpha(t) ** 2, table[steps].double(), rtol=1e-6,
+                               atol=1e-12)
+    f, g2 = process.sde(t)
+    torch.testing.assert_close(g2, -2 * f)  # variance preserving: g^2 = beta = -2 f
+    assert float(process.alpha(1.0)) == pytest.approx(0.0084, abs=1e-4)
+    with pytest.raises(ValueError, match="t_end must be"):
+        CosineVPProcess(t_end=1.0)
+
+
 def test_a_ddpm_table_in_continuous_time_is_that_table_at_its_steps():
     sched = DDPMScheduler(beta_schedule="cosine")
     process = DiscreteProcess.of(sched)
@@ -99,7 +115,7 @@ def test_a_ddpm_table_in_continuous_time_is_that_table_at_its_steps():
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("name", ["vp", "vp_cosine", "subvp", "ve"])
 def test_predictions_convert_to_the_true_noise_and_score(name, prediction_type):
     """A network that predicts its target exactly gives back x_0, eps and score -eps / sigma."""
     process = PROCESSES[name](prediction_type=prediction_type)

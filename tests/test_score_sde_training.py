@@ -1,6 +1,6 @@
-"""Training a continuous-time process (``scheduler=vp|subvp|ve``) with denoising score matching
-(``objective=dsm``) and sampling it with the continuous-time samplers (``sampler=pc|em|ode|
-ald``), from the command line's config and from Python: what the network sees, the weights,
+"""Training a continuous-time process (``scheduler=vp|vp_cosine|subvp|ve``) with denoising
+score matching (``objective=dsm``) and sampling it with the continuous-time samplers
+(``sampler=pc|em|ode|rk45|ald``), from the command line's config and from Python: what the network sees, the weights,
 the recorded sigma_max, and the sentences that refuse a mismatched objective or sampler."""
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_ddpm_objectives_refuse_a_continuous_process():
         build_objective(cfg, build_scheduler(cfg))
 
 
-@pytest.mark.parametrize("process", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("process", ["vp", "vp_cosine", "subvp", "ve"])
 def test_each_process_option_builds_with_its_objective(process):
     cfg = compose_config([f"scheduler={process}", "objective=dsm", "scheduler.sigma_max=30"
                           if process == "ve" else "scheduler.t_min=0.001"])

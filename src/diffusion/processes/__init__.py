@@ -1,7 +1,7 @@
 """Noise processes in continuous time, x_t = alpha(t) x_0 + sigma(t) eps (``base.Process``):
-the VP, sub-VP and VE SDEs of Song et al. 2021 (``sde.py``), and a DDPM scheduler's discrete
-table seen in continuous time (``discrete.py``), so that the samplers and likelihoods of the
-SDE view run on DDPM-trained models too.
+the VP (linear and cosine), sub-VP and VE SDEs of Song et al. 2021 (``sde.py``), and a DDPM
+scheduler's discrete table seen in continuous time (``discrete.py``), so that the samplers
+and likelihoods of the SDE view run on DDPM-trained models too.
 
 >>> process = VPProcess()                       # beta in [0.1, 20], as Song et al.
 >>> x_t = process.add_noise(x0, noise, t)       # t in [t_min, 1], one per sample
@@ -11,10 +11,17 @@ SDE view run on DDPM-trained models too.
 
 from diffusion.processes.base import Process
 from diffusion.processes.discrete import DiscreteProcess
-from diffusion.processes.sde import SubVPProcess, VEProcess, VPProcess, sigma_max_from_data
+from diffusion.processes.sde import (
+    CosineVPProcess,
+    SubVPProcess,
+    VEProcess,
+    VPProcess,
+    sigma_max_from_data,
+)
 
 PROCESSES: dict[str, type[Process]] = {
-    "vp": VPProcess, "subvp": SubVPProcess, "ve": VEProcess, "discrete": DiscreteProcess}
+    "vp": VPProcess, "vp_cosine": CosineVPProcess, "subvp": SubVPProcess, "ve": VEProcess,
+    "discrete": DiscreteProcess}
 
-__all__ = ["PROCESSES", "DiscreteProcess", "Process", "SubVPProcess", "VEProcess", "VPProcess",
-           "sigma_max_from_data"]
+__all__ = ["PROCESSES", "CosineVPProcess", "DiscreteProcess", "Process", "SubVPProcess",
+           "VEProcess", "VPProcess", "sigma_max_from_data"]

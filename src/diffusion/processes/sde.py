@@ -6,6 +6,8 @@ Differential Equations", section 3.4 and appendix B), as ``Process`` instances.
   alpha^2; f = -beta / 2, g^2 = beta.
 * sub-VP: the same alpha, sigma^2 = (1 - alpha^2)^2; f = -beta / 2, g^2 = beta (1 - alpha^4).
   Its variance stays below VP's at every t (likelihoods in the paper).
+* cosine VP: alpha(t) = cos(phi(t)) / cos(phi(0)) with Nichol & Dhariwal's phi, sigma^2 = 1 -
+  alpha^2 (``CosineVPProcess``): DDPM's cosine table in continuous time.
 * VE (variance exploding; NCSN's continuous limit): alpha = 1, sigma(t) = sigma_min
   (sigma_max / sigma_min)^t; f = 0, g^2 = d sigma^2 / dt = 2 sigma^2 log(sigma_max / sigma_min).
   ``sigma_max`` should be about the largest distance between two training images (Song &
@@ -73,6 +75,46 @@ class SubVPProcess(VPProcess):
     def d_sigma2(self, t):
         one_minus = -torch.expm1(2.0 * self._log_alpha(t))
         return 2.0 * one_minus * self.beta(t) * torch.exp(2.0 * self._log_alpha(t))
+
+
+class CosineVPProcess(Process):
+    """A VP process with Nichol & Dhariwal's cosine schedule in continuous time:
+    alpha(t) = cos(phi(t)) / cos(phi(0)), phi(t) = (t t_end + s) / (1 + s) pi / 2, sigma^2 =
+    1 - alpha^2. DDPM's ``beta_schedule="cosine"`` table is alpha^2 at t t_end = (i + 1) / T
+    (where its betas are not clipped at 0.999). ``t_end`` < 1 keeps alpha(1) above 0 (at
+    t_end = 1 the log-SNR would be -inf): 0.9946, DPM-Solver's end of this schedule, gives
+    alpha(1) = 0.0084, log(alpha^2 / sigma^2) = -9.6. f = d log alpha / dt = -t_end pi /
+    (2 (1 + s)) tan(phi), g^2 = -2 f (VP's beta(t))."""
+
+    name = "vp_cosine"
+
+    def __init__(self, *, s: float = 0.008, t_end: float = 0.9946, t_min: float = 1e-3,
+                 **options: Any):
+        super().__init__(t_min=t_min, **options)
+        self.s = check_number("s", s, 0, None)
+        self.t_end = check_number("t_end", t_end, above=0, below=1.0)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**super().config, "s": self.s, "t_end": self.t_end}
+
+    def _phi(self, t: float | Tensor) -> Tensor:
+        return (as_time(t) * self.t_end + self.s) / (1 + self.s) * (math.pi / 2)
+
+    def _log_alpha(self, t: float | Tensor) -> Tensor:
+        return torch.log(torch.cos(self._phi(t))) - math.log(math.cos(float(self._phi(0.0))))
+
+    def alpha(self, t):
+        return torch.exp(self._log_alpha(t))
+
+    def sigma(self, t):
+        return (-torch.expm1(2.0 * self._log_alpha(t))).sqrt()
+
+    def d_log_alpha(self, t):
+        return -torch.tan(self._phi(t)) * (self.t_end * math.pi / (2 * (1 + self.s)))
+
+    def d_sigma2(self, t):
+        return -2.0 * self.d_log_alpha(t) * torch.exp(2.0 * self._log_alpha(t))
 
 
 class VEProcess(Process):

@@ -2,7 +2,7 @@
 
 ``sampler=pc`` (predictor-corrector), ``em`` (reverse-SDE Euler-Maruyama), ``ode``
 (probability-flow ODE, Heun) and ``ald`` (annealed Langevin dynamics) walk a continuous-time
-``Process``: the run's own (``scheduler=vp|subvp|ve``), or a DDPM run's table seen in
+``Process``: the run's own (``scheduler=vp|vp_cosine|subvp|ve``), or a DDPM run's table seen in
 continuous time (``DiscreteProcess``), so they sample every trained run. The discrete samplers
 (ddpm, ddim, DPM-Solver, Euler, Heun) need a DDPM table and refuse a continuous process.
 

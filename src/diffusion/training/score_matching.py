@@ -1,5 +1,6 @@
 """Denoising score matching in continuous time (Song et al. 2021, eq. 7): the objective of the
-score-SDE processes (``scheduler=vp|subvp|ve``), and of a DDPM table read in continuous time.
+score-SDE processes (``scheduler=vp|vp_cosine|subvp|ve``), and of a DDPM table read in
+continuous time.
 
 t is drawn from [t_min, 1], x_t = alpha(t) x_0 + sigma(t) eps, and the network sees
 c_in(t) x_t at time ``model_time(t)`` (``Process``). It outputs epsilon, x_0 or v in the
