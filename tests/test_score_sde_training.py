@@ -1,7 +1,8 @@
 """Training a continuous-time process (``scheduler=vp|vp_cosine|subvp|ve``) with denoising
 score matching (``objective=dsm``) and sampling it with the continuous-time samplers
-(``sampler=pc|em|ode|rk45|ald``), from the command line's config and from Python: what the network sees, the weights,
-the recorded sigma_max, and the sentences that refuse a mismatched objective or sampler."""
+(``sampler=pc|em|ode|rk45|ald``), from the command line's config and from Python: what the
+network sees, the weights, the recorded sigma_max, and the sentences that refuse a mismatched
+objective or sampler."""
 
 from __future__ import annotations
 
