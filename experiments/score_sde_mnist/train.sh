@@ -18,3 +18,11 @@ wait "$ve"
 wait "$vp"
 OMP_NUM_THREADS=2 python -m diffusion.train -m objective=v_minsnr "${COMMON[@]}" \
     "hydra.sweep.dir=$OUT/ddpm_v_minsnr"
+# NCSN (experiment=ncsn_mnist: 10 geometric levels, annealed Langevin grids), the same budget;
+# its periodic FID with its own sampler (ald, 10 levels x 10 steps + the jump: 101 NFE), so
+# every 1,000 steps rather than 500.
+NCSN_THREADS=${NCSN_THREADS:-2}
+OMP_NUM_THREADS=$NCSN_THREADS python -m diffusion.train -m experiment=ncsn_mnist \
+    model.base_channels=16 "trainer.max_steps=${STEPS:-2000}" logger=none \
+    trainer.progress=false trainer.eval_every=1000 "trainer.eval_n=${N:-500}" \
+    metrics.features=domain paths.runs_dir=runs "hydra.sweep.dir=$OUT/ncsn"

@@ -173,6 +173,8 @@ class ExactModel(nn.Module):
         return a.reshape(()) if a.numel() == 1 else a.reshape(-1, 1)
 
     def forward(self, x: Tensor, t: int | Tensor, y: Tensor | None = None) -> Tensor:
+        if self.process is not None:
+            return self._process_forward(x, t)
         self.calls += 1
         flat = x.reshape(len(x), -1).to(f64)
         a = self.alpha_bar(t, len(x))
@@ -183,6 +185,30 @@ class ExactModel(nn.Module):
                                          self.prediction_type)
                  for i, block in zip(range(0, len(flat), rows), flat.split(rows), strict=True)]
         return torch.cat(parts).to(x.dtype).reshape(x.shape)
+
+
+    def _process_forward(self, x: Tensor, model_time: int | Tensor) -> Tensor:
+        """The exact output under ``process``: x is c_in(t) x_t at the network's time
+        (``Process.time_of_model_time``); the mixture's epsilon at x_t, and the output is the
+        process's own training target for it (any sigma_data, any time map)."""
+        self.calls += 1
+        process = self.process
+        t = process.time_of_model_time(torch.as_tensor(model_time).to("cpu", f64)).flatten()
+        t = t[:1] if t.numel() > 1 and bool((t == t[0]).all()) else t
+        alpha, sigma = process.alpha(t).reshape(-1, 1), process.sigma(t).reshape(-1, 1)
+        x_t = x.reshape(len(x), -1).to(f64) / process.c_in(t).reshape(-1, 1)
+        scale = (alpha**2 + sigma**2).sqrt()  # x_t / scale = sqrt(A) x_0 + sqrt(1 - A) eps
+        a = alpha**2 / scale**2
+        rows = max(1, CHUNK // max(self.mixture.dim, len(self.mixture.weights)))
+        parts = []
+        for i in range(0, len(x_t), rows):
+            rows_of = slice(0, 1) if len(t) == 1 else slice(i, i + rows)
+            part_a = a[rows_of].reshape(()) if len(t) == 1 else a[rows_of]
+            parts.append(self.mixture.eps(x_t[i:i + rows] / scale[rows_of], part_a))
+        eps = torch.cat(parts)
+        x0 = (x_t - sigma * eps) / alpha
+        out = process.training_target(x0, eps, t if len(t) == 1 else t.reshape(-1))
+        return out.to(x.dtype).reshape(x.shape)
 
 
 def projections(dim: int, count: int, generator: torch.Generator) -> Tensor:

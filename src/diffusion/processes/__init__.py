@@ -1,6 +1,7 @@
 """Noise processes in continuous time, x_t = alpha(t) x_0 + sigma(t) eps (``base.Process``):
 the VP (linear and cosine), sub-VP and VE SDEs of Song et al. 2021 (``sde.py``), and a DDPM
-scheduler's discrete table seen in continuous time (``discrete.py``), so that the samplers
+scheduler's discrete table seen in continuous time (``discrete.py``), and EDM's process
+(``edm.py``, Karras et al. 2022), so that the samplers
 and likelihoods of the SDE view run on DDPM-trained models too.
 
 >>> process = VPProcess()                       # beta in [0.1, 20], as Song et al.
@@ -11,6 +12,7 @@ and likelihoods of the SDE view run on DDPM-trained models too.
 
 from diffusion.processes.base import Process
 from diffusion.processes.discrete import DiscreteProcess
+from diffusion.processes.edm import EDMProcess
 from diffusion.processes.sde import (
     CosineVPProcess,
     SubVPProcess,
@@ -21,7 +23,7 @@ from diffusion.processes.sde import (
 
 PROCESSES: dict[str, type[Process]] = {
     "vp": VPProcess, "vp_cosine": CosineVPProcess, "subvp": SubVPProcess, "ve": VEProcess,
-    "discrete": DiscreteProcess}
+    "edm": EDMProcess, "discrete": DiscreteProcess}
 
-__all__ = ["PROCESSES", "CosineVPProcess", "DiscreteProcess", "Process", "SubVPProcess",
-           "VEProcess", "VPProcess", "sigma_max_from_data"]
+__all__ = ["PROCESSES", "CosineVPProcess", "DiscreteProcess", "EDMProcess", "Process",
+           "SubVPProcess", "VEProcess", "VPProcess", "sigma_max_from_data"]

@@ -11,15 +11,20 @@ SDE's coefficients, the prior at t_max, the probability-flow ODE, and the conver
 what a network predicts (epsilon, x_0, v) and the score, grad log p_t(x) = -eps / sigma(t).
 
 What the network sees, for every process: the input x_t * c_in(t) with
-c_in = 1 / sqrt(alpha^2 + sigma^2), so that it always sees the variance-preserving mixture
-a x_0 + s eps with a^2 + s^2 = 1 (for a VP process c_in = 1 and x_t itself; for VE it is the
-sigma-space scaling of Karras et al. 2022), and the time ``model_time(t) = (model_steps - 1) t``:
-DDPM's integer timesteps for its own discrete process, and the labels of Song et al.'s VP
-models (999 t) for the continuous ones. Its predictions are read in those normalised terms
-(``normalised``): eps, x_0 or v = a eps - s x_0.
+c_in = 1 / sqrt(alpha^2 sigma_data^2 + sigma^2), so that it always sees the variance-preserving
+mixture a (x_0 / sigma_data) + s eps with a^2 + s^2 = 1 (for a VP process with sigma_data = 1,
+c_in = 1 and x_t itself; for VE it is the sigma-space scaling of Karras et al. 2022), and the
+time ``model_time(t) = (model_steps - 1) t``: DDPM's integer timesteps for its own discrete
+process, and the labels of Song et al.'s VP models (999 t) for the continuous ones. Its
+predictions are read in those normalised terms (``normalised``): eps, x_0 / sigma_data or
+v = a eps - s x_0 / sigma_data. ``sigma_data`` (1 unless a process sets it: EDM's 0.5) is the
+data's standard deviation the normalisation assumes; with it, v-prediction is exactly EDM's
+preconditioning (Karras et al. 2022, table 1: c_in, c_skip, c_out, and F = -v).
 
 A new process defines ``alpha``, ``sigma``, ``d_log_alpha`` and ``d_sigma2`` (all of float64
-tensors of t) and ``config``; EDM (sigma(t) = t, alpha = 1) and flow matching (alpha = 1 - t,
+tensors of t) and ``config``; it may override ``model_time`` (with ``time_of_model_time``) and
+``time_of`` (the time of a noise level, by bisection otherwise) with closed forms. EDM
+(``edm.EDMProcess``: alpha = 1, sigma on the rho = 7 ramp) and flow matching (alpha = 1 - t,
 sigma = t) fit the same four.
 """
 
@@ -52,13 +57,17 @@ class Process:
 
     name: str = "process"
     t_max: float = 1.0
+    #: whether alpha, sigma, ``time_of`` and ``model_time`` hold past [0, 1] (a closed form
+    #: that extends, as EDM's ramp does), so training may draw times out there
+    extends_past_ends: bool = False
 
     def __init__(self, *, t_min: float = 1e-5, model_steps: int = 1000,
-                 prediction_type: str = "epsilon"):
+                 prediction_type: str = "epsilon", sigma_data: float = 1.0):
         self.t_min = check_number("t_min", t_min, 0, None, below=1.0)
         self.model_steps = check_int("model_steps", model_steps, 2)
         self.prediction_type = check_choice("prediction_type", prediction_type,
                                             PREDICTION_TYPES)
+        self.sigma_data = check_number("sigma_data", sigma_data, above=0)
 
     # ------------------------------------------------------------ to define
     def alpha(self, t: float | Tensor) -> Tensor:
@@ -79,9 +88,11 @@ class Process:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The constructor arguments (``type(p)(**p.config)`` rebuilds it)."""
-        return {"t_min": self.t_min, "model_steps": self.model_steps,
-                "prediction_type": self.prediction_type}
+        """The constructor arguments (``type(p)(**p.config)`` rebuilds it); ``sigma_data``
+        only where it is not 1."""
+        config = {"t_min": self.t_min, "model_steps": self.model_steps,
+                  "prediction_type": self.prediction_type}
+        return config if self.sigma_data == 1.0 else {**config, "sigma_data": self.sigma_data}
 
     @property
     def num_train_timesteps(self) -> int:
@@ -96,13 +107,35 @@ class Process:
         return f, self.d_sigma2(t) - 2.0 * f * self.sigma(t) ** 2
 
     def c_in(self, t: float | Tensor) -> Tensor:
-        """The network's input scale 1 / sqrt(alpha^2 + sigma^2)."""
-        return (self.alpha(t) ** 2 + self.sigma(t) ** 2).rsqrt()
+        """The network's input scale 1 / sqrt(alpha^2 sigma_data^2 + sigma^2)."""
+        return (self.alpha(t) ** 2 * self.sigma_data**2 + self.sigma(t) ** 2).rsqrt()
 
     def normalised(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
-        """(a, s) = c_in (alpha, sigma): the network's x_0 and eps scales, a^2 + s^2 = 1."""
+        """(a, s) = c_in (alpha sigma_data, sigma): the network's x_0 / sigma_data and eps
+        scales, a^2 + s^2 = 1."""
         c = self.c_in(t)
-        return self.alpha(t) * c, self.sigma(t) * c
+        return self.alpha(t) * self.sigma_data * c, self.sigma(t) * c
+
+    def noise_level(self, t: float | Tensor) -> Tensor:
+        """sigma(t) / alpha(t): the noise level of x_t / alpha(t) = x_0 + (sigma / alpha) eps,
+        the variance-exploding view in which the EDM and k-diffusion samplers step."""
+        return self.sigma(t) / self.alpha(t)
+
+    def time_of(self, level: float | Tensor) -> Tensor:
+        """The time t in [0, 1] whose ``noise_level`` is ``level`` (float64; levels outside
+        the process's range give 0 or 1): bisection on the increasing noise level, 60 halvings
+        (to float64's resolution of [0, 1]); processes with a closed form override it."""
+        level = as_time(level)
+        lo, hi = torch.zeros_like(level), torch.ones_like(level)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            above = self.noise_level(mid) > level
+            hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+        return 0.5 * (lo + hi)
+
+    def time_of_model_time(self, model_time: float | Tensor) -> Tensor:
+        """The inverse of ``model_time``: t from what the network is told."""
+        return as_time(model_time) / (self.model_steps - 1)
 
     def log_snr(self, t: float | Tensor) -> Tensor:
         """lambda(t) = log(alpha / sigma), decreasing in t."""
@@ -115,7 +148,8 @@ class Process:
     @property
     def prior_std(self) -> float:
         """The standard deviation of the prior N(0, prior_std^2 I) at t_max that sampling
-        starts from: sqrt(alpha^2 + sigma^2) at t_max (1 for VP; ~sigma_max for VE)."""
+        starts from: sqrt(alpha^2 sigma_data^2 + sigma^2) at t_max (1 for VP; ~sigma_max for
+        VE)."""
         return float(1.0 / self.c_in(self.t_max))
 
     def prior_logp(self, z: Tensor) -> Tensor:
@@ -136,17 +170,17 @@ class Process:
         """(x_0, eps) that ``model_output`` (of ``prediction_type``, made from the input
         c_in(t) x) implies at x_t = ``x``."""
         a, s = (self._per_sample(v, x) for v in self.normalised(t))
-        xn = self._per_sample(self.c_in(t), x) * x  # what the network saw: a x_0 + s eps
+        xn = self._per_sample(self.c_in(t), x) * x  # the network saw a x_0 / sigma_data + s eps
         if self.prediction_type == "epsilon":
             eps = model_output
             x0 = (xn - s * eps) / a
         elif self.prediction_type == "sample":
             x0 = model_output
             eps = (xn - a * x0) / s
-        else:  # v = a eps - s x_0
+        else:  # v = a eps - s x_0 / sigma_data
             x0 = a * xn - s * model_output
             eps = s * xn + a * model_output
-        return x0, eps
+        return (x0 if self.sigma_data == 1.0 else x0 * self.sigma_data), eps
 
     def score(self, model_output: Tensor, x: Tensor, t: float | Tensor) -> Tensor:
         """grad_x log p_t(x) = -eps / sigma(t) from the network's ``model_output``."""
@@ -157,6 +191,7 @@ class Process:
         """What the network learns to output for x_t = add_noise(x0, noise, t)."""
         if self.prediction_type == "epsilon":
             return noise
+        x0 = x0 if self.sigma_data == 1.0 else x0 / self.sigma_data
         if self.prediction_type == "sample":
             return x0
         a, s = (self._per_sample(v, x0) for v in self.normalised(t))

@@ -4,7 +4,8 @@ Samplers by name (``NoiseScheduler.SAMPLERS``): ``ddpm``, ``ddim``, ``dpmpp_2m``
 ``dpmpp_3m``, ``dpmpp_2m_sde`` (DPM-Solver++ of order 2 or 3, ODE or SDE), ``euler``,
 ``euler_a`` (Euler ancestral) and ``heun``. ``RePaintScheduler`` inpaints (its step takes
 the original image and a mask), so it is not among them. The continuous-time samplers
-(``CONTINUOUS_SAMPLERS``: ``pc``, ``em``, ``ode``, ``rk45``, ``ald``) walk a ``diffusion.processes``
+(``CONTINUOUS_SAMPLERS``: ``pc``, ``em``, ``ode``, ``rk45``, ``ald``, and EDM's ``edm``,
+``edm_euler``, ``edm_euler_a``, ``edm_dpmpp_2m``) walk a ``diffusion.processes``
 process, a DDPM table's included (``schedulers.continuous``).
 
 >>> sched = DDPMScheduler(beta_schedule="cosine")
@@ -27,6 +28,7 @@ from diffusion.schedulers.ddpm import DDPMScheduler
 from diffusion.schedulers.dpm_solver import DPMSolverMultistepScheduler
 from diffusion.schedulers.euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from diffusion.schedulers.heun import HeunDiscreteScheduler
+from diffusion.schedulers.karras import KarrasScheduler
 from diffusion.schedulers.repaint import RePaintScheduler
 from diffusion.schedulers.score_sde import ScoreSDEScheduler
 
@@ -34,5 +36,6 @@ __all__ = ["CONTINUOUS_PRESETS", "CONTINUOUS_SAMPLERS", "AdaptiveODESampler",
            "AnnealedLangevinScheduler",
            "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
            "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
+           "KarrasScheduler",
            "NoiseScheduler", "RePaintScheduler", "SchedulerOutput",
            "ScoreSDEScheduler"]

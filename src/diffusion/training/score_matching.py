@@ -13,7 +13,15 @@ lambda(t) of the paper are on the score error |s - grad log p|^2 = |d eps|^2 / s
   log-likelihood (Song et al. 2021b, "Maximum Likelihood Training of Score-Based Diffusion
   Models"), i.e. g^2 / sigma^2 on the epsilon error. Without importance sampling of t its
   variance is high for VP near t_min, where g^2 / sigma^2 ~ 1 / t;
-- ``none``: the plain MSE of the network's own output.
+- ``none``: the plain MSE of the network's own output;
+- ``edm``: Karras et al. 2022's lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
+  on the x_0 error, sigma = sigma(t) / alpha(t): 1 + sigma^2 / sigma_data^2 on the epsilon
+  error, exactly 1 on a v output (``objective=edm``: v-prediction is EDM's preconditioning, so
+  the loss is the plain MSE of F, EDM's own loss value).
+
+``t_sampling: lognormal`` draws EDM's noise levels, ln sigma ~ N(p_mean, p_std^2), and trains
+at their times (``Process.time_of``; past [t_min, 1] only where the process's closed form
+extends there, as EDM's does, and clamped to it otherwise).
 
 ``levels: L`` trains on L times evenly spaced from t_min to 1 only (for a VE process, NCSN's L
 geometric noise levels of Song & Ermon 2019, whose lambda(sigma) = sigma^2 is ``sigma2``); the
@@ -33,7 +41,8 @@ from diffusion.processes.base import Process
 from diffusion.schedulers.continuous import as_process
 from diffusion.training.objectives import LOSSES, T_SAMPLINGS, Objective, error_ratio
 
-DSM_WEIGHTINGS = ("sigma2", "likelihood", "none")
+DSM_WEIGHTINGS = ("sigma2", "likelihood", "none", "edm")
+DSM_T_SAMPLINGS = (*T_SAMPLINGS, "lognormal")
 
 
 class ScoreMatching(Objective):
@@ -42,15 +51,22 @@ class ScoreMatching(Objective):
 
     def __init__(self, scheduler, weighting: str = "sigma2", t_sampling: str = "uniform",
                  offset_noise: float = 0.0, loss: str = "mse", huber_delta: float = 0.1,
-                 levels: int | None = None):
+                 levels: int | None = None, p_mean: float = -1.2, p_std: float = 1.2):
         for key, value, choices in (("weighting", weighting, DSM_WEIGHTINGS),
-                                    ("t_sampling", t_sampling, T_SAMPLINGS),
+                                    ("t_sampling", t_sampling, DSM_T_SAMPLINGS),
                                     ("loss", loss, LOSSES)):
             check_choice(f"objective.{key}", value, choices)
         check_number("objective.huber_delta", huber_delta, above=0)
         check_number("objective.offset_noise", offset_noise, minimum=0)
         if levels is not None:
             check_int("objective.levels", levels, minimum=2, note=" (or null: continuous t)")
+            if t_sampling == "lognormal":
+                raise ValueError("objective.levels draws from L fixed levels and "
+                                 "t_sampling=lognormal from EDM's log-normal: set levels=null "
+                                 "or t_sampling=uniform.")
+        check_number("objective.p_mean", p_mean)
+        check_number("objective.p_std", p_std, above=0)
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
         self.process: Process = as_process(scheduler)
         self.scheduler = self.process
         self.prediction_type = self.process.prediction_type
@@ -59,9 +75,14 @@ class ScoreMatching(Objective):
         self.levels = levels
 
     def sample_timesteps(self, n: int, device: torch.device, generator: torch.Generator):
-        """n times in [t_min, 1) (float64), uniform or stratified (one per slice, shuffled);
+        """n times in [t_min, 1) (float64), uniform or stratified (one per slice, shuffled), or
+        those of EDM's log-normal noise levels (``lognormal``);
         with ``levels`` = L, one of L times evenly spaced from t_min to 1 (NCSN's L noise
         levels: geometric sigmas for a VE process)."""
+        if self.t_sampling == "lognormal":  # EDM: ln sigma ~ N(p_mean, p_std^2)
+            z = torch.randn(n, device=device, generator=generator, dtype=torch.float64)
+            t = self.process.time_of((self.p_mean + self.p_std * z).exp().cpu()).to(device)
+            return t if self.process.extends_past_ends else t.clamp(self.process.t_min, 1.0)
         u = torch.rand(n, device=device, generator=generator, dtype=torch.float64)
         if self.t_sampling == "stratified":
             u = (torch.randperm(n, device=device, generator=generator) + u) / n
@@ -84,6 +105,8 @@ class ScoreMatching(Objective):
         on_eps = torch.ones_like(a)
         if self.weighting == "likelihood":
             on_eps = process.sde(timesteps)[1] / process.sigma(timesteps) ** 2
+        elif self.weighting == "edm":  # 1 + sigma^2 / sigma_data^2 = 1 + 1 / snr
+            on_eps = 1.0 + (s / a) ** 2
         return (on_eps * error_ratio((a / s) ** 2, self.prediction_type)).float()
 
     def weight_table(self) -> Tensor:
