@@ -69,7 +69,8 @@ SAMPLE_CASES = {
     "old-steps-key": (["steps=2", "n=2"], "steps " + MOVED.format(key="steps")),
     "old-eta-key": (["eta=0.5", "n=2"], "eta " + MOVED.format(key="eta")),
     "sampler": (["sampler=foo"], "sampler must be one of ald, ddim, ddpm, dpmpp_2m, "
-                "dpmpp_2m_sde, dpmpp_3m, em, euler, euler_a, heun, ode, pc, rk45; got 'foo'."),
+                "dpmpp_2m_sde, dpmpp_3m, edm, edm_dpmpp_2m, edm_euler, edm_euler_a, em, euler, "
+                "euler_a, heun, ode, pc, rk45; got 'foo'."),
     "seed": (["seed=abc", "n=2", "sampler.steps=2"], "seed must be an integer; got 'abc'."),
     "chain_frames": (["chain=true", "chain_frames=1", "n=2", "sampler.steps=2"],
                      "chain_frames must be an integer >= 2; got 1."),
@@ -126,7 +127,8 @@ def test_unwritable_output_fails_before_sampling(runs, tmp_path):
 
 EVALUATE_CASES = {
     "sampler": (["sampler=foo"], "sampler must be one of ald, ddim, ddpm, dpmpp_2m, "
-                "dpmpp_2m_sde, dpmpp_3m, em, euler, euler_a, heun, ode, pc, rk45; got 'foo'."),
+                "dpmpp_2m_sde, dpmpp_3m, edm, edm_dpmpp_2m, edm_euler, edm_euler_a, em, euler, "
+                "euler_a, heun, ode, pc, rk45; got 'foo'."),
     "steps-above-T": (["sampler.steps=10,2000"], f"{STEPS_RANGE}; got 2000."),
     "eta": (["sampler.eta=2"], "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); "
             "got 2."),
@@ -264,4 +266,5 @@ def test_a_swept_group_names_the_option_that_does_not_exist(runs):
     result = _cli("diffusion.sample", "-m", f"run={runs['plain']}", "n=2", "sampler.steps=2",
                   "sampler=ddim,foo")
     _fails_with(result, "sampler must be one of ald, ddim, ddpm, dpmpp_2m, dpmpp_2m_sde, "
-                        "dpmpp_3m, em, euler, euler_a, heun, ode, pc, rk45; got 'foo'.")
+                        "dpmpp_3m, edm, edm_dpmpp_2m, edm_euler, edm_euler_a, em, euler, euler_a, "
+                        "heun, ode, pc, rk45; got 'foo'.")

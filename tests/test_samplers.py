@@ -51,7 +51,8 @@ def test_every_name_resolves_to_its_class_and_presets():
         assert torch.equal(sched.alphas_cumprod, train.alphas_cumprod)
         assert type(sched).from_config(sched.config).config == sched.config
     with pytest.raises(ValueError, match="sampler must be one of ald, ddim, ddpm, dpmpp_2m, "
-                                         "dpmpp_2m_sde, dpmpp_3m, em, euler, euler_a, heun, "
+                                         "dpmpp_2m_sde, dpmpp_3m, edm, edm_dpmpp_2m, edm_euler, "
+                                         "edm_euler_a, em, euler, euler_a, heun, "
                                          "ode, pc, rk45; got 'dpmpp'."):
         check_sampling("dpmpp", 10, 0.0, 1000)
     with pytest.raises(ValueError, match="eta only applies to sampler=ddim"):

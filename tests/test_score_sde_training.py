@@ -70,7 +70,9 @@ def test_a_continuous_run_refuses_a_discrete_sampler_before_loading(ve_run):
                          config_name="sample")
     with pytest.raises(ValueError, match=r"^DDIMScheduler walks a discrete DDPM noise process; "
                                          r"this run's is VEProcess \(continuous time\): sample "
-                                         r"it with sampler=pc, em, ode, rk45 or ald.$"):
+                                         r"it with sampler=ald, edm, edm_dpmpp_2m, edm_euler, "
+                                         r"edm_euler_a, em, ode, pc "
+                                         r"or rk45.$"):
         sample(cfg)
 
 

@@ -92,7 +92,8 @@ BAD_VALUES = [
     ("data=cifar10", "error: data=cifar10 is not an option of data: choose one of "),
     ("trainer.foo=1", "error: trainer.foo is not a config key: check the override's spelling"),
     ("sampler=foo", "error: sampler=foo is not an option of sampler: choose one of ald, ddim, "
-                    "ddpm, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, em, euler, euler_a, heun, ode, pc, "
+                    "ddpm, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, edm, edm_dpmpp_2m, edm_euler, "
+                    "edm_euler_a, em, euler, euler_a, heun, ode, pc, "
                     "rk45."),
     ("sampler.steps=2000", "error: sampler.steps must be an integer from 1 to 1000 (the "
                            "model's num_train_timesteps); got 2000."),
@@ -106,13 +107,14 @@ BAD_VALUES = [
     ("trainer.loss=l1", "error: trainer.loss is now objective.loss: the training objective is "
                         "a config group, e.g. objective=v_minsnr objective.loss=l1"),
     ("objective=foo", "error: objective=foo is not an option of objective: choose one of dsm, "
-                      "dsm_likelihood, eps, eps_minsnr, eps_p2, v, v_minsnr, v_zero_snr, x0, "
+                      "dsm_likelihood, edm, eps, eps_minsnr, eps_p2, v, v_minsnr, v_zero_snr, x0, "
                       "x0_minsnr."),
     ("scheduler=ve sampler=pc", "error: this objective trains a DDPM noise process; the run's "
                                 "is VEProcess, in continuous time: use objective=dsm."),
     ("scheduler=ve objective=dsm", "error: DDIMScheduler walks a discrete DDPM noise process; "
                                    "this run's is VEProcess (continuous time): sample it with "
-                                   "sampler=pc, em, ode, rk45 or ald."),
+                                   "sampler=ald, edm, edm_dpmpp_2m, edm_euler, edm_euler_a, em, "
+                                   "ode, pc or rk45."),
     ("objective.weighting=snr", "error: objective.weighting must be one of none, min_snr, p2; "
                                 "got 'snr'."),
     ("objective=eps_minsnr scheduler.rescale_betas_zero_snr=true",

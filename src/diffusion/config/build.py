@@ -164,7 +164,13 @@ def build_scheduler(cfg: DictConfig):
 def fit_to_data(cfg: DictConfig, scheduler, train_set, max_images: int = 5000):
     """The training noise process with what it measures from the data: a VE process's
     ``sigma_max: null`` becomes the largest distance between two of the first ``max_images``
-    training images (Song & Ermon 2020), written into ``cfg`` so the run records it."""
+    training images (Song & Ermon 2020), written into ``cfg`` so the run records it. A process
+    with a ``sigma_data`` of its own (EDM's) has the training images' std logged beside it."""
+    if "sigma_data" in getattr(scheduler, "config", {}):
+        n = min(len(train_set), max_images)
+        std = float(torch.stack([train_set[i][0] for i in range(n)]).double().std())
+        log.info("scheduler.sigma_data = %s; the std of the first %d training images is %.4f",
+                 scheduler.sigma_data, n, std)
     if not hasattr(scheduler, "sigma_max") or scheduler.sigma_max is not None:
         return scheduler
     n = min(len(train_set), max_images)

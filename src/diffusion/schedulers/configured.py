@@ -64,9 +64,12 @@ class ConfiguredScheduler:
         """A ``cls`` sampler over ``scheduler``'s noise process (betas, prediction type,
         clipping): only the reverse step changes; ``options`` set its own arguments."""
         if not isinstance(scheduler, ConfiguredScheduler):
+            from diffusion.schedulers.continuous import CONTINUOUS_SAMPLERS
+
+            *names, last = sorted(CONTINUOUS_SAMPLERS)
             raise ValueError(f"{cls.__name__} walks a discrete DDPM noise process; this run's "
                              f"is {type(scheduler).__name__} (continuous time): sample it with "
-                             f"sampler=pc, em, ode, rk45 or ald.")
+                             f"sampler={', '.join(names)} or {last}.")
         keys = cls.config_keys()
         return cls.from_config({k: v for k, v in scheduler.config.items() if k in keys},
                                **options)
