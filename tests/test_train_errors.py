@@ -21,6 +21,8 @@ import torch
 
 from cli_helpers import TINY, cli_env
 from diffusion.commands import train as train_cli
+from diffusion.sampling.checks import SAMPLERS
+from diffusion.schedulers import CONTINUOUS_SAMPLERS
 
 
 def run_main(argv: list[str], capsys, out: list | None = None) -> tuple[int, str]:
@@ -42,6 +44,8 @@ def run_main(argv: list[str], capsys, out: list | None = None) -> tuple[int, str
     return code, err[-1] if err else ""
 
 
+*_NAMES, _LAST = sorted(CONTINUOUS_SAMPLERS)
+CONTINUOUS_LIST = f"{', '.join(_NAMES)} or {_LAST}"
 DENIED = "(?:permission denied|operation not permitted|read-only file system)"
 
 
@@ -91,10 +95,8 @@ BAD_VALUES = [
                       "adamw."),
     ("data=cifar10", "error: data=cifar10 is not an option of data: choose one of "),
     ("trainer.foo=1", "error: trainer.foo is not a config key: check the override's spelling"),
-    ("sampler=foo", "error: sampler=foo is not an option of sampler: choose one of ald, ddim, "
-                    "ddpm, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m, edm, edm_dpmpp_2m, edm_euler, "
-                    "edm_euler_a, em, euler, euler_a, heun, ode, pc, "
-                    "rk45."),
+    ("sampler=foo", "error: sampler=foo is not an option of sampler: choose one of "
+                    f"{', '.join(sorted(SAMPLERS))}."),
     ("sampler.steps=2000", "error: sampler.steps must be an integer from 1 to 1000 (the "
                            "model's num_train_timesteps); got 2000."),
     ("sampler.solver_order=4", "error: sampler.solver_order is not an option of sampler=ddim: "
@@ -113,8 +115,7 @@ BAD_VALUES = [
                                 "is VEProcess, in continuous time: use objective=dsm."),
     ("scheduler=ve objective=dsm", "error: DDIMScheduler walks a discrete DDPM noise process; "
                                    "this run's is VEProcess (continuous time): sample it with "
-                                   "sampler=ald, edm, edm_dpmpp_2m, edm_euler, edm_euler_a, em, "
-                                   "ode, pc or rk45."),
+                                   f"sampler={CONTINUOUS_LIST}."),
     ("objective.weighting=snr", "error: objective.weighting must be one of none, min_snr, p2; "
                                 "got 'snr'."),
     ("objective=eps_minsnr scheduler.rescale_betas_zero_snr=true",

@@ -27,3 +27,10 @@ grid "$OUT/vp/0" vp_pc100 sampler=pc sampler.steps=50
 grid "$OUT/vp/0" vp_ode99 sampler=ode sampler.steps=50
 grid "$OUT/ddpm_v_minsnr/0" ddpm_dpmpp2m100 sampler=dpmpp_2m sampler.steps=100
 python experiments/score_sde_mnist/table.py "$OUT"
+# NCSN (train.sh's last run): annealed Langevin at matched NFE (10 levels x 10 steps + the
+# jump: 101), and at Song & Ermon's 100 steps a level (1,001 NFE), its grid, and bits/dim
+fid "$OUT/ncsn/0" sampler=ald sampler.steps=10 sampler.steps_per_level=10     # 101
+python -m diffusion.evaluate "run=$OUT/ncsn/0" metrics=nll "n=$NLL_N" "metrics.batch_size=$NLL_N"
+grid "$OUT/ncsn/0" ncsn_ald1001 sampler=ald sampler.steps=10 sampler.steps_per_level=100
+fid "$OUT/ncsn/0" sampler=ald sampler.steps=10 sampler.steps_per_level=100    # 1,001
+python experiments/score_sde_mnist/table.py "$OUT"

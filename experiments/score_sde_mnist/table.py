@@ -13,7 +13,8 @@ from pathlib import Path
 from diffusion.reporting.figures import network_evaluations
 
 RUNS = {"ve": "VE SDE, `objective=dsm`", "vp": "VP SDE, `objective=dsm`",
-        "ddpm_v_minsnr": "DDPM, `objective=v_minsnr`"}
+        "ddpm_v_minsnr": "DDPM, `objective=v_minsnr`",
+        "ncsn": "NCSN, `experiment=ncsn_mnist` (10 levels)"}
 
 
 def entries(run: Path, name: str) -> list[dict]:
@@ -29,8 +30,10 @@ def main(root: Path) -> None:
         rows = sorted(entries(run, "eval.json"),
                       key=lambda e: (e["sampler"], e["steps"]))
         for e in rows:
-            nfe = network_evaluations(e["sampler"], e["steps"], e.get("sampler_options"))
-            print(f"| {label} | {e['sampler']}-{e['steps']} | {nfe} | {e['fid']:.1f} | "
+            nfe = e.get("nfe") or network_evaluations(e["sampler"], e["steps"],
+                                                      e.get("sampler_options"))
+            options = "".join(f", {k}={v}" for k, v in (e.get("sampler_options") or {}).items())
+            print(f"| {label} | {e['sampler']}-{e['steps']}{options} | {nfe:g} | {e['fid']:.1f} | "
                   f"{e['floor']:.2f} (n={e['n']}) |")
     print()
     print("| run | ODE bits/dim (n, NFE) | variational bound bits/dim |")

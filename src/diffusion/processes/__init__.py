@@ -1,8 +1,8 @@
 """Noise processes in continuous time, x_t = alpha(t) x_0 + sigma(t) eps (``base.Process``):
-the VP (linear and cosine), sub-VP and VE SDEs of Song et al. 2021 (``sde.py``), and a DDPM
-scheduler's discrete table seen in continuous time (``discrete.py``), and EDM's process
-(``edm.py``, Karras et al. 2022), so that the samplers
-and likelihoods of the SDE view run on DDPM-trained models too.
+the VP (linear and cosine), sub-VP and VE SDEs of Song et al. 2021 (``sde.py``), EDM's process
+(``edm.py``, Karras et al. 2022), flow matching's straight path (``straight.py``), and a DDPM
+scheduler's discrete table seen in continuous time (``discrete.py``), so that the samplers and
+likelihoods of the SDE view run on DDPM-trained models too.
 
 >>> process = VPProcess()                       # beta in [0.1, 20], as Song et al.
 >>> x_t = process.add_noise(x0, noise, t)       # t in [t_min, 1], one per sample
@@ -20,10 +20,12 @@ from diffusion.processes.sde import (
     VPProcess,
     sigma_max_from_data,
 )
+from diffusion.processes.straight import FlowProcess
 
 PROCESSES: dict[str, type[Process]] = {
     "vp": VPProcess, "vp_cosine": CosineVPProcess, "subvp": SubVPProcess, "ve": VEProcess,
-    "edm": EDMProcess, "discrete": DiscreteProcess}
+    "edm": EDMProcess, "flow": FlowProcess, "discrete": DiscreteProcess}
 
-__all__ = ["PROCESSES", "CosineVPProcess", "DiscreteProcess", "EDMProcess", "Process",
+__all__ = ["PROCESSES", "CosineVPProcess", "DiscreteProcess", "EDMProcess", "FlowProcess",
+           "Process",
            "SubVPProcess", "VEProcess", "VPProcess", "sigma_max_from_data"]

@@ -39,7 +39,10 @@ from diffusion.checks import check_choice, check_int, check_number
 
 Tensor = torch.Tensor
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
+"""What a network over a process outputs: epsilon, x_0 / sigma_data, the normalised v, or the
+velocity of the interpolant, u = alpha'(t) x_0 + sigma'(t) eps (``flow_prediction``: eps - x_0
+for flow matching's straight path, diffusers' convention)."""
 
 
 def as_time(t: float | Tensor) -> Tensor:
@@ -85,6 +88,14 @@ class Process:
     def d_sigma2(self, t: float | Tensor) -> Tensor:
         """d sigma^2 / dt."""
         raise NotImplementedError
+
+    def d_alpha(self, t: float | Tensor) -> Tensor:
+        """alpha'(t) = alpha d log alpha / dt (a process may give a closed form)."""
+        return self.alpha(t) * self.d_log_alpha(t)
+
+    def d_sigma(self, t: float | Tensor) -> Tensor:
+        """sigma'(t) = (d sigma^2 / dt) / (2 sigma) (a process may give a closed form)."""
+        return self.d_sigma2(t) / (2.0 * self.sigma(t))
 
     @property
     def config(self) -> dict[str, Any]:
@@ -170,6 +181,12 @@ class Process:
         """(x_0, eps) that ``model_output`` (of ``prediction_type``, made from the input
         c_in(t) x) implies at x_t = ``x``."""
         a, s = (self._per_sample(v, x) for v in self.normalised(t))
+        if self.prediction_type == "flow_prediction":  # u = alpha' x_0 + sigma' eps: solve
+            alpha, sigma, d_alpha, d_sigma = (self._per_sample(v(t), x) for v in (
+                self.alpha, self.sigma, self.d_alpha, self.d_sigma))
+            det = alpha * d_sigma - sigma * d_alpha
+            return (x * d_sigma - sigma * model_output) / det, \
+                (alpha * model_output - d_alpha * x) / det
         xn = self._per_sample(self.c_in(t), x) * x  # the network saw a x_0 / sigma_data + s eps
         if self.prediction_type == "epsilon":
             eps = model_output
@@ -191,11 +208,19 @@ class Process:
         """What the network learns to output for x_t = add_noise(x0, noise, t)."""
         if self.prediction_type == "epsilon":
             return noise
+        if self.prediction_type == "flow_prediction":
+            return self.velocity(x0, noise, t)
         x0 = x0 if self.sigma_data == 1.0 else x0 / self.sigma_data
         if self.prediction_type == "sample":
             return x0
         a, s = (self._per_sample(v, x0) for v in self.normalised(t))
         return a * noise - s * x0
+
+    def velocity(self, x0: Tensor, noise: Tensor, t: float | Tensor) -> Tensor:
+        """d x_t / dt along the path of one (x_0, eps): alpha'(t) x_0 + sigma'(t) eps. With the
+        network's estimates of x_0 and eps it is the probability-flow ODE's drift."""
+        return self._per_sample(self.d_alpha(t), x0) * x0 \
+            + self._per_sample(self.d_sigma(t), x0) * noise
 
     @staticmethod
     def _per_sample(value: Tensor, like: Tensor) -> Tensor:

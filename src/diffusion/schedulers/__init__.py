@@ -4,8 +4,9 @@ Samplers by name (``NoiseScheduler.SAMPLERS``): ``ddpm``, ``ddim``, ``dpmpp_2m``
 ``dpmpp_3m``, ``dpmpp_2m_sde`` (DPM-Solver++ of order 2 or 3, ODE or SDE), ``euler``,
 ``euler_a`` (Euler ancestral) and ``heun``. ``RePaintScheduler`` inpaints (its step takes
 the original image and a mask), so it is not among them. The continuous-time samplers
-(``CONTINUOUS_SAMPLERS``: ``pc``, ``em``, ``ode``, ``rk45``, ``ald``, and EDM's ``edm``,
-``edm_euler``, ``edm_euler_a``, ``edm_dpmpp_2m``) walk a ``diffusion.processes``
+(``CONTINUOUS_SAMPLERS``: ``pc``, ``em``, ``ode``, ``rk45``, ``ald``, EDM's ``edm``,
+``edm_euler``, ``edm_euler_a``, ``edm_dpmpp_2m``, and flow matching's ``flow_euler``,
+``flow_heun``, ``flow_midpoint``) walk a ``diffusion.processes``
 process, a DDPM table's included (``schedulers.continuous``).
 
 >>> sched = DDPMScheduler(beta_schedule="cosine")
@@ -31,6 +32,7 @@ from diffusion.schedulers.heun import HeunDiscreteScheduler
 from diffusion.schedulers.karras import KarrasScheduler
 from diffusion.schedulers.repaint import RePaintScheduler
 from diffusion.schedulers.score_sde import ScoreSDEScheduler
+from diffusion.schedulers.velocity import VelocityScheduler
 
 __all__ = ["CONTINUOUS_PRESETS", "CONTINUOUS_SAMPLERS", "AdaptiveODESampler",
            "AnnealedLangevinScheduler",
@@ -38,4 +40,4 @@ __all__ = ["CONTINUOUS_PRESETS", "CONTINUOUS_SAMPLERS", "AdaptiveODESampler",
            "EulerAncestralDiscreteScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler",
            "KarrasScheduler",
            "NoiseScheduler", "RePaintScheduler", "SchedulerOutput",
-           "ScoreSDEScheduler"]
+           "ScoreSDEScheduler", "VelocityScheduler"]

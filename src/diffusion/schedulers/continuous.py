@@ -60,10 +60,21 @@ class ContinuousSampler:
         return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
+    #: whether it can start where alpha(1) = 0 (flow matching's t = 1, where the SDE's drift
+    #: and the noise level sigma / alpha are infinite): only the velocity samplers can
+    zero_terminal_snr: ClassVar[bool] = False
+
     @classmethod
     def over(cls, noise_process: Any, **options: Any):
         """This sampler over a run's training noise process (see ``as_process``)."""
-        return cls(as_process(noise_process), **options)
+        process = as_process(noise_process)
+        if not cls.zero_terminal_snr and float(process.alpha(process.t_max)) == 0.0:
+            takes = ", ".join(sorted(name for name, c in CONTINUOUS_SAMPLERS.items()
+                                     if c.zero_terminal_snr))
+            raise ValueError(f"{cls.__name__} steps the SDE or the noise level sigma / alpha, "
+                             f"which are infinite at t = 1 for {type(process).__name__} "
+                             f"(alpha(1) = 0): sample it with sampler={takes}.")
+        return cls(process, **options)
 
     def _process(self) -> Process:
         """The process, or a sentence saying how to give one."""

@@ -19,6 +19,11 @@ lambda(t) of the paper are on the score error |s - grad log p|^2 = |d eps|^2 / s
   error, exactly 1 on a v output (``objective=edm``: v-prediction is EDM's preconditioning, so
   the loss is the plain MSE of F, EDM's own loss value).
 
+``t_sampling: logit_normal`` draws t = sigmoid(logit_mean + logit_std z) and ``mode`` SD3's
+mode sampling (``mode_scale``; Esser et al. 2024, section 3.1); ``shift`` moves every drawn t
+to shift t / (1 + (shift - 1) t) (their section 5.3.2). ``objective=flow`` is flow matching:
+the plain MSE of the velocity over ``scheduler=flow``.
+
 ``t_sampling: lognormal`` draws EDM's noise levels, ln sigma ~ N(p_mean, p_std^2), and trains
 at their times (``Process.time_of``; past [t_min, 1] only where the process's closed form
 extends there, as EDM's does, and clamped to it otherwise).
@@ -39,10 +44,11 @@ from torch import Tensor
 from diffusion.checks import check_choice, check_int, check_number
 from diffusion.processes.base import Process
 from diffusion.schedulers.continuous import as_process
+from diffusion.schedulers.velocity import shift_times
 from diffusion.training.objectives import LOSSES, T_SAMPLINGS, Objective, error_ratio
 
 DSM_WEIGHTINGS = ("sigma2", "likelihood", "none", "edm")
-DSM_T_SAMPLINGS = (*T_SAMPLINGS, "lognormal")
+DSM_T_SAMPLINGS = (*T_SAMPLINGS, "lognormal", "logit_normal", "mode")
 
 
 class ScoreMatching(Objective):
@@ -51,7 +57,9 @@ class ScoreMatching(Objective):
 
     def __init__(self, scheduler, weighting: str = "sigma2", t_sampling: str = "uniform",
                  offset_noise: float = 0.0, loss: str = "mse", huber_delta: float = 0.1,
-                 levels: int | None = None, p_mean: float = -1.2, p_std: float = 1.2):
+                 levels: int | None = None, p_mean: float = -1.2, p_std: float = 1.2,
+                 logit_mean: float = 0.0, logit_std: float = 1.0, mode_scale: float = 1.29,
+                 shift: float = 1.0):
         for key, value, choices in (("weighting", weighting, DSM_WEIGHTINGS),
                                     ("t_sampling", t_sampling, DSM_T_SAMPLINGS),
                                     ("loss", loss, LOSSES)):
@@ -66,7 +74,14 @@ class ScoreMatching(Objective):
                                  "or t_sampling=uniform.")
         check_number("objective.p_mean", p_mean)
         check_number("objective.p_std", p_std, above=0)
+        check_number("objective.logit_mean", logit_mean)
+        check_number("objective.logit_std", logit_std, above=0)
+        check_number("objective.mode_scale", mode_scale, -1.0, 1.75,
+                     note=" (SD3's mode sampling is a map of [0, 1] onto itself there)")
+        check_number("objective.shift", shift, above=0)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
+        self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
+        self.mode_scale, self.shift = float(mode_scale), float(shift)
         self.process: Process = as_process(scheduler)
         self.scheduler = self.process
         self.prediction_type = self.process.prediction_type
@@ -83,13 +98,19 @@ class ScoreMatching(Objective):
             z = torch.randn(n, device=device, generator=generator, dtype=torch.float64)
             t = self.process.time_of((self.p_mean + self.p_std * z).exp().cpu()).to(device)
             return t if self.process.extends_past_ends else t.clamp(self.process.t_min, 1.0)
-        u = torch.rand(n, device=device, generator=generator, dtype=torch.float64)
+        t_min = self.process.t_min
+        if self.t_sampling == "logit_normal":  # SD3: t = sigmoid(m + s z)
+            z = torch.randn(n, device=device, generator=generator, dtype=torch.float64)
+            u = torch.sigmoid(self.logit_mean + self.logit_std * z)
+        else:
+            u = torch.rand(n, device=device, generator=generator, dtype=torch.float64)
         if self.t_sampling == "stratified":
             u = (torch.randperm(n, device=device, generator=generator) + u) / n
-        t_min = self.process.t_min
+        elif self.t_sampling == "mode":  # SD3's eq. 20: density heavier in the middle
+            u = 1 - u - self.mode_scale * (torch.cos(torch.pi / 2 * u) ** 2 - 1 + u)
         if self.levels is not None:
             u = (u * self.levels).floor().clamp(max=self.levels - 1) / (self.levels - 1)
-            return t_min + (1.0 - t_min) * u
+        u = shift_times(u, self.shift)
         return t_min + (1.0 - t_min) * u
 
     def noised(self, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -107,6 +128,10 @@ class ScoreMatching(Objective):
             on_eps = process.sde(timesteps)[1] / process.sigma(timesteps) ** 2
         elif self.weighting == "edm":  # 1 + sigma^2 / sigma_data^2 = 1 + 1 / snr
             on_eps = 1.0 + (s / a) ** 2
+        if self.prediction_type == "flow_prediction":  # |d eps| = alpha / det |d u|
+            alpha, sigma = process.alpha(timesteps), process.sigma(timesteps)
+            det = alpha * process.d_sigma(timesteps) - sigma * process.d_alpha(timesteps)
+            return (on_eps * (alpha / det) ** 2).float()
         return (on_eps * error_ratio((a / s) ** 2, self.prediction_type)).float()
 
     def weight_table(self) -> Tensor:

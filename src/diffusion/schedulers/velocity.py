@@ -1,0 +1,135 @@
+"""Flow-matching samplers: the ODE dx/dt = u(x, t) from t = 1 to 0, over any ``Process``.
+
+u is the velocity the network's estimates of x_0 and eps imply, alpha'(t) x_0 + sigma'(t) eps
+(``Process.velocity``): for a flow-matching model (``FlowProcess``, ``prediction_type=
+"flow_prediction"``) the network's own output, eps - x_0; for every other process the same
+probability-flow ODE in that process's time. The grid is diffusers' FlowMatch schedulers': n
+times evenly spaced from 1 to 1 / T (T = the process's ``model_steps``; no lower than its
+t_min), each moved by the time shift t' = shift t / (1 + (shift - 1) t) (Esser et al. 2024,
+section 5.3.2: shift > 1 spends more steps at high noise, for larger images), then t = 0.
+``method``:
+
+* ``euler``: x + (t' - t) u(x, t): n evaluations (diffusers' ``FlowMatchEulerDiscreteScheduler``);
+* ``heun``: Heun's method, the last step (to t = 0) an Euler step: 2 n - 1 evaluations
+  (diffusers' ``FlowMatchHeunDiscreteScheduler``);
+* ``midpoint``: u at the step's midpoint in time: 2 n evaluations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from diffusion.checks import check_choice, check_int, check_number
+from diffusion.processes.base import Process
+from diffusion.schedulers.base import SchedulerOutput
+from diffusion.schedulers.continuous import ContinuousSampler, register
+from diffusion.schedulers.noise import Generators
+
+Tensor = torch.Tensor
+METHODS = ("euler", "heun", "midpoint")
+
+
+def shift_times(t: Tensor, shift: float) -> Tensor:
+    """The time shift of Esser et al. 2024: shift t / (1 + (shift - 1) t); 1 leaves t."""
+    return t if shift == 1.0 else shift * t / (1 + (shift - 1) * t)
+
+
+class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
+    """Euler, Heun or midpoint steps of dx/dt = u on the shifted grid; see the module
+    docstring. ``sampler=flow_euler|flow_heun|flow_midpoint``."""
+
+    stochastic = False
+    zero_terminal_snr = True
+
+    def __init__(self, process: Process | None = None, *, method: str = "euler",
+                 shift: float = 1.0):
+        if process is not None and not isinstance(process, Process):
+            raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
+        self.process = process
+        self.method = check_choice("method", method, METHODS)
+        self.shift = check_number("shift", shift, above=0)
+        self.times = torch.empty(0, dtype=torch.float64)
+        self.timesteps = torch.empty(0)
+        self.num_inference_steps: int | None = None
+        self._calls: list[tuple[str, int, float]] = []
+        self._index = 0
+        self._pending: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"method": self.method, "shift": self.shift}
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return self._process().prior_std
+
+    def set_timesteps(self, num_inference_steps: int, device: Any = None,
+                      times: Tensor | None = None) -> None:
+        """n times (or the given decreasing ``times``, before the shift), then t = 0."""
+        process = self._process()
+        if times is None:
+            n = check_int("num_inference_steps", num_inference_steps, 1)
+            end = max(process.t_min, 1.0 / process.model_steps)
+            times = torch.linspace(1.0, end, n, dtype=torch.float64)
+        times = shift_times(torch.as_tensor(times, dtype=torch.float64).flatten(), self.shift)
+        self.times = torch.cat([times, times.new_zeros(1)])
+        self._calls = []
+        for i in range(len(times)):
+            t, t_next = float(self.times[i]), float(self.times[i + 1])
+            self._calls.append(("first", i, t))
+            if self.method == "midpoint":
+                self._calls.append(("second", i, 0.5 * (t + t_next)))
+            elif self.method == "heun" and t_next > 0:
+                self._calls.append(("second", i, t_next))
+        called = torch.tensor([t for *_, t in self._calls], dtype=torch.float64)
+        self.timesteps = process.model_time(called).float().to(device)
+        self.num_inference_steps = len(times)
+        self._index = 0
+        self._pending = None
+
+    @property
+    def state_positions(self) -> list[int]:
+        return [j for j, (kind, *_) in enumerate(self._calls) if kind == "first"] \
+            + [len(self._calls)]
+
+    def _call(self) -> tuple[str, int, float]:
+        if self._index >= len(self._calls):
+            raise ValueError("all steps of this run are done; call set_timesteps(n) to sample "
+                             "again.")
+        return self._calls[self._index]
+
+    def scale_model_input(self, sample: Tensor, timestep=None) -> Tensor:
+        """The network's input c_in(t) x at this call's time."""
+        _, _, t = self._call()
+        return sample * float(self._process().c_in(t))
+
+    def step(self, model_output: Tensor, timestep, sample: Tensor, *,
+             generator: Generators = None, return_dict: bool = True) -> SchedulerOutput | tuple:
+        """One evaluation's update: an Euler step, or a Heun / midpoint step's half."""
+        kind, i, t = self._call()
+        process = self._process()
+        x0, eps = process.pred_x0_eps(model_output, sample, t)
+        u = process.velocity(x0, eps, t)
+        t_start, t_next = float(self.times[i]), float(self.times[i + 1])
+        if kind == "second":
+            start, u_first = self._pending
+            self._pending = None
+            slope = u if self.method == "midpoint" else 0.5 * (u_first + u)
+            prev = start + (t_next - t_start) * slope
+        elif self.method == "midpoint":
+            self._pending = (sample, u)
+            prev = sample + 0.5 * (t_next - t_start) * u
+        elif self.method == "heun" and t_next > 0:
+            self._pending = (sample, u)
+            prev = sample + (t_next - t_start) * u
+        else:
+            prev = sample + (t_next - t_start) * u
+        self._index += 1
+        out = SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return out if return_dict else tuple(out)
+
+
+register("flow_heun", VelocityScheduler, method="heun")
+register("flow_midpoint", VelocityScheduler, method="midpoint")
