@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from diffusion.checks import check_choice
+from diffusion.processes.base import PREDICTION_TYPES as PROCESS_PREDICTION_TYPES
 from diffusion.schedulers.base import PREDICTION_TYPES
 
 Tensor = torch.Tensor
@@ -74,6 +75,17 @@ class GaussianMixture:
         resp = (log_comp - log_comp.logsumexp(dim=1, keepdim=True)).exp()  # r_k, (B, K)
         resp_over_var = resp / var
         return a.sqrt() * (resp_over_var @ self.means) - x * resp_over_var.sum(1, keepdim=True)
+
+    def x0_mean(self, x: Tensor, a: float | Tensor) -> Tensor:
+        """E[x_0 | x_t = x] at alpha_bar = ``a``, summed over the components' posteriors
+        (mu_k + sqrt(a) s_k^2 / v_k (x - sqrt(a) mu_k)), so it holds at a = 0 too (the
+        mixture's mean), where (x - sqrt(1 - a) eps) / sqrt(a) is 0 / 0."""
+        a = _alpha(a)
+        log_comp, var = self._log_components(x, a)
+        resp = (log_comp - log_comp.logsumexp(dim=1, keepdim=True)).exp()  # (B, K)
+        gain = a.sqrt() * self.stds**2 / var  # (K,) or (B, K)
+        return resp @ self.means + (resp * gain).sum(1, keepdim=True) * x \
+            - (resp * gain * a.sqrt()) @ self.means
 
     def eps(self, x: Tensor, a: float | Tensor) -> Tensor:
         """E[eps | x_t = x] = -sqrt(1 - a) score(x): the exact epsilon-prediction."""
@@ -139,7 +151,8 @@ class ExactModel(nn.Module):
     def __init__(self, mixture: GaussianMixture, alphas_cumprod: Tensor | None = None,
                  prediction_type: str = "epsilon", process=None):
         super().__init__()
-        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("prediction_type", prediction_type,
+                     PROCESS_PREDICTION_TYPES if process is not None else PREDICTION_TYPES)
         if (alphas_cumprod is None) == (process is None):
             raise ValueError("give the exact model one noise process: alphas_cumprod or "
                              "process.")
@@ -204,9 +217,10 @@ class ExactModel(nn.Module):
         for i in range(0, len(x_t), rows):
             rows_of = slice(0, 1) if len(t) == 1 else slice(i, i + rows)
             part_a = a[rows_of].reshape(()) if len(t) == 1 else a[rows_of]
-            parts.append(self.mixture.eps(x_t[i:i + rows] / scale[rows_of], part_a))
-        eps = torch.cat(parts)
-        x0 = (x_t - sigma * eps) / alpha
+            block = x_t[i:i + rows] / scale[rows_of]
+            parts.append((self.mixture.eps(block, part_a), self.mixture.x0_mean(block, part_a)))
+        eps = torch.cat([e for e, _ in parts])
+        x0 = torch.cat([m for _, m in parts])  # E[x_0 | x_t]: exact at alpha = 0 too
         out = process.training_target(x0, eps, t if len(t) == 1 else t.reshape(-1))
         return out.to(x.dtype).reshape(x.shape)
 

@@ -39,8 +39,9 @@ from diffusion.oracle.mixtures import (
     mode_stats,
     projections,
 )
+from diffusion.processes import PROCESSES, Process
 from diffusion.sampling import pipeline
-from diffusion.sampling.checks import SAMPLERS
+from diffusion.sampling.checks import SAMPLER_PRESETS, SAMPLERS
 from diffusion.schedulers import CONTINUOUS_SAMPLERS, DDPMScheduler, NoiseScheduler
 from diffusion.schedulers.base import PREDICTION_TYPES, TIMESTEP_SPACINGS
 from diffusion.schedulers.betas import BETA_SCHEDULES
@@ -76,7 +77,8 @@ class OracleConfig:
                 raise ValueError(f"unknown sampler {name!r}; valid samplers are "
                                  f"{', '.join(registered)}.")
         for key, values, valid in (("dataset", self.datasets, sorted(DATASETS)),
-                                   ("schedule", self.schedules, sorted(BETA_SCHEDULES)),
+                                   ("schedule", self.schedules,
+                                    sorted(BETA_SCHEDULES) + sorted(ORACLE_PROCESSES)),
                                    ("spacing", self.spacings, TIMESTEP_SPACINGS),
                                    ("prediction type", self.prediction_types, PREDICTION_TYPES)):
             for value in values:
@@ -144,11 +146,30 @@ def generator(seed: int, *tags: object) -> torch.Generator:
 
 
 def training_scheduler(cfg: OracleConfig, schedule: str, spacing: str,
-                       prediction_type: str) -> NoiseScheduler:
-    """The noise process the exact model is "trained" on; the samplers copy it."""
+                       prediction_type: str) -> NoiseScheduler | Process:
+    """The noise process the exact model is "trained" on; the samplers copy it. A schedule
+    named after a continuous process (``edm``, ``flow``, ``vp``, ``vp_cosine``, ``subvp``) is
+    that process with its own defaults, its own prediction type included (EDM's v, flow's
+    velocity), whatever ``prediction_type`` says."""
+    if schedule in ORACLE_PROCESSES:
+        return ORACLE_PROCESSES[schedule]()
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=schedule,
                          timestep_spacing=spacing, prediction_type=prediction_type,
                          clip_sample=cfg.clip_sample)
+
+
+ORACLE_PROCESSES = {name: PROCESSES[name] for name in ("edm", "flow", "vp", "vp_cosine", "subvp")}
+"""The continuous processes the harness can train its exact model on (``--schedules``)."""
+
+
+def runs_on(sampler: str, train) -> bool:
+    """Whether ``sampler`` can walk ``train``'s process: the discrete samplers need a DDPM
+    table, and only the velocity samplers start where alpha(1) = 0 (flow)."""
+    try:
+        SAMPLERS[sampler].over(train, **SAMPLER_PRESETS[sampler])
+    except ValueError:
+        return False
+    return True
 
 
 def is_adaptive(sampler: str) -> bool:
@@ -216,6 +237,9 @@ def run_oracle(cfg: OracleConfig, log=None) -> dict:
         for schedule, spacing, prediction, (sampler, nfe, tolerance) in itertools.product(
                 cfg.schedules, cfg.spacings, cfg.prediction_types, targets):
             train = training_scheduler(cfg, schedule, spacing, prediction)
+            if not runs_on(sampler, train):
+                continue
+            prediction = train.prediction_type
             got = sample_with(mixture, train, sampler, nfe or cfg.num_train_timesteps, x_T,
                               stream_seed(cfg.seed, name, "steps"), cfg.eta, tolerance)
             sw = distance(got["samples"])

@@ -117,7 +117,10 @@ class DiffusionPipeline(EditingMethods):
         self.sample_shape = tuple(sample_shape)
         num_train_timesteps = scheduler.num_train_timesteps
         if sampler is None and not isinstance(scheduler, NoiseScheduler):
-            sampler = SamplerSpec("ode", 50, None)  # a continuous-time process: its ODE
+            # a continuous-time process: its probability-flow ODE (the velocity's, where the
+            # SDE's drift is infinite at t = 1: flow matching)
+            zero_terminal = float(scheduler.alpha(scheduler.t_max)) == 0.0
+            sampler = SamplerSpec("flow_euler" if zero_terminal else "ode", 50, None)
         if sampler is None:  # DDIM-50 (all T steps where T is smaller)
             sampler = replace(SamplerSpec(), steps=min(SamplerSpec.steps, num_train_timesteps))
         else:
