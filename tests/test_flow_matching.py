@@ -173,7 +173,8 @@ def test_other_samplers_refuse_a_flow_process_in_one_sentence():
     assert len(sched.timesteps) == 7 and math.isclose(float(sched.times[0]), 1.0)
 
 
-def test_a_flow_run_trains_and_samples_with_each_velocity_sampler(tmp_path, tiny_mnist_root):
+def test_a_flow_run_trains_and_samples_with_each_velocity_sampler_and_guidance(
+        tmp_path, tiny_mnist_root):
     from omegaconf import OmegaConf
 
     from diffusion.commands.sample import sample
@@ -183,15 +184,22 @@ def test_a_flow_run_trains_and_samples_with_each_velocity_sampler(tmp_path, tiny
     run, summary = run_training(tmp_path, tiny_mnist_root, "model=basic",
                                 "model.base_channels=8", "scheduler=flow", "objective=flow",
                                 "objective.t_sampling=logit_normal", "sampler=flow_euler",
-                                "sampler.steps=3")
+                                "sampler.steps=3", "conditioning=class")
     # an untrained network's velocity MSE is about E|eps - x_0|^2 = 1 + E[x_0^2] (~1.9 here)
     assert summary["step"] == 4 and 1.0 < summary["train/loss"] < 3.0
     saved = OmegaConf.load(run / "config.yaml")
     assert saved.scheduler._target_ == "diffusion.processes.FlowProcess"
     assert saved.scheduler.prediction_type == "flow_prediction"
     assert (saved.objective.weighting, saved.objective.t_sampling) == ("none", "logit_normal")
-    for name in ("flow_euler", "flow_heun", "flow_midpoint"):
+    drawn = {}
+    for name, scale in (("flow_euler", 1.0), ("flow_heun", 1.0), ("flow_midpoint", 1.0),
+                        ("flow_euler", 3.0)):
         cfg = compose_config([f"run={run}", f"sampler={name}", "sampler.steps=3", "n=2",
-                              "device=cpu", "save_tensors=true"], config_name="sample")
+                              f"guidance_scale={scale}", "labels=[0,1]", "device=cpu",
+                              "save_tensors=true",
+                              f"out={tmp_path / f'{name}-{scale}.png'}"], config_name="sample")
         images = torch.load(sample(cfg)["tensors"], weights_only=True)
         assert images.shape == (2, 1, 28, 28) and torch.isfinite(images).all(), name
+        drawn[name, scale] = images
+    # classifier-free guidance combines the velocities: it changes the draw from the same noise
+    assert not torch.equal(drawn["flow_euler", 3.0], drawn["flow_euler", 1.0])
