@@ -203,3 +203,36 @@ def test_a_flow_run_trains_and_samples_with_each_velocity_sampler_and_guidance(
         drawn[name, scale] = images
     # classifier-free guidance combines the velocities: it changes the draw from the same noise
     assert not torch.equal(drawn["flow_euler", 3.0], drawn["flow_euler", 1.0])
+
+
+def test_a_flow_model_inverts_along_its_ode_and_regenerates():
+    """The exact velocity of N(0, c^2) pixels as a pipeline's network: inversion runs
+    flow_euler's steps backwards to x_1 (the linear map x_0 / c, up to Euler's error), and
+    regenerate brings the images back (measured: within 0.019), and four fixed-point
+    iterations a step make the round trip exact to float32 (2.4e-7)."""
+    from diffusion.sampling.pipeline import DiffusionPipeline
+
+    process, c = FlowProcess(), 0.5
+
+    class ExactVelocity(torch.nn.Module):
+        num_classes = None
+
+        def forward(self, x_in, model_time, y=None):
+            t = process.time_of_model_time(model_time.double().flatten()[:1]).reshape(())
+            x = x_in.double() / process.c_in(t)
+            eps = t * x / ((1 - t) ** 2 * c**2 + t**2)
+            x0 = (x - t * eps) / (1 - t) if float(t) < 1 else torch.zeros_like(x)
+            return (eps - x0).float()
+
+    pipe = DiffusionPipeline(ExactVelocity(), process, (1, 4, 4), device="cpu")
+    assert pipe.sampler.name == "flow_euler"
+    images = (torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * c).clamp(-1, 1)
+    plain = pipe.invert(images, steps=50)
+    assert float((plain.latents / (images / c)).median()) == pytest.approx(1.0, abs=0.05)
+    back = pipe.regenerate(plain.latents, steps=50).images
+    refined = pipe.regenerate(pipe.invert(images, steps=50, fixed_point=4).latents,
+                              steps=50).images
+    plain_error = float((back - images).abs().max())
+    refined_error = float((refined - images).abs().max())
+    assert refined_error < 1e-3 and refined_error < plain_error / 5, (plain_error,
+                                                                      refined_error)

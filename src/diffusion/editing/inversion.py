@@ -20,6 +20,10 @@ taken at the current estimate of x_t instead, and x_t recomputed, that many time
 point is exactly the x_t whose DDIM step lands on x_s, so the round trip then errs only by
 the iteration's residual (and by x_0 clipping in the sampler, which the inversion cannot
 undo); each iteration costs one more model evaluation per step.
+
+A run over a continuous process (a flow-matching model, EDM, the score SDEs) inverts the same
+way along its probability-flow ODE in velocity form: ``flow_euler``'s steps run backwards
+(``regenerate`` decodes with ``flow_euler``), t from 0 up to 1.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import torch
 
 from diffusion.checks import check_int
 from diffusion.editing.inputs import check_edit, in_batches
+from diffusion.processes.base import Process
 from diffusion.schedulers import DDIMScheduler
+from diffusion.schedulers.velocity import VelocityScheduler
 
 
 @torch.no_grad()
@@ -43,6 +49,8 @@ def invert(pipe, images: torch.Tensor, steps: int = 50,
     images, y = check_edit(pipe, images, steps, y, batch_size,
                            timestep_spacing=timestep_spacing)
     check_int("fixed_point", fixed_point, minimum=0)
+    if isinstance(pipe.scheduler, Process):
+        return _invert_flow(pipe, images, steps, y, fixed_point, batch_size)
     sched = decoder(pipe, timestep_spacing)
     sched.set_timesteps(steps)
     levels = [-1, *reversed(sched.timesteps.tolist())]  # -1: the clean image (final alpha)
@@ -63,9 +71,42 @@ def invert(pipe, images: torch.Tensor, steps: int = 50,
     return in_batches(len(images), batch_size, run)
 
 
-def decoder(pipe, timestep_spacing: str | None = "trailing") -> DDIMScheduler:
+def _invert_flow(pipe, images: torch.Tensor, steps: int, y, fixed_point: int,
+                 batch_size: int) -> torch.Tensor:
+    """A continuous process's inversion: the Euler steps of ``flow_euler`` (the probability-
+    flow ODE in the velocity form, ``schedulers.velocity``) run backwards, each from level s up
+    to t with the velocity at the target t, x_t = x_s + (t - s) u(x_t, t): taken at x_s, then
+    refined ``fixed_point`` times at the current x_t (the exact inverse of the Euler step down
+    is its fixed point). The latents are x at t = 1 over the prior's std: N(0, I) noise."""
+    sched = decoder(pipe)
+    sched.set_timesteps(steps)
+    process, times = pipe.scheduler, sched.times.tolist()[::-1]  # 0, then up to 1
+
+    def velocity(x: torch.Tensor, t: float, labels) -> torch.Tensor:
+        out = pipe.model_output(x * float(process.c_in(t)),
+                                process.model_time(t).float().to(pipe.device), labels)
+        x0, eps = process.pred_x0_eps(out, x, t)
+        return process.velocity(x0, eps, t)
+
+    def run(part: slice) -> torch.Tensor:
+        x = images[part].to(pipe.device)
+        labels = None if y is None else y[part].to(pipe.device)
+        for s, t in zip(times, times[1:], strict=False):
+            x_t = x
+            for _ in range(1 + fixed_point):
+                x_t = x + (t - s) * velocity(x_t, t, labels)
+            x = x_t
+        return x / process.prior_std  # in units of the prior, as sampling's starting noise
+
+    return in_batches(len(images), batch_size, run)
+
+
+def decoder(pipe, timestep_spacing: str | None = "trailing") -> DDIMScheduler | VelocityScheduler:
     """The sampler that maps an inverted x_T back to its image: DDIM, eta 0, no clipping,
-    over the pipeline's noise process (``timestep_spacing`` None: the training one's)."""
+    over the pipeline's noise process (``timestep_spacing`` None: the training one's); for a
+    continuous process, the velocity ODE's Euler steps (``flow_euler``)."""
+    if isinstance(pipe.scheduler, Process):
+        return VelocityScheduler(pipe.scheduler, method="euler")
     spacing = {} if timestep_spacing is None else {"timestep_spacing": timestep_spacing}
     return DDIMScheduler.over(pipe.scheduler, eta=0.0, clip_sample=False, **spacing)
 
