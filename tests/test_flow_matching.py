@@ -205,6 +205,24 @@ def test_a_flow_run_trains_and_samples_with_each_velocity_sampler_and_guidance(
     assert not torch.equal(drawn["flow_euler", 3.0], drawn["flow_euler", 1.0])
 
 
+class ExactVelocity(torch.nn.Module):
+    """The exact velocity network of N(0, c^2) pixels under ``process`` (flow matching)."""
+
+    num_classes = None
+
+    def __init__(self, process, c):
+        super().__init__()
+        self.process, self.c = process, c
+
+    def forward(self, x_in, model_time, y=None):
+        process, c = self.process, self.c
+        t = process.time_of_model_time(model_time.double().flatten()[:1]).reshape(())
+        x = x_in.double() / process.c_in(t)
+        eps = t * x / ((1 - t) ** 2 * c**2 + t**2)
+        x0 = (x - t * eps) / (1 - t) if float(t) < 1 else torch.zeros_like(x)
+        return (eps - x0).float()
+
+
 def test_a_flow_model_inverts_along_its_ode_and_regenerates():
     """The exact velocity of N(0, c^2) pixels as a pipeline's network: inversion runs
     flow_euler's steps backwards to x_1 (the linear map x_0 / c, up to Euler's error), and
@@ -213,18 +231,7 @@ def test_a_flow_model_inverts_along_its_ode_and_regenerates():
     from diffusion.sampling.pipeline import DiffusionPipeline
 
     process, c = FlowProcess(), 0.5
-
-    class ExactVelocity(torch.nn.Module):
-        num_classes = None
-
-        def forward(self, x_in, model_time, y=None):
-            t = process.time_of_model_time(model_time.double().flatten()[:1]).reshape(())
-            x = x_in.double() / process.c_in(t)
-            eps = t * x / ((1 - t) ** 2 * c**2 + t**2)
-            x0 = (x - t * eps) / (1 - t) if float(t) < 1 else torch.zeros_like(x)
-            return (eps - x0).float()
-
-    pipe = DiffusionPipeline(ExactVelocity(), process, (1, 4, 4), device="cpu")
+    pipe = DiffusionPipeline(ExactVelocity(process, c), process, (1, 4, 4), device="cpu")
     assert pipe.sampler.name == "flow_euler"
     images = (torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * c).clamp(-1, 1)
     plain = pipe.invert(images, steps=50)
@@ -236,3 +243,37 @@ def test_a_flow_model_inverts_along_its_ode_and_regenerates():
     refined_error = float((refined - images).abs().max())
     assert refined_error < 1e-3 and refined_error < plain_error / 5, (plain_error,
                                                                       refined_error)
+
+
+def test_straightness_is_zero_for_straight_paths_and_the_integral_otherwise():
+    """Liu et al.'s straightness along the exact flow: data at one point m has straight paths
+    (x_t = (1 - t) m + t x_1), so S = 0; for N(0, c^2) data the paths are x_1 g(t) with
+    g = sqrt((1 - t)^2 c^2 + t^2), and S = integral of (1 - c - g'(t))^2 dt (E x_1^2 = 1)."""
+    from diffusion.metrics.straightness import straightness
+
+    process = FlowProcess()
+    noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    m = torch.tensor([0.3, -0.2], dtype=F64)
+    dirac = straightness(lambda x, t: (x - m) / t, process, noise, steps=50)
+    assert dirac.value < 1e-20 and dirac.n == 4000
+
+    c = 0.5
+
+    def gaussian(x, t):
+        eps = t * x / ((1 - t) ** 2 * c**2 + t**2)
+        x0 = (x - t * eps) / (1 - t) if t < 1 else torch.zeros_like(x)
+        return eps - x0
+
+    t = torch.linspace(0, 1, 200_001, dtype=F64)
+    g_prime = ((t - (1 - t) * c**2) / ((1 - t) ** 2 * c**2 + t**2).sqrt())
+    exact = float(torch.trapezoid((1 - c - g_prime) ** 2, t))
+    measured = straightness(gaussian, process, noise, steps=400)
+    assert measured.value == pytest.approx(exact, rel=0.05), (measured.value, exact)
+    # the same through a pipeline's network (float32): pipeline_velocity reads its output
+    from diffusion.metrics.straightness import pipeline_velocity
+    from diffusion.sampling.pipeline import DiffusionPipeline
+
+    pipe = DiffusionPipeline(ExactVelocity(process, c), process, (2, 1, 1), device="cpu")
+    through = straightness(pipeline_velocity(pipe), process,
+                           noise[:1000].reshape(1000, 2, 1, 1), steps=400)
+    assert through.value == pytest.approx(exact, rel=0.08), (through.value, exact)
