@@ -155,7 +155,7 @@ def markdown(result: dict, out: str, reading: str = "") -> str:
         f"Data: `ring` (8 equal modes on radius 0.8, std 0.05, 2-D) and `mix64` (10 modes, "
         f"64-D, weights 5-15%, stds 0.05-0.12, means in [-0.5, 0.5]). T = "
         f"{cfg['num_train_timesteps']}; clip_sample {clip}. Every sampler starts from the "
-        f"same x_T; eta = {cfg['eta']} where a sampler takes one.", "",
+        f"same x_T; eta = {cfg['eta']} for DDIM (the ancestral samplers keep their own, 1).", "",
         "## Results", "", *_tables(result),
         "## Summary (computed from the tables)", "", *_summary(result), "",
         "## Floors", "", *floors, "",

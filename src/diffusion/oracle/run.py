@@ -103,7 +103,7 @@ class OracleConfig:
             if repeated:
                 raise ValueError(f"--{key} lists {', '.join(repeated)} more than once: each "
                                  "value once (a repeat would only run again).")
-        takes_eta = [s for s in self.samplers if "eta" in SAMPLERS[s].config_keys()]
+        takes_eta = [s for s in self.samplers if takes_harness_eta(s)]
         if self.eta and not takes_eta:
             raise ValueError(f"--eta {self.eta:g} changes nothing: none of "
                              f"{', '.join(self.samplers)} takes eta (ddim does).")
@@ -172,6 +172,13 @@ def runs_on(sampler: str, train) -> bool:
     return True
 
 
+def takes_harness_eta(sampler: str) -> bool:
+    """Whether ``--eta`` applies to ``sampler``: DDIM's, whose own default is 0 (the ancestral
+    samplers' eta, 1 by default, is theirs: 0 would make edm_euler_a plain Euler)."""
+    cls = SAMPLERS[sampler]
+    return "eta" in cls.config_keys() and cls.config_defaults().get("eta") == 0.0
+
+
 def is_adaptive(sampler: str) -> bool:
     """Whether the sampler named ``sampler`` picks its own steps (run at ``tolerances``)."""
     return bool(getattr(SAMPLERS[sampler], "adaptive", False))
@@ -184,7 +191,13 @@ def sample_with(mixture: GaussianMixture, train: NoiseScheduler, sampler: str, n
     sampler: at rtol = atol = ``tolerance``, ``nfe`` its cap), through the pipeline's own
     loop. Returns the samples (n, D), the steps asked for, the calls made and the seconds
     taken."""
-    eta = eta if "eta" in SAMPLERS[sampler].config_keys() else 0.0
+    cls = SAMPLERS[sampler]
+    if takes_harness_eta(sampler):
+        pass
+    elif "eta" in cls.config_keys():  # an ancestral sampler keeps its own (edm_euler_a: 1)
+        eta = SAMPLER_PRESETS[sampler].get("eta", cls.config_defaults().get("eta"))
+    else:
+        eta = 0.0
     tolerances = {} if tolerance is None else {"rtol": tolerance, "atol": tolerance}
     built = pipeline.make_sampler(train, sampler, eta, **tolerances)
     if tolerance is not None:
