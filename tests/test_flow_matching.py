@@ -277,3 +277,46 @@ def test_straightness_is_zero_for_straight_paths_and_the_integral_otherwise():
     through = straightness(pipeline_velocity(pipe), process,
                            noise[:1000].reshape(1000, 2, 1, 1), steps=400)
     assert through.value == pytest.approx(exact, rel=0.08), (through.value, exact)
+
+
+class ExactGaussian(torch.nn.Module):
+    """The exact network of N(0, c^2) pixels under any ``process``: its training target at the
+    posterior means x0_hat = alpha c^2 x / var and eps_hat = sigma x / var."""
+
+    num_classes = None
+
+    def __init__(self, process, c):
+        super().__init__()
+        self.process, self.c = process, c
+
+    def forward(self, x_in, model_time, y=None):
+        process, c = self.process, self.c
+        t = process.time_of_model_time(model_time.double().flatten()[:1]).reshape(())
+        x = x_in.double() / process.c_in(t)
+        alpha, sigma = process.alpha(t), process.sigma(t)
+        var = alpha**2 * c**2 + sigma**2
+        return process.training_target(alpha * c**2 * x / var, sigma * x / var, t).float()
+
+
+@pytest.mark.parametrize("name, sampler, steps", [
+    ("flow", "flow_euler", 50), ("vp", "pc", 100), ("edm", "edm", 18), ("ve", "ald", 10)])
+def test_a_continuous_run_inpaints_by_replacing_the_known_pixels(name, sampler, steps):
+    """Independent N(0, c^2) pixels: the filled-in half is drawn from its marginal (std c),
+    the kept half is the original exactly, whatever the process and its sampler."""
+    from diffusion.processes import PROCESSES
+    from diffusion.sampling.pipeline import DiffusionPipeline
+    from diffusion.sampling.sampler import SamplerSpec
+
+    process, c = PROCESSES[name](), 0.5
+    pipe = DiffusionPipeline(ExactGaussian(process, c), process, (1, 8, 8), device="cpu",
+                             sampler=SamplerSpec(sampler, steps, None, {"steps_per_level": 100}
+                                                 if sampler == "ald" else {}))
+    images = (torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * c
+              ).clamp(-1, 1)
+    mask = torch.zeros(8, 8)
+    mask[:, 4:] = 1.0
+    out = pipe.inpaint(images, mask, seed=1).images
+    torch.testing.assert_close(out[..., :4], images[..., :4])
+    filled = out[..., 4:]
+    assert float(filled.std()) == pytest.approx(c, rel=0.1), float(filled.std())
+    assert not torch.allclose(filled, images[..., 4:], atol=0.1)

@@ -225,3 +225,42 @@ def test_backbones_take_a_float_time_equal_to_the_integer_one(model):
         nearby = net(x, torch.tensor([500.001, 500.001]))
     assert torch.equal(at_int, at_float)
     assert 0 < (nearby - at_int).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("task", ["inpaint", "invert"])
+def test_ve_run_inpaints_and_inverts_from_the_command_line(ve_run, task, tiny_mnist_root):
+    """A continuous run edits with its own samplers: inpainting by replacing the known pixels
+    (Song et al. 2021) with pc, inversion along the probability-flow ODE with flow_euler; a
+    discrete sampler, or img2img, is refused in one sentence."""
+    from diffusion.commands.edit import edit
+
+    run, _ = ve_run
+    sampler = ["sampler=pc", "sampler.steps=3"] if task == "inpaint" else [
+        "sampler=flow_euler", "sampler.steps=3"]
+    samples = ["samples=1"] if task == "inpaint" else []
+    cfg = compose_config([f"run={run}", f"task={task}", "n=2", *samples, "device=cpu",
+                          f"data_root={tiny_mnist_root}", "save_tensors=true", *sampler],
+                         config_name="edit")
+    written = edit(cfg)
+    saved = torch.load(written["tensors"], weights_only=True)
+    results = saved["results"] if "results" in saved else saved["x_T"]
+    assert torch.isfinite(results).all()
+
+
+def test_ve_run_refuses_edits_it_cannot_run(ve_run, tiny_mnist_root):
+    from diffusion.commands.edit import edit
+
+    run, _ = ve_run
+    for task, sampler, message in (
+            ("inpaint", "ald", None),
+            ("inpaint", "rk45", "inpaint of a continuous-time run replaces the known pixels"),
+            ("invert", "pc", "invert of a continuous-time run follows its ODE in velocity form"),
+            ("img2img", "pc", "img2img starts a discrete sampler part-way")):
+        cfg = compose_config([f"run={run}", f"task={task}", "n=2", "device=cpu",
+                              f"data_root={tiny_mnist_root}", f"sampler={sampler}",
+                              "sampler.steps=3"], config_name="edit")
+        if message is None:
+            edit(cfg)
+            continue
+        with pytest.raises(ValueError, match=message):
+            edit(cfg)

@@ -27,6 +27,7 @@ from diffusion.config.options import TASK_KEYS, check_edit_options
 from diffusion.editing import mask_option
 from diffusion.editing.sources import read_input
 from diffusion.errors import ConfigError
+from diffusion.processes.base import Process
 from diffusion.reporting.pictures import save_labelled_grid
 from diffusion.runs.load import newest_checkpoint
 from diffusion.runs.records import portable_arg, shell_word
@@ -142,9 +143,11 @@ def _img2img(cfg, pipe, images, mask, labels):
 def _inpaint(cfg, pipe, images, mask, labels):
     k = cfg.samples
     spec = SamplerSpec.from_config(cfg.sampler)
-    out = pipe.inpaint(_repeat(images, k), _repeat(mask, k), jump_length=cfg.jump_length,
-                       jump_n_sample=cfg.jump_n_sample,
-                       eta=spec.eta if spec.name == "ddim" else 1.0,
+    continuous = isinstance(pipe.scheduler, Process)  # Song et al.'s replacement, not RePaint
+    options = ({"sampler": spec.build(pipe.scheduler)} if continuous else
+               {"jump_length": cfg.jump_length, "jump_n_sample": cfg.jump_n_sample,
+                "eta": spec.eta if spec.name == "ddim" else 1.0})
+    out = pipe.inpaint(_repeat(images, k), _repeat(mask, k), **options,
                        generator=torch.Generator().manual_seed(cfg.seed), y=_repeat(labels, k),
                        **_common(cfg)).images
     known_error = ((out - _repeat(images, k)) * (1 - _repeat(mask, k))).abs().max().item()

@@ -24,8 +24,9 @@ from diffusion.config.paths import CONF_DIR
 from diffusion.config.runs import run_config
 from diffusion.editing.img2img import check_strength
 from diffusion.errors import ConfigError
+from diffusion.processes.base import Process
 from diffusion.runtime.device import resolve_device, resolve_precision
-from diffusion.sampling.checks import labels_option
+from diffusion.sampling.checks import SAMPLERS, labels_option
 from diffusion.sampling.pipeline import compile_mode
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.schedulers.betas import BETA_SCHEDULES
@@ -107,7 +108,8 @@ def check_edit_options(cfg: DictConfig) -> RunOptions:
     """``diffusion.edit``'s options (its inputs and mask are files, read by the command)."""
     run = check_run_options(cfg, "edit")
     check_choice("task", cfg.task, EDIT_TASKS)
-    check_task_sampler(cfg.task, run.spec)
+    check_task_sampler(cfg.task, run.spec,
+                       continuous=isinstance(build_scheduler(run.run_cfg), Process))
     defaults = OmegaConf.load(CONF_DIR / "edit.yaml")
     for task, keys in TASK_KEYS.items():
         for key in set(keys) - set(TASK_KEYS[cfg.task]):
@@ -125,9 +127,24 @@ def check_edit_options(cfg: DictConfig) -> RunOptions:
     return run
 
 
-def check_task_sampler(task: str, spec: SamplerSpec) -> None:
+def check_task_sampler(task: str, spec: SamplerSpec, continuous: bool = False) -> None:
     """The samplers a task runs with: img2img any; RePaint's steps are DDIM (with its eta) or
-    DDPM; inversion and its interpolation are deterministic DDIM."""
+    DDPM; inversion and its interpolation are deterministic DDIM. A run over a continuous
+    process inpaints with any sampler that keeps a chain of states (Song et al.'s
+    replacement), and inverts along the velocity ODE (flow_euler); img2img is discrete only."""
+    if continuous:
+        chain = sorted(name for name, cls in SAMPLERS.items() if hasattr(cls, "known_state"))
+        if task == "inpaint" and spec.name not in chain:
+            raise ConfigError(f"inpaint of a continuous-time run replaces the known pixels at "
+                              f"each state of the chain: use sampler={'|'.join(chain)}; got "
+                              f"sampler={spec.name}.")
+        if task in ("invert", "interpolate") and spec.name != "flow_euler":
+            raise ConfigError(f"{task} of a continuous-time run follows its ODE in velocity "
+                              f"form: use sampler=flow_euler; got sampler={spec.name}.")
+        if task == "img2img":
+            raise ConfigError("img2img starts a discrete sampler part-way; this run's process "
+                              "is continuous: use task=inpaint or task=invert.")
+        return
     if task == "inpaint" and spec.name not in ("ddim", "ddpm"):
         raise ConfigError(f"inpaint runs RePaint, whose steps are DDIM (sampler=ddim, with "
                           f"sampler.eta) or DDPM (sampler=ddpm); got sampler={spec.name}.")

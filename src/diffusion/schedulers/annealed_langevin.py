@@ -76,6 +76,14 @@ class AnnealedLangevinScheduler(ContinuousSampler, sampler_name="ald"):
     def state_positions(self) -> list[int]:
         return list(range(len(self._calls) + 1))
 
+    def known_state(self, x0: Tensor, noise: Tensor, k: int) -> Tensor:
+        """The k-th state (before call k) for the known image ``x0``: x0 noised to that call's
+        level (the last state, and the denoising call's input at t_min, likewise; after it:
+        ``x0``)."""
+        if k >= len(self._calls):
+            return x0
+        return self._process().add_noise(x0, noise, self._calls[k][1])
+
     def _call(self) -> tuple[bool, float]:
         if self._index >= len(self._calls):
             raise ValueError("all steps of this run are done; call set_timesteps(n) to sample "

@@ -143,6 +143,13 @@ class KarrasScheduler(ContinuousSampler, sampler_name="edm"):
         return [j for j, (kind, *_) in enumerate(self._calls) if kind == "first"] \
             + [len(self._calls)]
 
+    def known_state(self, x0: Tensor, noise: Tensor, k: int) -> Tensor:
+        """The k-th state of the chain for the known image ``x0``: x0 + sigma_hat_k noise in
+        the sigma view these samplers step in (the last state: ``x0``)."""
+        if k >= len(self._hats):
+            return x0
+        return x0 + self._hats[k] * noise
+
     def _call(self) -> tuple[str, int, float, Tensor]:
         if self._index >= len(self._calls):
             raise ValueError("all steps of this run are done; call set_timesteps(n) to sample "

@@ -138,6 +138,14 @@ class ScoreSDEScheduler(ContinuousSampler, sampler_name="pc"):
                   if kind != "heun2" and (j == 0 or self._calls[j - 1][1] != i)]
         return [*starts, len(self._calls)]
 
+    def known_state(self, x0: Tensor, noise: Tensor, k: int) -> Tensor:
+        """The k-th state of the chain (``state_positions[k]``) for the known image ``x0``:
+        x0 noised to that state's time (the last state: ``x0``). Inpainting replaces the known
+        pixels with it (Song et al. 2021, appendix I.2)."""
+        if k >= len(self.state_positions) - 1:
+            return x0
+        return self._process().add_noise(x0, noise, self._times[k])
+
     def _time(self) -> tuple[str, float, float]:
         """(kind of the call about to be made, the time it evaluates at, the next time)."""
         if self._index >= len(self._calls):

@@ -94,6 +94,11 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
         return [j for j, (kind, *_) in enumerate(self._calls) if kind == "first"] \
             + [len(self._calls)]
 
+    def known_state(self, x0: Tensor, noise: Tensor, k: int) -> Tensor:
+        """The k-th state of the chain for the known image ``x0``: x0 noised to times[k]."""
+        t = float(self.times[k])
+        return x0 if t == 0.0 else self._process().add_noise(x0, noise, t)
+
     def _call(self) -> tuple[str, int, float]:
         if self._index >= len(self._calls):
             raise ValueError("all steps of this run are done; call set_timesteps(n) to sample "
