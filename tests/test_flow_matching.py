@@ -320,3 +320,33 @@ def test_a_continuous_run_inpaints_by_replacing_the_known_pixels(name, sampler, 
     filled = out[..., 4:]
     assert float(filled.std()) == pytest.approx(c, rel=0.1), float(filled.std())
     assert not torch.allclose(filled, images[..., 4:], atol=0.1)
+
+
+def test_reflow_pairs_are_sharded_deterministic_and_resume(tmp_path):
+    """Pairs in shards: each shard's noise from its own stream, its images the ODE's image of
+    that noise; a second call keeps what is there, a lost shard comes back the same, and
+    other settings or a stochastic sampler are refused in one sentence."""
+    from diffusion.errors import ConfigError
+    from diffusion.sampling.pipeline import DiffusionPipeline
+    from diffusion.sampling.sampler import SamplerSpec
+    from diffusion.training.reflow import load_pairs, make_pairs
+
+    process = FlowProcess()
+    pipe = DiffusionPipeline(ExactVelocity(process, 0.5), process, (1, 4, 4), device="cpu")
+    spec = SamplerSpec("flow_euler", 8, None)
+    shards = make_pairs(pipe, 10, tmp_path / "pairs", spec=spec, shard_size=4, seed=3)
+    assert [s.size for s in shards] == [4, 4, 2]
+    noise, images = load_pairs(shards)
+    assert noise.shape == images.shape == (10, 1, 4, 4)
+    torch.testing.assert_close(images, pipe(10, sampler=spec, noise=noise).images)
+    stamps = [s.path.stat().st_mtime_ns for s in shards]
+    shards[1].path.unlink()
+    again = make_pairs(pipe, 10, tmp_path / "pairs", spec=spec, shard_size=4, seed=3)
+    assert [s.path.stat().st_mtime_ns for s in again][::2] == stamps[::2]
+    torch.testing.assert_close(load_pairs(again)[0], noise)
+    torch.testing.assert_close(load_pairs(again)[1], images)
+    with pytest.raises(ConfigError, match="holds pairs drawn with other settings"):
+        make_pairs(pipe, 10, tmp_path / "pairs", spec=spec, shard_size=4, seed=4)
+    with pytest.raises(ConfigError, match="draws noise at its steps"):
+        make_pairs(pipe, 10, tmp_path / "other", spec=SamplerSpec("edm_euler_a", 8, None),
+                   shard_size=4)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from diffusion.schedulers import interop
+from diffusion.schedulers.continuous import CONTINUOUS_SAMPLERS
 
 
 class ConfiguredScheduler:
@@ -64,8 +65,6 @@ class ConfiguredScheduler:
         """A ``cls`` sampler over ``scheduler``'s noise process (betas, prediction type,
         clipping): only the reverse step changes; ``options`` set its own arguments."""
         if not isinstance(scheduler, ConfiguredScheduler):
-            from diffusion.schedulers.continuous import CONTINUOUS_SAMPLERS
-
             *names, last = sorted(CONTINUOUS_SAMPLERS)
             raise ValueError(f"{cls.__name__} walks a discrete DDPM noise process; this run's "
                              f"is {type(scheduler).__name__} (continuous time): sample it with "
