@@ -205,8 +205,9 @@ def test_a_flow_run_trains_and_samples_with_each_velocity_sampler_and_guidance(
     assert not torch.equal(drawn["flow_euler", 3.0], drawn["flow_euler", 1.0])
 
 
-class ExactVelocity(torch.nn.Module):
-    """The exact velocity network of N(0, c^2) pixels under ``process`` (flow matching)."""
+class ExactGaussian(torch.nn.Module):
+    """The exact network of N(0, c^2) pixels under any ``process``: its training target at the
+    posterior means x0_hat = alpha c^2 x / var and eps_hat = sigma x / var."""
 
     num_classes = None
 
@@ -218,9 +219,9 @@ class ExactVelocity(torch.nn.Module):
         process, c = self.process, self.c
         t = process.time_of_model_time(model_time.double().flatten()[:1]).reshape(())
         x = x_in.double() / process.c_in(t)
-        eps = t * x / ((1 - t) ** 2 * c**2 + t**2)
-        x0 = (x - t * eps) / (1 - t) if float(t) < 1 else torch.zeros_like(x)
-        return (eps - x0).float()
+        alpha, sigma = process.alpha(t), process.sigma(t)
+        var = alpha**2 * c**2 + sigma**2
+        return process.training_target(alpha * c**2 * x / var, sigma * x / var, t).float()
 
 
 def test_a_flow_model_inverts_along_its_ode_and_regenerates():
@@ -231,7 +232,7 @@ def test_a_flow_model_inverts_along_its_ode_and_regenerates():
     from diffusion.sampling.pipeline import DiffusionPipeline
 
     process, c = FlowProcess(), 0.5
-    pipe = DiffusionPipeline(ExactVelocity(process, c), process, (1, 4, 4), device="cpu")
+    pipe = DiffusionPipeline(ExactGaussian(process, c), process, (1, 4, 4), device="cpu")
     assert pipe.sampler.name == "flow_euler"
     images = (torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * c).clamp(-1, 1)
     plain = pipe.invert(images, steps=50)
@@ -273,29 +274,10 @@ def test_straightness_is_zero_for_straight_paths_and_the_integral_otherwise():
     from diffusion.metrics.straightness import pipeline_velocity
     from diffusion.sampling.pipeline import DiffusionPipeline
 
-    pipe = DiffusionPipeline(ExactVelocity(process, c), process, (2, 1, 1), device="cpu")
+    pipe = DiffusionPipeline(ExactGaussian(process, c), process, (2, 1, 1), device="cpu")
     through = straightness(pipeline_velocity(pipe), process,
                            noise[:1000].reshape(1000, 2, 1, 1), steps=400)
     assert through.value == pytest.approx(exact, rel=0.08), (through.value, exact)
-
-
-class ExactGaussian(torch.nn.Module):
-    """The exact network of N(0, c^2) pixels under any ``process``: its training target at the
-    posterior means x0_hat = alpha c^2 x / var and eps_hat = sigma x / var."""
-
-    num_classes = None
-
-    def __init__(self, process, c):
-        super().__init__()
-        self.process, self.c = process, c
-
-    def forward(self, x_in, model_time, y=None):
-        process, c = self.process, self.c
-        t = process.time_of_model_time(model_time.double().flatten()[:1]).reshape(())
-        x = x_in.double() / process.c_in(t)
-        alpha, sigma = process.alpha(t), process.sigma(t)
-        var = alpha**2 * c**2 + sigma**2
-        return process.training_target(alpha * c**2 * x / var, sigma * x / var, t).float()
 
 
 @pytest.mark.parametrize("name, sampler, steps", [
@@ -332,7 +314,7 @@ def test_reflow_pairs_are_sharded_deterministic_and_resume(tmp_path):
     from diffusion.training.reflow import load_pairs, make_pairs
 
     process = FlowProcess()
-    pipe = DiffusionPipeline(ExactVelocity(process, 0.5), process, (1, 4, 4), device="cpu")
+    pipe = DiffusionPipeline(ExactGaussian(process, 0.5), process, (1, 4, 4), device="cpu")
     spec = SamplerSpec("flow_euler", 8, None)
     shards = make_pairs(pipe, 10, tmp_path / "pairs", spec=spec, shard_size=4, seed=3)
     assert [s.size for s in shards] == [4, 4, 2]

@@ -21,7 +21,7 @@ from diffusion.checks import check_choice, check_int, check_number
 from diffusion.errors import ConfigError
 from diffusion.processes.base import Process
 from diffusion.processes.flow import METHODS, TooManyEvaluations, integrate_flow
-from diffusion.schedulers.continuous import ContinuousSampler
+from diffusion.schedulers.continuous import ContinuousSampler, checked_process
 
 Tensor = torch.Tensor
 ModelFn = Callable[[Tensor, Tensor], Tensor]
@@ -39,9 +39,7 @@ class AdaptiveODESampler(ContinuousSampler, sampler_name="rk45"):
 
     def __init__(self, process: Process | None = None, *, rtol: float = 1e-5,
                  atol: float = 1e-5, method: str = "RK45", denoise: str = "tweedie"):
-        if process is not None and not isinstance(process, Process):
-            raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
-        self.process = process
+        self.process = checked_process(process)
         self.rtol = check_number("rtol", rtol, above=0)
         self.atol = check_number("atol", atol, above=0)
         self.method = check_choice("method", method, METHODS)

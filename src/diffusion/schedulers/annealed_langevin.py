@@ -23,7 +23,7 @@ import torch
 from diffusion.checks import check_choice, check_int, check_number
 from diffusion.processes.base import Process
 from diffusion.schedulers.base import SchedulerOutput
-from diffusion.schedulers.continuous import ContinuousSampler
+from diffusion.schedulers.continuous import ContinuousSampler, checked_process
 from diffusion.schedulers.noise import Generators, randn_tensor
 
 Tensor = torch.Tensor
@@ -38,9 +38,7 @@ class AnnealedLangevinScheduler(ContinuousSampler, sampler_name="ald"):
 
     def __init__(self, process: Process | None = None, *, steps_per_level: int = 5,
                  step_lr: float = 2e-5, denoise: bool = True):
-        if process is not None and not isinstance(process, Process):
-            raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
-        self.process = process
+        self.process = checked_process(process)
         self.steps_per_level = check_int("steps_per_level", steps_per_level)
         self.step_lr = check_number("step_lr", step_lr, above=0)
         self.denoise = check_choice("denoise", denoise, (True, False))

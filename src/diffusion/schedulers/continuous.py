@@ -36,6 +36,13 @@ def as_process(noise_process: Any) -> Process:
                      f"diffusion.processes.Process or a DDPM scheduler); got {noise_process!r}.")
 
 
+def checked_process(process: Any) -> Process | None:
+    """A sampler's ``process`` argument: a ``Process``, or None (set later by ``over``)."""
+    if process is not None and not isinstance(process, Process):
+        raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
+    return process
+
+
 class ContinuousSampler:
     """What the sampler registry reads from a continuous-time sampler class: its options
     (``config_keys``, ``config_defaults``) and ``over``. A subclass statement with

@@ -37,7 +37,7 @@ import torch
 from diffusion.checks import check_choice, check_int, check_number
 from diffusion.processes.base import Process
 from diffusion.schedulers.base import SchedulerOutput
-from diffusion.schedulers.continuous import ContinuousSampler, register
+from diffusion.schedulers.continuous import ContinuousSampler, checked_process, register
 from diffusion.schedulers.noise import Generators, randn_tensor
 
 Tensor = torch.Tensor
@@ -61,9 +61,7 @@ class KarrasScheduler(ContinuousSampler, sampler_name="edm"):
                  schedule: str = "karras", rho: float = 7.0, s_churn: float = 0.0,
                  s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
                  eta: float = 1.0):
-        if process is not None and not isinstance(process, Process):
-            raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
-        self.process = process
+        self.process = checked_process(process)
         self.algorithm = check_choice("algorithm", algorithm, ALGORITHMS)
         self.schedule = check_choice("schedule", schedule, SCHEDULES)
         self.rho = check_number("rho", rho, above=0)

@@ -40,7 +40,7 @@ import torch
 from diffusion.checks import check_choice, check_int, check_number
 from diffusion.processes.base import Process
 from diffusion.schedulers.base import SchedulerOutput
-from diffusion.schedulers.continuous import ContinuousSampler, register
+from diffusion.schedulers.continuous import ContinuousSampler, checked_process, register
 from diffusion.schedulers.noise import Generators, randn_tensor
 
 Tensor = torch.Tensor
@@ -59,9 +59,7 @@ class ScoreSDEScheduler(ContinuousSampler, sampler_name="pc"):
     def __init__(self, process: Process | None = None, *, predictor: str = "reverse_diffusion",
                  corrector: str = "langevin", snr: float = 0.16, n_corrector: int = 1,
                  probability_flow: bool = False, denoise: str = "mean"):
-        if process is not None and not isinstance(process, Process):
-            raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
-        self.process = process
+        self.process = checked_process(process)
         self.predictor = check_choice("predictor", predictor, PREDICTORS)
         self.corrector = check_choice("corrector", corrector, CORRECTORS)
         self.snr = check_number("snr", snr, above=0)

@@ -24,7 +24,7 @@ import torch
 from diffusion.checks import check_choice, check_int, check_number
 from diffusion.processes.base import Process
 from diffusion.schedulers.base import SchedulerOutput
-from diffusion.schedulers.continuous import ContinuousSampler, register
+from diffusion.schedulers.continuous import ContinuousSampler, checked_process, register
 from diffusion.schedulers.noise import Generators
 
 Tensor = torch.Tensor
@@ -45,9 +45,7 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
 
     def __init__(self, process: Process | None = None, *, method: str = "euler",
                  shift: float = 1.0):
-        if process is not None and not isinstance(process, Process):
-            raise ValueError(f"process must be a diffusion.processes.Process; got {process!r}.")
-        self.process = process
+        self.process = checked_process(process)
         self.method = check_choice("method", method, METHODS)
         self.shift = check_number("shift", shift, above=0)
         self.times = torch.empty(0, dtype=torch.float64)
