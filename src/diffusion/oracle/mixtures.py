@@ -143,9 +143,9 @@ class ExactModel(nn.Module):
     sigma space may pass, gets sigma = sqrt((1 - a) / a) interpolated linearly between its
     integer neighbours, which is how such samplers place their sigmas. With ``process`` (a
     ``diffusion.processes.Process``), a timestep is that process's model time
-    (model_steps - 1) t and alpha_bar is its normalised a(t)^2 at every t, as the continuous-time
-    samplers read it. ``calls`` counts the forward passes: the real number of function
-    evaluations (NFE).
+    (``Process.time_of_model_time``) and the output is the process's own training target at the
+    mixture's posterior means (any time map, any sigma_data). ``calls`` counts the forward
+    passes: the real number of function evaluations (NFE).
     """
 
     def __init__(self, mixture: GaussianMixture, alphas_cumprod: Tensor | None = None,
@@ -163,21 +163,23 @@ class ExactModel(nn.Module):
         self.calls = 0
 
     def alpha_bar(self, t: int | Tensor, batch: int) -> Tensor:
-        """alpha_bar at timestep(s) ``t``: a 0-d tensor, or (batch, 1) for one per sample."""
+        """alpha_bar of the DDPM table at timestep(s) ``t``: a 0-d tensor, or (batch, 1) for
+        one per sample."""
+        if self.process is not None:
+            raise ValueError("a model over a continuous process reads its own time map: call "
+                             "it, it has no DDPM table to look alpha_bar up in.")
         t = torch.as_tensor(t).to("cpu", f64)
         if t.numel() not in (1, batch):
             raise ValueError(f"the model takes one timestep or one per sample ({batch}); "
                              f"got {t.numel()}.")
         if t.numel() > 1 and (t == t.flatten()[0]).all():
             t = t.flatten()[0]  # the usual case, one timestep for the batch: cheaper math
-        T = len(self.alphas_cumprod) if self.process is None else self.process.model_steps
+        T = len(self.alphas_cumprod)
         if t.min() < 0 or t.max() > T - 1:
             raise ValueError(f"timesteps must lie in [0, {T - 1}]; got {t.min().item()} "
                              f"to {t.max().item()}.")
         lo = t.floor().long()
-        if self.process is not None:
-            a = self.process.normalised(t / (T - 1))[0] ** 2
-        elif (t == lo).all():
+        if (t == lo).all():
             a = self.alphas_cumprod[lo]
         else:
             sigmas = ((1.0 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()

@@ -33,6 +33,7 @@ class DiscreteProcess(Process):
         super().__init__(t_min=t_min, model_steps=table.numel(), **options)
         self.alphas_cumprod = table
         self._log_alpha_table = 0.5 * torch.log(table)
+        self._tables_on: dict[torch.device, Tensor] = {}  # the table on each device asked
 
     @classmethod
     def of(cls, scheduler, **options: Any) -> DiscreteProcess:
@@ -52,9 +53,16 @@ class DiscreteProcess(Process):
         low = s.floor().clamp(max=self.model_steps - 2)
         return low.long(), s - low
 
+    def _table(self, device: torch.device) -> Tensor:
+        """log alpha at the steps, on ``device`` (copied there once), so that times on a GPU
+        are looked up without a copy to the host."""
+        if device not in self._tables_on:
+            self._tables_on[device] = self._log_alpha_table.to(device)
+        return self._tables_on[device]
+
     def _log_alpha(self, t: float | Tensor) -> Tensor:
         low, frac = self._where(t)
-        table = self._log_alpha_table
+        table = self._table(low.device)
         return table[low] + frac * (table[low + 1] - table[low])
 
     def alpha(self, t):
@@ -65,7 +73,7 @@ class DiscreteProcess(Process):
 
     def d_log_alpha(self, t):
         low, _ = self._where(t)
-        table = self._log_alpha_table
+        table = self._table(low.device)
         return (table[low + 1] - table[low]) * (self.model_steps - 1)
 
     def d_sigma2(self, t):

@@ -96,7 +96,7 @@ class ScoreMatching(Objective):
         levels: geometric sigmas for a VE process)."""
         if self.t_sampling == "lognormal":  # EDM: ln sigma ~ N(p_mean, p_std^2)
             z = torch.randn(n, device=device, generator=generator, dtype=torch.float64)
-            t = self.process.time_of((self.p_mean + self.p_std * z).exp().cpu()).to(device)
+            t = self.process.time_of((self.p_mean + self.p_std * z).exp())
             return t if self.process.extends_past_ends else t.clamp(self.process.t_min, 1.0)
         t_min = self.process.t_min
         if self.t_sampling == "logit_normal":  # SD3: t = sigmoid(m + s z)
