@@ -20,6 +20,7 @@ from cli_helpers import TINY, cli_env
 from diffusion.commands import bench as bench_command
 from diffusion.commands import edit as edit_command
 from diffusion.commands import evaluate as evaluate_command
+from diffusion.commands import reflow as reflow_command
 from diffusion.commands import report as report_command
 from diffusion.commands import sample as sample_command
 from diffusion.commands import samplers_oracle
@@ -34,11 +35,12 @@ from diffusion.sampling.sampler import SamplerSpec
 from hydra_utils import compose_config
 
 COMMANDS = ("train", "sample", "evaluate", "edit", "visualize", "report", "bench",
-            "train_classifier", "export")
+            "train_classifier", "export", "reflow")
 """The Hydra commands: ``python -m diffusion.<name>`` composes ``conf/<name>.yaml``."""
 
 REWRITES = {"visualize": visualize_command._figure_word, "report": report_command._sweep_word,
-            "bench": bench_command._hydra_argv, "evaluate": evaluate_command._list_overrides}
+            "bench": bench_command._hydra_argv, "evaluate": evaluate_command._list_overrides,
+            "reflow": reflow_command._train_words}
 """What a command makes of its bare words and flags before Hydra reads the rest."""
 
 

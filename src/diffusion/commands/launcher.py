@@ -83,17 +83,17 @@ def launch(config_name: str, work: Callable[[DictConfig], Any], *,
            precheck: Callable[[DictConfig], list[Path]] | None = None) -> None:
     """Run ``work(cfg)`` on the config Hydra composes from ``config_dir/config_name.yaml``
     and the command line (``argv``: given already prepared, else ``sys.argv`` through
-    ``rewrite``). ``check_keys``: every key is checked against the command's config before
-    Hydra sees it. ``distributed``: under torchrun the process group is set up around the
+    ``rewrite``). ``check_keys``: every key (of the rewritten argv) is checked against the
+    command's config before Hydra sees it. ``distributed``: under torchrun the process group is set up around the
     work, so every rank takes its share. ``precheck(cfg)`` checks one job and returns the
     files it would write: a sweep (``-m``) checks every job with it before the first runs,
     and refuses jobs that would write the same file."""
     if argv is None:
         multirun = bool(get_args_parser().parse_known_args(sys.argv[1:])[0].multirun)
         guarded(check_launcher, sys.argv[1:])
+        argv = guarded(rewrite, sys.argv[1:])
         if check_keys:
-            guarded(check_overrides, sys.argv[1:], config_name, multirun)
-        argv = rewrite(sys.argv[1:])
+            guarded(check_overrides, argv, config_name, multirun)
         if precheck is not None and multirun:
             guarded(_check_sweep, argv, config_name, precheck)
     sys.argv = [sys.argv[0], *_resolving(argv)]

@@ -61,6 +61,7 @@ from diffusion.runtime import distributed as dist
 from diffusion.runtime.seed import seed_everything
 from diffusion.training.batches import check_batch
 from diffusion.training.loggers import truncate_metrics
+from diffusion.training.reflow import PairDataset
 from diffusion.training.trainer import Trainer
 
 log = logging.getLogger("diffusion.train")
@@ -111,19 +112,27 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
     scheduler = build_scheduler(cfg)
     seed_everything(cfg.seed + dist.rank())  # then per-rank streams (dropout, workers)
     train_set, val_set = build_datasets(cfg.data)
-    check_batch(len(train_set), cfg.data.batch_size, dist.world_size())  # before any write
     scheduler = fit_to_data(cfg, scheduler, train_set)
+    pairs = cfg.get("pairs")
+    if pairs and cfg.model.get("num_classes") is not None:
+        raise ConfigError("pairs= holds unlabelled (noise, image) pairs, so it trains an "
+                          "unconditional model: reflow a run without conditioning=class.")
+    if pairs:  # reflow: (noise, image) pairs in place of the images, validated on the data
+        train_set = PairDataset(pairs, like=train_set)
+    check_batch(len(train_set), cfg.data.batch_size, dist.world_size())  # before any write
     main_rank = dist.is_main()
     trainer = Trainer(
         model, scheduler, build_optimizer(cfg), train_set, trainer_cfg,
         batch_size=cfg.data.batch_size, run_dir=run_dir, val_set=val_set,
         lr_scheduler=build_lr_scheduler(cfg),
-        seed=cfg.seed, num_workers=cfg.data.num_workers,
+        seed=cfg.seed, num_workers=0 if pairs else cfg.data.num_workers,
         conditional=cfg.model.get("num_classes") is not None,
-        on_device=cfg.data.on_device, evaluator=evaluator, sampler=build_training_sampler(cfg),
-        objective=build_objective(cfg, scheduler))
+        on_device=cfg.data.on_device and not pairs, evaluator=evaluator,
+        sampler=build_training_sampler(cfg), objective=build_objective(cfg, scheduler))
     if resume is not None:
         trainer.resume(resume.checkpoint)
+    elif trainer_cfg.init_from:
+        trainer.init_weights(trainer_cfg.init_from)
     trainer.eta_hint = CPU_HINT
     if main_rank:  # from here on the run folder changes
         _record_start(cfg, run_dir, trainer.device, resume)

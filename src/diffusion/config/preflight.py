@@ -185,15 +185,22 @@ def _check_conditioning(cfg: DictConfig) -> None:
             "drop conditioning=class.")
 
 
+TRAIN_KEYS = frozenset(k for k in OmegaConf.load(CONF_DIR / "train.yaml")
+                       if k not in ("defaults", "hydra"))
+"""The top-level keys of ``conf/train.yaml``: ``++key=`` may add one to the saved config of a
+run from before it existed (a rerun with ``++pairs=``, as ``diffusion.reflow`` starts one)."""
+
+
 def _check_read(cfg: DictConfig, overrides: list[str], config_name: str) -> None:
     """Every override changes something the run reads: ``+key=value`` at the top level adds a
-    key nothing reads (unless ``key`` is a config group), and the class-conditional options do
+    key nothing reads (unless ``key`` is a config group or one of ``TRAIN_KEYS``), and the class-conditional options do
     nothing on an unconditional model."""
     loader = GlobalHydra.instance().config_loader()
     for override in overrides:
         key = override.lstrip("+").split("=", 1)[0]
         if override.startswith("+") and "." not in key and "/" not in key \
-                and not is_hydra_key(override) and not loader.get_group_options(
+                and not is_hydra_key(override) and key not in TRAIN_KEYS \
+                and not loader.get_group_options(
                     key, config_name=config_name,
                     overrides=[o for o in overrides if is_searchpath(o)]):
             raise ConfigError(f"{override} adds a key that diffusion.train does not read: check "

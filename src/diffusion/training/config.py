@@ -47,6 +47,8 @@ class TrainerConfig:
     ckpt_every: int = 5000
     keep_last: int = 3
     progress: bool = True
+    init_from: str | None = None    # start from these weights (a checkpoint, or a run folder:
+                                    # its newest; EMA weights where saved), not from scratch
 
     def __post_init__(self):
         off = " (0 turns it off)"
@@ -59,6 +61,9 @@ class TrainerConfig:
         for key in ("grad_clip", "max_minutes"):
             check_number(f"trainer.{key}", getattr(self, key), minimum=0, note=off)
         check_bool("trainer.early_logs", self.early_logs)
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise ConfigError(f"trainer.init_from must be a checkpoint or run folder path "
+                              f"(or null); got {self.init_from!r}.")
         check_number("trainer.label_dropout", self.label_dropout, minimum=0, below=1)
         check_number("trainer.ema_decay", self.ema_decay, minimum=0, below=1)
         check_choice("trainer.precision", self.precision, PRECISIONS)

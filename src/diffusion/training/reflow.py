@@ -6,12 +6,14 @@ noise in place of fresh noise, so that its paths straighten.
 seeded stream (``chunk_seed(seed, k)``), so every shard is the same whoever draws it and in
 whatever order, and a shard already on disk with the same settings is kept: an interrupted run
 resumes where it stopped. Each shard is written whole and atomically (``pairs_<k>.pt``:
-``noise`` and ``images``, (size, C, H, W) float32, and the settings). A stochastic sampler is
+``noise`` and ``images``, (size, C, H, W) float32, the settings, and its ``cost``: seconds and
+network evaluations a pair, which ``pairs_cost`` sums into the reflow's budget). A stochastic sampler is
 refused: its images are not a function of the noise, so the pairs would not be a coupling.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,14 +68,79 @@ def make_pairs(pipe, n: int, out: str | Path, *, spec: SamplerSpec, shard_size: 
             continue
         noise = torch.randn((size, *shape), generator=torch.Generator().manual_seed(
             chunk_seed(seed, index)))
-        images = pipe(size, sampler=spec, noise=noise, batch_size=size,
-                      progress=progress).images
-        save_torch({"noise": noise, "images": images.float(), "settings": settings}, path)
+        calls = []
+        hook = pipe.model.register_forward_pre_hook(lambda *_: calls.append(1))
+        started = time.perf_counter()
+        try:
+            images = pipe(size, sampler=spec, noise=noise, batch_size=size,
+                          progress=progress).images
+        finally:
+            hook.remove()
+        cost = {"seconds": round(time.perf_counter() - started, 2), "nfe": len(calls)}
+        save_torch({"noise": noise, "images": images.float(), "settings": settings,
+                    "cost": cost}, path)
         shards.append(PairShard(index, path, size))
     return shards
+
+
+def pairs_cost(shards: list[PairShard]) -> dict:
+    """What drawing ``shards`` took: seconds (summed over the shards, whichever call drew
+    them) and network evaluations a pair (``nfe``)."""
+    costs = [torch.load(s.path, map_location="cpu", weights_only=True).get("cost", {})
+             for s in shards]
+    return {"n": sum(s.size for s in shards),
+            "seconds": round(sum(c.get("seconds", 0.0) for c in costs), 1),
+            "nfe": max((c.get("nfe", 0) for c in costs), default=0)}
 
 
 def load_pairs(shards: list[PairShard]) -> tuple[torch.Tensor, torch.Tensor]:
     """(noise, images) of every shard, in order."""
     held = [torch.load(s.path, map_location="cpu", weights_only=True) for s in shards]
     return torch.cat([h["noise"] for h in held]), torch.cat([h["images"] for h in held])
+
+
+def pair_shards(folder: str | Path) -> list[PairShard]:
+    """The shards ``make_pairs`` wrote under ``folder``, in order; one sentence when there
+    are none, one is missing or one cannot be read (``diffusion.reflow`` draws it again)."""
+    paths = sorted(Path(folder).glob("pairs_*.pt"))
+    if not paths:
+        raise ConfigError(f"pairs={folder} holds no pairs_*.pt shards: pass the pairs folder "
+                          "that python -m diffusion.reflow wrote (<out>/pairs).")
+    again = "run python -m diffusion.reflow again with the same settings, which draws it anew"
+    shards = []
+    for index, path in enumerate(paths):
+        if path.name != f"pairs_{index:05d}.pt":
+            raise ConfigError(f"{folder} lacks pairs_{index:05d}.pt: {again}.")
+        held = load_cached(path)
+        if held is None:
+            raise ConfigError(f"{path} was damaged and is removed: {again}.")
+        shards.append(PairShard(index, path, len(held["noise"])))
+    return shards
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Reflow's training set: ``(image, 0, noise)`` items from the shards under ``folder``,
+    so the trainer noises each image with its own noise (``Trainer._noised``) instead of a
+    fresh draw. ``like`` (the run's own dataset) lends its description (name, channels,
+    image size, classes: the FID reference and the model's shape stay the dataset's), and
+    the pairs must have its image shape."""
+
+    accepts_sample_keys = False
+
+    def __init__(self, folder: str | Path, like=None):
+        self.noise, self.images = load_pairs(pair_shards(folder))
+        self.folder = Path(folder)
+        for key in ("name", "channels", "image_size", "num_classes"):
+            setattr(self, key, getattr(like, key, None))
+        if like is not None and len(like):
+            shape = tuple(like[0][0].shape)
+            if tuple(self.images.shape[1:]) != shape:
+                raise ConfigError(f"pairs={folder} holds images of shape "
+                                  f"{tuple(self.images.shape[1:])} but the run's data are "
+                                  f"{shape}: pass the pairs of a run on the same data.")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], 0, self.noise[index]

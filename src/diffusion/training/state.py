@@ -14,6 +14,7 @@ from pathlib import Path
 
 from torch.optim.lr_scheduler import LambdaLR
 
+from diffusion.errors import CheckpointError
 from diffusion.training import checkpoint as ckpt
 
 log = logging.getLogger("diffusion.training.trainer")
@@ -81,6 +82,39 @@ class CheckpointState:
             raise ckpt.mismatch(path, "network", exc) from None
         self._start_step = self.step
         log.info("Resumed from %s at step %d.", path, self.step)
+        return path
+
+    def init_weights(self, source: str | Path) -> Path:
+        """Start from the weights of ``source`` (a checkpoint, or a run folder: its newest),
+        its EMA weights where it has them, into both the model and its EMA; the optimizer,
+        the step and the schedules start afresh (``trainer.init_from``: fine-tuning, the
+        next rectified flow of ``diffusion.reflow``). A network of another shape is named
+        in one sentence."""
+        source = Path(source)
+        path = source
+        if source.is_dir():
+            path = ckpt.latest_checkpoint(source / "checkpoints")
+            if path is None:
+                raise CheckpointError(f"trainer.init_from={source} holds no checkpoints/"
+                                           "step_*.pt: pass a run folder that has trained, "
+                                           "or a checkpoint file.")
+        elif not source.is_file():
+            raise CheckpointError(f"trainer.init_from={source} is neither a checkpoint "
+                                       "nor a run folder: pass one of them.")
+        state = ckpt.load(path, map_location="cpu")
+        weights = state["ema"]["model"] if "ema" in state else state.get("model")
+        if weights is None:
+            raise CheckpointError(f"trainer.init_from={path} holds no network weights "
+                                       "(model or ema): pass a diffusion.train checkpoint.")
+        try:
+            for module in (self.model, self.ema.model):
+                module.load_state_dict(weights)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"trainer.init_from={path} holds another network than "
+                                  f"model describes ({first}): start from a run with the same "
+                                  "model settings.") from None
+        log.info("Weights from %s (%s).", path, "its EMA" if "ema" in state else "its model")
         return path
 
     def save_checkpoint(self) -> Path:

@@ -192,15 +192,23 @@ class Trainer(CheckpointState, PeriodicWork):
             return global_batch
         return global_batch[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
 
-    def _noised(self, x0: torch.Tensor, generator: torch.Generator, local: bool = True):
+    def _noised(self, x0: torch.Tensor, generator: torch.Generator, local: bool = True,
+                noise: torch.Tensor | None = None):
         """(network input, its time, target, t) for clean ``x0`` (the objective's ``noised``;
         t is what the loss weights read). Timesteps and noise are drawn for the global batch
-        on every rank and sliced, so the run does not depend on the process count."""
+        on every rank and sliced, so the run does not depend on the process count. ``noise``
+        given (reflow's pairs: each image with the noise the model mapped to it) is used
+        instead of a draw."""
         n = self.batch_size if local and self.world_size > 1 else x0.shape[0]
         t = self.objective.sample_timesteps(n, self.device, generator)
-        noise = self.objective.sample_noise((n, *x0.shape[1:]), self.device, generator)
+        if noise is None:
+            noise = self.objective.sample_noise((n, *x0.shape[1:]), self.device, generator)
+            if n != x0.shape[0]:
+                noise = self._local(noise)
+        else:
+            noise = noise.to(self.device, non_blocking=True).to(x0.dtype)
         if n != x0.shape[0]:
-            t, noise = self._local(t), self._local(noise)
+            t = self._local(t)
         return (*self.objective.noised(x0, noise, t), t)
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor):
@@ -226,11 +234,12 @@ class Trainer(CheckpointState, PeriodicWork):
         total = torch.zeros((), device=self.device)
         for micro in range(self.cfg.grad_accum):
             start = time.perf_counter()
-            x0, y = next(batches)
+            x0, y, *paired = next(batches)  # (image, label[, its noise: reflow's pairs])
             self.micro_batches += 1
             data_time += time.perf_counter() - start
             x0, y = self._to_device(x0, y)
-            x_in, t_in, target, t = self._noised(x0, self.noise_generator)
+            x_in, t_in, target, t = self._noised(x0, self.noise_generator,
+                                                 noise=paired[0] if paired else None)
             y = self._drop_labels(y, self.noise_generator)
             last = micro == self.cfg.grad_accum - 1
             # gradients are all-reduced once per optimizer step, not per micro-batch
