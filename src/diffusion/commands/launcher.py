@@ -84,10 +84,10 @@ def launch(config_name: str, work: Callable[[DictConfig], Any], *,
     """Run ``work(cfg)`` on the config Hydra composes from ``config_dir/config_name.yaml``
     and the command line (``argv``: given already prepared, else ``sys.argv`` through
     ``rewrite``). ``check_keys``: every key (of the rewritten argv) is checked against the
-    command's config before Hydra sees it. ``distributed``: under torchrun the process group is set up around the
-    work, so every rank takes its share. ``precheck(cfg)`` checks one job and returns the
-    files it would write: a sweep (``-m``) checks every job with it before the first runs,
-    and refuses jobs that would write the same file."""
+    command's config before Hydra sees it. ``distributed``: under torchrun the process group
+    is set up around the work, so every rank takes its share. ``precheck(cfg)`` checks one
+    job and returns the files it would write: a sweep (``-m``) checks every job with it
+    before the first runs, and refuses jobs that would write the same file."""
     if argv is None:
         multirun = bool(get_args_parser().parse_known_args(sys.argv[1:])[0].multirun)
         guarded(check_launcher, sys.argv[1:])

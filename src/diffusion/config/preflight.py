@@ -193,8 +193,8 @@ run from before it existed (a rerun with ``++pairs=``, as ``diffusion.reflow`` s
 
 def _check_read(cfg: DictConfig, overrides: list[str], config_name: str) -> None:
     """Every override changes something the run reads: ``+key=value`` at the top level adds a
-    key nothing reads (unless ``key`` is a config group or one of ``TRAIN_KEYS``), and the class-conditional options do
-    nothing on an unconditional model."""
+    key nothing reads (unless ``key`` is a config group or one of ``TRAIN_KEYS``), and the
+    class-conditional options do nothing on an unconditional model."""
     loader = GlobalHydra.instance().config_loader()
     for override in overrides:
         key = override.lstrip("+").split("=", 1)[0]

@@ -7,8 +7,9 @@ seeded stream (``chunk_seed(seed, k)``), so every shard is the same whoever draw
 whatever order, and a shard already on disk with the same settings is kept: an interrupted run
 resumes where it stopped. Each shard is written whole and atomically (``pairs_<k>.pt``:
 ``noise`` and ``images``, (size, C, H, W) float32, the settings, and its ``cost``: seconds and
-network evaluations a pair, which ``pairs_cost`` sums into the reflow's budget). A stochastic sampler is
-refused: its images are not a function of the noise, so the pairs would not be a coupling.
+network evaluations a pair, which ``pairs_cost`` sums into the reflow's budget). A stochastic
+sampler is refused: its images are not a function of the noise, so the pairs would not be a
+coupling.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def make_pairs(pipe, n: int, out: str | Path, *, spec: SamplerSpec, shard_size: 
             continue
         noise = torch.randn((size, *shape), generator=torch.Generator().manual_seed(
             chunk_seed(seed, index)))
-        calls = []
-        hook = pipe.model.register_forward_pre_hook(lambda *_: calls.append(1))
+        calls: list[int] = []
+        hook = pipe.model.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         started = time.perf_counter()
         try:
             images = pipe(size, sampler=spec, noise=noise, batch_size=size,
