@@ -130,6 +130,59 @@ def test_velocity_samplers_match_diffusers_flow_match_schedulers(method, cls, sh
     torch.testing.assert_close(mine.float(), x, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_dpmpp_2m_matches_diffusers_dpm_solver_with_flow_sigmas(shift):
+    """DPM-Solver++(2M) on diffusers' flow grid (``use_flow_sigmas``: from 1 - 1/T, shifted),
+    the network told each step's sigma: the end agrees with diffusers' to float32 rounding."""
+    diffusers = pytest.importorskip("diffusers")
+    process = FlowProcess()
+    n = 8
+    theirs = diffusers.DPMSolverMultistepScheduler(
+        use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift,
+        solver_order=2, algorithm_type="dpmsolver++", final_sigmas_type="zero")
+    theirs.set_timesteps(n)
+    ours = VelocityScheduler(process, method="dpmpp_2m")  # their grid, already shifted
+    ours.set_timesteps(n, times=theirs.sigmas[:n].double())
+    x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    x = x_T.clone()
+    for i, timestep in enumerate(theirs.timesteps):
+        t = theirs.sigmas[i].double()
+        seen = x.double() * process.c_in(t)
+        out = _velocity_network(seen, process.model_time(t).float().double().reshape(1))
+        x = theirs.step(out.float(), timestep, x).prev_sample
+    mine = _run_ours(ours, _velocity_network, x_T.double())
+    assert len(ours.timesteps) == len(theirs.timesteps) == n
+    torch.testing.assert_close(mine.float(), x, rtol=1e-4, atol=1e-5)
+
+
+def test_logsnr_spacing_is_even_in_lambda_and_helps_dpmpp_2m():
+    """spacing=logsnr: the times after t = 1 are evenly spaced in log(alpha / sigma), from
+    t = 1 - 1/T to 1/T; on N(0, c^2) data 2M's error at 10 steps falls tenfold on it (measured
+    0.36 -> 0.038), below Euler's on its own grid (0.15)."""
+    process, c = FlowProcess(), 0.5
+    sched = VelocityScheduler(process, method="dpmpp_2m", spacing="logsnr")
+    sched.set_timesteps(5)
+    lam = process.log_snr(sched.times[1:-1])
+    assert float(sched.times[0]) == 1.0 and float(sched.times[-1]) == 0.0
+    torch.testing.assert_close(lam.diff(), torch.full((3,), math.log(999) / 2, dtype=F64))
+
+    def exact(x_in, model_time):
+        t = process.time_of_model_time(model_time.double().flatten()[:1]).reshape(())
+        x = x_in / process.c_in(t)
+        eps = t * x / ((1 - t) ** 2 * c**2 + t**2)
+        return eps - ((x - t * eps) / (1 - t) if float(t) < 1 else torch.zeros_like(x))
+
+    x_T = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    errors = {}
+    for method, spacing in (("dpmpp_2m", "linear"), ("dpmpp_2m", "logsnr"), ("euler", "linear")):
+        sched = VelocityScheduler(process, method=method, spacing=spacing)
+        sched.set_timesteps(10)
+        x = _run_ours(sched, exact, x_T.clone())
+        errors[method, spacing] = abs(float((x / (c * x_T)).median()) - 1)
+    assert errors["dpmpp_2m", "logsnr"] < errors["dpmpp_2m", "linear"] / 5, errors
+    assert errors["dpmpp_2m", "logsnr"] < errors["euler", "linear"] / 2, errors
+
+
 def test_each_method_converges_at_its_order_on_gaussian_data():
     """Data N(0, c^2 I): the exact velocity is linear in x and the flow maps x_1 to c x_1.
     From 20 to 40 steps Euler's error halves (measured 2.0x) and Heun's quarters (3.9x); the
@@ -146,14 +199,14 @@ def test_each_method_converges_at_its_order_on_gaussian_data():
         return eps - x0
 
     x_T = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    for method, ratio in (("euler", 2), ("heun", 4), ("midpoint", 4)):
+    for method, ratio in (("euler", 2), ("heun", 4), ("midpoint", 4), ("dpmpp_2m", 4)):
         errors = []
         for steps in (20, 40):
             sched = VelocityScheduler(process, method=method)
             sched.set_timesteps(steps)
             x = _run_ours(sched, exact, x_T.clone())
             errors.append(abs(float((x / (c * x_T)).median()) - 1))
-        if method == "midpoint":
+        if method in ("midpoint", "dpmpp_2m"):
             assert errors[0] / errors[1] > 0.8 * ratio, (method, errors)
         else:
             assert errors[0] / errors[1] == pytest.approx(ratio, rel=0.2), (method, errors)
@@ -164,8 +217,8 @@ def test_other_samplers_refuse_a_flow_process_in_one_sentence():
 
     for cls in (KarrasScheduler, ScoreSDEScheduler):
         with pytest.raises(ValueError, match=r"infinite at t = 1 for FlowProcess \(alpha\(1\) = "
-                                             r"0\): sample it with sampler=flow_euler, "
-                                             r"flow_heun, flow_midpoint\.$"):
+                                             r"0\): sample it with sampler=flow_dpmpp_2m, "
+                                             r"flow_euler, flow_heun, flow_midpoint\.$"):
             cls.over(FlowProcess())
     # the velocity samplers run every process: the probability-flow ODE in its own time
     sched = VelocityScheduler.over(VPProcess(), method="heun")

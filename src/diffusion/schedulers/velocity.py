@@ -7,16 +7,28 @@ probability-flow ODE in that process's time. The grid is diffusers' FlowMatch sc
 times evenly spaced from 1 to 1 / T (T = the process's ``model_steps``; no lower than its
 t_min), each moved by the time shift t' = shift t / (1 + (shift - 1) t) (Esser et al. 2024,
 section 5.3.2: shift > 1 spends more steps at high noise, for larger images), then t = 0.
+``spacing="logsnr"`` spaces the n times evenly in lambda = log(alpha / sigma) instead, from
+t = 1 - 1/T to the end, the first then moved to t = 1 (DPM-Solver's spacing for small images:
+on N(0, 0.25) data its 2M's error at 10 steps falls from 0.36 to 0.038, Euler's rises).
 ``method``:
 
 * ``euler``: x + (t' - t) u(x, t): n evaluations (diffusers' ``FlowMatchEulerDiscreteScheduler``);
 * ``heun``: Heun's method, the last step (to t = 0) an Euler step: 2 n - 1 evaluations
   (diffusers' ``FlowMatchHeunDiscreteScheduler``);
-* ``midpoint``: u at the step's midpoint in time: 2 n evaluations.
+* ``midpoint``: u at the step's midpoint in time: 2 n evaluations;
+* ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022b) in the process's own lambda(t) =
+  log(alpha / sigma), on the network's x_0: n evaluations, the first step and the last (to
+  sigma = 0) first order, as diffusers' ``DPMSolverMultistepScheduler`` with
+  ``final_sigmas_type="zero"``. At a flow process's t = 1, alpha = 0 and lambda = -inf: the
+  first step's exact exponential integrator is then x' = sigma' x_1 + alpha' x_0_hat (DDIM's),
+  finite, so the solver starts from pure noise, which diffusers' ``use_flow_sigmas`` grid (from
+  t = 1 - 1/T) does not; the second step's correction, divided by the first step's infinite
+  length, vanishes. It runs every process (``sampler=flow_dpmpp_2m``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -28,7 +40,8 @@ from diffusion.schedulers.continuous import ContinuousSampler, checked_process, 
 from diffusion.schedulers.noise import Generators
 
 Tensor = torch.Tensor
-METHODS = ("euler", "heun", "midpoint")
+METHODS = ("euler", "heun", "midpoint", "dpmpp_2m")
+SPACINGS = ("linear", "logsnr")
 
 
 def shift_times(t: Tensor, shift: float) -> Tensor:
@@ -37,27 +50,29 @@ def shift_times(t: Tensor, shift: float) -> Tensor:
 
 
 class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
-    """Euler, Heun or midpoint steps of dx/dt = u on the shifted grid; see the module
-    docstring. ``sampler=flow_euler|flow_heun|flow_midpoint``."""
+    """Euler, Heun, midpoint or DPM-Solver++(2M) steps of dx/dt = u on the shifted grid; see
+    the module docstring. ``sampler=flow_euler|flow_heun|flow_midpoint|flow_dpmpp_2m``."""
 
     stochastic = False
     zero_terminal_snr = True
 
     def __init__(self, process: Process | None = None, *, method: str = "euler",
-                 shift: float = 1.0):
+                 shift: float = 1.0, spacing: str = "linear"):
         self.process = checked_process(process)
         self.method = check_choice("method", method, METHODS)
         self.shift = check_number("shift", shift, above=0)
+        self.spacing = check_choice("spacing", spacing, SPACINGS)
         self.times = torch.empty(0, dtype=torch.float64)
         self.timesteps = torch.empty(0)
         self.num_inference_steps: int | None = None
         self._calls: list[tuple[str, int, float]] = []
         self._index = 0
         self._pending: tuple[Tensor, Tensor] | None = None
+        self._previous: tuple[Tensor, float] | None = None  # dpmpp_2m: last x_0 and its h
 
     @property
     def config(self) -> dict[str, Any]:
-        return {"method": self.method, "shift": self.shift}
+        return {"method": self.method, "shift": self.shift, "spacing": self.spacing}
 
     @property
     def init_noise_sigma(self) -> float:
@@ -71,6 +86,11 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
             n = check_int("num_inference_steps", num_inference_steps, 1)
             end = max(process.t_min, 1.0 / process.model_steps)
             times = torch.linspace(1.0, end, n, dtype=torch.float64)
+            if self.spacing == "logsnr" and n > 1:  # even in lambda from 1 - 1/T, then t = 1
+                lam = torch.linspace(float(process.log_snr(1.0 - 1.0 / process.model_steps)),
+                                     float(process.log_snr(end)), n, dtype=torch.float64)
+                times = process.time_of(torch.exp(-lam)).clamp(end, 1.0)
+                times[0] = 1.0
         times = shift_times(torch.as_tensor(times, dtype=torch.float64).flatten(), self.shift)
         self.times = torch.cat([times, times.new_zeros(1)])
         self._calls = []
@@ -86,6 +106,7 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
         self.num_inference_steps = len(times)
         self._index = 0
         self._pending = None
+        self._previous = None
 
     @property
     def state_positions(self) -> list[int]:
@@ -116,7 +137,9 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
         x0, eps = process.pred_x0_eps(model_output, sample, t)
         u = process.velocity(x0, eps, t)
         t_start, t_next = float(self.times[i]), float(self.times[i + 1])
-        if kind == "second":
+        if self.method == "dpmpp_2m":
+            prev = self._dpmpp_2m(x0, sample, t_start, t_next)
+        elif kind == "second":
             start, u_first = self._pending
             self._pending = None
             slope = u if self.method == "midpoint" else 0.5 * (u_first + u)
@@ -133,6 +156,26 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
         out = SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
         return out if return_dict else tuple(out)
 
+    def _dpmpp_2m(self, x0: Tensor, sample: Tensor, t: float, t_next: float) -> Tensor:
+        """One DPM-Solver++(2M) step from t to t_next in lambda = log(alpha / sigma),
+        midpoint form: D = x0 + (x0 - x0_prev) / (2 r), r = h_prev / h; first order where
+        there is no previous step and on the last step to sigma = 0."""
+        process = self._process()
+        a, s = float(process.alpha(t)), float(process.sigma(t))
+        a_next, s_next = float(process.alpha(t_next)), float(process.sigma(t_next))
+        lam = math.log(a / s) if a > 0 else -math.inf
+        lam_next = math.log(a_next / s_next) if s_next > 0 else math.inf
+        h = lam_next - lam
+        d = x0
+        if self._previous is not None and s_next > 0:
+            x0_prev, h_prev = self._previous
+            d = x0 + (0.5 * h / h_prev) * (x0 - x0_prev)  # 1 / (2 r): 0 after an infinite step
+        self._previous = (x0, h)
+        if s_next == 0:
+            return a_next * d
+        return (s_next / s) * sample - (a_next * math.expm1(-h)) * d
+
 
 register("flow_heun", VelocityScheduler, method="heun")
 register("flow_midpoint", VelocityScheduler, method="midpoint")
+register("flow_dpmpp_2m", VelocityScheduler, method="dpmpp_2m", spacing="logsnr")

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# FID (n = 1,000, the LeNet features, seed 0) at NFE 1, 2, 4, 10, 20 and 50 for each run of
+# train.sh and reflow.sh, with each formulation's samplers (the table takes the best at each
+# NFE), then the grids and the tables. One job at a time, two threads.
+#   bash experiments/formulations_mnist/evaluate.sh     (DIFFUSION_DATA: the folder holding MNIST/raw)
+#   JOB=reflow bash experiments/formulations_mnist/evaluate.sh   (one of ddpm, edm, flow, flow_ln, reflow)
+set -euo pipefail
+OUT=${OUT:-runs/formulations_mnist}
+DDPM=${DDPM:-runs/score_sde_mnist/ddpm_v_minsnr/0}   # experiments/score_sde_mnist's run
+N=${N:-1000}
+export OMP_NUM_THREADS=${THREADS:-2}
+NFE=1,2,4,10,20,50
+want() { [[ -z "${JOB:-}" || "${JOB}" == "$1" ]]; }
+fid() { python -m diffusion.evaluate "run=$1" "n=$N" batch_size=250 metrics.features=domain \
+          metrics.seed=0 plot=false "${@:2}"; }
+grid() { python -m diffusion.sample "run=$1" n=64 seed=0 \
+           "out=experiments/formulations_mnist/$2.png" "${@:3}"; }
+if want ddpm; then   # DDPM (v-prediction, Min-SNR): DPM-Solver++(2M) and DDIM, NFE = steps
+  fid "$DDPM" sampler=dpmpp_2m "sampler.steps=$NFE"
+  fid "$DDPM" sampler=ddim "sampler.steps=$NFE"
+  grid "$DDPM" ddpm_dpmpp2m10 sampler=dpmpp_2m sampler.steps=10
+fi
+if want edm; then    # EDM: DPM-Solver++(2M) and Euler on the rho = 7 ramp; its Heun (2 s - 1)
+  fid "$OUT/edm/0" sampler=edm_dpmpp_2m "sampler.steps=$NFE"
+  fid "$OUT/edm/0" sampler=edm_euler "sampler.steps=$NFE"
+  fid "$OUT/edm/0" sampler=edm sampler.steps=5,10,25                   # NFE 9, 19, 49
+  grid "$OUT/edm/0" edm_dpmpp2m10 sampler=edm_dpmpp_2m sampler.steps=10
+fi
+for job in flow flow_ln reflow; do   # flow matching: Euler (NFE = steps), midpoint (2 steps)
+  want "$job" || continue
+  run="$OUT/$job/0"
+  [[ "$job" == reflow ]] && run="$OUT/flow/0-reflow"
+  fid "$run" sampler=flow_euler "sampler.steps=$NFE"
+  fid "$run" sampler=flow_midpoint sampler.steps=1,2,5,10,25            # NFE 2, 4, 10, 20, 50
+  grid "$run" "${job}_euler10" sampler=flow_euler sampler.steps=10
+  grid "$run" "${job}_euler2" sampler=flow_euler sampler.steps=2
+done
+python experiments/formulations_mnist/table.py "$OUT" "$DDPM"
