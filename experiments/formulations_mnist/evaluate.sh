@@ -26,12 +26,14 @@ if want edm; then    # EDM: DPM-Solver++(2M) and Euler on the rho = 7 ramp; its 
   fid "$OUT/edm/0" sampler=edm sampler.steps=5,10,25                   # NFE 9, 19, 49
   grid "$OUT/edm/0" edm_dpmpp2m10 sampler=edm_dpmpp_2m sampler.steps=10
 fi
-for job in flow flow_ln reflow; do   # flow matching: Euler (NFE = steps), midpoint (2 steps)
+for job in flow flow_ln reflow; do   # flow matching: Euler and DPM-Solver++(2M) (NFE = steps),
+                                     # midpoint (2 a step)
   want "$job" || continue
   run="$OUT/$job/0"
   [[ "$job" == reflow ]] && run="$OUT/flow/0-reflow"
   fid "$run" sampler=flow_euler "sampler.steps=$NFE"
   fid "$run" sampler=flow_midpoint sampler.steps=1,2,5,10,25            # NFE 2, 4, 10, 20, 50
+  fid "$run" sampler=flow_dpmpp_2m sampler.steps=2,4,10,20,50           # (1 step: Euler's)
   grid "$run" "${job}_euler10" sampler=flow_euler sampler.steps=10
   grid "$run" "${job}_euler2" sampler=flow_euler sampler.steps=2
 done

@@ -7,5 +7,5 @@
 set -euo pipefail
 OUT=${OUT:-runs/formulations_mnist}
 export OMP_NUM_THREADS=${THREADS:-1}
-python -m diffusion.reflow "run=$OUT/flow/0" "pairs=${PAIRS:-16000}" shard_size=1000 \
+python -m diffusion.reflow "run=$OUT/flow/0" "pairs=${PAIRS:-10000}" shard_size=1000 \
   sampler=flow_midpoint sampler.steps=10 device=cpu
