@@ -2,8 +2,9 @@
 # Formulations on MNIST at the objectives_mnist budget (the 280k-parameter attention UNet,
 # 2,000 steps of batch 64, AdamW 1e-3, EMA 0.999, seed 0): EDM, and flow matching with uniform
 # and logit-normal t (the rectified flow: reflow.sh, after JOB=flow). The DDPM run
-# (objective=v_minsnr, the best of objectives_mnist) is experiments/score_sde_mnist's, trained at the same budget. Each job one thread; the periodic
-# FID (n = 500, every 500 steps) with the formulation's own sampler at about 20 NFE.
+# (objective=v_minsnr, the best of objectives_mnist) is experiments/score_sde_mnist's, trained
+# at the same budget. Each job one thread; the periodic FID (n = 500, every 500 steps) with the
+# formulation's own sampler at about 20 NFE.
 #   bash experiments/formulations_mnist/train.sh     (DIFFUSION_DATA: the folder holding MNIST/raw)
 #   JOB=edm bash experiments/formulations_mnist/train.sh       (one of them: edm, flow, flow_ln)
 set -euo pipefail
