@@ -155,6 +155,31 @@ def test_flow_dpmpp_2m_matches_diffusers_dpm_solver_with_flow_sigmas(shift):
     torch.testing.assert_close(mine.float(), x, rtol=1e-4, atol=1e-5)
 
 
+def test_trailing_spacing_takes_n_equal_steps_to_zero():
+    """diffusers' grid ends its n times at 1 / T, so with 2 steps the second runs from 1e-3 to
+    0 and does nothing; trailing's are 1, 1/2, then 0. On N(0, c^2) data one Euler step from
+    x_1 lands on E[x_0 | x_1] = 0 (the scale's error 1.0): two of diffusers' steps stay there,
+    two trailing ones reach 0.6 (exactly: x_1 -> x_1 / 2 -> x_1 / 5, against c x_1 = x_1 / 2)."""
+    process, c = FlowProcess(), 0.5
+    sched = VelocityScheduler(process, spacing="trailing")
+    sched.set_timesteps(2)
+    torch.testing.assert_close(sched.times, torch.tensor([1.0, 0.5, 0.0], dtype=F64))
+    diffusers_grid = VelocityScheduler(process)
+    diffusers_grid.set_timesteps(2)
+    torch.testing.assert_close(diffusers_grid.times, torch.tensor([1.0, 1e-3, 0.0], dtype=F64))
+
+    def exact(x_in, model_time):
+        t = process.time_of_model_time(model_time.double().flatten()[:1]).reshape(())
+        x = x_in / process.c_in(t)
+        eps = t * x / ((1 - t) ** 2 * c**2 + t**2)
+        return eps - ((x - t * eps) / (1 - t) if float(t) < 1 else torch.zeros_like(x))
+
+    x_T = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    errors = [abs(float((_run_ours(g, exact, x_T.clone()) / (c * x_T)).median()) - 1)
+              for g in (sched, diffusers_grid)]
+    assert errors[0] == pytest.approx(0.6) and errors[1] > 0.99, errors
+
+
 def test_logsnr_spacing_is_even_in_lambda_and_helps_dpmpp_2m():
     """spacing=logsnr: the times after t = 1 are evenly spaced in log(alpha / sigma), from
     t = 1 - 1/T to 1/T; on N(0, c^2) data 2M's error at 10 steps falls tenfold on it (measured

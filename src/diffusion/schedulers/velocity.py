@@ -7,6 +7,9 @@ probability-flow ODE in that process's time. The grid is diffusers' FlowMatch sc
 times evenly spaced from 1 to 1 / T (T = the process's ``model_steps``; no lower than its
 t_min), each moved by the time shift t' = shift t / (1 + (shift - 1) t) (Esser et al. 2024,
 section 5.3.2: shift > 1 spends more steps at high noise, for larger images), then t = 0.
+On that grid the last step runs from 1 / T to 0, where the flow barely moves: with 2 steps
+the second is all but wasted. ``spacing="trailing"`` takes n equal steps from 1 to t_min (1,
+1 - 1/n, ..., 1/n, then 0; Liu et al.'s few-step grid), every one of them useful.
 ``spacing="logsnr"`` spaces the n times evenly in lambda = log(alpha / sigma) instead, from
 t = 1 - 1/T to the end, the first then moved to t = 1 (DPM-Solver's spacing for small images:
 on N(0, 0.25) data its 2M's error at 10 steps falls from 0.36 to 0.038, Euler's rises).
@@ -41,7 +44,7 @@ from diffusion.schedulers.noise import Generators
 
 Tensor = torch.Tensor
 METHODS = ("euler", "heun", "midpoint", "dpmpp_2m")
-SPACINGS = ("linear", "logsnr")
+SPACINGS = ("linear", "trailing", "logsnr")
 
 
 def shift_times(t: Tensor, shift: float) -> Tensor:
@@ -86,7 +89,10 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
             n = check_int("num_inference_steps", num_inference_steps, 1)
             end = max(process.t_min, 1.0 / process.model_steps)
             times = torch.linspace(1.0, end, n, dtype=torch.float64)
-            if self.spacing == "logsnr" and n > 1:  # even in lambda from 1 - 1/T, then t = 1
+            if self.spacing == "trailing":  # n equal steps from 1 to t_min, then to t = 0
+                start = process.t_min
+                times = 1.0 - (1.0 - start) * torch.arange(n, dtype=torch.float64) / n
+            elif self.spacing == "logsnr" and n > 1:  # even in lambda from 1 - 1/T, then t = 1
                 lam = torch.linspace(float(process.log_snr(1.0 - 1.0 / process.model_steps)),
                                      float(process.log_snr(end)), n, dtype=torch.float64)
                 times = process.time_of(torch.exp(-lam)).clamp(end, 1.0)
