@@ -32,9 +32,11 @@ for job in flow flow_ln reflow; do   # flow matching: Euler and DPM-Solver++(2M)
   run="$OUT/$job/0"
   [[ "$job" == reflow ]] && run="$OUT/flow/0-reflow"
   fid "$run" sampler=flow_euler "sampler.steps=$NFE"
+  fid "$run" sampler=flow_euler sampler.spacing=trailing sampler.steps=2,4,10  # 1, 1/2, ... 0
   fid "$run" sampler=flow_midpoint sampler.steps=1,2,5                  # NFE 2, 4, 10
+  fid "$run" sampler=flow_midpoint sampler.spacing=trailing sampler.steps=2,5
   fid "$run" sampler=flow_dpmpp_2m sampler.steps=2,4,10,20              # (1 step: Euler's)
   grid "$run" "${job}_euler10" sampler=flow_euler sampler.steps=10
-  grid "$run" "${job}_euler2" sampler=flow_euler sampler.steps=2
+  grid "$run" "${job}_euler2" sampler=flow_euler sampler.spacing=trailing sampler.steps=2
 done
 python experiments/formulations_mnist/table.py "$OUT" "$DDPM"

@@ -36,7 +36,10 @@ def entries(run: Path, n: int = 1000) -> list[dict]:
             continue
         nfe = e.get("nfe") or network_evaluations(e["sampler"], e["steps"],
                                                   e.get("sampler_options"))
-        out.append({**e, "nfe": nfe})
+        spacing = (e.get("sampler_options") or {}).get("spacing")
+        name = e["sampler"] + (f" ({spacing})" if spacing and spacing != "linear"
+                               and e["sampler"] != "flow_dpmpp_2m" else "")
+        out.append({**e, "nfe": nfe, "name": name})
     return out
 
 
@@ -49,15 +52,15 @@ def main(root: Path, ddpm: Path) -> None:
         for k in NFES:
             at = [e for e in rows if e["nfe"] == k]
             best = min(at, key=lambda e: e["fid"]) if at else None
-            cells.append(f"{best['fid']:.1f} ({best['sampler']})" if best else "-")
+            cells.append(f"{best['fid']:.1f} ({best['name']})" if best else "-")
         print(f"| {label} | " + " | ".join(cells) + " |")
     floors = {round(e["floor"], 2) for rows in found.values() for e in rows}
     print(f"\nFloor (n = 1,000 against the test set): {', '.join(map(str, sorted(floors)))}\n")
     print("| run | sampler | steps | NFE | FID | seconds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for label, rows in found.items():
-        for e in sorted(rows, key=lambda e: (e["sampler"], e["nfe"])):
-            print(f"| {label} | {e['sampler']} | {e['steps']} | {e['nfe']:g} | {e['fid']:.1f} | "
+        for e in sorted(rows, key=lambda e: (e["name"], e["nfe"])):
+            print(f"| {label} | {e['name']} | {e['steps']} | {e['nfe']:g} | {e['fid']:.1f} | "
                   f"{e['seconds']:.0f} |")
     record = root / "flow" / "0-reflow" / "straightness.json"
     if record.is_file():
