@@ -176,7 +176,7 @@ def test_reflow_refuses_a_stochastic_sampler_and_a_bad_train_list(tmp_path, tiny
     run, _ = run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
                           "scheduler=flow", "objective=flow", "sampler=flow_euler")
     for overrides, message in (
-            (["sampler=edm_euler_a"], "sample it with sampler=flow_euler"),
+            (["sampler=edm_euler_a"], "sample it with sampler=flow_"),
             (_train_words(["train.model=unet"]), "cannot switch model=unet"),
             (_train_words(["train.trainer.max_step=3"]), "max_step"),
             (["pairs=0"], "pairs")):

@@ -59,7 +59,8 @@ def check_reflow_config(cfg: DictConfig) -> tuple[Path, Path, Path, SamplerSpec,
                           "it reflows unconditional runs only.")
     if spec.stochastic:
         raise ConfigError(f"sampler={spec.name} draws noise at its steps, so its images are not "
-                          "a function of the noise: use flow_euler, flow_heun or flow_midpoint.")
+                          "a function of the noise: use flow_euler, flow_heun, flow_midpoint or "
+                          "flow_dpmpp_2m.")
     check_int("seed", cfg.seed, minimum=None)
     check_int("straightness_n", cfg.straightness_n, minimum=0, note=" (0: skip)")
     check_int("straightness_steps", cfg.straightness_steps)

@@ -51,7 +51,7 @@ def make_pairs(pipe, n: int, out: str | Path, *, spec: SamplerSpec, shard_size: 
     if spec.stochastic:
         raise ConfigError(f"reflow couples each noise with the image the model's ODE maps it to; "
                           f"sampler={spec.name} draws noise at its steps: use a deterministic "
-                          "one (flow_euler, flow_heun, flow_midpoint, ode, edm).")
+                          "one (flow_euler, flow_heun, flow_midpoint, flow_dpmpp_2m, ode, edm).")
     folder = writable_folder(out, "pass a folder you can write for the pairs")
     settings = shard_settings(spec, seed, checkpoint)
     shape = pipe.sample_shape
