@@ -66,8 +66,8 @@ def check_reflow_config(cfg: DictConfig) -> tuple[Path, Path, Path, SamplerSpec,
     check_int("straightness_steps", cfg.straightness_steps)
     if not OmegaConf.is_list(cfg.train) or not all(isinstance(o, str) and "=" in o
                                                     for o in cfg.train):
-        raise ConfigError(f"train must be a list of key=value overrides, e.g. "
-                          f"'train=[trainer.max_steps=4000]'; got {cfg.train!r}.")
+        raise ConfigError(f"train must be a list of key=value overrides; pass them as words, "
+                          f"e.g. train.trainer.max_steps=4000; got {cfg.train!r}.")
     train = [str(o) for o in cfg.train]
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(run)
     if not checkpoint.is_file():
