@@ -96,16 +96,16 @@ class CheckpointState:
             path = ckpt.latest_checkpoint(source / "checkpoints")
             if path is None:
                 raise CheckpointError(f"trainer.init_from={source} holds no checkpoints/"
-                                           "step_*.pt: pass a run folder that has trained, "
-                                           "or a checkpoint file.")
+                                      "step_*.pt: pass a run folder that has trained, or a "
+                                      "checkpoint file.")
         elif not source.is_file():
-            raise CheckpointError(f"trainer.init_from={source} is neither a checkpoint "
-                                       "nor a run folder: pass one of them.")
+            raise CheckpointError(f"trainer.init_from={source} is neither a checkpoint nor "
+                                  "a run folder: pass one of them.")
         state = ckpt.load(path, map_location="cpu")
         weights = state["ema"]["model"] if "ema" in state else state.get("model")
         if weights is None:
             raise CheckpointError(f"trainer.init_from={path} holds no network weights "
-                                       "(model or ema): pass a diffusion.train checkpoint.")
+                                  "(model or ema): pass a diffusion.train checkpoint.")
         try:
             for module in (self.model, self.ema.model):
                 module.load_state_dict(weights)
