@@ -57,10 +57,8 @@ def check_reflow_config(cfg: DictConfig) -> tuple[Path, Path, Path, SamplerSpec,
     if run_cfg.model.get("num_classes") is not None:
         raise ConfigError(f"run={run} is class-conditional; reflow's pairs carry no labels, so "
                           "it reflows unconditional runs only.")
-    if spec.stochastic:
-        raise ConfigError(f"sampler={spec.name} draws noise at its steps, so its images are not "
-                          "a function of the noise: use flow_euler, flow_heun, flow_midpoint or "
-                          "flow_dpmpp_2m.")
+    # a stochastic sampler never gets here: over a flow process only the velocity samplers
+    # build (check_run_options), and make_pairs refuses one over any other process
     check_int("seed", cfg.seed, minimum=None)
     check_int("straightness_n", cfg.straightness_n, minimum=0, note=" (0: skip)")
     check_int("straightness_steps", cfg.straightness_steps)

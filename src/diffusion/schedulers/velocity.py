@@ -167,11 +167,9 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
         midpoint form: D = x0 + (x0 - x0_prev) / (2 r), r = h_prev / h; first order where
         there is no previous step and on the last step to sigma = 0."""
         process = self._process()
-        a, s = float(process.alpha(t)), float(process.sigma(t))
+        s = float(process.sigma(t))
         a_next, s_next = float(process.alpha(t_next)), float(process.sigma(t_next))
-        lam = math.log(a / s) if a > 0 else -math.inf
-        lam_next = math.log(a_next / s_next) if s_next > 0 else math.inf
-        h = lam_next - lam
+        h = float(process.log_snr(t_next)) - float(process.log_snr(t))  # inf at either end
         d = x0
         if self._previous is not None and s_next > 0:
             x0_prev, h_prev = self._previous

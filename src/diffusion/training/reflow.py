@@ -15,7 +15,7 @@ coupling.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,11 +29,13 @@ from diffusion.sampling.sampler import SamplerSpec
 
 @dataclass(frozen=True)
 class PairShard:
-    """One shard on disk: its index, path and how many pairs it holds."""
+    """One shard on disk: its index, path, how many pairs it holds and what drawing them
+    took (``cost``: seconds, network evaluations a pair)."""
 
     index: int
     path: Path
     size: int
+    cost: dict = field(default_factory=dict, compare=False)
 
 
 def shard_settings(spec: SamplerSpec, seed: int, checkpoint: str) -> dict:
@@ -65,7 +67,7 @@ def make_pairs(pipe, n: int, out: str | Path, *, spec: SamplerSpec, shard_size: 
                 raise ConfigError(f"{path} holds pairs drawn with other settings "
                                   f"({held.get('settings')}): use another folder, or delete "
                                   "it to draw them again.")
-            shards.append(PairShard(index, path, size))
+            shards.append(PairShard(index, path, size, held.get("cost", {})))
             continue
         noise = torch.randn((size, *shape), generator=torch.Generator().manual_seed(
             chunk_seed(seed, index)))
@@ -80,15 +82,14 @@ def make_pairs(pipe, n: int, out: str | Path, *, spec: SamplerSpec, shard_size: 
         cost = {"seconds": round(time.perf_counter() - started, 2), "nfe": len(calls)}
         save_torch({"noise": noise, "images": images.float(), "settings": settings,
                     "cost": cost}, path)
-        shards.append(PairShard(index, path, size))
+        shards.append(PairShard(index, path, size, cost))
     return shards
 
 
 def pairs_cost(shards: list[PairShard]) -> dict:
     """What drawing ``shards`` took: seconds (summed over the shards, whichever call drew
     them) and network evaluations a pair (``nfe``)."""
-    costs = [torch.load(s.path, map_location="cpu", weights_only=True).get("cost", {})
-             for s in shards]
+    costs = [s.cost for s in shards]
     return {"n": sum(s.size for s in shards),
             "seconds": round(sum(c.get("seconds", 0.0) for c in costs), 1),
             "nfe": max((c.get("nfe", 0) for c in costs), default=0)}
@@ -101,8 +102,14 @@ def load_pairs(shards: list[PairShard]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pair_shards(folder: str | Path) -> list[PairShard]:
-    """The shards ``make_pairs`` wrote under ``folder``, in order; one sentence when there
-    are none, one is missing or one cannot be read (``diffusion.reflow`` draws it again)."""
+    """The shards ``make_pairs`` wrote under ``folder``, in order; see ``read_shards``."""
+    return [shard for shard, _ in read_shards(folder)]
+
+
+def read_shards(folder: str | Path) -> list[tuple[PairShard, dict]]:
+    """Each shard ``make_pairs`` wrote under ``folder``, in order, with what it holds (read
+    once); one sentence when there are none, one is missing or one cannot be read
+    (``diffusion.reflow`` draws it again)."""
     paths = sorted(Path(folder).glob("pairs_*.pt"))
     if not paths:
         raise ConfigError(f"pairs={folder} holds no pairs_*.pt shards: pass the pairs folder "
@@ -115,7 +122,7 @@ def pair_shards(folder: str | Path) -> list[PairShard]:
         held = load_cached(path)
         if held is None:
             raise ConfigError(f"{path} was damaged and is removed: {again}.")
-        shards.append(PairShard(index, path, len(held["noise"])))
+        shards.append((PairShard(index, path, len(held["noise"]), held.get("cost", {})), held))
     return shards
 
 
@@ -129,8 +136,9 @@ class PairDataset(torch.utils.data.Dataset):
     accepts_sample_keys = False
 
     def __init__(self, folder: str | Path, like=None):
-        self.noise, self.images = load_pairs(pair_shards(folder))
-        self.folder = Path(folder)
+        held = [contents for _, contents in read_shards(folder)]
+        self.noise = torch.cat([h["noise"] for h in held])
+        self.images = torch.cat([h["images"] for h in held])
         for key in ("name", "channels", "image_size", "num_classes"):
             setattr(self, key, getattr(like, key, None))
         if like is not None and len(like):
