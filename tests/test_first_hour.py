@@ -124,3 +124,23 @@ def test_a_rerun_reproduces_a_run_into_a_new_folder_under_runs(tmp_path, tiny_mn
     assert refused.returncode == 1 and refused.stderr.strip() == (
         f"error: rerun={source} cannot switch model=unet: a run keeps the groups it started "
         "with; override single keys (model.<key>=...) or start a new run.")
+
+
+def test_a_finished_run_prints_its_grid_and_the_commands_that_sample_and_score_it(
+        tmp_path, tiny_mnist_root, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
+                 "trainer.max_steps=4", "trainer.sample_every=4", "sampler=dpmpp_2m",
+                 "sampler.steps=3")
+    lines = capsys.readouterr().out.strip().splitlines()[-4:]
+    assert lines == ["Run folder: run", "Newest grid: run/samples/step_00000004.png",
+                     "Sample from it: python -m diffusion.sample run=run sampler=dpmpp_2m "
+                     "sampler.steps=3 n=64",
+                     "Score it (FID): python -m diffusion.evaluate run=run sampler=dpmpp_2m "
+                     "sampler.steps=3 n=1000"]
+    assert (tmp_path / "run/samples/step_00000004.png").is_file()
+    command = lines[2].split(": ", 1)[1].split()
+    done = subprocess.run([sys.executable, *command[1:], "out=grid.png"], cwd=tmp_path,
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "grid.png").is_file()

@@ -35,7 +35,7 @@ from diffusion.sampling.sampler import SamplerSpec
 from hydra_utils import compose_config
 
 COMMANDS = ("train", "sample", "evaluate", "edit", "visualize", "report", "bench",
-            "train_classifier", "export", "reflow")
+            "train_classifier", "export", "reflow", "train_autoencoder")
 """The Hydra commands: ``python -m diffusion.<name>`` composes ``conf/<name>.yaml``."""
 
 REWRITES = {"visualize": visualize_command._figure_word, "report": report_command._sweep_word,

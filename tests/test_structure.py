@@ -21,7 +21,8 @@ import diffusion
 SRC = Path(diffusion.__file__).parent
 SHIMS = {"diffusion.train", "diffusion.sample", "diffusion.evaluate", "diffusion.visualize",
          "diffusion.report", "diffusion.bench", "diffusion.samplers_oracle", "diffusion.edit",
-         "diffusion.train_classifier", "diffusion.export", "diffusion.reflow"}
+         "diffusion.train_classifier", "diffusion.export", "diffusion.reflow",
+         "diffusion.train_autoencoder"}
 COMPAT = {"diffusion.pipeline", "diffusion.guidance"}  # the README's older import paths
 OPTIONAL = {"diffusion.commands.benchmarks.diffusers_side"}  # needs the optional diffusers
 

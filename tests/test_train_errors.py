@@ -109,8 +109,8 @@ BAD_VALUES = [
     ("trainer.loss=l1", "error: trainer.loss is now objective.loss: the training objective is "
                         "a config group, e.g. objective=v_minsnr objective.loss=l1"),
     ("objective=foo", "error: objective=foo is not an option of objective: choose one of dsm, "
-                      "dsm_likelihood, edm, eps, eps_minsnr, eps_p2, flow, v, v_minsnr, "
-                      "v_zero_snr, x0, x0_minsnr."),
+                      "dsm_likelihood, edm, eps, eps_minsnr, eps_p2, flow, flow_logit_normal, "
+                      "v, v_minsnr, v_zero_snr, x0, x0_minsnr."),
     ("scheduler=ve sampler=pc", "error: this objective trains a DDPM noise process; the run's "
                                 "is VEProcess, in continuous time: use objective=dsm."),
     ("scheduler=ve objective=dsm", "error: DDIMScheduler walks a discrete DDPM noise process; "

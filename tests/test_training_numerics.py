@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from diffusion.errors import TrainingError
 from diffusion.models import BasicUNet
+from diffusion.runtime.device import resolve_precision
 from diffusion.schedulers import DDPMScheduler
 from diffusion.training.config import TrainerConfig
 from diffusion.training.ema import EMA
@@ -188,3 +189,15 @@ def test_fp16_step_with_a_nan_loss_stops_training(tmp_path):
     with pytest.raises(TrainingError, match=r"The loss became nan at step 0"):
         trainer.train_step(itertools.repeat(trainer.train_set.tensors))
     assert trainer.step == 0 and trainer.skipped_steps == 1
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [
+    (True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")])
+def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+    """bf16 autocast only where the CPU multiplies bf16 in hardware: elsewhere autocast's bf16
+    convolutions take PyTorch's reference kernels (11x slower than fp32, measured)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"

@@ -187,6 +187,12 @@ def build_classifier(cfg: DictConfig):
     return _instantiate("classifier_net", cfg.classifier_net)
 
 
+def build_autoencoder(node: DictConfig):
+    """The ``AutoencoderKL`` of an ``autoencoder`` config node (a ``diffusion.train_autoencoder``
+    config's, or the one a latent run stores)."""
+    return _instantiate("autoencoder", node)
+
+
 DATASET_SETTINGS_ELSEWHERE = ("name", "channels", "num_classes", "train_split", "val_split",
                               "batch_size", "num_workers", "on_device")
 """Keys of ``data`` that are not arguments of its ``_target_``: the description that other

@@ -30,6 +30,7 @@ from diffusion.sampling.checks import SAMPLERS, labels_option
 from diffusion.sampling.pipeline import compile_mode
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.schedulers.betas import BETA_SCHEDULES
+from diffusion.training.autoencoder import LOSSES as AUTOENCODER_LOSSES
 
 EDIT_TASKS = ("img2img", "inpaint", "invert", "interpolate")
 TASK_KEYS = {  # the settings each task's images depend on, beyond the sampler's
@@ -168,6 +169,21 @@ def check_classifier_options(cfg: DictConfig) -> None:
     check_int("seed", cfg.seed, minimum=None)
     check_int("noise_levels", cfg.noise_levels, maximum=cfg.scheduler.num_train_timesteps,
               note=" (scheduler.num_train_timesteps)")
+
+
+def check_autoencoder_options(cfg: DictConfig) -> None:
+    """``diffusion.train_autoencoder``'s plain settings, before any data is read or weights
+    allocated."""
+    for key, minimum in (("steps", 1), ("batch_size", 1), ("log_every", 1), ("eval_every", 0),
+                         ("eval_n", 1), ("sample_n", 1), ("keep_last", 0), ("disc_start", 0)):
+        check_int(key, cfg[key], minimum=minimum)
+    for key in ("lr", "kl_weight", "disc_weight", "grad_clip"):
+        check_number(key, cfg[key], minimum=0)
+    check_number("ema_decay", cfg.ema_decay, minimum=0, below=1)
+    check_choice("loss", cfg.loss, AUTOENCODER_LOSSES)
+    check_bool("rfid", cfg.rfid)
+    check_bool("progress", cfg.progress)
+    check_int("seed", cfg.seed, minimum=None)
 
 
 FORWARD_KEYS = ("schedules", "num_train_timesteps", "images", "columns", "split", "seed")

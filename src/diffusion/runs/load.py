@@ -132,3 +132,22 @@ def load_classifier(run: str | Path, checkpoint: str | Path | None = None):
     model = instantiate(cfg["classifier_net"])
     load_weights(model, load(path)["model"], "classifier", path)
     return model.eval()
+
+
+def load_autoencoder(run: str | Path, checkpoint: str | Path | None = None, key: str = "latent"):
+    """The KL autoencoder of a ``diffusion.train_autoencoder`` run folder with the EMA weights
+    of ``checkpoint`` (default: its newest), in eval mode; ``key`` names the setting the
+    folder came from in the sentences of a folder that is no autoencoder run."""
+    cfg = read_config(run, key=key)
+    if "autoencoder" not in cfg:
+        raise RunError(f"{key}={run} is not an autoencoder run (its config has no autoencoder): "
+                       f"pass a folder that python -m diffusion.train_autoencoder wrote.")
+    path = Path(checkpoint) if checkpoint is not None else newest_checkpoint(
+        run, "let diffusion.train_autoencoder reach its first checkpoint (eval_every)")
+    state = load(path)
+    if "ema" not in state:
+        raise CheckpointError(f"{path} holds no EMA weights: it is not an autoencoder "
+                              f"checkpoint; pass the run's own checkpoints/step_*.pt.")
+    model = instantiate(cfg["autoencoder"])
+    load_weights(model, state["ema"]["model"], "autoencoder", path)
+    return model.eval().requires_grad_(False)

@@ -155,8 +155,8 @@ class DiffusionPipeline(EditingMethods):
     # ------------------------------------------------------------------ diffusers' basics
     def to(self, device: str | torch.device) -> DiffusionPipeline:
         """Move the model to ``device`` (``auto``, ``cpu``, ``cuda[:N]``, a ``torch.device``);
-        ``precision="auto"`` follows it (bf16 autocast on CUDA, fp32 on the CPU). Returns the
-        pipeline, as diffusers' ``to`` does."""
+        ``precision="auto"`` follows it (bf16 autocast on CUDA and on CPUs with native bf16,
+        else fp32). Returns the pipeline, as diffusers' ``to`` does."""
         self.device = resolve_device(device)
         self.precision = resolve_precision(self.precision_setting, self.device)
         self.model.to(self.device, memory_format=self.memory_format)

@@ -181,5 +181,5 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
 
 
 register("flow_heun", VelocityScheduler, method="heun")
-register("flow_midpoint", VelocityScheduler, method="midpoint")
+register("flow_midpoint", VelocityScheduler, method="midpoint", spacing="trailing")
 register("flow_dpmpp_2m", VelocityScheduler, method="dpmpp_2m", spacing="logsnr")

@@ -18,7 +18,7 @@ class TrainerConfig:
     max_minutes: float = 0.0        # also stop (with a checkpoint) after this many minutes of
                                     # this launch's training, checked every step; 0: off
     device: str = "auto"            # auto | cpu | cuda[:N]
-    precision: str = "auto"         # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"         # auto (bf16: CUDA, native-bf16 CPUs) | fp32 | bf16 | fp16
     grad_accum: int = 1             # micro-batches per optimizer step
     grad_clip: float = 1.0          # max global grad norm; 0 disables clipping
     divergence_factor: float = 100.0  # stop when the logged loss exceeds this x its running
