@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from diffusion.commands.train_autoencoder import _prepare_resume, train_autoencoder
+from diffusion.commands.train_autoencoder import COMMAND, train_autoencoder
 from diffusion.errors import ConfigError
 from diffusion.models.autoencoder import AutoencoderKL, DiagonalGaussian, PatchDiscriminator
 from diffusion.training.autoencoder import psnr
@@ -125,7 +125,7 @@ def test_a_resume_may_not_change_what_it_learns(tmp_path, ae_run):
     run, _ = ae_run
     with pytest.raises(ConfigError, match=r"^lr=1: a resume continues the autoencoder as it "
                                           r"was trained, so only steps, "):
-        _prepare_resume(str(run), ["lr=1"])
+        COMMAND.prepare_resume(str(run), ["lr=1"])
 
 
 def test_a_size_that_does_not_fit_the_data_is_refused_before_the_folder(tmp_path,

@@ -16,27 +16,22 @@ Ctrl-C (or SIGTERM, SIGUSR1) stops it after the step it is in, with a checkpoint
 from __future__ import annotations
 
 import json
-import signal
-import sys
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from diffusion.checks import check_writable
-from diffusion.commands.launcher import guarded, launch
+from diffusion.commands.side_run import SideCommand
 from diffusion.config.build import build_autoencoder, build_datasets
 from diffusion.config.metrics import build_scorer
 from diffusion.config.options import check_autoencoder_options
 from diffusion.data.datasets import data_key
-from diffusion.errors import USER_ERRORS, ConfigError, RunError
-from diffusion.runs.folder import record_end, write_env
-from diffusion.runs.load import newest_checkpoint, read_config
+from diffusion.errors import ConfigError
+from diffusion.runs.folder import write_env
+from diffusion.runs.load import newest_checkpoint
 from diffusion.runs.lock import WriterLock
 from diffusion.runtime.device import resolve_device
 from diffusion.runtime.seed import seed_everything
-from diffusion.training import checkpoint as ckpt
 from diffusion.training.autoencoder import AutoencoderTrainer
 from diffusion.training.loggers import truncate_metrics
 
@@ -100,75 +95,12 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict) -> dict:
     return summary
 
 
-def _work(cfg: DictConfig) -> None:
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    multirun, resuming = hydra_cfg.mode == RunMode.MULTIRUN, bool(cfg.get("resume"))
-    progress: dict = {}
-    try:
-        summary = train_autoencoder(cfg, run_dir, progress)
-    except KeyboardInterrupt:  # a second signal, or one before training began
-        record_end(run_dir, None, started=bool(progress.get("started")), resuming=resuming,
-                   multirun=multirun, interrupted="SIGINT")
-        raise
-    except (*USER_ERRORS, ValueError, Exception) as exc:
-        record_end(run_dir, exc, started=bool(progress.get("started")), resuming=resuming,
-                   multirun=multirun)
-        raise
-    record_end(run_dir, None, started=True, resuming=resuming, multirun=multirun,
-               interrupted=summary.get("interrupted"))
-    if summary.get("interrupted"):
-        name = summary["interrupted"]
-        print(f"{name}: stopped at step {summary['step']} of {summary['steps']} with a "
-              f"checkpoint; continue with python -m diffusion.train_autoencoder "
-              f"resume={run_dir}", file=sys.stderr)
-        raise SystemExit(128 + signal.Signals[name])
-
-
-class _Finished(Exception):
-    """A resume with no steps left."""
-
-
-def _prepare_resume(run_arg: str, overrides: list[str]) -> list[str]:
-    """The Hydra command line that continues autoencoder run ``run_arg``: composed from its
-    own config.yaml, in its own folder, with only ``RESUME_KEYS`` changed; its writer lock is
-    taken here and held until the process ends."""
-    run = Path(run_arg).resolve()
-    cfg = read_config(run, key="resume")
-    if "autoencoder" not in cfg:
-        raise RunError(f"resume={run_arg} is not an autoencoder run (its config has no "
-                       f"autoencoder): continue it with the command that trained it.")
-    for override in overrides:
-        key = override.split("=", 1)[0]
-        if key.lstrip("+~") not in RESUME_KEYS or key != key.lstrip("+~"):
-            raise ConfigError(
-                f"{override}: a resume continues the autoencoder as it was trained, so only "
-                f"{', '.join(RESUME_KEYS)} may change: drop it, or train a new autoencoder.")
-    step = ckpt.step_of(newest_checkpoint(
-        run, "it stopped before its first checkpoint; train a new autoencoder"))
-    steps = next((int(o.split("=", 1)[1]) for o in overrides if o.startswith("steps=")
-                  and o.split("=", 1)[1].isdigit()), cfg["steps"])
-    if step >= steps:
-        raise _Finished(f"Autoencoder run {run_arg} is trained to step {step} already "
-                        f"(steps={steps}): pass steps=<more> to train it longer.")
-    WriterLock(run).acquire()  # one writer: held until this process ends
-    return [*overrides, f"resume={run}", f"hydra.run.dir={run}", "hydra.output_subdir=null"]
-
-
-def main() -> None:
-    """``python -m diffusion.train_autoencoder ...``; see the module docstring."""
-    argv = sys.argv[1:]
-    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
-    if not resume:
-        launch("train_autoencoder", _work, distributed=False)
-        return
-    overrides = [a for a in argv if not a.startswith("resume=")]
-    try:
-        argv = guarded(_prepare_resume, resume, overrides)
-    except _Finished as done:
-        print(done)
-        return
-    launch("config", _work, argv=argv, config_dir=Path(resume).resolve(), distributed=False)
+COMMAND = SideCommand(
+    name="train_autoencoder", what="autoencoder", marker="autoencoder",
+    resume_keys=RESUME_KEYS, train=train_autoencoder,
+    other_kind=lambda run: (f"resume={run} is not an autoencoder run (its config has no "
+                            f"autoencoder): continue it with the command that trained it."))
+main = COMMAND.main
 
 
 if __name__ == "__main__":
