@@ -173,3 +173,42 @@ def test_a_run_loads_back_with_its_ema_weights(ae_run, tmp_path):
     (tmp_path / "config.yaml").write_text("model: {}\n")
     with pytest.raises(RunError, match=r"^latent=.* is not an autoencoder run"):
         load_autoencoder(tmp_path)
+
+
+def test_latents_are_cached_and_encoded_again_when_the_checkpoint_changes(ae_run, tmp_path,
+                                                                          monkeypatch):
+    import os
+
+    from diffusion.data import latents
+    from diffusion.runs.load import load_autoencoder
+
+    run, _ = ae_run
+    checkpoint = run / "checkpoints" / "step_00000120.pt"
+    model = load_autoencoder(run, checkpoint)
+    images = (torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+              * 255).to(torch.uint8)
+    calls = []
+    real = latents.encode_images
+    monkeypatch.setattr(latents, "encode_images",
+                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    mean, std = latents.cached_latents(model, checkpoint, images, "mnist", "train",
+                                       cache_dir=tmp_path)
+    again = latents.cached_latents(model, checkpoint, images, "mnist", "train",
+                                   cache_dir=tmp_path)
+    assert len(calls) == 1 and torch.equal(again[0], mean) and torch.equal(again[1], std)
+    # the round trip: the cached means decode to the model's own reconstructions
+    decoded = model.decode(mean)
+    direct = model.decode(model.encode(images.float() / 127.5 - 1).mode())
+    torch.testing.assert_close(decoded, direct, rtol=1e-5, atol=1e-5)
+    stat = checkpoint.stat()  # the run trained further: a new modification time
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    latents.cached_latents(model, checkpoint, images, "mnist", "train", cache_dir=tmp_path)
+    assert len(calls) == 2
+    latents.cached_latents(model, checkpoint, images[:10], "mnist", "train",
+                           cache_dir=tmp_path)  # other images
+    assert len(calls) == 3
+    # the scale brings posterior samples to unit variance over the set
+    scale = latents.latent_scale(mean, std)
+    draws = torch.stack([mean + std * torch.randn(mean.shape, generator=torch.Generator()
+                                                  .manual_seed(i)) for i in range(50)])
+    assert float((draws * scale).std()) == pytest.approx(1.0, rel=0.02)
