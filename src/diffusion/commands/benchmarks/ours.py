@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from diffusion.config.build import (
     build_lr_scheduler,
     build_model,
+    build_objective,
     build_optimizer,
     build_scheduler,
     build_trainer_config,
@@ -134,12 +135,13 @@ class OurSide(Side):
         trainer_cfg = build_trainer_config(cfg)
         seed_everything(cfg.seed)
         conditional = cfg.model.get("num_classes") is not None
+        scheduler = build_scheduler(cfg)
         self.trainer = Trainer(
-            build_model(cfg), build_scheduler(cfg), build_optimizer(cfg), train_set,
+            build_model(cfg), scheduler, build_optimizer(cfg), train_set,
             trainer_cfg, batch_size=cfg.data.batch_size, run_dir=workdir / "run",
             lr_scheduler=build_lr_scheduler(cfg),
             seed=cfg.seed, num_workers=cfg.data.num_workers, conditional=conditional,
-            on_device=cfg.data.on_device)
+            on_device=cfg.data.on_device, objective=build_objective(cfg, scheduler))
         self.model = self.trainer.model.train()
         self.device = self.trainer.device
         x, y = synthetic_batch(cfg.data.batch_size, self.trainer.sample_shape,
