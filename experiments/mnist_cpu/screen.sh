@@ -19,9 +19,9 @@ run() {  # name, overrides...
   fi
 }
 # the 280k model at twice the learning rate
-run lr2e-3 model.base_channels=16 optimizer.lr=2e-3 trainer.max_steps=1000 trainer.eval_every=500
+run lr2e-3 model.base_channels=16 optimizer.lr=2e-3 "trainer.max_steps=${STEPS:-1000}" trainer.eval_every=500
 # twice the batch at half the steps (the same images), twice the learning rate
 run b128 model.base_channels=16 data.batch_size=128 optimizer.lr=2e-3 lr_scheduler.warmup_steps=100 \
-    trainer.max_steps=500 trainer.eval_every=250
+    "trainer.max_steps=$(( ${STEPS:-1000} / 2 ))" trainer.eval_every=250
 # the recipe's 1.1M model: 1,000 steps cost about what the 280k model's 2,170 do (bench)
-run c32 trainer.max_steps=1000 trainer.eval_every=500
+run c32 "trainer.max_steps=${STEPS:-1000}" trainer.eval_every=500

@@ -6,7 +6,7 @@
 #   JOB=new MINUTES=25 bash experiments/mnist_cpu/train.sh      (one of them: old, new)
 set -euo pipefail
 OUT=${OUT:-runs/mnist_cpu_final}
-COMMON=(experiment=mnist_cpu logger=none trainer.progress=false trainer.max_steps=1000000
+COMMON=(experiment=mnist_cpu logger=none trainer.progress=false "trainer.max_steps=${STEPS:-1000000}"
         "trainer.max_minutes=${MINUTES:-25}" paths.runs_dir=runs)
 export OMP_NUM_THREADS=${THREADS:-2}
 run() {  # name, overrides...
