@@ -28,7 +28,7 @@ GROUPS = {
     "trainer": ["default", "cpu", "debug"],
     "optimizer": ["adamw", "adam"],
     "logger": ["wandb", "none"],
-    "experiment": ["mnist", "fashion_mnist", "mnist_cpu", "flowers64"],
+    "experiment": ["mnist", "fashion_mnist", "mnist_cpu", "mnist_cpu_ddpm", "flowers64"],
 }
 
 

@@ -9,7 +9,7 @@
 #   JOB=edm bash experiments/formulations_mnist/train.sh       (one of them: edm, flow, flow_ln)
 set -euo pipefail
 OUT=${OUT:-runs/formulations_mnist}
-COMMON=(experiment=mnist_cpu model.base_channels=16 "trainer.max_steps=${STEPS:-2000}"
+COMMON=(experiment=mnist_cpu_ddpm model.base_channels=16 "trainer.max_steps=${STEPS:-2000}"
         logger=none trainer.progress=false trainer.eval_every=500 "trainer.eval_n=${N:-500}"
         metrics.features=domain paths.runs_dir=runs)
 export OMP_NUM_THREADS=${THREADS:-1}

@@ -74,7 +74,7 @@ train fashion_mnist experiment=fashion_mnist data.on_device=true \
 HALF=$(python3 -c "print(round($TRAIN_MINUTES / 2, 2))")
 if [[ $SMALL_RUNS == *objectives* ]]; then  # side by side: each is small for the GPU
   for objective in eps v eps_minsnr v_minsnr; do
-    train objective_$objective experiment=mnist_cpu objective=$objective "${DEV[@]}" \
+    train objective_$objective experiment=mnist_cpu_ddpm objective=$objective "${DEV[@]}" \
       trainer.max_minutes=$TRAIN_MINUTES "${CPU_STEPS[@]}" &
   done
 fi

@@ -4,7 +4,7 @@
 # trailing spacing), and per-class grids at three scales.
 #   RUN=runs/guidance_mnist/mnist_cpu_class CLASSIFIER=runs/guidance_mnist/classifier N=500 \
 #     SAMPLER_STEPS=10 bash experiments/guidance_mnist/guidance.sh
-# The model:      python -m diffusion.train experiment=mnist_cpu conditioning=class logger=none hydra.run.dir=$RUN
+# The model:      python -m diffusion.train experiment=mnist_cpu_ddpm conditioning=class logger=none hydra.run.dir=$RUN
 # The classifier: python -m diffusion.train_classifier data=mnist steps=1500 hydra.run.dir=$CLASSIFIER
 set -euo pipefail
 RUN=${RUN:-runs/guidance_mnist/mnist_cpu_class}

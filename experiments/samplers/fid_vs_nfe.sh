@@ -2,7 +2,7 @@
 # FID against network evaluations (NFE) for DDIM, DPM-Solver++(2M) and Heun on one trained
 # model (the mnist_cpu recipe), trailing spacing, n images per FID against the MNIST test split.
 #   RUN=runs/samplers/mnist_cpu N=500 bash experiments/samplers/fid_vs_nfe.sh
-# The model: python -m diffusion.train experiment=mnist_cpu logger=none hydra.run.dir=$RUN
+# The model: python -m diffusion.train experiment=mnist_cpu_ddpm logger=none hydra.run.dir=$RUN
 set -euo pipefail
 # NFE 100 is left out to fit a 2-core CPU budget (about 13 minutes per sampler at n=500);
 # add 100 (heun: 50) to the step lists where time allows.

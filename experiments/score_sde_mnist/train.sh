@@ -6,7 +6,7 @@
 #   bash experiments/score_sde_mnist/train.sh     (DIFFUSION_DATA: the folder holding MNIST/raw)
 set -euo pipefail
 OUT=${OUT:-runs/score_sde_mnist}
-COMMON=(experiment=mnist_cpu model.base_channels=16 "trainer.max_steps=${STEPS:-2000}"
+COMMON=(experiment=mnist_cpu_ddpm model.base_channels=16 "trainer.max_steps=${STEPS:-2000}"
         logger=none trainer.progress=false trainer.eval_every=500 "trainer.eval_n=${N:-500}"
         sampler=ode sampler.steps=10 metrics.features=domain paths.runs_dir=runs)
 export OMP_NUM_THREADS=1

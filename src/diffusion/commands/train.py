@@ -165,7 +165,8 @@ def finished_message(run_dir: Path, cfg: DictConfig, device: torch.device) -> st
     if grids:
         lines.append(f"Newest grid: {shown / 'samples' / grids[-1].name}")
     spec = SamplerSpec.of_run(cfg)
-    sampler = f"sampler={spec.name} sampler.steps={spec.steps}"
+    steps = "null" if spec.steps is None else spec.steps  # null: every training step
+    sampler = f"sampler={spec.name} sampler.steps={steps}"
     n = " n=1000" if device.type == "cpu" else ""
     lines += [f"Sample from it: python -m diffusion.sample run={shown} {sampler} n=64",
               f"Score it (FID): python -m diffusion.evaluate run={shown} {sampler}{n}"]

@@ -41,7 +41,7 @@ def cpu_has_native_bf16() -> bool:
     oneDNN's bf16 convolutions need. Without them autocast's bf16 convolutions fall back to
     PyTorch's reference kernels: on a 2-core AVX2 EPYC the MNIST CPU recipe trained at 8 images/s
     in bf16 against 89 in fp32 (experiments/mnist_cpu/README.md); with AVX512-BF16 (Zen 4)
-    bf16 trained it 1.4-1.6x faster than fp32 (experiments/bench)."""
+    bf16 trained the attention UNet 1.4-1.6x faster than fp32 (experiments/bench)."""
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         check = getattr(torch.cpu, name, None)
         if check is not None and check():
