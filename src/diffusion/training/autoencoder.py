@@ -159,7 +159,8 @@ class AutoencoderTrainer:
         weight = nll_grad.norm() / (g_grad.norm() + 1e-4)
         return weight.clamp(0.0, 1e4).detach() * self.disc_weight
 
-    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One step; the logged values stay tensors (no host sync unless they are logged)."""
         index = torch.randint(0, len(self.train_images), (self.batch_size,), generator=generator)
         x = to_model_range(self.train_images[index]).to(self.device)
         posterior = self.model.encode(x)
@@ -169,14 +170,13 @@ class AutoencoderTrainer:
         nll = error.flatten(1).sum(1).mean()
         kl = posterior.kl().mean()
         loss = nll + self.kl_weight * kl
-        logs = {"train/rec_per_pixel": float(error.detach().mean()), "train/kl": float(kl.detach())}
+        logs = {"train/rec_per_pixel": error.detach().mean(), "train/kl": kl.detach()}
         adversarial = self.discriminator is not None and step >= self.disc_start
         if adversarial:
             g_loss = -self.discriminator(recon).mean()
             weight = self._adaptive_weight(nll, g_loss)
             loss = loss + weight * g_loss
-            logs.update({"train/g_loss": float(g_loss.detach()),
-                         "train/disc_weight": float(weight)})
+            logs.update({"train/g_loss": g_loss.detach(), "train/disc_weight": weight})
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"the autoencoder's loss is {float(loss)} at step {step}: lower lr or "
@@ -192,8 +192,8 @@ class AutoencoderTrainer:
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.disc_optimizer.step()
-            logs["train/d_loss"] = float(d_loss.detach())
-        logs["train/loss"] = float(loss.detach())
+            logs["train/d_loss"] = d_loss.detach()
+        logs["train/loss"] = loss.detach()
         return logs
 
     def fit(self) -> dict:
@@ -216,6 +216,7 @@ class AutoencoderTrainer:
                 logs = self.train_step(step, generator)
                 last = step == self.steps or stop.signal is not None
                 if step % self.log_every == 0 or last:
+                    logs = {k: float(v) for k, v in logs.items()}
                     seconds = time.perf_counter() - start
                     logs["train/images_per_sec"] = (step - first + 1) * self.batch_size / seconds
                     self.logger.log_metrics(logs, step)
