@@ -29,6 +29,9 @@ def evaluate_nll(cfg: DictConfig, run_cfg: DictConfig) -> NllResult:
         raise ConfigError("metrics=nll runs in one process: start it with python, not "
                           "torchrun.")
     run = Path(cfg.run)
+    if run_cfg.get("latent_space"):
+        raise ConfigError(f"run={run} models an autoencoder's latents, whose likelihood is no "
+                          "likelihood of the images: metrics=nll scores pixel-space runs.")
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(run)
     pipe = DiffusionPipeline.from_run(run, checkpoint=checkpoint, device=cfg.device,
                                       precision="fp32")

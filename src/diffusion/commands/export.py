@@ -33,6 +33,9 @@ def export(cfg: DictConfig) -> Path:
     check_choice("pipeline", cfg.pipeline, tuple(PIPELINES))
     run_cfg = run_config(cfg.run)
     target = str(run_cfg.model.get("_target_", ""))
+    if run_cfg.get("latent_space"):
+        raise ConfigError(f"run={cfg.run} denoises an autoencoder's latents, and diffusers' "
+                          "DDPM and DDIM pipelines have no decoder: export pixel-space runs.")
     if not target.endswith("DiffusersUNet"):
         raise ConfigError(f"run={cfg.run} trained model={target.rsplit('.', 1)[-1]}, our own "
                           "network, which diffusers cannot load with these weights: export "

@@ -54,6 +54,9 @@ def check_reflow_config(cfg: DictConfig) -> tuple[Path, Path, Path, SamplerSpec,
                           f"{run_cfg.scheduler.get('_target_', '?').rsplit('.', 1)[-1]}; reflow "
                           "straightens flow matching's paths: pass a run trained with "
                           "scheduler=flow objective=flow.")
+    if run_cfg.get("latent_space"):
+        raise ConfigError(f"run={run} is a latent run; reflow pairs noise with images, so it "
+                          "reflows pixel-space runs.")
     if run_cfg.model.get("num_classes") is not None:
         raise ConfigError(f"run={run} is class-conditional; reflow's pairs carry no labels, so "
                           "it reflows unconditional runs only.")

@@ -43,6 +43,7 @@ from diffusion.config.build import (
     fit_to_data,
 )
 from diffusion.config.keys import check_launcher
+from diffusion.config.latent import latent_data
 from diffusion.config.metrics import build_evaluator
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.preflight import NothingToDo, check_config, check_resume
@@ -58,6 +59,7 @@ from diffusion.runs.folder import (
 from diffusion.runs.load import not_a_run
 from diffusion.runs.lock import WriterLock
 from diffusion.runtime import distributed as dist
+from diffusion.runtime.device import resolve_device
 from diffusion.runtime.seed import seed_everything
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training.batches import check_batch
@@ -113,8 +115,15 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
     scheduler = build_scheduler(cfg)
     seed_everything(cfg.seed + dist.rank())  # then per-rank streams (dropout, workers)
     train_set, val_set = build_datasets(cfg.data)
+    latent = None
+    if cfg.get("latent_space"):  # latent=: the images' latents, encoded once and cached
+        train_set, val_set, latent = latent_data(cfg, train_set, val_set,
+                                                 resolve_device(trainer_cfg.device))
     scheduler = fit_to_data(cfg, scheduler, train_set)
     pairs = cfg.get("pairs")
+    if pairs and latent is not None:
+        raise ConfigError("pairs= (reflow) trains on images, and this run is in a latent "
+                          "space: reflow a pixel-space run.")
     if pairs and cfg.model.get("num_classes") is not None:
         raise ConfigError("pairs= holds unlabelled (noise, image) pairs, so it trains an "
                           "unconditional model: reflow a run without conditioning=class.")
@@ -129,7 +138,8 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
         seed=cfg.seed, num_workers=0 if pairs else cfg.data.num_workers,
         conditional=cfg.model.get("num_classes") is not None,
         on_device=cfg.data.on_device and not pairs, evaluator=evaluator,
-        sampler=build_training_sampler(cfg), objective=build_objective(cfg, scheduler))
+        sampler=build_training_sampler(cfg), objective=build_objective(cfg, scheduler),
+        latent=latent)
     if resume is not None:
         trainer.resume(resume.checkpoint)
     elif trainer_cfg.init_from:

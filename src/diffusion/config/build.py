@@ -64,12 +64,20 @@ def validate(cfg: DictConfig) -> None:
     for key in ("image_size", "batch_size", "channels"):
         check_int(f"data.{key}", data.get(key))
     check_int("data.num_workers", data.get("num_workers"), minimum=0)
-    if model.get("in_channels") != data.channels:
+    latent = cfg.get("latent_space")
+    if latent:  # the network denoises the latents (config/latent.py set its shape)
+        channels, size = latent.shape[0], latent.shape[1]
+        if (model.get("in_channels"), model.get("image_size")) != (channels, size):
+            raise ConfigError(
+                f"a latent run's network takes the latents' {channels} channels at {size} px; "
+                f"model.in_channels is {model.get('in_channels')} and model.image_size "
+                f"{model.get('image_size')}: drop those overrides.")
+    elif model.get("in_channels") != data.channels:
         raise ConfigError(
             f"model.in_channels is {model.get('in_channels')} but data {data.name} has "
             f"{data.channels} channel(s); drop the model.in_channels override or pick matching "
             "data.")
-    if model.get("image_size") not in (None, data.image_size):
+    if not latent and model.get("image_size") not in (None, data.image_size):
         raise ConfigError(
             f"model.image_size is {model.image_size} but data.image_size is {data.image_size}; "
             "set data.image_size and leave model.image_size to follow it.")

@@ -56,6 +56,10 @@ class GuidanceOptions:
 
 def check_classifier_run(classifier: str, run: str, run_cfg: DictConfig) -> DictConfig:
     """The classifier run's config; it must classify the run's data under its noise process."""
+    if run_cfg.get("latent_space"):
+        raise ConfigError(f"run {run} denoises an autoencoder's latents and classifier= "
+                          "classifies noised images, not latents: guide it with "
+                          "guidance_scale= (classifier-free) instead.")
     cfg = run_config(classifier, key="classifier")
     if "classifier_net" not in cfg:
         raise ConfigError(f"classifier={classifier} is not a classifier run: pass a folder "

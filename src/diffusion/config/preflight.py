@@ -43,6 +43,7 @@ from diffusion.config.build import (
     validate,
 )
 from diffusion.config.keys import check_commas, check_group_key, check_name_override
+from diffusion.config.latent import fit_to_latent
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.runs import run_config
@@ -257,6 +258,7 @@ def check_config(cfg: DictConfig) -> None:
     """Every check that needs neither data nor a GPU's memory: values, the network's shape
     (built on the meta device), the optimizer and LR schedule (on a dummy parameter)."""
 
+    fit_to_latent(cfg)  # latent=: the network takes the latents' shape
     validate(cfg)
     trainer = build_trainer_config(cfg)
     build_training_sampler(cfg)

@@ -41,6 +41,17 @@ class DeviceDataset:
     def __len__(self) -> int:
         return len(self.images)
 
+    def draw(self, index: torch.Tensor, generator: torch.Generator, global_batch: int,
+             part: slice):
+        """Images ``index`` (this rank's ``part`` of the global batch) and their labels, each
+        flipped (where this dataset flips) by a coin drawn from ``generator`` for the whole
+        global batch and sliced, so the run does not depend on the process count."""
+        flip = None
+        if self.random_flip:
+            coins = torch.rand(global_batch, device=self.device, generator=generator) < 0.5
+            flip = coins[part]
+        return self.batch(index, flip)
+
     def batch(self, index: torch.Tensor, flip: torch.Tensor | None = None):
         """Images ``index`` scaled to [-1, 1] (flipped where ``flip`` is true, when this
         dataset flips) and their labels, gathered on the dataset's device."""

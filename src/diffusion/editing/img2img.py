@@ -73,22 +73,24 @@ def img2img(pipe, images: torch.Tensor, strength: float = 0.6, steps: int = 50,
 
     ``noise`` (default: drawn from ``generator``, whole, so the result does not depend on
     ``batch_size``) is the noise added to the images; ``generator`` a list: one per image;
-    ``y`` labels for a conditional model.
+    ``y`` labels for a conditional model. A latent run (``pipe.latent``) edits the images'
+    latents (``noise`` then has their shape) and decodes the result.
     """
     strength = check_strength(strength)
     images, y = check_edit(pipe, images, steps, y, batch_size, sampler, eta, timestep_spacing)
     generator = check_generator(generator, len(images))
     sched = pipe._sampler(sampler, steps, eta, timestep_spacing)
-    noise = starting_noise(noise, images.shape, generator)
     first = start_index(strength, steps)
     if first == steps:
         return images
+    x0 = pipe.encode(images)
+    noise = starting_noise(noise, x0.shape, generator)
 
     def run(part: slice) -> torch.Tensor:
-        x, timesteps = begin(sched, first, images[part].to(pipe.device),
+        x, timesteps = begin(sched, first, x0[part].to(pipe.device),
                              noise[part].to(pipe.device))
         return denoise(pipe, sched, x, timesteps,
                        None if y is None else y[part].to(pipe.device),
                        generator_part(generator, part))
 
-    return in_batches(len(images), batch_size, run)
+    return pipe.decode(in_batches(len(images), batch_size, run))

@@ -5,7 +5,9 @@ that the two parts agree. ``jump_n_sample=1`` makes no jumps: the plain "replace
 pixels" inpainting, one model evaluation per step.
 
 The mask is 1 where a pixel is filled in (white in a PNG), 0 where it is kept; the known
-pixels come out as the original at the last step (their noise level is then zero).
+pixels come out as the original at the last step (their noise level is then zero). A latent
+run inpaints its latents: a latent cell is regenerated where any of its pixels is to be filled
+in, and after decoding the kept pixels are the original's.
 """
 
 from __future__ import annotations
@@ -72,10 +74,10 @@ def inpaint(pipe, images: torch.Tensor, mask: torch.Tensor, steps: int = 250,
     if sampler is not None:
         raise ConfigError("inpainting a DDPM run runs RePaint, whose steps are set by eta: "
                           "sampler= is for runs over a continuous process.")
-    images, y = check_edit(pipe, images, steps, y, batch_size, eta=eta,
+    pixels, y = check_edit(pipe, images, steps, y, batch_size, eta=eta,
                            timestep_spacing=timestep_spacing)
-    generator = check_generator(generator, len(images))
-    keep = 1.0 - check_mask(mask, images)
+    generator = check_generator(generator, len(pixels))
+    images, keep, mask = in_model_space(pipe, pixels, mask)
     sched = repaint_sampler(pipe, steps, jump_length, jump_n_sample, eta, timestep_spacing)
     noise = starting_noise(noise, images.shape, generator)
     timesteps = sched.timesteps.tolist()
@@ -95,7 +97,7 @@ def inpaint(pipe, images: torch.Tensor, mask: torch.Tensor, steps: int = 250,
             t_last = t
         return x
 
-    return in_batches(len(images), batch_size, run)
+    return from_model_space(pipe, in_batches(len(images), batch_size, run), pixels, mask)
 
 
 @torch.no_grad()
@@ -109,9 +111,9 @@ def inpaint_continuous(pipe, images: torch.Tensor, mask: torch.Tensor, steps: in
     (``known_state``), the unknown ones follow the sampler (``sampler``: a continuous
     sampler's name or object; None: the pipeline's, ``pipe.sampler``); the known pixels end
     as the original. No resampling jumps: RePaint's are for the discrete DDPM chain."""
-    images = check_images(images, pipe.sample_shape)
-    generator = check_generator(generator, len(images))
-    keep = 1.0 - check_mask(mask, images)
+    pixels = check_images(images, pipe.image_shape)
+    generator = check_generator(generator, len(pixels))
+    images, keep, mask = in_model_space(pipe, pixels, mask)
     spec = pipe.sampler if sampler is None else sampler
     sched = spec.build(pipe.scheduler) if hasattr(spec, "build") else (
         make_sampler(pipe.scheduler, spec) if isinstance(spec, str) else spec)
@@ -139,4 +141,25 @@ def inpaint_continuous(pipe, images: torch.Tensor, mask: torch.Tensor, steps: in
             x = sched.step(out, t, x, generator=g).prev_sample
         return known * original + (1 - known) * x
 
-    return in_batches(len(images), batch_size, run)
+    return from_model_space(pipe, in_batches(len(images), batch_size, run), pixels, mask)
+
+
+def in_model_space(pipe, images: torch.Tensor, mask) -> tuple[torch.Tensor, torch.Tensor,
+                                                                torch.Tensor]:
+    """(what the model denoises, where it is kept, the pixel mask) for ``images`` and
+    ``mask`` (checked by ``check_mask``): the images themselves, or a latent run's latents
+    with the mask at their resolution (``LatentSpace.mask``)."""
+    fill = check_mask(mask, images)
+    latent = getattr(pipe, "latent", None)
+    if latent is None:
+        return images, 1.0 - fill, fill
+    return pipe.encode(images), 1.0 - latent.mask(fill), fill
+
+
+def from_model_space(pipe, x: torch.Tensor, images: torch.Tensor,
+                     fill: torch.Tensor) -> torch.Tensor:
+    """The inpainted images from the model's result ``x``: a latent run's decoded, with the
+    kept pixels pasted back from ``images`` (the decoder reproduces them only roughly)."""
+    if getattr(pipe, "latent", None) is None:
+        return x
+    return fill * pipe.decode(x) + (1.0 - fill) * images

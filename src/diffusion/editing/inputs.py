@@ -61,8 +61,9 @@ def check_discrete(sampler) -> None:
 
 def check_edit(pipe, images, steps: int, y, batch_size: int, sampler="ddim", eta=0.0,
                timestep_spacing=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The arguments every edit takes, checked as sampling checks them: (images, labels)."""
-    images = check_images(images, pipe.sample_shape)
+    """The arguments every edit takes, checked as sampling checks them: (images, labels).
+    The images are pixels in [-1, 1] (``pipe.encode`` takes a latent run's to its latents)."""
+    images = check_images(images, pipe.image_shape)
     check_discrete(sampler)
     check_sampling(sampler, steps, eta, pipe.scheduler.num_train_timesteps,
                    batch_size=batch_size, timestep_spacing=timestep_spacing)

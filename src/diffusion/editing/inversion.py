@@ -48,6 +48,7 @@ def invert(pipe, images: torch.Tensor, steps: int = 50,
     step refine it (see the module docstring)."""
     images, y = check_edit(pipe, images, steps, y, batch_size,
                            timestep_spacing=timestep_spacing)
+    images = pipe.encode(images)  # a latent run inverts the images' latents
     check_int("fixed_point", fixed_point, minimum=0)
     if isinstance(pipe.scheduler, Process):
         return _invert_flow(pipe, images, steps, y, fixed_point, batch_size)

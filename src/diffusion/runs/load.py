@@ -151,3 +151,23 @@ def load_autoencoder(run: str | Path, checkpoint: str | Path | None = None, key:
     model = instantiate(cfg["autoencoder"])
     load_weights(model, state["ema"]["model"], "autoencoder", path)
     return model.eval().requires_grad_(False)
+
+
+def load_latent_space(cfg: Mapping, run: str | Path = "the run"):
+    """A latent run's ``LatentSpace`` (its autoencoder with the weights it trained on, and its
+    scale, as ``latent_space`` in its config records them); None for a pixel-space run."""
+    record = cfg.get("latent_space")
+    if not record:
+        return None
+    from diffusion.models.latent import LatentSpace
+
+    checkpoint = Path(record["checkpoint"])
+    if not checkpoint.is_file():
+        raise CheckpointError(
+            f"{run} is a latent run whose autoencoder checkpoint {checkpoint} is gone: restore "
+            f"it (the run's latents and images need those weights).")
+    if record.get("scale") is None:
+        raise RunError(f"{run} is a latent run that never recorded its latents' scale (it "
+                       "stopped before training began): train it again.")
+    autoencoder = load_autoencoder(record["run"], checkpoint, key="latent")
+    return LatentSpace(autoencoder, float(record["scale"]), int(cfg["data"]["image_size"]))

@@ -22,8 +22,10 @@ from diffusion.schedulers.noise import Generators
 
 
 class EditingMethods:
-    """Mixed into ``DiffusionPipeline``, whose ``sample_shape``, ``_plan``, ``_build`` and
-    ``_steps`` they use."""
+    """Mixed into ``DiffusionPipeline``, whose ``image_shape``, ``_plan``, ``_build`` and
+    ``_steps`` they use. A latent run's edits take and return images: they are encoded to
+    its latents, edited there and decoded (inpainting's mask at the latents' resolution, the
+    kept pixels pasted back); ``invert``'s ``latents`` are then its x_T in the latent space."""
 
     def img2img(self, images: Any, strength: float = 0.6, steps: int | None = None, *,
                 sampler: SamplerArg = None, eta: float | None = None,
@@ -37,12 +39,12 @@ class EditingMethods:
         (N, H, W, C) in [0, 1] or tensors (N, C, H, W) in [-1, 1], at the model's size;
         ``generator`` as for ``__call__``; ``options`` (``noise``, ``y``, ``batch_size``) as
         ``diffusion.editing.img2img`` takes them. Returns the edited images."""
-        images = editing.check_images(images, self.sample_shape)
+        images = editing.check_images(images, self.image_shape)
         plan, steps = self._plan(len(images), resolve_steps(steps, num_inference_steps),
                                  sampler, eta, timestep_spacing)
         editing.check_discrete(getattr(plan, "name", plan))
         generator = seeded(generator, seed, len(images))
-        check_output_type(output_type, self.sample_shape[0])
+        check_output_type(output_type, self.image_shape[0])
         out = editing.img2img(self, images, strength=strength, steps=steps,
                               sampler=self._build(plan, steps), generator=generator, **options)
         return finish(PipelineOutput(images=to_output(out, output_type)), return_dict)
@@ -58,10 +60,10 @@ class EditingMethods:
         ``mask``: a PIL image (or one per image), a numpy (H, W) array or a tensor (H, W),
         (N, 1, H, W), values in [0, 1]. ``options`` (``eta``, ``timestep_spacing``, ``noise``,
         ``y``, ``batch_size``) as ``diffusion.editing.inpaint`` takes them."""
-        images = editing.check_images(images, self.sample_shape)
+        images = editing.check_images(images, self.image_shape)
         steps = self._steps(resolve_steps(steps, num_inference_steps))
         generator = seeded(generator, seed, len(images))
-        check_output_type(output_type, self.sample_shape[0])
+        check_output_type(output_type, self.image_shape[0])
         out = editing.inpaint(self, images, mask, steps=steps, jump_length=jump_length,
                               jump_n_sample=jump_n_sample, generator=generator, **options)
         return finish(PipelineOutput(images=to_output(out, output_type)), return_dict)
@@ -75,9 +77,9 @@ class EditingMethods:
         (``return_dict=False``: ``(images, latents)``). ``images`` as for ``img2img``;
         ``options`` (``fixed_point``, ``timestep_spacing``, ``y``, ``batch_size``) as
         ``diffusion.editing.invert`` takes them."""
-        images = editing.check_images(images, self.sample_shape)
+        images = editing.check_images(images, self.image_shape)
         steps = self._steps(resolve_steps(steps, num_inference_steps))
-        check_output_type(output_type, self.sample_shape[0])
+        check_output_type(output_type, self.image_shape[0])
         x_T = editing.invert(self, images, steps=steps, **options)
         return finish(PipelineOutput(images=to_output(images, output_type), latents=x_T),
                       return_dict)
@@ -91,7 +93,7 @@ class EditingMethods:
         if isinstance(latents, PipelineOutput):
             latents = latents.latents
         steps = self._steps(resolve_steps(steps, num_inference_steps))
-        check_output_type(output_type, self.sample_shape[0])
+        check_output_type(output_type, self.image_shape[0])
         out = editing.regenerate(self, latents, steps=steps, **options)
         return finish(PipelineOutput(images=to_output(out, output_type)), return_dict)
 

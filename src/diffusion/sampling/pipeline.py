@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from diffusion.checks import check_int
 from diffusion.errors import ConfigError
-from diffusion.runs.load import load_run
+from diffusion.models.latent import LatentSpace
+from diffusion.runs.load import load_latent_space, load_run
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import autocast, resolve_device, resolve_precision
 from diffusion.sampling.arguments import (
@@ -86,6 +87,9 @@ class DiffusionPipeline(EditingMethods):
 
     ``compile`` compiles the model's forward for sampling (``torch.compile``; each chunk
     size compiles once); ``compile="reduce-overhead"`` adds CUDA graphs on a GPU.
+    ``latent`` (a ``LatentSpace``: latent diffusion) makes ``sample_shape`` the latents' and
+    ``image_shape`` the images': every method decodes what it returns to images, and the edits
+    encode what they take (``encode`` / ``decode``); without it the two shapes are one.
     ``num_classes`` is the number of class labels the model takes (None: unconditional);
     by default the model's ``num_classes``, which every backbone has. It is read once and
     explicitly, so a wrapper without the attribute is an error here rather than a
@@ -100,7 +104,8 @@ class DiffusionPipeline(EditingMethods):
     def __init__(self, model: nn.Module, scheduler, sample_shape: tuple[int, int, int],
                  device: str | torch.device = "auto", precision: str = "auto",
                  compile: bool | str = False, channels_last: bool = False,
-                 num_classes: int | None = FROM_MODEL, sampler: SamplerSpec | None = None):
+                 num_classes: int | None = FROM_MODEL, sampler: SamplerSpec | None = None,
+                 latent: LatentSpace | None = None):
         if num_classes is FROM_MODEL:
             if not hasattr(model, "num_classes"):
                 raise ValueError(f"{type(model).__name__} has no num_classes: pass "
@@ -115,6 +120,12 @@ class DiffusionPipeline(EditingMethods):
         self.model = model
         self.scheduler = scheduler
         self.sample_shape = tuple(sample_shape)
+        self.latent = latent
+        if latent is not None and tuple(latent.shape) != self.sample_shape:
+            raise ValueError(f"the model samples {self.sample_shape} but the latent space's "
+                             f"latents are {tuple(latent.shape)}: pass the run's own "
+                             "autoencoder.")
+        self.image_shape = self.sample_shape if latent is None else tuple(latent.image_shape)
         num_train_timesteps = scheduler.num_train_timesteps
         if sampler is None and not isinstance(scheduler, NoiseScheduler):
             # a continuous-time process: its probability-flow ODE (the velocity's, where the
@@ -145,12 +156,15 @@ class DiffusionPipeline(EditingMethods):
         not a run, has no checkpoint yet or whose checkpoint does not fit its config raises
         ``RunError`` or ``CheckpointError`` with one sentence saying what to do."""
         model, scheduler, cfg = load_run(run, checkpoint=checkpoint)
+        latent = load_latent_space(cfg, run)
         channels, size = int(cfg["data"]["channels"]), int(cfg["data"]["image_size"])
         if channels_last is None:
             channels_last = bool((cfg.get("trainer") or {}).get("channels_last", False))
-        return cls(model, scheduler, (channels, size, size), device=device, precision=precision,
+        shape = (channels, size, size) if latent is None else latent.shape
+        return cls(model, scheduler, shape, device=device, precision=precision,
                    compile=compile, channels_last=channels_last,
-                   sampler=SamplerSpec.of_run(cfg) if sampler is None else sampler)
+                   sampler=SamplerSpec.of_run(cfg) if sampler is None else sampler,
+                   latent=latent)
 
     # ------------------------------------------------------------------ diffusers' basics
     def to(self, device: str | torch.device) -> DiffusionPipeline:
@@ -160,7 +174,20 @@ class DiffusionPipeline(EditingMethods):
         self.device = resolve_device(device)
         self.precision = resolve_precision(self.precision_setting, self.device)
         self.model.to(self.device, memory_format=self.memory_format)
+        if self.latent is not None:
+            self.latent.to(self.device)
         return self
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] -> what the model denoises: a latent run's scaled
+        latents (the posterior's mean), else the images themselves (CPU float32)."""
+        if self.latent is None:
+            return images
+        return self.latent.encode(images.to(self.device)).float().cpu()
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model denoises -> images in [-1, 1] (``encode``'s inverse), on x's device."""
+        return x if self.latent is None else self.latent.decode(x)
 
     @property
     def default_steps(self) -> int:
@@ -178,7 +205,8 @@ class DiffusionPipeline(EditingMethods):
                 f"  model={type(self.model).__name__} ({parameters:,} parameters),\n"
                 f"  scheduler={scheduler},\n"
                 f"  sampler={self.sampler.describe()},\n"
-                f"  image_shape={self.sample_shape}, num_classes={self.num_classes},\n"
+                + (f"  latent={self.latent!r},\n" if self.latent is not None else "")
+                + f"  image_shape={self.image_shape}, num_classes={self.num_classes},\n"
                 f"  device={self.device}, precision={self.precision})")
 
     @staticmethod
@@ -224,7 +252,7 @@ class DiffusionPipeline(EditingMethods):
         plan, steps = self._plan(n, resolve_steps(steps, num_inference_steps), sampler, eta,
                                  timestep_spacing, batch_size, return_chain, chain_frames)
         generator = seeded(generator, seed, n)
-        check_output_type(output_type, self.sample_shape[0])
+        check_output_type(output_type, self.image_shape[0])
         guidance = guidance or Guidance()
         y = check_labels(y, n, guidance.label_classes(self.num_classes))
         denoiser = guidance.denoiser(self.forward, self.num_classes, self.scheduler, self.device)
@@ -241,9 +269,9 @@ class DiffusionPipeline(EditingMethods):
             yb = None if y is None else y[part].to(self.device)
             out, chain = self._denoise(sched, x, yb, generator_part(generator, part),
                                        return_chain, chain_frames, denoiser)
-            images.append(out.float().cpu())
+            images.append(self.decode(out.float()).cpu())
             if chain is not None:
-                chains.append(chain)
+                chains.append(chain if self.latent is None else self._decode_chain(chain))
         return finish(PipelineOutput(
             images=to_output(torch.cat(images), output_type),
             chain=torch.cat(chains) if chains else None,
@@ -307,6 +335,12 @@ class DiffusionPipeline(EditingMethods):
                              if return_chain else None))
 
     # ------------------------------------------------------------------ internals
+    def _decode_chain(self, chain: torch.Tensor) -> torch.Tensor:
+        """A latent chain (N, F, c, h, w) as images (N, F, C, H, W): every frame decoded."""
+        n, frames = chain.shape[:2]
+        flat = self.decode(chain.flatten(0, 1).to(self.device)).cpu()
+        return flat.reshape(n, frames, *self.image_shape)
+
     def _steps(self, steps: int | None) -> int:
         """``steps``, None meaning the pipeline's default step count."""
         return self.default_steps if steps is None else steps

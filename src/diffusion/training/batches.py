@@ -86,9 +86,10 @@ def batch_stream(dataset, sampler: ResumableBatchSampler, device: torch.device,
                  num_workers: int = 0) -> Iterator:
     """Endless (x, y) batches in ``sampler``'s order.
 
-    With ``device_data`` (``data.on_device``) the uint8 images already sit on the training
-    device and batches are gathered, flipped and scaled there; flips come from
-    ``generator``, drawn for the whole global batch and sliced like the indices. Otherwise
+    With ``device_data`` (``data.on_device``) the uint8 images (or a latent run's posteriors)
+    already sit on the training device and batches are gathered, flipped and scaled (or drawn)
+    there, from ``generator``, drawn for the whole global batch and sliced like the indices
+    (``device_data.draw``). Otherwise
     a DataLoader runs the dataset's own transforms on ``SampleKey`` batches (each flip
     drawn from the key's seed, epoch and index, whichever worker loads it).
     """
@@ -101,9 +102,7 @@ def batch_stream(dataset, sampler: ResumableBatchSampler, device: torch.device,
                               generator=torch.Generator().manual_seed(sampler.seed))
         return
     start = sampler.rank * sampler.local_batch
+    part = slice(start, start + sampler.local_batch)
     for _, indices in sampler.index_batches():
-        flip = None
-        if device_data.random_flip:
-            coins = torch.rand(sampler.batch_size, device=device, generator=generator) < 0.5
-            flip = coins[start:start + sampler.local_batch]
-        yield device_data.batch(torch.as_tensor(indices, device=device), flip)
+        yield device_data.draw(torch.as_tensor(indices, device=device), generator,
+                               sampler.batch_size, part)

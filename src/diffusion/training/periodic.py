@@ -62,7 +62,8 @@ class PeriodicWork:
             self._pipeline = DiffusionPipeline(
                 self.ema.model, self.scheduler, self.sample_shape, device=self.device,
                 precision=self.precision, compile=self.cfg.compile,
-                channels_last=self.cfg.channels_last, sampler=self.sampler)
+                channels_last=self.cfg.channels_last, sampler=self.sampler,
+                latent=self.latent)
         return self._pipeline
 
     def sample_grid(self) -> Path | None:
@@ -73,7 +74,8 @@ class PeriodicWork:
         ``sample_guidance_scale``. A header band names the step and the sampler."""
         n, y, columns, scale = self.cfg.sample_n, None, None, None
         if self.conditional:
-            y, columns = class_blocks(self.ema.model.num_classes, n, *self.sample_shape[1:])
+            y, columns = class_blocks(self.ema.model.num_classes, n,
+                                      *self.pipeline().image_shape[1:])
             n = len(y)
             scale = self.cfg.sample_guidance_scale
         steps = self.sampler.step_counts(self.num_train_timesteps)[0]

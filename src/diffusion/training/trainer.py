@@ -82,8 +82,9 @@ class Trainer(CheckpointState, PeriodicWork):
                  val_set: Dataset | None = None, lr_scheduler=None, logger: Logger | None = None,
                  seed: int = 0, num_workers: int = 0, conditional: bool = False,
                  on_device: bool = False, evaluator=None, sampler: SamplerSpec | None = None,
-                 objective: Objective | None = None):
+                 objective: Objective | None = None, latent=None):
         self.cfg = config
+        self.latent = latent  # a latent run's LatentSpace: its grids and FID decode through it
         # what a step computes: t and noise draws, the target, the per-sample loss weights
         self.objective = Objective(scheduler) if objective is None else objective
         self.sampler = SamplerSpec() if sampler is None else sampler  # grids' sampler
@@ -138,9 +139,12 @@ class Trainer(CheckpointState, PeriodicWork):
         dataset kept on the device when ``on_device``, and the fixed noise every sample grid
         starts from (its own generator, so grids are comparable across steps)."""
         self.noise_generator = torch.Generator(self.device).manual_seed(self.seed)
-        self.device_data = (DeviceDataset.from_dataset(self.train_set, self.device,
-                                                       self.num_workers)
-                            if on_device else None)
+        self.device_data = None
+        if on_device:  # a latent run's dataset moves its own posteriors
+            to_device = getattr(self.train_set, "to_device", None)
+            self.device_data = (to_device(self.device) if to_device is not None else
+                                DeviceDataset.from_dataset(self.train_set, self.device,
+                                                           self.num_workers))
         self.fixed_noise = torch.randn((self.cfg.sample_n, *self.sample_shape),
                                        generator=torch.Generator().manual_seed(self.seed))
 
