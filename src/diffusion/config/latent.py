@@ -15,8 +15,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from diffusion.data.datasets import data_key
+from diffusion.data.latents import latent_datasets
 from diffusion.errors import ConfigError
-from diffusion.runs.load import newest_checkpoint, read_config
+from diffusion.models.latent import LatentSpace
+from diffusion.runs.load import load_autoencoder, newest_checkpoint, read_config
 
 
 def fit_to_latent(cfg: DictConfig) -> None:
@@ -64,11 +67,6 @@ def latent_data(cfg: DictConfig, train_set, val_set, device):
     """(train, validation, ``LatentSpace``): the run's datasets encoded by its autoencoder
     (cached, see ``diffusion.data.latents``), and the scale recorded in ``cfg.latent_space``
     (computed from the training latents, unless the run recorded it already)."""
-    from diffusion.data.datasets import data_key
-    from diffusion.data.latents import latent_datasets
-    from diffusion.models.latent import LatentSpace
-    from diffusion.runs.load import load_autoencoder
-
     record = cfg.latent_space
     autoencoder = load_autoencoder(record.run, record.checkpoint).to(device)
     space = LatentSpace(autoencoder, 1.0, cfg.data.image_size)

@@ -21,6 +21,7 @@ import yaml
 
 from diffusion.errors import CheckpointError, ConfigError, RunError
 from diffusion.models.diffusers_unet import weights_follow
+from diffusion.models.latent import LatentSpace
 from diffusion.training.checkpoint import latest_checkpoint, load, load_weights
 
 RUN_EXAMPLE = "runs/<name>/<date>_<time>"
@@ -159,8 +160,6 @@ def load_latent_space(cfg: Mapping, run: str | Path = "the run"):
     record = cfg.get("latent_space")
     if not record:
         return None
-    from diffusion.models.latent import LatentSpace
-
     checkpoint = Path(record["checkpoint"])
     if not checkpoint.is_file():
         raise CheckpointError(
