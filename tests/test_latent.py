@@ -271,3 +271,19 @@ def test_a_conditional_latent_run_samples_with_guidance(tmp_path, tiny_mnist_roo
     guided = pipe(2, steps=2, seed=0, y=y, guidance=Guidance(scale=3.0)).images
     plain = pipe(2, steps=2, seed=0, y=y).images
     assert guided.shape == (2, 1, SIZE, SIZE) and not torch.equal(guided, plain)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_a_latent_run_resumes_bit_exactly(tmp_path, tiny_mnist_root, autoencoder_run,
+                                          on_device):
+    from test_train import assert_same_state, straight_and_resumed
+
+    args = ("model=basic", "model.base_channels=8", f"data.image_size={SIZE}",
+            f"latent={autoencoder_run}", f"+data.cache_dir={tmp_path / 'cache'}",
+            "data.random_flip=true", f"data.on_device={str(on_device).lower()}",
+            "trainer.ckpt_every=3", "trainer.keep_last=0", "trainer.sample_every=0")
+    straight, resumed = straight_and_resumed(tmp_path, tiny_mnist_root, *args)
+    assert_same_state(straight, resumed)
+    scales = {yaml.safe_load((run / "config.yaml").read_text())["latent_space"]["scale"]
+              for run in (straight, resumed)}
+    assert len(scales) == 1
