@@ -15,6 +15,7 @@ import sys
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from cli_helpers import TINY, cli_env
 from diffusion.commands import bench as bench_command
@@ -103,9 +104,25 @@ def test_help_lists_the_options_with_their_comments_and_the_groups(helps):
     assert "Config groups" not in helps["report"]  # report has none
 
 
+def _autoencoder_folder(tmp_path, data: str, size: int) -> str:
+    """A folder as diffusion.train_autoencoder leaves it, enough for latent= to be checked: its
+    config (the examples' data and size) and a checkpoint file."""
+    cfg = compose_config([f"data={data}", f"data.image_size={size}"],
+                         config_name="train_autoencoder")
+    folder = tmp_path / "autoencoder"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (folder / "checkpoints" / "step_00000001.pt").write_bytes(b"")
+    return str(folder)
+
+
 @pytest.mark.parametrize("name", COMMANDS)
-def test_every_example_composes(helps, name):
+def test_every_example_composes(helps, name, tmp_path):
     for args in _examples(helps[name], name):  # as launch() reads them
+        if any(a.startswith("latent=") for a in args):  # an autoencoder run of the example's
+            words = dict(a.split("=", 1) for a in args if "=" in a)
+            folder = _autoencoder_folder(tmp_path, words["data"], int(words["data.image_size"]))
+            args = [f"latent={folder}" if a.startswith("latent=") else a for a in args]
         multirun = "-m" in args or "--multirun" in args
         if name not in REWRITES:
             keys.check_overrides([a for a in args if not a.startswith("-")], name, multirun)

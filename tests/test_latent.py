@@ -219,6 +219,9 @@ def test_the_wrong_autoencoder_is_refused_in_one_sentence(tmp_path, tiny_mnist_r
                                           r"28: set data.image_size=16"):
         check_config(compose_config(debug_overrides(
             tiny_mnist_root, "model=basic", f"latent={autoencoder_run}")))
+    with pytest.raises(ConfigError, match=r"^latent=nowhere is not a run folder .*pass the "
+                                          r"folder python -m diffusion.train_autoencoder"):
+        check_config(compose_config(latent_overrides(tiny_mnist_root, "nowhere")))
     run, _ = latent_run
     with pytest.raises(ConfigError, match=r"^latent=.* is not an autoencoder run"):
         check_config(compose_config(latent_overrides(tiny_mnist_root, run)))

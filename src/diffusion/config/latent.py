@@ -38,6 +38,10 @@ def fit_to_latent(cfg: DictConfig) -> None:
     if record and Path(record.run) != folder:
         raise ConfigError(f"this run trained on the latents of {record.run}, not {run}: "
                           "a run keeps its autoencoder (start a new run for another).")
+    if not (folder / "config.yaml").is_file():
+        raise ConfigError(f"latent={run} is not a run folder (no config.yaml in it): pass the "
+                          "folder python -m diffusion.train_autoencoder printed, e.g. "
+                          "runs/autoencoder-<data>/<date>_<time>.")
     ae = read_config(folder, key="latent")
     if "autoencoder" not in ae:
         raise ConfigError(f"latent={run} is not an autoencoder run (its config has no "
