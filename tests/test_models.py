@@ -228,3 +228,36 @@ def test_bad_inputs_raise_clear_errors(cls):
         model(torch.randn(2, 3, 28, 28), 5)
     with pytest.raises(ValueError, match="t must be a scalar or have shape"):
         model(torch.randn(2, 1, 28, 28), torch.tensor([1, 2, 3]))
+
+
+@pytest.mark.parametrize("cls", [BasicUNet, UNet, AttentionUNet], ids=name_of)
+def test_a_conditioned_network_reads_its_image_and_level(cls):
+    torch.manual_seed(0)
+    model = small(cls, in_channels=3, image_size=16, cond_channels=3).eval()  # no dropout
+    perturb_zero_init(model)
+    gen = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(2, 3, 16, 16, generator=gen), torch.randn(2, 3, 16, 16, generator=gen)
+    t = torch.tensor([10, 500])
+    out = model(x, t, cond=cond, level=torch.tensor([0.0, 0.3]))
+    assert out.shape == x.shape
+    # the output depends on the conditioning image and on its level, and level None is 0
+    assert not torch.allclose(out, model(x, t, cond=torch.zeros_like(cond), level=0.0))
+    assert not torch.allclose(out, model(x, t, cond=cond, level=0.7))
+    torch.testing.assert_close(model(x, t, cond=cond), model(x, t, cond=cond, level=0.0))
+    with pytest.raises(ValueError, match=r"pass cond of shape \(2, 3, 16, 16\); got none"):
+        model(x, t)
+    with pytest.raises(ValueError, match="built with cond_channels=0"):
+        small(cls, in_channels=3, image_size=16)(x, t, cond=cond)
+
+
+def test_the_conditioning_leaves_unconditioned_networks_as_they_were():
+    """cond_channels=0 builds the same parameters from the same seed as before it existed:
+    the state dict keys of saved checkpoints and seeded weights do not move."""
+    torch.manual_seed(0)
+    plain = small(AttentionUNet)
+    torch.manual_seed(0)
+    conditioned = small(AttentionUNet, cond_channels=1)
+    extra = set(conditioned.state_dict()) - set(plain.state_dict())
+    assert extra and all(key.startswith("time_embed.level.") for key in extra)
+    assert set(plain.state_dict()) <= set(conditioned.state_dict())
+    assert conditioned.conv_in.weight.shape[1] == 2 and plain.conv_in.weight.shape[1] == 1

@@ -37,20 +37,23 @@ class BasicUNet(Backbone):
         channel_mult: tuple[int, ...] = (1, 2, 2),
         time_embed_dim: int = 128,
         num_classes: int | None = None,
+        cond_channels: int = 0,
     ):
         super().__init__()
         args = check_backbone(in_channels, out_channels, image_size, base_channels, channel_mult,
-                              num_classes)
+                              num_classes, cond_channels)
         check_positive_int("time_embed_dim", time_embed_dim, minimum=2)
         self._levels(args)
         in_channels, out_channels, widths = args.in_channels, args.out_channels, args.widths
-        self.time_embed = TimeMLP(time_embed_dim, time_embed_dim, args.num_classes)
+        self.time_embed = TimeMLP(time_embed_dim, time_embed_dim, args.num_classes,
+                                  levels=args.cond_channels > 0)
 
         def conv(cin: int, cout: int) -> nn.Conv2d:
             return nn.Conv2d(cin, cout, KERNEL_SIZE, padding=KERNEL_SIZE // 2)
 
         self.down = nn.ModuleList(
-            conv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths], widths, strict=False)
+            conv(c_in, c_out)
+            for c_in, c_out in zip([args.input_channels, *widths], widths, strict=False)
         )
         up_widths = widths[::-1]
         self.up = nn.ModuleList(

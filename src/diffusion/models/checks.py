@@ -69,17 +69,24 @@ class BackboneArgs:
     base_channels: int
     channel_mult: tuple[int, ...]
     num_classes: int | None
+    cond_channels: int = 0
 
     @property
     def widths(self) -> list[int]:
         return [self.base_channels * m for m in self.channel_mult]
 
+    @property
+    def input_channels(self) -> int:
+        """What the first layer takes: x's channels and the conditioning image's beside them."""
+        return self.in_channels + self.cond_channels
+
 
 def check_backbone(in_channels, out_channels, image_size, base_channels, channel_mult,
-                   num_classes) -> BackboneArgs:
+                   num_classes, cond_channels=0) -> BackboneArgs:
     """Check what the three backbones share; ``out_channels`` defaults to ``in_channels``."""
     in_channels, out_channels = check_io(in_channels, out_channels, image_size)
     return BackboneArgs(in_channels, out_channels,
                         check_positive_int("base_channels", base_channels),
                         check_int_tuple("channel_mult", channel_mult),
-                        check_num_classes(num_classes))
+                        check_num_classes(num_classes),
+                        check_positive_int("cond_channels", cond_channels, minimum=0))

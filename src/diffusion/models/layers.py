@@ -94,6 +94,10 @@ class SinusoidalTimeEmbedding(nn.Module):
         return emb
 
 
+LEVEL_SCALE = 1000.0
+"""A conditioning image's noise level in [0, 1] is embedded as a timestep of 0 to 1000."""
+
+
 class TimeMLP(nn.Module):
     """Timestep (and optional class label) -> one conditioning vector per sample.
 
@@ -104,7 +108,8 @@ class TimeMLP(nn.Module):
     trained with labels dropped to it).
     """
 
-    def __init__(self, sinusoid_dim: int, embed_dim: int, num_classes: int | None = None):
+    def __init__(self, sinusoid_dim: int, embed_dim: int, num_classes: int | None = None,
+                 levels: bool = False):
         super().__init__()
         self.sinusoid = SinusoidalTimeEmbedding(sinusoid_dim)
         self.mlp = nn.Sequential(
@@ -112,9 +117,16 @@ class TimeMLP(nn.Module):
         )
         self.num_classes = num_classes
         self.label = None if num_classes is None else nn.Embedding(num_classes + 1, embed_dim)
+        # the noise level of a conditioning image (a cascade's augmentation), in [0, 1]
+        self.level = (nn.Sequential(nn.Linear(sinusoid_dim, embed_dim), nn.SiLU(),
+                                    nn.Linear(embed_dim, embed_dim)) if levels else None)
 
-    def forward(self, t, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, t, x: torch.Tensor, y: torch.Tensor | None = None,
+                level=None) -> torch.Tensor:
         emb = self.mlp(self.sinusoid(broadcast_timesteps(t, x)))
+        if self.level is not None:  # level None: an unaugmented conditioning image
+            level = broadcast_timesteps(0.0 if level is None else level, x)
+            emb = emb + self.level(self.sinusoid(LEVEL_SCALE * level))
         if self.label is None:
             if y is not None:
                 raise ValueError(
@@ -136,15 +148,22 @@ class Backbone(nn.Module):
     Pads any H x W to what `num_downsamples` halvings need, embeds (t, y) with
     `self.time_embed` (a TimeMLP), runs the subclass and crops back, so each
     network only describes its layers.
+
+    A network built with `cond_channels` > 0 also takes a conditioning image `cond`
+    (B, cond_channels, H, W), concatenated to x as extra input channels (SR3, Imagen's
+    super-resolution stages), and the noise `level` in [0, 1] it was augmented with (one per
+    sample or one for all; None: 0), embedded beside t.
     """
 
     in_channels: int
+    cond_channels: int = 0
     num_downsamples: int
     time_embed: TimeMLP
 
     def _levels(self, args: BackboneArgs) -> None:
         """Record what `forward` needs from the checked shared arguments."""
         self.in_channels = args.in_channels
+        self.cond_channels = args.cond_channels
         self.num_downsamples = len(args.channel_mult) - 1
 
     @property
@@ -155,14 +174,25 @@ class Backbone(nn.Module):
     def denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
+                cond: torch.Tensor | None = None, level=None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"x must have shape (batch, {self.in_channels}, height, width), "
                 f"got {tuple(x.shape)}."
             )
+        emb = self.time_embed(t, x, y, level) if self.cond_channels else self.time_embed(t, x, y)
+        if self.cond_channels:
+            expected = (x.shape[0], self.cond_channels, *x.shape[2:])
+            if cond is None or tuple(cond.shape) != expected:
+                got = "none" if cond is None else tuple(cond.shape)
+                raise ValueError(f"this network is conditioned on an image: pass cond of shape "
+                                 f"{expected}; got {got}.")
+            x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        elif cond is not None:
+            raise ValueError("cond was given but the network was built with cond_channels=0.")
         x, pad = pad_to_multiple(x, 2**self.num_downsamples)
-        return crop_padding(self.denoise(x, self.time_embed(t, x, y)), pad)
+        return crop_padding(self.denoise(x, emb), pad)
 
 
 def zero_init(module: nn.Module) -> nn.Module:

@@ -80,10 +80,11 @@ class UNet(Backbone):
         dropout: float = 0.0,
         time_embed_dim: int | None = None,
         num_classes: int | None = None,
+        cond_channels: int = 0,
     ):
         super().__init__()
         args = check_backbone(in_channels, out_channels, image_size, base_channels, channel_mult,
-                              num_classes)
+                              num_classes, cond_channels)
         in_channels, out_channels, widths = args.in_channels, args.out_channels, args.widths
         check_norm_groups(norm_groups, widths)
         if activation not in ACTIVATIONS:
@@ -94,7 +95,8 @@ class UNet(Backbone):
         time_embed_dim = 4 * base_channels if time_embed_dim is None else time_embed_dim
         check_positive_int("time_embed_dim", time_embed_dim)
         self._levels(args)
-        self.time_embed = TimeMLP(base_channels, time_embed_dim, args.num_classes)
+        self.time_embed = TimeMLP(base_channels, time_embed_dim, args.num_classes,
+                                  levels=args.cond_channels > 0)
 
         def block(cin: int, cout: int) -> DoubleConv:
             return DoubleConv(
@@ -107,7 +109,8 @@ class UNet(Backbone):
             )
 
         self.down = nn.ModuleList(
-            block(c_in, c_out) for c_in, c_out in zip([in_channels, *widths], widths, strict=False)
+            block(c_in, c_out)
+            for c_in, c_out in zip([args.input_channels, *widths], widths, strict=False)
         )
         # Decoder, deepest first: upsample level i+1, concatenate level i's skip, fuse to width i.
         self.upsample = nn.ModuleList(Upsample(c) for c in widths[:0:-1])

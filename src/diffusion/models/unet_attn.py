@@ -110,10 +110,11 @@ class AttentionUNet(Backbone):
         use_scale_shift_norm: bool = False,
         resblock_updown: bool = False,
         conv_resample: bool = True,
+        cond_channels: int = 0,
     ):
         super().__init__()
         args = check_backbone(in_channels, out_channels, image_size, base_channels, channel_mult,
-                              num_classes)
+                              num_classes, cond_channels)
         widths = args.widths
         check_positive_int("num_res_blocks", num_res_blocks)
         check_norm_groups(norm_groups, widths)
@@ -127,12 +128,13 @@ class AttentionUNet(Backbone):
 
         self._levels(args)
         embed_dim = 4 * base_channels
-        self.time_embed = TimeMLP(base_channels, embed_dim, args.num_classes)
+        self.time_embed = TimeMLP(base_channels, embed_dim, args.num_classes,
+                                  levels=args.cond_channels > 0)
         blocks = _Blocks(embed_dim, dropout, norm_groups, use_scale_shift_norm, heads,
                          resblock_updown, conv_resample)
         # built (so initialised from the RNG) and registered in this order, which is what
         # seeded weights and the state_dict keys of saved checkpoints depend on
-        self.conv_in = nn.Conv2d(args.in_channels, widths[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(args.input_channels, widths[0], 3, padding=1)
         self.down, skip_widths = self._encoder(blocks, widths, num_res_blocks, attention_levels)
         ch = widths[-1]
         self.middle = EmbedSequential(blocks.res(ch, ch), blocks.attn(ch), blocks.res(ch, ch))
