@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from diffusion.checks import check_image_file, check_writable
+from diffusion.checks import check_image_file, check_number, check_writable
 from diffusion.commands.launcher import launch
 from diffusion.config.guidance import (
     GuidanceOptions,
@@ -24,8 +24,10 @@ from diffusion.config.guidance import (
     load_options_classifier,
 )
 from diffusion.config.options import check_sample_options
+from diffusion.errors import ConfigError
 from diffusion.reporting import figures as viz
 from diffusion.runtime import distributed as dist
+from diffusion.sampling.cascade import check_stages, stage_list, upsample
 from diffusion.sampling.checks import labels_tag
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
@@ -41,6 +43,12 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Sam
     before minutes of sampling are spent rather than after.
     """
     run, guidance, labels = check_sample_options(cfg)
+    check_stages(run.run_cfg, stage_list(cfg.get("upsample")))
+    if cfg.get("low_res_level") is not None:
+        check_number("low_res_level", cfg.low_res_level, 0, 1)
+        if not stage_list(cfg.get("upsample")):
+            raise ConfigError("low_res_level= is the augmentation level of upsample='s "
+                              "stages: pass upsample=<super-resolution run> too.")
     spec, steps = run.spec, run.steps[0]
     grid = (Path(cfg.out) if cfg.out
             else Path(cfg.run) / "samples" / f"{_stem(cfg, spec, steps)}.png")
@@ -87,6 +95,11 @@ def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
     if cfg.classifier:
         scale = 1 if cfg.classifier_scale is None else cfg.classifier_scale
         stem += f"_classifier{Path(cfg.classifier).name}-s{scale:g}"
+    stages = stage_list(cfg.get("upsample"))
+    if stages:
+        stem += "_up-" + "-".join(Path(stage).name for stage in stages)
+        if cfg.get("low_res_level") is not None:
+            stem += f"-level{cfg.low_res_level:g}"
     return stem
 
 
@@ -104,12 +117,18 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
                                    progress=True, guidance=build_guidance(
                                        options, options.scales[0], options.classifier_scales[0],
                                        load_options_classifier(options)))
+    images = out.images
+    stages = [DiffusionPipeline.from_run(stage, device=cfg.device, precision=cfg.precision)
+              for stage in stage_list(cfg.get("upsample"))]
+    if stages:  # the cascade: the base's images through each super-resolution stage
+        images = upsample(images, stages, cfg.seed, cfg.batch_size, cfg.get("low_res_level"),
+                          y=labels, progress=True)
     if not dist.is_main():
         return {}
-    written = {"grid": viz.save_grid(out.images, grid)}
+    written = {"grid": viz.save_grid(images, grid)}
     if cfg.save_tensors:
         written["tensors"] = grid.with_suffix(".pt")
-        torch.save(out.images, written["tensors"])
+        torch.save(images, written["tensors"])
     if cfg.chain:
         rows = out.chain[: cfg.chain_rows]
         chain_png, chain_gif = _chain_paths(cfg, grid)

@@ -33,6 +33,7 @@ from diffusion.config import preflight
 from diffusion.config.build import (
     build_datasets,
     build_logger,
+    build_low_res,
     build_lr_scheduler,
     build_model,
     build_objective,
@@ -139,7 +140,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
         conditional=cfg.model.get("num_classes") is not None,
         on_device=cfg.data.on_device and not pairs, evaluator=evaluator,
         sampler=build_training_sampler(cfg), objective=build_objective(cfg, scheduler),
-        latent=latent)
+        latent=latent, low_res=build_low_res(cfg))
     if resume is not None:
         trainer.resume(resume.checkpoint)
     elif trainer_cfg.init_from:

@@ -25,6 +25,7 @@ from diffusion.config.sampler import training_sampler
 from diffusion.data import dataset_info
 from diffusion.errors import USER_ERRORS, ConfigError
 from diffusion.models.diffusers_unet import weights_follow
+from diffusion.models.low_res import LowResConditioning
 from diffusion.processes import sigma_max_from_data
 from diffusion.runtime.device import resolve_device
 from diffusion.training.loggers import LoggerGroup
@@ -82,11 +83,39 @@ def validate(cfg: DictConfig) -> None:
             f"model.image_size is {model.image_size} but data.image_size is {data.image_size}; "
             "set data.image_size and leave model.image_size to follow it.")
     check_int("seed", cfg.seed, minimum=None)
+    _validate_low_res(cfg)
     classes, data_classes = model.get("num_classes"), data.get("num_classes")
     if classes is not None and data_classes is not None and classes != data_classes:
         raise ConfigError(
             f"model.num_classes is {classes} but data {data.name} has {data_classes} classes; "
             f"set model.num_classes={data_classes}, or null for an unconditional model.")
+
+
+def _validate_low_res(cfg: DictConfig) -> None:
+    """A super-resolution stage: its conditioning built, the network taking the image beside
+    x, a size the factor divides, pixels (not latents), and no periodic FID (it samples
+    without inputs)."""
+    low_res, cond = build_low_res(cfg), cfg.model.get("cond_channels") or 0
+    if low_res is None:
+        if cond:
+            raise ConfigError(f"model.cond_channels={cond} gives the network an image to "
+                              "condition on, which only conditioning=low_res provides: drop it "
+                              "or add conditioning=low_res.")
+        return
+    if cond != cfg.data.channels:
+        raise ConfigError(f"a super-resolution stage takes its {cfg.data.channels}-channel "
+                          f"input beside x: model.cond_channels must be {cfg.data.channels}, "
+                          f"not {cond} (conditioning=low_res sets it).")
+    if cfg.data.image_size % low_res.factor:
+        raise ConfigError(f"low_res.factor={low_res.factor} does not divide data.image_size="
+                          f"{cfg.data.image_size}: pick a factor of it.")
+    if cfg.get("latent"):
+        raise ConfigError("a super-resolution stage runs in pixels: drop latent= or "
+                          "conditioning=low_res.")
+    if cfg.trainer.get("eval_every"):
+        raise ConfigError("the periodic FID samples without low-resolution inputs, so a "
+                          "super-resolution stage trains with trainer.eval_every=0; score the "
+                          "cascade with python -m diffusion.evaluate run=<base> upsample=<run>.")
 
 
 def check_device(device: str) -> None:
@@ -188,6 +217,17 @@ def fit_to_data(cfg: DictConfig, scheduler, train_set, max_images: int = 5000):
     log.info("scheduler.sigma_max = %s: the largest distance between two of the first %d "
              "training images (Song & Ermon 2020)", cfg.scheduler.sigma_max, n)
     return build_scheduler(cfg)
+
+
+def build_low_res(cfg: DictConfig) -> LowResConditioning | None:
+    """A super-resolution stage's conditioning (``low_res``: conditioning=low_res), or None."""
+    node = cfg.get("low_res")
+    if not node:
+        return None
+    unknown = sorted(set(node) - {"factor", "aug_max", "level"})
+    if unknown:
+        raise ConfigError(f"low_res has no key {unknown[0]}: it takes factor, aug_max, level.")
+    return LowResConditioning(**OmegaConf.to_container(node, resolve=True))
 
 
 def build_classifier(cfg: DictConfig):

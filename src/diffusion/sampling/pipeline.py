@@ -27,9 +27,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion.checks import check_int
+from diffusion.checks import check_int, check_number
 from diffusion.errors import ConfigError
 from diffusion.models.latent import LatentSpace
+from diffusion.models.low_res import LowResConditioning
 from diffusion.runs.load import load_latent_space, load_run
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import autocast, resolve_device, resolve_precision
@@ -90,6 +91,8 @@ class DiffusionPipeline(EditingMethods):
     ``latent`` (a ``LatentSpace``: latent diffusion) makes ``sample_shape`` the latents' and
     ``image_shape`` the images': every method decodes what it returns to images, and the edits
     encode what they take (``encode`` / ``decode``); without it the two shapes are one.
+    ``low_res`` (a ``LowResConditioning``) makes it a cascade's super-resolution stage: every
+    draw takes the ``low_res`` images it upsamples (see ``__call__``).
     ``num_classes`` is the number of class labels the model takes (None: unconditional);
     by default the model's ``num_classes``, which every backbone has. It is read once and
     explicitly, so a wrapper without the attribute is an error here rather than a
@@ -105,7 +108,7 @@ class DiffusionPipeline(EditingMethods):
                  device: str | torch.device = "auto", precision: str = "auto",
                  compile: bool | str = False, channels_last: bool = False,
                  num_classes: int | None = FROM_MODEL, sampler: SamplerSpec | None = None,
-                 latent: LatentSpace | None = None):
+                 latent: LatentSpace | None = None, low_res: LowResConditioning | None = None):
         if num_classes is FROM_MODEL:
             if not hasattr(model, "num_classes"):
                 raise ValueError(f"{type(model).__name__} has no num_classes: pass "
@@ -126,6 +129,10 @@ class DiffusionPipeline(EditingMethods):
                              f"latents are {tuple(latent.shape)}: pass the run's own "
                              "autoencoder.")
         self.image_shape = self.sample_shape if latent is None else tuple(latent.image_shape)
+        self.low_res = low_res
+        if low_res is not None and latent is not None:
+            raise ValueError("a super-resolution stage runs in pixels: pass latent or low_res, "
+                             "not both.")
         num_train_timesteps = scheduler.num_train_timesteps
         if sampler is None and not isinstance(scheduler, NoiseScheduler):
             # a continuous-time process: its probability-flow ODE (the velocity's, where the
@@ -157,6 +164,7 @@ class DiffusionPipeline(EditingMethods):
         ``RunError`` or ``CheckpointError`` with one sentence saying what to do."""
         model, scheduler, cfg = load_run(run, checkpoint=checkpoint)
         latent = load_latent_space(cfg, run)
+        low_res = LowResConditioning(**cfg["low_res"]) if cfg.get("low_res") else None
         channels, size = int(cfg["data"]["channels"]), int(cfg["data"]["image_size"])
         if channels_last is None:
             channels_last = bool((cfg.get("trainer") or {}).get("channels_last", False))
@@ -164,7 +172,7 @@ class DiffusionPipeline(EditingMethods):
         return cls(model, scheduler, shape, device=device, precision=precision,
                    compile=compile, channels_last=channels_last,
                    sampler=SamplerSpec.of_run(cfg) if sampler is None else sampler,
-                   latent=latent)
+                   latent=latent, low_res=low_res)
 
     # ------------------------------------------------------------------ diffusers' basics
     def to(self, device: str | torch.device) -> DiffusionPipeline:
@@ -224,7 +232,9 @@ class DiffusionPipeline(EditingMethods):
                  batch_size: int = 256, return_chain: bool = False, chain_frames: int = 20,
                  progress: bool = False, guidance: Guidance | None = None, *,
                  num_inference_steps: int | None = None, seed: int | None = None,
-                 output_type: str = "pt", return_dict: bool = True) -> PipelineOutput | tuple:
+                 output_type: str = "pt", return_dict: bool = True,
+                 low_res: torch.Tensor | None = None,
+                 low_res_level: float | None = None) -> PipelineOutput | tuple:
         """Draw ``n`` samples with ``steps`` (alias ``num_inference_steps``) reverse steps.
 
         ``sampler``: None runs the pipeline's (``pipe.sampler``: its options and spacing, and
@@ -244,7 +254,10 @@ class DiffusionPipeline(EditingMethods):
         [0, num_classes - 1] for a conditional model (default 0..K-1 in turn). ``guidance``
         (``diffusion.sampling.guidance``): classifier-free and/or classifier guidance towards
         the labels ``y``. ``output_type``, ``return_dict``: see the class docstring; the
-        ``chain`` of ``return_chain`` stays tensors in [-1, 1].
+        ``chain`` of ``return_chain`` stays tensors in [-1, 1]. A super-resolution stage
+        (``pipe.low_res``) takes ``low_res``, the n images (N, C, H / factor, W / factor) in
+        [-1, 1] it upsamples (a base stage's samples), noised to ``low_res_level`` (None: the
+        run's ``low_res.level``) with noise drawn from ``generator`` after x_T.
         """
         if n is None:
             raise ConfigError("pass the number of images as n, e.g. pipe(4); batch_size is how "
@@ -261,12 +274,16 @@ class DiffusionPipeline(EditingMethods):
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
         if noise is None:  # drawn whole, so x_T does not depend on batch_size
             noise = randn_tensor((n, *self.sample_shape), generator)
+        conditioning = self._low_res_inputs(low_res, low_res_level, n, generator)
         images, chains = [], []
         starts = range(0, n, batch_size)
         for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
             part = slice(start, min(start + batch_size, n))
             x = noise[part].to(self.device).contiguous(memory_format=self.memory_format)
             yb = None if y is None else y[part].to(self.device)
+            if conditioning is not None:  # the stage's input for these images
+                denoiser = guidance.denoiser(self._conditioned(conditioning, part),
+                                             self.num_classes, self.scheduler, self.device)
             out, chain = self._denoise(sched, x, yb, generator_part(generator, part),
                                        return_chain, chain_frames, denoiser)
             images.append(self.decode(out.float()).cpu())
@@ -287,7 +304,9 @@ class DiffusionPipeline(EditingMethods):
                             transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                             return_chain: bool = False, chain_frames: int = 20,
                             progress: bool = False, desc: str = "sampling",
-                            guidance: Guidance | None = None) -> PipelineOutput:
+                            guidance: Guidance | None = None,
+                            low_res: torch.Tensor | None = None,
+                            low_res_level: float | None = None) -> PipelineOutput:
         """Draw ``n`` samples in chunks of ``chunk_size``, the chunks shared out among the
         ranks of the process group (``torchrun``); every rank gets the whole result, in order.
 
@@ -298,8 +317,9 @@ class DiffusionPipeline(EditingMethods):
         on ``chunk_size`` but not on the number of processes. ``transform`` maps each chunk on
         the rank that drew it (to FID features, say) before the gather. ``y`` as for
         ``__call__``: the default labels run 0..K-1 over all ``n``, not per chunk; ``sampler``,
-        ``steps``, ``eta``, ``timestep_spacing`` and ``guidance`` as for ``__call__``. The
-        images are tensors (``output_type="pt"``).
+        ``steps``, ``eta``, ``timestep_spacing``, ``guidance``, ``low_res`` (all ``n``, sliced
+        per chunk) and ``low_res_level`` as for ``__call__``. The images are tensors
+        (``output_type="pt"``).
         """
         plan, steps = self._plan(n, steps, sampler, eta, timestep_spacing, chunk_size,
                                  return_chain, chain_frames)
@@ -321,7 +341,8 @@ class DiffusionPipeline(EditingMethods):
                            generator=torch.Generator().manual_seed(chunk_seed(seed, index)),
                            y=None if y is None else y[start:start + b], batch_size=b,
                            return_chain=return_chain, chain_frames=chain_frames,
-                           guidance=guidance)
+                           guidance=guidance, low_res_level=low_res_level,
+                           low_res=None if low_res is None else low_res[start:start + b])
                 images = out.images if transform is None else transform(out.images)
                 local[start] = (images, out.chain)
                 bar.update(b)
@@ -335,6 +356,42 @@ class DiffusionPipeline(EditingMethods):
                              if return_chain else None))
 
     # ------------------------------------------------------------------ internals
+    def _low_res_inputs(self, low_res, level, n: int, generator) -> tuple | None:
+        """A super-resolution stage's (low-resolution images, level, augmentation noise) for a
+        draw of ``n``, checked; None for a stage that takes none (refusing any given)."""
+        if self.low_res is None:
+            if low_res is not None:
+                raise ConfigError("low_res= is for a cascade's super-resolution stage; this "
+                                  "run was not trained with conditioning=low_res.")
+            return None
+        channels, size = self.image_shape[0], self.image_shape[1] // self.low_res.factor
+        expected = (n, channels, size, size)
+        if low_res is None or not torch.is_tensor(low_res) or tuple(low_res.shape) != expected:
+            got = "none" if low_res is None else tuple(getattr(low_res, "shape", ()))
+            raise ConfigError(f"this run is a super-resolution stage: pass low_res, the {n} "
+                              f"images it upsamples, of shape {expected} (a base run's "
+                              f"samples: diffusion.sample run=<base> upsample=<this run>); "
+                              f"got {got}.")
+        level = self.low_res.level if level is None else check_number(
+            "low_res_level", level, 0, 1)
+        noise = randn_tensor(expected, generator)  # after x_T, from the same generator
+        return low_res.float(), float(level), noise
+
+    def _conditioned(self, conditioning: tuple, part: slice):
+        """The network's forward for images ``part`` of a draw, their upsampled, augmented
+        low-resolution images beside x (repeated where guidance doubles the batch)."""
+        low, level, noise = conditioning
+        cond = self.low_res.condition(low[part].to(self.device), self.image_shape[1],
+                                      torch.full((len(low[part]),), level, device=self.device),
+                                      noise[part].to(self.device))
+        levels = torch.full((cond.shape[0],), level, device=self.device)
+
+        def forward(x: torch.Tensor, t, y=None) -> torch.Tensor:
+            repeats = x.shape[0] // cond.shape[0]
+            return self.forward(x, t, y, cond=cond.repeat(repeats, 1, 1, 1),
+                                level=levels.repeat(repeats))
+        return forward
+
     def _decode_chain(self, chain: torch.Tensor) -> torch.Tensor:
         """A latent chain (N, F, c, h, w) as images (N, F, C, H, W): every frame decoded."""
         n, frames = chain.shape[:2]

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from diffusion.data.datasets import SampleKey
 from diffusion.errors import TrainingError
 from diffusion.reporting.pictures import class_blocks, save_labelled_grid
 from diffusion.runtime import distributed as dist
@@ -43,13 +44,15 @@ class PeriodicWork:
         for x0, y in loader:
             x0, y = self._to_device(x0, y)
             noised = self._noised(x0, generator, local=False)
-            x_in, t_in, target, t, y = (
+            extra = self._low_res_inputs(x0, generator, local=False)
+            x_in, t_in, target, t, y, *cond = (
                 part.tensor_split(self.world_size)[self.rank] if part is not None else None
-                for part in (*noised, y))
+                for part in (*noised, y, *extra.values()))
             if x_in.shape[0] == 0:
                 continue
             with autocast(self.device, self.precision):
-                prediction = self.ema.model(x_in, t_in, y)
+                prediction = self.ema.model(x_in, t_in, y, **dict(zip(extra, cond,
+                                                                        strict=True)))
             total[0] += self.objective.loss(prediction, target, t) * x_in.shape[0]
             total[1] += x_in.shape[0]
         loss, count = dist.all_sum(total).tolist()
@@ -63,7 +66,7 @@ class PeriodicWork:
                 self.ema.model, self.scheduler, self.sample_shape, device=self.device,
                 precision=self.precision, compile=self.cfg.compile,
                 channels_last=self.cfg.channels_last, sampler=self.sampler,
-                latent=self.latent)
+                latent=self.latent, low_res=self.low_res)
         return self._pipeline
 
     def sample_grid(self) -> Path | None:
@@ -79,20 +82,40 @@ class PeriodicWork:
             n = len(y)
             scale = self.cfg.sample_guidance_scale
         steps = self.sampler.step_counts(self.num_train_timesteps)[0]
+        low = self._grid_low_res(n)
         images = self.pipeline().sample_across_ranks(
             n, noise=self.fixed_noise[:n], seed=self.seed, y=y,
             chunk_size=-(-n // self.world_size), steps=steps,
             sampler=self.sampler.build(self.scheduler),
             guidance=Guidance(scale=1.0 if scale is None else scale)
-            if self.conditional else None).images
+            if self.conditional else None, low_res=low).images
         if not self.is_main:
             return None
         title = f"step {self.step:,} · {self.sampler.name}-{steps} · EMA" + (
             f" · guidance {scale:g}" if scale is not None else "")
+        if low is not None:  # a super-resolution stage: its inputs above what it made of them
+            inputs = torch.nn.functional.interpolate(low, size=images.shape[-2:], mode="nearest")
+            images = torch.cat([inputs, images])
+            columns = columns or max(1, math.ceil(math.sqrt(n)))
+            title += (f" · top: validation images at 1/{self.low_res.factor}, bottom: "
+                      f"upsampled (level {self.low_res.level:g})")
         return save_labelled_grid(
             images, self.sample_dir / f"step_{self.step:08d}.png",
             columns or max(1, math.ceil(math.sqrt(n))), title=title,
             row_labels=self._class_labels(int(y.max()) + 1) if y is not None else None)
+
+    def _grid_low_res(self, n: int) -> torch.Tensor | None:
+        """A super-resolution stage's grid inputs: the first ``n`` validation images (training
+        images where there is no validation split, unflipped) at low resolution; None for
+        other runs."""
+        if self.low_res is None:
+            return None
+        source = self.val_set if self.val_set is not None else self.train_set
+        indices = [i % len(source) for i in range(n)]
+        keys = (indices if source is self.val_set
+                else [SampleKey(i, self.seed, -1) for i in indices])
+        images = torch.stack([source[k][0] for k in keys])
+        return self.low_res.downsample(images.float())
 
     def _class_labels(self, count: int) -> list[str]:
         """The first ``count`` classes' names as the training set gives them (an image

@@ -82,9 +82,10 @@ class Trainer(CheckpointState, PeriodicWork):
                  val_set: Dataset | None = None, lr_scheduler=None, logger: Logger | None = None,
                  seed: int = 0, num_workers: int = 0, conditional: bool = False,
                  on_device: bool = False, evaluator=None, sampler: SamplerSpec | None = None,
-                 objective: Objective | None = None, latent=None):
+                 objective: Objective | None = None, latent=None, low_res=None):
         self.cfg = config
         self.latent = latent  # a latent run's LatentSpace: its grids and FID decode through it
+        self.low_res = low_res  # a super-resolution stage's LowResConditioning
         # what a step computes: t and noise draws, the target, the per-sample loss weights
         self.objective = Objective(scheduler) if objective is None else objective
         self.sampler = SamplerSpec() if sampler is None else sampler  # grids' sampler
@@ -230,6 +231,21 @@ class Trainer(CheckpointState, PeriodicWork):
                            < self.cfg.label_dropout)
         return torch.where(drop, torch.full_like(y, self.model.num_classes), y)
 
+    def _low_res_inputs(self, x0: torch.Tensor, generator: torch.Generator,
+                        local: bool = True) -> dict:
+        """A super-resolution stage's network inputs beside x (``cond``, ``level``: its
+        augmented low-resolution image, drawn after the labels' dropout for the global batch
+        and sliced like the noise); nothing for other runs."""
+        if self.low_res is None:
+            return {}
+        if local and self.world_size > 1:
+            start = self.rank * self.local_batch
+            cond, level = self.low_res.training_inputs(
+                x0, generator, self.batch_size, slice(start, start + self.local_batch))
+        else:
+            cond, level = self.low_res.training_inputs(x0, generator)
+        return {"cond": cond.contiguous(memory_format=self.memory_format), "level": level}
+
     def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns device tensors
         (mean loss, grad norm) and the seconds spent waiting for data. An fp16 step whose
@@ -245,13 +261,14 @@ class Trainer(CheckpointState, PeriodicWork):
             x_in, t_in, target, t = self._noised(x0, self.noise_generator,
                                                  noise=paired[0] if paired else None)
             y = self._drop_labels(y, self.noise_generator)
+            extra = self._low_res_inputs(x0, self.noise_generator)
             last = micro == self.cfg.grad_accum - 1
             # gradients are all-reduced once per optimizer step, not per micro-batch
             sync = (self.ddp.no_sync() if self.ddp is not None and not last
                     else contextlib.nullcontext())
             with sync:
                 with autocast(self.device, self.precision):
-                    prediction = self.forward(x_in, t_in, y)
+                    prediction = self.forward(x_in, t_in, y, **extra)
                 loss = self.objective.loss(prediction, target, t) / self.cfg.grad_accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()

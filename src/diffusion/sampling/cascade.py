@@ -1,0 +1,71 @@
+"""A cascade (Ho et al. 2022): a base model's images through super-resolution stages, each a
+run trained with ``conditioning=low_res`` on images ``low_res.factor`` times the side of the
+stage before it.
+
+``check_stages`` reads only the runs' configs, so a cascade whose sizes do not chain is refused
+before any model loads; ``upsample`` runs the stages on images already drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from diffusion.errors import ConfigError
+from diffusion.runs.load import read_config
+from diffusion.sampling.pipeline import chunk_seed
+
+
+def stage_list(upsample) -> list[str]:
+    """``upsample=`` as a list of run folders (one folder, a list, or null)."""
+    if upsample in (None, "", []):
+        return []
+    if isinstance(upsample, str):
+        return [upsample]
+    return [str(stage) for stage in upsample]
+
+
+def check_stages(base_cfg: dict, stages: Sequence[str], key: str = "upsample") -> list[dict]:
+    """The stages' configs, checked to chain from ``base_cfg``: each a super-resolution run
+    whose input is the previous stage's output (channels, side)."""
+    if base_cfg.get("low_res"):
+        raise ConfigError("run= is itself a super-resolution stage, which needs images to "
+                          f"upsample: pass the cascade's base run as run= and this one in "
+                          f"{key}=.")
+    channels, size = int(base_cfg["data"]["channels"]), int(base_cfg["data"]["image_size"])
+    configs = []
+    for stage in stages:
+        cfg = read_config(stage, key=key)
+        low_res = cfg.get("low_res")
+        if not low_res:
+            raise ConfigError(f"{key}={stage} is not a super-resolution stage (it was not "
+                              "trained with conditioning=low_res): pass runs that were.")
+        data = cfg["data"]
+        wanted = int(data["image_size"]) // int(low_res["factor"])
+        if (int(data["channels"]), wanted) != (channels, size):
+            raise ConfigError(
+                f"{key}={stage} upsamples {data['channels']}-channel {wanted} px images to "
+                f"{data['image_size']} px, but the stage before it gives {channels}-channel "
+                f"{size} px images: chain stages whose sizes match.")
+        channels, size = int(data["channels"]), int(data["image_size"])
+        configs.append(cfg)
+    return configs
+
+
+def upsample(images: torch.Tensor, stages: Sequence, seed: int, chunk_size: int,
+             low_res_level: float | None = None, y: torch.Tensor | None = None,
+             progress: bool = False) -> torch.Tensor:
+    """``images`` through each stage (a ``DiffusionPipeline`` of a super-resolution run) in
+    turn, each with its run's own sampler; stage k's starting noise comes from its own seeded
+    stream (``chunk_seed(seed, -1 - k)``), its per-chunk noise as ``sample_across_ranks``
+    draws it. ``y``: the labels, for stages that take them."""
+    for k, stage in enumerate(stages):
+        n = len(images)
+        noise = torch.randn((n, *stage.sample_shape),
+                            generator=torch.Generator().manual_seed(chunk_seed(seed, -1 - k)))
+        images = stage.sample_across_ranks(
+            n, noise=noise, seed=seed + k + 1, chunk_size=chunk_size, low_res=images,
+            low_res_level=low_res_level, y=y if stage.num_classes is not None else None,
+            progress=progress, desc=f"stage {k + 2} of {len(stages) + 1}").images
+    return images
