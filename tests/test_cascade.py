@@ -152,3 +152,40 @@ def test_stages_that_do_not_chain_are_refused_before_loading(cascade, tmp_path,
     with pytest.raises(ConfigError, match="low_res.factor=3 does not divide"):
         check_config(compose_config(stage_overrides(tiny_mnist_root, FULL,
                                                     "conditioning=low_res", "low_res.factor=3")))
+
+
+def test_the_cascade_is_scored_on_its_last_stage_against_its_data(cascade, tmp_path,
+                                                                  monkeypatch):
+    from diffusion.commands import evaluate as evaluate_command
+    from diffusion.commands.evaluate import evaluate
+    from diffusion.runs.records import read_eval
+    from diffusion.sampling.cascade import CascadePipeline
+    from test_metrics import EPOCHS
+
+    cache = tmp_path / "features"
+    cfg = compose_config([f"run={cascade['base']}", f"upsample={cascade['sr']}",
+                          f"metrics.cache_dir={cache}", f"metrics.feature_epochs={EPOCHS}",
+                          "metrics.kid_subset_size=8", "batch_size=8", "device=cpu", "n=16",
+                          "sampler.steps=2", "plot=false", "low_res_level=0.2"],
+                         config_name="evaluate")
+    sizes = []
+    real = evaluate_command.build_scorer
+    monkeypatch.setattr(evaluate_command, "build_scorer", lambda metrics, data, **kw: (
+        sizes.append(data.image_size) or real(metrics, data, **kw)))
+    (result,) = evaluate(cfg)
+    assert sizes == [FULL]  # the reference is the last stage's data
+    entry = next(iter(read_eval(cascade["base"]).values()))
+    assert entry["upsample"] == [str(cascade["sr"].resolve())] and entry["low_res_level"] == 0.2
+    assert entry["reference"] == "mnist/test" and result.n == 16
+    assert f"upsample=[{cascade['sr']}]" in entry["command"]
+    assert "upsample=" in next(iter(read_eval(cascade["base"])))  # in the entry's key
+    # the chunks go through the stage as a plain draw would take them
+    base = DiffusionPipeline.from_run(cascade["base"], device="cpu")
+    stage = DiffusionPipeline.from_run(cascade["sr"], device="cpu")
+    pipe = CascadePipeline(base, [stage], seed=3, low_res_level=0.2)
+    noise = torch.randn((6, 1, BASE, BASE), generator=torch.Generator().manual_seed(0))
+    out = pipe.sample_across_ranks(6, noise=noise, seed=0, chunk_size=4, steps=2).images
+    low = base.sample_across_ranks(6, noise=noise, seed=0, chunk_size=4, steps=2).images
+    expected = torch.cat([pipe.through_stages(low[:4], 0), pipe.through_stages(low[4:], 1)])
+    assert out.shape == (6, 1, FULL, FULL)
+    torch.testing.assert_close(out, expected)

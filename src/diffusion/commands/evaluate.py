@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion.checks import check_writable
+from diffusion.checks import check_number, check_writable
 from diffusion.commands.evaluate_nll import evaluate_nll
 from diffusion.commands.launcher import launch
 from diffusion.config.guidance import (
@@ -47,6 +47,7 @@ from diffusion.reporting.jobs import find_jobs, run_label
 from diffusion.runs.load import newest_checkpoint
 from diffusion.runs.records import entry_key, plot_entries, read_eval, write_eval
 from diffusion.runtime import distributed as dist
+from diffusion.sampling.cascade import CascadePipeline, check_stages, stage_list
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training.checkpoint import saved_step
@@ -59,6 +60,12 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
     eval.json and the plot, so a read-only run fails now rather than after the scoring."""
     run_options, guidance = check_evaluate_options(cfg)
     run = Path(cfg.run)
+    check_stages(run_options.run_cfg, stage_list(cfg.get("upsample")))
+    if cfg.get("low_res_level") is not None:
+        check_number("low_res_level", cfg.low_res_level, 0, 1)
+        if not stage_list(cfg.get("upsample")):
+            raise ConfigError("low_res_level= is the augmentation level of upsample='s "
+                              "stages: pass upsample=<super-resolution run> too.")
     if is_nll(cfg.metrics):
         check_writable(run / "nll.json", "diffusion.evaluate records its results there: make "
                        "the run folder writable or evaluate a copy of it")
@@ -83,7 +90,14 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     pipe = DiffusionPipeline.from_run(run, checkpoint=checkpoint, device=cfg.device,
                                       precision=cfg.precision,
                                       compile=cfg.get("compile", False))
-    scorer = build_scorer(cfg.metrics, run_cfg.data, device=pipe.device, progress=True,
+    stages = stage_list(cfg.get("upsample"))
+    data = run_cfg.data
+    if stages:  # a cascade: scored on its last stage's images, against that stage's data
+        data = OmegaConf.create(check_stages(run_cfg, stages)[-1]["data"])
+        pipe = CascadePipeline(pipe, [DiffusionPipeline.from_run(
+            stage, device=cfg.device, precision=cfg.precision) for stage in stages],
+            seed=cfg.metrics.seed, low_res_level=cfg.get("low_res_level"))
+    scorer = build_scorer(cfg.metrics, data, device=pipe.device, progress=True,
                           root=cfg.data_root)
     main = dist.is_main()  # under torchrun every rank samples its share; rank 0 writes
     sampler = spec.build(pipe.scheduler)
@@ -158,7 +172,17 @@ def _protocol(cfg: DictConfig, spec: SamplerSpec, sampler, steps_list: list[int]
             "batch_size": cfg.batch_size, "seed": metrics.seed,
             "kid_subset_size": metrics.kid_subset_size if metrics.kid else None,
             "num_classes": pipe.num_classes, "processes": dist.world_size(),
-            "device": str(pipe.device), "command": _command(cfg, spec, steps_list, checkpoint)}
+            "device": str(pipe.device), "command": _command(cfg, spec, steps_list, checkpoint),
+            **_cascade_record(cfg)}
+
+
+def _cascade_record(cfg: DictConfig) -> dict:
+    """A cascade's part of the protocol: its stages (absolute folders) and sampling level."""
+    stages = stage_list(cfg.get("upsample"))
+    if not stages:
+        return {}
+    return {"upsample": [str(Path(stage).resolve()) for stage in stages],
+            "low_res_level": cfg.get("low_res_level")}
 
 
 def _precheck(cfg: DictConfig) -> list[Path]:
@@ -222,6 +246,11 @@ def _command(cfg: DictConfig, spec: SamplerSpec, steps: list[int], checkpoint: P
         if metrics.get(key) is not None:
             args.append(f"metrics.{key}={metrics[key]}")
     args += guidance_args(cfg)
+    stages = stage_list(cfg.get("upsample"))
+    if stages:
+        args.append(f"upsample=[{','.join(stages)}]")
+        if cfg.get("low_res_level") is not None:
+            args.append(f"low_res_level={cfg.low_res_level}")
     if cfg.data_root:
         args.append(f"data_root={cfg.data_root}")
     if cfg.precision != "auto":

@@ -122,7 +122,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
               for stage in stage_list(cfg.get("upsample"))]
     if stages:  # the cascade: the base's images through each super-resolution stage
         images = upsample(images, stages, cfg.seed, cfg.batch_size, cfg.get("low_res_level"),
-                          y=labels, progress=True)
+                          progress=True)
     if not dist.is_main():
         return {}
     written = {"grid": viz.save_grid(images, grid)}

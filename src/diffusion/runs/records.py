@@ -88,12 +88,14 @@ def cpu_model() -> str:
 #: What makes two evaluations of a run comparable; an eval.json key holds all of it.
 PROTOCOL = ("sampler", "steps", "n", "eta", "timestep_spacing", "sampler_options", "batch_size",
             "seed", "checkpoint", "step", "feature_id", "reference_n", "guidance_scale",
-            "guidance_rescale", "classifier", "classifier_scale")
+            "guidance_rescale", "classifier", "classifier_scale", "upsample", "low_res_level")
 #: Parts of the protocol that an entry may lack: older entries have no timestep_spacing, and
 #: sampler_options (the sampler's options changed from its defaults) is there only when set.
 OPTIONAL = ("timestep_spacing", "sampler_options")
 #: The guidance settings: part of the key where they are set (not None).
 GUIDANCE = ("guidance_scale", "guidance_rescale", "classifier", "classifier_scale")
+#: A cascade's stages and sampling level: part of the key of a cascade's entries alone.
+CASCADE = ("upsample", "low_res_level")
 
 
 def entry_key(entry: dict) -> str:
@@ -106,7 +108,8 @@ def entry_key(entry: dict) -> str:
     stochastic = is_stochastic(entry["sampler"], entry["eta"])
     return " ".join(f"{k}={entry.get(k)}" for k in PROTOCOL
                     if (k != "batch_size" or stochastic) and (k not in OPTIONAL or k in entry)
-                    and (k not in GUIDANCE or entry.get(k) is not None))
+                    and (k not in GUIDANCE or entry.get(k) is not None)
+                    and (k not in CASCADE or k in entry))
 
 
 def read_json(path: str | Path) -> dict:
