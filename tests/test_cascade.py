@@ -189,3 +189,12 @@ def test_the_cascade_is_scored_on_its_last_stage_against_its_data(cascade, tmp_p
     expected = torch.cat([pipe.through_stages(low[:4], 0), pipe.through_stages(low[4:], 1)])
     assert out.shape == (6, 1, FULL, FULL)
     torch.testing.assert_close(out, expected)
+
+
+def test_a_stage_resumes_bit_exactly(tmp_path, tiny_mnist_root):
+    from test_train import assert_same_state, straight_and_resumed
+
+    args = ("model=basic", "model.base_channels=8", "conditioning=low_res",
+            "trainer.ckpt_every=3", "trainer.keep_last=0", "trainer.sample_every=0")
+    straight, resumed = straight_and_resumed(tmp_path, tiny_mnist_root, *args)
+    assert_same_state(straight, resumed)
