@@ -198,3 +198,9 @@ def test_a_stage_resumes_bit_exactly(tmp_path, tiny_mnist_root):
             "trainer.ckpt_every=3", "trainer.keep_last=0", "trainer.sample_every=0")
     straight, resumed = straight_and_resumed(tmp_path, tiny_mnist_root, *args)
     assert_same_state(straight, resumed)
+
+
+def test_a_stage_is_not_edited(cascade):
+    stage = DiffusionPipeline.from_run(cascade["sr"], device="cpu")
+    with pytest.raises(ConfigError, match="edit the cascade's base run"):
+        stage.img2img(torch.zeros(1, 1, FULL, FULL), strength=0.5, steps=2)

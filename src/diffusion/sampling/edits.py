@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from diffusion import editing
+from diffusion.errors import ConfigError
 from diffusion.sampling.arguments import (
     DEFAULT,
     SamplerArg,
@@ -27,6 +28,12 @@ class EditingMethods:
     its latents, edited there and decoded (inpainting's mask at the latents' resolution, the
     kept pixels pasted back); ``invert``'s ``latents`` are then its x_T in the latent space."""
 
+    def _check_editable(self) -> None:
+        """A cascade's super-resolution stage draws only from a low-resolution input."""
+        if getattr(self, "low_res", None) is not None:
+            raise ConfigError("this run is a cascade's super-resolution stage, which draws "
+                              "from a low-resolution input: edit the cascade's base run.")
+
     def img2img(self, images: Any, strength: float = 0.6, steps: int | None = None, *,
                 sampler: SamplerArg = None, eta: float | None = None,
                 timestep_spacing: str | None = DEFAULT, generator: Generators = None,
@@ -39,6 +46,7 @@ class EditingMethods:
         (N, H, W, C) in [0, 1] or tensors (N, C, H, W) in [-1, 1], at the model's size;
         ``generator`` as for ``__call__``; ``options`` (``noise``, ``y``, ``batch_size``) as
         ``diffusion.editing.img2img`` takes them. Returns the edited images."""
+        self._check_editable()
         images = editing.check_images(images, self.image_shape)
         plan, steps = self._plan(len(images), resolve_steps(steps, num_inference_steps),
                                  sampler, eta, timestep_spacing)
@@ -60,6 +68,7 @@ class EditingMethods:
         ``mask``: a PIL image (or one per image), a numpy (H, W) array or a tensor (H, W),
         (N, 1, H, W), values in [0, 1]. ``options`` (``eta``, ``timestep_spacing``, ``noise``,
         ``y``, ``batch_size``) as ``diffusion.editing.inpaint`` takes them."""
+        self._check_editable()
         images = editing.check_images(images, self.image_shape)
         steps = self._steps(resolve_steps(steps, num_inference_steps))
         generator = seeded(generator, seed, len(images))
@@ -77,6 +86,7 @@ class EditingMethods:
         (``return_dict=False``: ``(images, latents)``). ``images`` as for ``img2img``;
         ``options`` (``fixed_point``, ``timestep_spacing``, ``y``, ``batch_size``) as
         ``diffusion.editing.invert`` takes them."""
+        self._check_editable()
         images = editing.check_images(images, self.image_shape)
         steps = self._steps(resolve_steps(steps, num_inference_steps))
         check_output_type(output_type, self.image_shape[0])
