@@ -5,6 +5,7 @@
 # the new recipe's own sampler (midpoint, 5 trailing steps: 10 NFE); then 64-image grids.
 #   bash experiments/mnist_cpu/evaluate.sh             (DIFFUSION_DATA: the folder holding MNIST/raw)
 #   JOB=new SET=dpm bash experiments/mnist_cpu/evaluate.sh   (JOB old|new; SET dpm|ddim|own|grid)
+#   N=2000 SET=ddim bash experiments/mnist_cpu/evaluate.sh   (the README's DDIM-50 column: n = 2,000)
 set -euo pipefail
 OUT=${OUT:-runs/mnist_cpu_final}
 N=${N:-10000}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from diffusion.checks import check_number, check_writable
+from diffusion.checks import check_writable
 from diffusion.commands.evaluate_nll import evaluate_nll
 from diffusion.commands.launcher import launch
 from diffusion.config.guidance import (
@@ -47,7 +47,12 @@ from diffusion.reporting.jobs import find_jobs, run_label
 from diffusion.runs.load import newest_checkpoint
 from diffusion.runs.records import entry_key, plot_entries, read_eval, write_eval
 from diffusion.runtime import distributed as dist
-from diffusion.sampling.cascade import CascadePipeline, check_stages, stage_list
+from diffusion.sampling.cascade import (
+    CascadePipeline,
+    check_cascade_options,
+    check_stages,
+    stage_list,
+)
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training.checkpoint import saved_step
@@ -60,12 +65,7 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
     eval.json and the plot, so a read-only run fails now rather than after the scoring."""
     run_options, guidance = check_evaluate_options(cfg)
     run = Path(cfg.run)
-    check_stages(run_options.run_cfg, stage_list(cfg.get("upsample")))
-    if cfg.get("low_res_level") is not None:
-        check_number("low_res_level", cfg.low_res_level, 0, 1)
-        if not stage_list(cfg.get("upsample")):
-            raise ConfigError("low_res_level= is the augmentation level of upsample='s "
-                              "stages: pass upsample=<super-resolution run> too.")
+    check_cascade_options(cfg, run_options.run_cfg)
     if is_nll(cfg.metrics):
         check_writable(run / "nll.json", "diffusion.evaluate records its results there: make "
                        "the run folder writable or evaluate a copy of it")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from diffusion.checks import check_image_file, check_number, check_writable
+from diffusion.checks import check_image_file, check_writable
 from diffusion.commands.launcher import launch
 from diffusion.config.guidance import (
     GuidanceOptions,
@@ -24,10 +24,9 @@ from diffusion.config.guidance import (
     load_options_classifier,
 )
 from diffusion.config.options import check_sample_options
-from diffusion.errors import ConfigError
 from diffusion.reporting import figures as viz
 from diffusion.runtime import distributed as dist
-from diffusion.sampling.cascade import check_stages, stage_list, upsample
+from diffusion.sampling.cascade import check_cascade_options, stage_list, upsample
 from diffusion.sampling.checks import labels_tag
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
@@ -43,12 +42,7 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Sam
     before minutes of sampling are spent rather than after.
     """
     run, guidance, labels = check_sample_options(cfg)
-    check_stages(run.run_cfg, stage_list(cfg.get("upsample")))
-    if cfg.get("low_res_level") is not None:
-        check_number("low_res_level", cfg.low_res_level, 0, 1)
-        if not stage_list(cfg.get("upsample")):
-            raise ConfigError("low_res_level= is the augmentation level of upsample='s "
-                              "stages: pass upsample=<super-resolution run> too.")
+    check_cascade_options(cfg, run.run_cfg)
     spec, steps = run.spec, run.steps[0]
     grid = (Path(cfg.out) if cfg.out
             else Path(cfg.run) / "samples" / f"{_stem(cfg, spec, steps)}.png")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from diffusion.checks import check_number
 from diffusion.errors import ConfigError
 from diffusion.runs.load import read_config
 from diffusion.runtime import distributed as dist
@@ -55,6 +56,20 @@ def check_stages(base_cfg: dict, stages: Sequence[str], key: str = "upsample") -
                               "conditional).")
         channels, size = int(data["channels"]), int(data["image_size"])
         configs.append(cfg)
+    return configs
+
+
+def check_cascade_options(cfg, base_cfg) -> list[dict]:
+    """A command's ``upsample=`` and ``low_res_level=`` (``diffusion.sample``,
+    ``diffusion.evaluate``), checked against the base run's config ``base_cfg``; returns the
+    stages' configs."""
+    stages = stage_list(cfg.get("upsample"))
+    configs = check_stages(base_cfg, stages)
+    if cfg.get("low_res_level") is not None:
+        check_number("low_res_level", cfg.low_res_level, 0, 1)
+        if not stages:
+            raise ConfigError("low_res_level= is the augmentation level of upsample='s "
+                              "stages: pass upsample=<super-resolution run> too.")
     return configs
 
 
