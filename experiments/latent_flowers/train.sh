@@ -12,10 +12,10 @@ want() { [[ -z "${JOB:-}" || "${JOB}" == "$1" ]]; }
 DATA=(data=flowers102 data.image_size=64 data.num_workers=0 data.on_device=true)
 if want ae; then
   if [[ -f "$OUT/ae/config.yaml" ]]; then
-    python -m diffusion.train_autoencoder "resume=$OUT/ae" "steps=${AE_STEPS:-3000}"
+    python -m diffusion.train_autoencoder "resume=$OUT/ae" "steps=${AE_STEPS:-${STEPS:-3000}}"
   else
     python -m diffusion.train_autoencoder "${DATA[@]}" autoencoder=kl_f4 \
-      "steps=${AE_STEPS:-3000}" batch_size=16 eval_every=500 eval_n=500 progress=false \
+      "steps=${AE_STEPS:-${STEPS:-3000}}" batch_size=16 eval_every=500 eval_n=500 progress=false \
       "hydra.run.dir=$OUT/ae"
   fi
 fi
@@ -25,7 +25,7 @@ fi
 COMMON=(model=unet_attn scheduler=flow objective=flow_logit_normal sampler=flow_midpoint
         sampler.steps=10 trainer=cpu logger=none trainer.progress=false
         model.base_channels=32 model.num_res_blocks=1 model.norm_groups=8 model.dropout=0.0
-        optimizer.lr=1e-3 data.batch_size=32 trainer.max_steps=1000000
+        optimizer.lr=1e-3 data.batch_size=32 "trainer.max_steps=${STEPS:-1000000}"
         "trainer.max_minutes=${MINUTES:-25}" trainer.sample_every=1000 trainer.val_every=1000
         trainer.ckpt_every=500 trainer.sample_n=36 metrics.features=domain paths.runs_dir=runs)
 run() {  # name, overrides...
