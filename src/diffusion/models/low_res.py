@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from diffusion.checks import check_int, check_number
+from diffusion.errors import ConfigError
+from diffusion.schedulers.base import randn_tensor
 
 
 @dataclass
@@ -67,3 +69,45 @@ class LowResConditioning:
         level = torch.rand(n, device=x0.device, generator=generator)[part] * self.aug_max
         noise = torch.randn((n, *low.shape[1:]), device=x0.device, generator=generator)[part]
         return self.condition(low, x0.shape[-1], level, noise), level
+
+    def sampling_inputs(self, low: torch.Tensor | None, level: float | None, n: int,
+                        image_shape: tuple[int, int, int], generator) -> StageInputs:
+        """A draw of ``n`` images of ``image_shape``: its ``low``-resolution inputs checked, the
+        level (None: ``self.level``) and the augmentation noise, drawn from ``generator``."""
+        channels, size = image_shape[0], image_shape[1] // self.factor
+        expected = (n, channels, size, size)
+        if low is None or not torch.is_tensor(low) or tuple(low.shape) != expected:
+            got = "none" if low is None else tuple(getattr(low, "shape", ()))
+            raise ConfigError(f"this run is a super-resolution stage: pass low_res, the {n} "
+                              f"images it upsamples, of shape {expected} (a base run's "
+                              f"samples: diffusion.sample run=<base> upsample=<this run>); "
+                              f"got {got}.")
+        level = self.level if level is None else check_number("low_res_level", level, 0, 1)
+        return StageInputs(self, low.float(), float(level), randn_tensor(expected, generator),
+                           image_shape[1])
+
+
+@dataclass
+class StageInputs:
+    """A super-resolution stage's inputs for one draw: the low-resolution images, the level
+    they are noised to at sampling and the augmentation noise."""
+
+    conditioning: LowResConditioning
+    low: torch.Tensor
+    level: float
+    noise: torch.Tensor
+    size: int
+
+    def forward(self, forward, part: slice, device: torch.device):
+        """``forward(x, t, y, cond=, level=)`` as ``forward(x, t, y)`` for images ``part`` of
+        the draw: their upsampled, augmented inputs beside x (repeated where guidance doubles
+        the batch)."""
+        low = self.low[part].to(device)
+        levels = torch.full((len(low),), self.level, device=device)
+        cond = self.conditioning.condition(low, self.size, levels, self.noise[part].to(device))
+
+        def conditioned(x: torch.Tensor, t, y=None) -> torch.Tensor:
+            repeats = x.shape[0] // cond.shape[0]
+            return forward(x, t, y, cond=cond.repeat(repeats, 1, 1, 1),
+                           level=levels.repeat(repeats))
+        return conditioned

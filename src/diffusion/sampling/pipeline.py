@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffusion.checks import check_int, check_number
+from diffusion.checks import check_int
 from diffusion.errors import ConfigError
 from diffusion.models.latent import LatentSpace
 from diffusion.models.low_res import LowResConditioning
@@ -282,7 +282,7 @@ class DiffusionPipeline(EditingMethods):
             x = noise[part].to(self.device).contiguous(memory_format=self.memory_format)
             yb = None if y is None else y[part].to(self.device)
             if conditioning is not None:  # the stage's input for these images
-                denoiser = guidance.denoiser(self._conditioned(conditioning, part),
+                denoiser = guidance.denoiser(conditioning.forward(self.forward, part, self.device),
                                              self.num_classes, self.scheduler, self.device)
             out, chain = self._denoise(sched, x, yb, generator_part(generator, part),
                                        return_chain, chain_frames, denoiser)
@@ -356,41 +356,15 @@ class DiffusionPipeline(EditingMethods):
                              if return_chain else None))
 
     # ------------------------------------------------------------------ internals
-    def _low_res_inputs(self, low_res, level, n: int, generator) -> tuple | None:
-        """A super-resolution stage's (low-resolution images, level, augmentation noise) for a
-        draw of ``n``, checked; None for a stage that takes none (refusing any given)."""
+    def _low_res_inputs(self, low_res, level, n: int, generator):
+        """A super-resolution stage's inputs for a draw of ``n`` (``StageInputs``), checked;
+        None for a stage that takes none (refusing any given)."""
         if self.low_res is None:
             if low_res is not None:
                 raise ConfigError("low_res= is for a cascade's super-resolution stage; this "
                                   "run was not trained with conditioning=low_res.")
             return None
-        channels, size = self.image_shape[0], self.image_shape[1] // self.low_res.factor
-        expected = (n, channels, size, size)
-        if low_res is None or not torch.is_tensor(low_res) or tuple(low_res.shape) != expected:
-            got = "none" if low_res is None else tuple(getattr(low_res, "shape", ()))
-            raise ConfigError(f"this run is a super-resolution stage: pass low_res, the {n} "
-                              f"images it upsamples, of shape {expected} (a base run's "
-                              f"samples: diffusion.sample run=<base> upsample=<this run>); "
-                              f"got {got}.")
-        level = self.low_res.level if level is None else check_number(
-            "low_res_level", level, 0, 1)
-        noise = randn_tensor(expected, generator)  # after x_T, from the same generator
-        return low_res.float(), float(level), noise
-
-    def _conditioned(self, conditioning: tuple, part: slice):
-        """The network's forward for images ``part`` of a draw, their upsampled, augmented
-        low-resolution images beside x (repeated where guidance doubles the batch)."""
-        low, level, noise = conditioning
-        cond = self.low_res.condition(low[part].to(self.device), self.image_shape[1],
-                                      torch.full((len(low[part]),), level, device=self.device),
-                                      noise[part].to(self.device))
-        levels = torch.full((cond.shape[0],), level, device=self.device)
-
-        def forward(x: torch.Tensor, t, y=None) -> torch.Tensor:
-            repeats = x.shape[0] // cond.shape[0]
-            return self.forward(x, t, y, cond=cond.repeat(repeats, 1, 1, 1),
-                                level=levels.repeat(repeats))
-        return forward
+        return self.low_res.sampling_inputs(low_res, level, n, self.image_shape, generator)
 
     def _decode_chain(self, chain: torch.Tensor) -> torch.Tensor:
         """A latent chain (N, F, c, h, w) as images (N, F, C, H, W): every frame decoded."""
