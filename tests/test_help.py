@@ -97,7 +97,7 @@ def test_help_lists_the_options_with_their_comments_and_the_groups(helps):
     sample = helps["sample"]
     assert "  n: 64\n" in sample and "  run: ???              # a run folder" in sample
     assert "hydra:" not in sample and "defaults:" not in sample
-    assert "  sampler=ddim  options: ald, ddim, ddpm, dpmpp_2m" in sample
+    assert "  sampler=ddim  options: ald, corrupt, ddim, ddpm, dpmpp_2m" in sample
     train = helps["train"]
     assert "  name: ${hydra:runtime.choices.model}-${data.name}" in train  # $ kept as written
     assert "  experiment=<none>" in train and "hydra=default" not in train

@@ -37,7 +37,7 @@ CONTINUOUS = [p for p in FILES if p.stem in CONTINUOUS_SAMPLERS]
 def test_every_registered_sampler_has_one_file_and_no_file_names_another():
     assert sorted(p.stem for p in FILES) == sorted(SAMPLERS)
     assert sorted(p.stem for p in CONTINUOUS) == [
-        "ald", "edm", "edm_dpmpp_2m", "edm_euler", "edm_euler_a", "em", "flow_dpmpp_2m",
+        "ald", "corrupt", "edm", "edm_dpmpp_2m", "edm_euler", "edm_euler_a", "em", "flow_dpmpp_2m",
         "flow_euler", "flow_heun",
         "flow_midpoint", "ode", "pc", "rk45"]
 

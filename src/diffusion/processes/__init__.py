@@ -20,12 +20,13 @@ from diffusion.processes.sde import (
     VPProcess,
     sigma_max_from_data,
 )
-from diffusion.processes.straight import FlowProcess
+from diffusion.processes.straight import CorruptProcess, FlowProcess
 
 PROCESSES: dict[str, type[Process]] = {
     "vp": VPProcess, "vp_cosine": CosineVPProcess, "subvp": SubVPProcess, "ve": VEProcess,
-    "edm": EDMProcess, "flow": FlowProcess, "discrete": DiscreteProcess}
+    "edm": EDMProcess, "flow": FlowProcess, "corrupt": CorruptProcess,
+    "discrete": DiscreteProcess}
 
-__all__ = ["PROCESSES", "CosineVPProcess", "DiscreteProcess", "EDMProcess", "FlowProcess",
-           "Process",
-           "SubVPProcess", "VEProcess", "VPProcess", "sigma_max_from_data"]
+__all__ = ["PROCESSES", "CorruptProcess", "CosineVPProcess", "DiscreteProcess", "EDMProcess",
+           "FlowProcess", "Process", "SubVPProcess", "VEProcess", "VPProcess",
+           "sigma_max_from_data"]

@@ -63,6 +63,9 @@ class Process:
     #: whether alpha, sigma, ``time_of`` and ``model_time`` hold past [0, 1] (a closed form
     #: that extends, as EDM's ramp does), so training may draw times out there
     extends_past_ends: bool = False
+    #: whether the noise is Gaussian (every process here but the course's corrupt-and-denoise
+    #: baseline, whose uniform noise only the velocity samplers start from)
+    gaussian: bool = True
 
     def __init__(self, *, t_min: float = 1e-5, model_steps: int = 1000,
                  prediction_type: str = "epsilon", sigma_data: float = 1.0):
@@ -169,6 +172,10 @@ class Process:
         std = self.prior_std
         return (-0.5 * d * math.log(2 * math.pi * std**2)
                 - z.flatten(1).double().pow(2).sum(1) / (2 * std**2))
+
+    def noise_from_normal(self, z: Tensor) -> Tensor:
+        """The process's noise from standard normal draws ``z``: ``z`` itself (Gaussian)."""
+        return z
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: float | Tensor) -> Tensor:
         """x_t = alpha(t) x_0 + sigma(t) noise (t: one time, or one per sample)."""

@@ -51,3 +51,28 @@ class FlowProcess(Process):
     def time_of(self, level):
         level = as_time(level)
         return level / (1.0 + level)  # t / (1 - t) = level
+
+
+class CorruptProcess(FlowProcess):
+    """The Hugging Face course's first model ("corrupt and denoise", before DDPM): x_t =
+    (1 - a) x_0 + a u with a in [0, 1] and **uniform** noise u, the network predicting x_0
+    (``prediction_type="sample"``) under a plain MSE. The course draws u from U(0, 1) on data
+    in [0, 1]; on data in [-1, 1] that is u ~ U(-1, 1), the same model up to the affine map
+    between the two ranges. It is flow matching's path with uniform noise, so the course's
+    sampler (x <- x + (x0_hat - x) / (n - i), i = 0..n-1, from uniform noise) is exactly Euler
+    on dx/dt = (x - x0_hat) / t over n equal steps from t = 1 to 0 (``sampler=corrupt``).
+
+    ``noise_from_normal`` carries the standard normal draws every sampler and objective make
+    to the process's noise, u = 2 Phi(z) - 1 = erf(z / sqrt 2), elementwise: the draw's seed
+    still decides everything, and a run reproduces."""
+
+    name = "corrupt"
+    gaussian = False
+
+    def __init__(self, *, t_min: float = 0.0, **options: Any):
+        options.setdefault("prediction_type", "sample")
+        super().__init__(t_min=t_min, **options)
+
+    def noise_from_normal(self, z: torch.Tensor) -> torch.Tensor:
+        """U(-1, 1) noise from standard normal ``z`` (its CDF, mapped to [-1, 1])."""
+        return torch.erf(z * 0.5**0.5)

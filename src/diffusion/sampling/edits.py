@@ -29,10 +29,14 @@ class EditingMethods:
     kept pixels pasted back); ``invert``'s ``latents`` are then its x_T in the latent space."""
 
     def _check_editable(self) -> None:
-        """A cascade's super-resolution stage draws only from a low-resolution input."""
+        """A cascade's super-resolution stage draws only from a low-resolution input; the
+        edits noise images with Gaussian noise, which a corrupt-and-denoise run never saw."""
         if getattr(self, "low_res", None) is not None:
             raise ConfigError("this run is a cascade's super-resolution stage, which draws "
                               "from a low-resolution input: edit the cascade's base run.")
+        if not getattr(self.scheduler, "gaussian", True):
+            raise ConfigError("the edits noise images with Gaussian noise and this run's noise "
+                              "is uniform (objective=corrupt): edit a run of another objective.")
 
     def img2img(self, images: Any, strength: float = 0.6, steps: int | None = None, *,
                 sampler: SamplerArg = None, eta: float | None = None,

@@ -139,6 +139,8 @@ class DiffusionPipeline(EditingMethods):
             # SDE's drift is infinite at t = 1: flow matching)
             zero_terminal = float(scheduler.alpha(scheduler.t_max)) == 0.0
             sampler = SamplerSpec("flow_euler" if zero_terminal else "ode", 50, None)
+            if not getattr(scheduler, "gaussian", True):  # the course's sampler, its 10 steps
+                sampler = SamplerSpec("corrupt", 10, None)
         if sampler is None:  # DDIM-50 (all T steps where T is smaller)
             sampler = replace(SamplerSpec(), steps=min(SamplerSpec.steps, num_train_timesteps))
         else:
@@ -414,6 +416,10 @@ class DiffusionPipeline(EditingMethods):
     def _build(self, plan: SamplerSpec | NoiseScheduler, steps: int) -> NoiseScheduler:
         """The scheduler of a plan, its ``steps`` timesteps set."""
         sched = plan if is_scheduler(plan) else plan.build(self.scheduler)
+        if not getattr(self.scheduler, "gaussian", True) and not hasattr(sched, "prior"):
+            raise ConfigError(f"this run's noise is uniform (objective=corrupt), which "
+                              f"{type(sched).__name__} cannot start from: sample it with "
+                              f"sampler=corrupt or flow_euler|flow_heun|flow_midpoint.")
         sched.set_timesteps(steps, device=self.device)
         return sched
 
@@ -454,6 +460,12 @@ class DiffusionPipeline(EditingMethods):
         with autocast(self.device, self.precision):
             return (denoiser or self.forward)(x, t_batch, y).float()
 
+    @staticmethod
+    def _prior(sched, z: torch.Tensor) -> torch.Tensor:
+        """x_T from standard normal ``z``: ``init_noise_sigma`` z, or the sampler's own
+        ``prior`` (a process whose noise is not Gaussian)."""
+        return sched.prior(z) if hasattr(sched, "prior") else z * sched.init_noise_sigma
+
     def _denoise(self, sched, x, y, generator, return_chain, chain_frames, denoiser=None):
         """The reverse process from ``x`` (standard normal): diffusers' sampling loop, so
         any scheduler with ``init_noise_sigma``/``scale_model_input``/``step`` runs in it;
@@ -463,11 +475,11 @@ class DiffusionPipeline(EditingMethods):
         denoiser = denoiser or self.forward
         if getattr(sched, "adaptive", False):  # it picks its own steps: hand it the network
             x, chain, _ = sched.solve(lambda x_in, t: self.model_output(x_in, t, y, denoiser),
-                                      x * sched.init_noise_sigma,
+                                      self._prior(sched, x),
                                       record=max(2, chain_frames) if return_chain else 0)
             return x, (chain.float().cpu() if return_chain else None)
         keep = set(self._chain_positions(sched, chain_frames)) if return_chain else ()
-        x = x * sched.init_noise_sigma
+        x = self._prior(sched, x)
         chain = [x.float().cpu()] if 0 in keep else []
         for i, t in enumerate(sched.timesteps):
             model_output = self.model_output(sched.scale_model_input(x, t), t, y, denoiser)

@@ -81,6 +81,11 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
     def init_noise_sigma(self) -> float:
         return self._process().prior_std
 
+    def prior(self, z: Tensor) -> Tensor:
+        """x at t = 1 from standard normal ``z``: the process's noise (uniform for the
+        corrupt-and-denoise baseline) at its prior scale."""
+        return self._process().noise_from_normal(z) * self.init_noise_sigma
+
     def set_timesteps(self, num_inference_steps: int, device: Any = None,
                       times: Tensor | None = None) -> None:
         """n times (or the given decreasing ``times``, before the shift), then t = 0."""
@@ -182,4 +187,5 @@ class VelocityScheduler(ContinuousSampler, sampler_name="flow_euler"):
 
 register("flow_heun", VelocityScheduler, method="heun")
 register("flow_midpoint", VelocityScheduler, method="midpoint", spacing="trailing")
+register("corrupt", VelocityScheduler, method="euler", spacing="trailing")
 register("flow_dpmpp_2m", VelocityScheduler, method="dpmpp_2m", spacing="logsnr")

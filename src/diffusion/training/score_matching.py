@@ -113,6 +113,11 @@ class ScoreMatching(Objective):
         u = shift_times(u, self.shift)
         return t_min + (1.0 - t_min) * u
 
+    def sample_noise(self, shape: tuple[int, ...], device: torch.device,
+                     generator: torch.Generator) -> Tensor:
+        """The process's noise (``Process.noise_from_normal`` of standard normal draws)."""
+        return self.process.noise_from_normal(super().sample_noise(shape, device, generator))
+
     def noised(self, x0: Tensor, noise: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(c_in(t) x_t, model_time(t), target): what the network sees and must output."""
         process = self.process
