@@ -88,6 +88,14 @@ def test_samplers_that_start_from_gaussian_noise_are_refused():
         pipe.img2img(torch.zeros(2, 1, 4, 4), strength=0.5, steps=2)
 
 
+def test_the_objective_refuses_another_process():
+    from diffusion.processes import FlowProcess
+    from diffusion.training.score_matching import CorruptAndDenoise
+
+    with pytest.raises(ConfigError, match="add scheduler=corrupt sampler=corrupt"):
+        CorruptAndDenoise(FlowProcess(prediction_type="sample"), weighting="none")
+
+
 def test_a_corrupt_run_trains_and_samples(tmp_path, tiny_mnist_root):
     from omegaconf import OmegaConf
 

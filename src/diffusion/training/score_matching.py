@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from diffusion.checks import check_choice, check_int, check_number
+from diffusion.errors import ConfigError
 from diffusion.processes.base import Process
 from diffusion.schedulers.continuous import as_process
 from diffusion.schedulers.velocity import shift_times
@@ -146,3 +147,16 @@ class ScoreMatching(Objective):
         return (f"ScoreMatching(process={self.process!r}, weighting={self.weighting!r}, "
                 f"t_sampling={self.t_sampling!r}, offset_noise={self.offset_noise}, "
                 f"loss={self.loss_kind!r})")
+
+
+class CorruptAndDenoise(ScoreMatching):
+    """``objective=corrupt``: the course's baseline, the plain x_0 MSE at a ~ U(0, 1) over the
+    corrupt-and-denoise process (``processes.CorruptProcess``) and no other."""
+
+    def __init__(self, scheduler, **options):
+        if getattr(scheduler, "name", None) != "corrupt":
+            raise ConfigError(f"objective=corrupt trains the corrupt-and-denoise process, and "
+                              f"this run's is {type(scheduler).__name__}: add scheduler=corrupt "
+                              f"sampler=corrupt (an experiment= that picks its own scheduler "
+                              f"overrides the objective's choice).")
+        super().__init__(scheduler, **options)
