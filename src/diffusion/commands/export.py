@@ -6,6 +6,11 @@ the chosen checkpoint, ``UNet2DModel.save_pretrained``), ``scheduler/`` (the run
 process as diffusers' ``DDIMScheduler``/``DDPMScheduler`` config) and ``model_index.json``.
 Runs trained with ``model=diffusers_unet`` export as they are; our own backbones have no
 diffusers counterpart with the same weights, and are refused in one sentence.
+
+``format=run`` writes a plain run folder instead: ``config.yaml`` and ``checkpoints/`` with
+the EMA weights of the chosen checkpoint, for any network. A LoRA run (``finetune=lora``)
+leaves it merged, W + (alpha / r) B A in each adapted layer: a run that needs neither peft nor
+its base run, and samples as fast as the base.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from diffusion.checks import check_choice, check_writable
 from diffusion.commands.launcher import launch
@@ -21,8 +26,9 @@ from diffusion.config.keys import check_cli_config
 from diffusion.config.runs import run_config
 from diffusion.errors import ConfigError
 from diffusion.models import DiffusersUNet
-from diffusion.runs.load import load_run
+from diffusion.runs.load import load_run, newest_checkpoint
 from diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from diffusion.training.checkpoint import load, save_atomic, step_of
 
 PIPELINES = {"ddim": ("DDIMPipeline", DDIMScheduler), "ddpm": ("DDPMPipeline", DDPMScheduler)}
 
@@ -31,7 +37,10 @@ def export(cfg: DictConfig) -> Path:
     """Write the pipeline folder ``cfg.out`` for run ``cfg.run``; returns it."""
     check_cli_config(cfg, "export")
     check_choice("pipeline", cfg.pipeline, tuple(PIPELINES))
+    check_choice("format", cfg.format, ("diffusers", "run"))
     run_cfg = run_config(cfg.run)
+    if cfg.format == "run":
+        return export_run(cfg, run_cfg)
     target = str(run_cfg.model.get("_target_", ""))
     if run_cfg.get("latent_space"):
         raise ConfigError(f"run={cfg.run} denoises an autoencoder's latents, and diffusers' "
@@ -65,6 +74,31 @@ def export(cfg: DictConfig) -> Path:
         print(f"note: the run is class-conditional; {pipeline} draws without labels, so load "
               "the UNet (UNet2DModel.from_pretrained(out/'unet')) and pass class_labels "
               f"(0..{model.num_classes - 1}; {model.num_classes} is the null label).")
+    return out
+
+
+def export_run(cfg: DictConfig, run_cfg: DictConfig) -> Path:
+    """``format=run``: the run's network (a LoRA run's merged) as a plain run folder."""
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out={out} is not empty: choose a new folder.")
+    check_writable(out, "set out= to a writable folder", folder=True, what="the export folder")
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else newest_checkpoint(cfg.run)
+    model, _, _ = load_run(cfg.run, checkpoint)
+    weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    step = step_of(checkpoint)
+    updates = int(load(checkpoint)["ema"].get("num_updates", step))
+    save_atomic({"step": step, "model": weights, "ema": {"model": weights,
+                                                        "num_updates": updates}},
+                out / "checkpoints" / checkpoint.name)
+    plain = OmegaConf.to_container(run_cfg, resolve=True)
+    merged = (plain.get("finetune") or {}).get("method") == "lora"
+    plain["finetune"] = {"method": "none"}
+    plain["exported_from"] = {"run": str(Path(cfg.run).resolve()),
+                              "checkpoint": str(checkpoint.resolve()), "lora_merged": merged}
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(plain)))
+    print(f"export: {out} (a run folder{', the LoRA adapter merged' if merged else ''}: "
+          f"python -m diffusion.sample run={out})")
     return out
 
 

@@ -43,6 +43,12 @@ from diffusion.config.build import (
     build_training_sampler,
     fit_to_data,
 )
+from diffusion.config.finetune import (
+    finetune_model,
+    prepare_finetune,
+    resolve_init_from,
+    uses_init_weights,
+)
 from diffusion.config.keys import check_launcher
 from diffusion.config.latent import latent_data
 from diffusion.config.metrics import build_evaluator
@@ -101,6 +107,8 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
             log.info("%s", done)
             summary = run_dir / "summary.json"
             return json.loads(summary.read_text()) if summary.is_file() else {}
+    resolve_init_from(cfg)
+    prepare_finetune(cfg, resuming)
     trainer_cfg = build_trainer_config(cfg)
     local_rank = dist.init_from_env()
     if dist.world_size() > 1 and trainer_cfg.device == "auto" and torch.cuda.is_available():
@@ -109,7 +117,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
     if trainer_cfg.eval_every:  # a periodic small FID; every rank samples a share
         evaluator = build_evaluator(cfg, device=trainer_cfg.device)
     seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg, checkpoint_follows=resume is not None)
+    model = finetune_model(cfg, build_model(cfg, checkpoint_follows=resume is not None))
     if resume is None and cfg.model.get("pretrained") and hasattr(model, "unet_config"):
         with open_dict(cfg.model):  # the run then loads without the pretrained folder
             cfg.model.unet_config = model.unet_config()
@@ -143,7 +151,7 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
         latent=latent, low_res=build_low_res(cfg))
     if resume is not None:
         trainer.resume(resume.checkpoint)
-    elif trainer_cfg.init_from:
+    elif trainer_cfg.init_from and uses_init_weights(cfg):
         trainer.init_weights(trainer_cfg.init_from)
     trainer.eta_hint = CPU_HINT
     if main_rank:  # from here on the run folder changes

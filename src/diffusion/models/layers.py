@@ -272,7 +272,8 @@ class AttentionBlock(nn.Module):
     but applied as matrix multiplies over pixel tokens: q, k and v then come out
     with a unit stride along the head dimension, which the fused
     scaled-dot-product kernels need (flash attention, on the CPU too); strided
-    inputs send PyTorch to its much slower unfused path.
+    inputs send PyTorch to its much slower unfused path. A projection wrapped by
+    another module (a LoRA adapter: ``diffusion.models.lora``) runs its own forward.
     """
 
     def __init__(self, channels: int, num_heads: int = 1, norm_groups: int = 32):
@@ -285,12 +286,21 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height = x.shape[-2]
         tokens = rearrange(self.norm(x), "b c h w -> b (h w) c")
-        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)
+        qkv = _project(self.qkv, tokens, height)
         q, k, v = rearrange(qkv, "b n (three heads d) -> three b heads n d", three=3,
                             heads=self.num_heads)
         out = rearrange(F.scaled_dot_product_attention(q, k, v), "b heads n d -> b n (heads d)")
-        out = F.linear(out, self.proj.weight.flatten(1), self.proj.bias)
+        out = _project(self.proj, out, height)
         return x + rearrange(out, "b (h w) c -> b c h w", h=height)
+
+
+def _project(layer: nn.Module, tokens: torch.Tensor, height: int) -> torch.Tensor:
+    """A 1x1 convolution over pixel tokens (B, HW, C): a matrix multiply for a plain
+    ``Conv2d``; any other module (an adapted layer) applied to the image layout."""
+    if type(layer) is nn.Conv2d:
+        return F.linear(tokens, layer.weight.flatten(1), layer.bias)
+    image = rearrange(tokens, "b (h w) c -> b c h w", h=height)
+    return rearrange(layer(image), "b c h w -> b (h w) c").contiguous()
 
 
 class Downsample(nn.Module):

@@ -22,7 +22,8 @@ import yaml
 from diffusion.errors import CheckpointError, ConfigError, RunError
 from diffusion.models.diffusers_unet import weights_follow
 from diffusion.models.latent import LatentSpace
-from diffusion.training.checkpoint import latest_checkpoint, load, load_weights
+from diffusion.models.lora import LoRA, add_lora, load_adapter, merge_lora
+from diffusion.training.checkpoint import file_sha256, latest_checkpoint, load, load_weights
 
 RUN_EXAMPLE = "runs/<name>/<date>_<time>"
 
@@ -120,8 +121,48 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None):
     if "ema" not in state:
         raise CheckpointError(f"{path} holds no EMA weights (not a diffusion.train "
                               "checkpoint): pass a checkpoint from this run's checkpoints/.")
-    load_weights(model, state["ema"]["model"], "network", path)
+    lora = lora_record(cfg)
+    if lora is None:
+        load_weights(model, state["ema"]["model"], "network", path)
+    else:  # the base run's weights, the adapter on them, merged
+        load_base_weights(model, lora, run)
+        add_lora(model, lora_spec(lora))
+        load_adapter(model, state["ema"]["model"], "network", path)
+        merge_lora(model)
     return model, instantiate(cfg["scheduler"]), cfg
+
+
+def lora_record(cfg: Mapping) -> dict | None:
+    """A LoRA run's ``finetune`` record (method, rank, ..., base); None for any other run."""
+    record = cfg.get("finetune") or {}
+    return record if record.get("method") == "lora" else None
+
+
+def lora_spec(record: Mapping) -> LoRA:
+    return LoRA(rank=record["rank"], alpha=record.get("alpha"),
+                dropout=record.get("dropout", 0.0), target_modules=record.get("target_modules"))
+
+
+def load_base_weights(model, record: Mapping, run: str | Path = "the run") -> Path:
+    """The base run's EMA weights into ``model``, from the checkpoint a fine-tuning run's
+    ``finetune.base`` names, checked against the sha256 it recorded."""
+    base = record.get("base") or {}
+    path = Path(base.get("checkpoint") or "")
+    if not base.get("checkpoint") or not path.is_file():
+        raise CheckpointError(f"{run} is a fine-tuning run whose base checkpoint "
+                              f"{base.get('checkpoint')} is gone: restore it (the adapter holds "
+                              f"only the change to those weights).")
+    if base.get("sha256") and file_sha256(path) != base["sha256"]:
+        raise CheckpointError(f"{path}, the base of {run}, changed since the run started (its "
+                              f"sha256 differs from the recorded one): restore the original "
+                              f"file.")
+    state = load(path)
+    weights = state["ema"]["model"] if "ema" in state else state.get("model")
+    if weights is None:
+        raise CheckpointError(f"{path} holds no network weights (model or ema): pass a "
+                              "diffusion.train checkpoint as the base.")
+    load_weights(model, weights, "network", path)
+    return path
 
 
 def load_classifier(run: str | Path, checkpoint: str | Path | None = None):

@@ -9,6 +9,7 @@ checkpoint can never execute code.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from pathlib import Path
@@ -20,6 +21,15 @@ from diffusion.errors import CheckpointError
 from diffusion.runtime.files import save_torch
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def checkpoint_path(directory: str | Path, step: int) -> Path:

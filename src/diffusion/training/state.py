@@ -15,6 +15,7 @@ from pathlib import Path
 from torch.optim.lr_scheduler import LambdaLR
 
 from diffusion.errors import CheckpointError
+from diffusion.models.lora import adapter_state, is_lora, load_adapter
 from diffusion.training import checkpoint as ckpt
 
 log = logging.getLogger("diffusion.training.trainer")
@@ -25,10 +26,16 @@ class CheckpointState:
     ``resume`` and ``save_checkpoint``."""
 
     def state_dict(self) -> dict:
+        """Of a LoRA network (``finetune=lora``) the weights are the adapter's alone: the
+        frozen base comes from the base run, which the run's config names with its checksum."""
+        ema = self.ema.state_dict()
+        if is_lora(self.model):
+            ema["model"] = adapter_state(ema["model"])
         return {
             "step": self.step,
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
+            "model": (adapter_state(self.model.state_dict()) if is_lora(self.model)
+                      else self.model.state_dict()),
+            "ema": ema,
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
             "scaler": self.scaler.state_dict(),
@@ -47,8 +54,13 @@ class CheckpointState:
         schedule (``lr_scheduler=warmup``) is re-evaluated at the restored step."""
         settings = [{k: v for k, v in group.items() if k != "params"}
                     for group in self.optimizer.param_groups]
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
+        if is_lora(self.model):  # the adapter onto the base weights already in place
+            load_adapter(self.model, state["model"], "network", "the checkpoint")
+            load_adapter(self.ema.model, state["ema"]["model"], "EMA", "the checkpoint")
+            self.ema.num_updates = int(state["ema"]["num_updates"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group, fresh in zip(self.optimizer.param_groups, settings, strict=True):
             group.update(fresh)

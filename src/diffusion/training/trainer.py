@@ -174,12 +174,13 @@ class Trainer(CheckpointState, PeriodicWork):
                                   if self.is_main else [])
 
     def _build_optimizer(self, factory) -> torch.optim.Optimizer:
-        """Fused AdamW/Adam (CUDA and CPU kernels) unless the config says otherwise."""
+        """Fused AdamW/Adam (CUDA and CPU kernels) unless the config says otherwise, over the
+        parameters that train (a LoRA run's adapter; every one otherwise)."""
         if (self.device.type in ("cuda", "cpu") and isinstance(factory, functools.partial)
                 and factory.func in (torch.optim.Adam, torch.optim.AdamW)
                 and "fused" not in factory.keywords and "foreach" not in factory.keywords):
             factory = functools.partial(factory, fused=True)
-        return factory(self.model.parameters())
+        return factory([p for p in self.model.parameters() if p.requires_grad])
 
     def batches(self, start_batch: int) -> Iterator:
         """Endless (x, y) batches from global batch ``start_batch`` on, in an order that
@@ -412,11 +413,14 @@ class Trainer(CheckpointState, PeriodicWork):
         """One line saying what trains where: the network and its size, the device, the
         precision, the batch and the steps of this launch."""
         params = sum(p.numel() for p in self.model.parameters())
+        trains = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        size = (f"{params / 1e6:.2f}M parameters" if trains == params else
+                f"{params / 1e6:.2f}M parameters, {trains / 1e3:.1f}k of them training")
         where = describe_device(self.device)
         if self.world_size > 1:
             where = f"{self.world_size} processes on {where}"
         budget = (f", at most {self.cfg.max_minutes:g} min" if self.cfg.max_minutes else "")
-        return (f"Training {type(self.model).__name__} ({params / 1e6:.2f}M parameters) on "
+        return (f"Training {type(self.model).__name__} ({size}) on "
                 f"{where}, {self.precision}, batch {self.batch_size * self.cfg.grad_accum}: "
                 f"steps {self.step} -> {self.cfg.max_steps}{budget}.")
 
