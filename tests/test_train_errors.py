@@ -108,8 +108,8 @@ BAD_VALUES = [
     ("trainer.sampler=heun", "error: trainer.sampler is now sampler=<name>: "),
     ("trainer.loss=l1", "error: trainer.loss is now objective.loss: the training objective is "
                         "a config group, e.g. objective=v_minsnr objective.loss=l1"),
-    ("objective=foo", "error: objective=foo is not an option of objective: choose one of dsm, "
-                      "dsm_likelihood, edm, eps, eps_minsnr, eps_p2, flow, flow_logit_normal, "
+    ("objective=foo", "error: objective=foo is not an option of objective: choose one of corrupt, "
+                      "dsm, dsm_likelihood, edm, eps, eps_minsnr, eps_p2, flow, flow_logit_normal, "
                       "v, v_minsnr, v_zero_snr, x0, x0_minsnr."),
     ("scheduler=ve sampler=pc", "error: this objective trains a DDPM noise process; the run's "
                                 "is VEProcess, in continuous time: use objective=dsm."),
