@@ -230,13 +230,21 @@ class AttentionUNet(Backbone):
             )
         return dict.fromkeys(widths, num_heads)
 
-    def denoise(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def denoise(self, x: torch.Tensor, emb: torch.Tensor,
+                control: tuple[list[torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """``control``: a ControlNet's additions to every skip and to the middle block's
+        output (``diffusion.models.controlnet``)."""
         h = self.conv_in(x)
         skips = [h]
         for stage in self.down:
             h = stage(h, emb)
             skips.append(h)
         h = self.middle(h, emb)
+        if control is not None:
+            added, middle = control
+            skips = [skip + extra for skip, extra in zip(skips, added, strict=True)]
+            h = h + middle
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h)

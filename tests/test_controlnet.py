@@ -1,0 +1,122 @@
+"""ControlNet on the attention UNet and its control images: the zero-initialised network is the
+base exactly at step 0 (and at control_scale 0 always), only the copy trains, the control
+reaches the output once the zero convolutions move, and the control images are computed as
+stated (Canny and Sobel edges, the Gaussian low-pass, the mask's rectangle)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffusion.errors import ConfigError
+from diffusion.models.control import ControlImages, grey
+from diffusion.models.controlnet import ControlNet
+from diffusion.models.unet_attn import AttentionUNet
+
+
+def base_unet(size: int = 16, **options) -> AttentionUNet:
+    torch.manual_seed(0)
+    net = AttentionUNet(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                        norm_groups=4, image_size=size, **options)
+    with torch.no_grad():  # a trained network's output convolution is not zero
+        net.out[-1].weight.normal_(0, 0.1)
+    return net.eval()
+
+
+def batch(size: int = 16, n: int = 3):
+    g = torch.Generator().manual_seed(2)
+    return (torch.randn(n, 1, size, size, generator=g), torch.tensor([4, 250, 999])[:n],
+            torch.rand(n, 1, size, size, generator=g) * 2 - 1)
+
+
+@pytest.mark.parametrize("size", [16, 15])  # 15: padded to a multiple of 2, then cropped
+def test_the_zero_initialised_controlnet_is_the_base_exactly(size):
+    base = base_unet(size)
+    x, t, control = batch(size)
+    with torch.no_grad():
+        expected = base(x, t)
+        net = ControlNet(base, control_channels=1).eval()
+        assert torch.equal(net(x, t, control=control), expected)
+    trainable = {n.split(".")[0] for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {"time_embed", "conv_in", "down", "middle", "hint", "zero_skips",
+                         "zero_middle"}
+    assert not any(p.requires_grad for p in net.base.parameters())
+
+
+def test_the_control_acts_once_trained_and_scales():
+    net = ControlNet(base_unet(), control_channels=1)
+    x, t, control = batch()
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    frozen = {k: v.clone() for k, v in net.base.state_dict().items()}
+    net.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        (net(x, t, control=control) - control).pow(2).mean().backward()
+        optimizer.step()
+    assert all(torch.equal(v, net.base.state_dict()[k]) for k, v in frozen.items())
+    assert not net.base.training and net.training
+    net.eval()
+    with torch.no_grad():
+        plain = net.base(x, t)
+        assert torch.equal(net(x, t, control=control, control_scale=0.0), plain)
+        full = net(x, t, control=control)
+        other = net(x, t, control=-control)
+        assert float((full - plain).abs().max()) > 1e-4
+        assert float((full - other).abs().max()) > 1e-5  # the output depends on the control
+    with pytest.raises(ValueError, match="pass control of shape"):
+        net(x, t)
+
+
+def test_edges_are_cannys_and_sobels():
+    import kornia
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.zeros(2, 3, 24, 24)
+    images[:, :, 6:18, 6:18] = 1.0  # a bright square on black: edges on its border
+    images = images + 0.01 * torch.randn(images.shape, generator=g)
+    edges = ControlImages("edges")(images)
+    assert edges.shape == (2, 1, 24, 24) and set(edges.unique().tolist()) <= {-1.0, 1.0}
+    _, expected = kornia.filters.canny(grey(images), 0.1, 0.2, (7, 7), (1.0, 1.0))
+    torch.testing.assert_close(edges, expected * 2 - 1)
+    on = edges[0, 0] > 0
+    assert on[6, 10] or on[5, 10]  # the top border
+    assert not on[12, 12] and not on[1, 1]  # the flat inside and outside
+    sobel = ControlImages("edges", method="sobel", high=0.3)(images)
+    torch.testing.assert_close(sobel, (kornia.filters.sobel(grey(images)) > 0.3).float() * 2 - 1)
+    assert float(grey(torch.ones(1, 3, 2, 2)).min()) == pytest.approx(1.0)
+
+
+def test_blur_is_a_gaussian_low_pass():
+    images = torch.zeros(1, 1, 21, 21)
+    images[0, 0, 10, 10] = 1.0  # an impulse: the blur is the kernel itself
+    blurred = ControlImages("blur", sigma=1.5)(images)
+    r = torch.arange(21.0) - 10
+    kernel = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5**2))
+    kernel = torch.where((r[:, None].abs() <= 5) & (r[None, :].abs() <= 5), kernel, 0)
+    torch.testing.assert_close(blurred[0, 0], kernel / kernel.sum(), atol=1e-6, rtol=0)
+    assert ControlImages("blur").channels(3) == 3
+
+
+def test_the_mask_keeps_one_rectangle_placed_by_the_index():
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    control = ControlImages("mask", fraction=0.5)(images, index=torch.tensor([0, 5, 15]))
+    assert control.shape == (3, 4, 16, 16)
+    keep = (control[:, 3:] + 1) / 2
+    assert keep.sum((1, 2, 3)).tolist() == [64.0, 64.0, 64.0]  # 8 x 8 of 16 x 16
+    assert keep[0, 0, 0, 0] == 1 and keep[0, 0, 8, 8] == 0  # index 0: the top-left corner
+    assert keep[2, 0, 15, 15] == 1 and keep[2, 0, 7, 7] == 0  # index 15: the bottom-right
+    torch.testing.assert_close(control[:, :3], images * keep)
+    again = ControlImages("mask", fraction=0.5)(images, index=torch.tensor([0, 5, 15]))
+    assert torch.equal(again, control)
+
+
+def test_bad_settings_are_one_sentence():
+    with pytest.raises(ConfigError, match="control.kind"):
+        ControlImages("depth")
+    with pytest.raises(ConfigError, match="must not exceed control.high"):
+        ControlImages("edges", low=0.5, high=0.2)
+    assert math.isfinite(ControlImages("mask").fraction)
+    with pytest.raises(ValueError, match="adapts an AttentionUNet"):
+        ControlNet(torch.nn.Conv2d(1, 1, 1), control_channels=1)
