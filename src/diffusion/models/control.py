@@ -91,6 +91,18 @@ class ControlImages:
         keep = self.box(index, images.shape[-2], images.shape[-1]).to(images.device)
         return torch.cat([images.float() * keep, keep * 2 - 1], dim=1)
 
+    def network_inputs(self, x0: torch.Tensor, generator: torch.Generator,
+                       global_batch: int | None = None, part: slice | None = None) -> dict:
+        """What a ControlNet takes beside x in training: ``control``, the control images of
+        the clean ``x0``. The mask's rectangles are placed at random (one of its 16 places per
+        image, drawn from ``generator`` for the ``global_batch`` and sliced to ``part``)."""
+        index = None
+        if self.kind == "mask":
+            n = global_batch or x0.shape[0]
+            index = torch.randint(16, (n,), device=x0.device, generator=generator)[
+                part or slice(0, n)]
+        return {"control": self(x0, index)}
+
     def edges(self, images: torch.Tensor) -> torch.Tensor:
         """1 on an edge, -1 elsewhere (the edge map in [-1, 1])."""
         k = _kornia()

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from diffusion.checks import check_int, check_number
-from diffusion.errors import CheckpointError, ConfigError
+from diffusion.errors import ConfigError
 
 ADAPTER = "default"
 MARK = ".lora_"  # in the state-dict key of every adapter tensor (peft's names)
@@ -108,19 +107,6 @@ def is_lora(model: nn.Module) -> bool:
 def adapter_state(state: dict) -> dict:
     """The adapter's tensors of a LoRA network's ``state_dict`` (what a LoRA run saves)."""
     return {key: value for key, value in state.items() if MARK in "." + key}
-
-
-def load_adapter(model: nn.Module, state: dict, what: str, path: Path | str) -> None:
-    """``state`` (an adapter, as ``adapter_state`` keeps it) into the LoRA network ``model``,
-    whose base weights are already in place; a mismatch said in one sentence naming ``path``."""
-    expected = set(adapter_state(model.state_dict()))
-    if set(state) != expected:
-        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        detail = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}")
-        raise CheckpointError(f"{path} holds another {what} adapter than finetune describes "
-                              f"({detail}; {len(missing)} missing, {len(extra)} unexpected): "
-                              "load it with the rank and target_modules it was trained with.")
-    model.load_state_dict(state, strict=False)
 
 
 @torch.no_grad()

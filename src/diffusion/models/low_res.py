@@ -70,6 +70,12 @@ class LowResConditioning:
         noise = torch.randn((n, *low.shape[1:]), device=x0.device, generator=generator)[part]
         return self.condition(low, x0.shape[-1], level, noise), level
 
+    def network_inputs(self, x0: torch.Tensor, generator: torch.Generator,
+                       global_batch: int | None = None, part: slice | None = None) -> dict:
+        """What the network takes beside x in training: ``cond`` and ``level``."""
+        cond, level = self.training_inputs(x0, generator, global_batch, part)
+        return {"cond": cond, "level": level}
+
     def sampling_inputs(self, low: torch.Tensor | None, level: float | None, n: int,
                         image_shape: tuple[int, int, int], generator) -> StageInputs:
         """A draw of ``n`` images of ``image_shape``: its ``low``-resolution inputs checked, the

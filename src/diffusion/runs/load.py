@@ -20,9 +20,10 @@ from typing import Any
 import yaml
 
 from diffusion.errors import CheckpointError, ConfigError, RunError
+from diffusion.models.adapters import load_saved
 from diffusion.models.diffusers_unet import weights_follow
 from diffusion.models.latent import LatentSpace
-from diffusion.models.lora import LoRA, add_lora, load_adapter, merge_lora
+from diffusion.models.lora import LoRA, add_lora, merge_lora
 from diffusion.training.checkpoint import file_sha256, latest_checkpoint, load, load_weights
 
 RUN_EXAMPLE = "runs/<name>/<date>_<time>"
@@ -127,7 +128,7 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None):
     else:  # the base run's weights, the adapter on them, merged
         load_base_weights(model, lora, run)
         add_lora(model, lora_spec(lora))
-        load_adapter(model, state["ema"]["model"], "network", path)
+        load_saved(model, state["ema"]["model"], "network", path)
         merge_lora(model)
     return model, instantiate(cfg["scheduler"]), cfg
 

@@ -44,7 +44,7 @@ class PeriodicWork:
         for x0, y in loader:
             x0, y = self._to_device(x0, y)
             noised = self._noised(x0, generator, local=False)
-            extra = self._low_res_inputs(x0, generator, local=False)
+            extra = self._extra_inputs(x0, generator, local=False)
             x_in, t_in, target, t, y, *cond = (
                 part.tensor_split(self.world_size)[self.rank] if part is not None else None
                 for part in (*noised, y, *extra.values()))

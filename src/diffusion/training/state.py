@@ -15,7 +15,7 @@ from pathlib import Path
 from torch.optim.lr_scheduler import LambdaLR
 
 from diffusion.errors import CheckpointError
-from diffusion.models.lora import adapter_state, is_lora, load_adapter
+from diffusion.models.adapters import frozen_base, load_saved, saved_state
 from diffusion.training import checkpoint as ckpt
 
 log = logging.getLogger("diffusion.training.trainer")
@@ -26,15 +26,14 @@ class CheckpointState:
     ``resume`` and ``save_checkpoint``."""
 
     def state_dict(self) -> dict:
-        """Of a LoRA network (``finetune=lora``) the weights are the adapter's alone: the
-        frozen base comes from the base run, which the run's config names with its checksum."""
+        """Of a network on a frozen base (``finetune=lora``, ``control=``) the weights are
+        the trained part's alone: the base comes from the base run, which the run's config
+        names with its checkpoint's checksum (``models.adapters``)."""
         ema = self.ema.state_dict()
-        if is_lora(self.model):
-            ema["model"] = adapter_state(ema["model"])
+        ema["model"] = saved_state(self.model, ema["model"])
         return {
             "step": self.step,
-            "model": (adapter_state(self.model.state_dict()) if is_lora(self.model)
-                      else self.model.state_dict()),
+            "model": saved_state(self.model, self.model.state_dict()),
             "ema": ema,
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
@@ -54,9 +53,9 @@ class CheckpointState:
         schedule (``lr_scheduler=warmup``) is re-evaluated at the restored step."""
         settings = [{k: v for k, v in group.items() if k != "params"}
                     for group in self.optimizer.param_groups]
-        if is_lora(self.model):  # the adapter onto the base weights already in place
-            load_adapter(self.model, state["model"], "network", "the checkpoint")
-            load_adapter(self.ema.model, state["ema"]["model"], "EMA", "the checkpoint")
+        if frozen_base(self.model):  # the trained part onto the base already in place
+            load_saved(self.model, state["model"], "network", "the checkpoint")
+            load_saved(self.ema.model, state["ema"]["model"], "EMA", "the checkpoint")
             self.ema.num_updates = int(state["ema"]["num_updates"])
         else:
             self.model.load_state_dict(state["model"])

@@ -82,10 +82,12 @@ class Trainer(CheckpointState, PeriodicWork):
                  val_set: Dataset | None = None, lr_scheduler=None, logger: Logger | None = None,
                  seed: int = 0, num_workers: int = 0, conditional: bool = False,
                  on_device: bool = False, evaluator=None, sampler: SamplerSpec | None = None,
-                 objective: Objective | None = None, latent=None, low_res=None):
+                 objective: Objective | None = None, latent=None, low_res=None,
+                 control=None):
         self.cfg = config
         self.latent = latent  # a latent run's LatentSpace: its grids and FID decode through it
         self.low_res = low_res  # a super-resolution stage's LowResConditioning
+        self.control = control  # a ControlNet's ControlImages: its control images from x0
         # what a step computes: t and noise draws, the target, the per-sample loss weights
         self.objective = Objective(scheduler) if objective is None else objective
         self.sampler = SamplerSpec() if sampler is None else sampler  # grids' sampler
@@ -232,20 +234,22 @@ class Trainer(CheckpointState, PeriodicWork):
                            < self.cfg.label_dropout)
         return torch.where(drop, torch.full_like(y, self.model.num_classes), y)
 
-    def _low_res_inputs(self, x0: torch.Tensor, generator: torch.Generator,
-                        local: bool = True) -> dict:
-        """A super-resolution stage's network inputs beside x (``cond``, ``level``: its
-        augmented low-resolution image, drawn after the labels' dropout for the global batch
-        and sliced like the noise); nothing for other runs."""
-        if self.low_res is None:
+    def _extra_inputs(self, x0: torch.Tensor, generator: torch.Generator,
+                      local: bool = True) -> dict:
+        """The network's inputs beside x: a super-resolution stage's augmented low-resolution
+        image and its level, a ControlNet's control image; drawn after the labels' dropout for
+        the global batch and sliced like the noise. Nothing for other runs."""
+        source = self.low_res if self.low_res is not None else self.control
+        if source is None:
             return {}
         if local and self.world_size > 1:
             start = self.rank * self.local_batch
-            cond, level = self.low_res.training_inputs(
-                x0, generator, self.batch_size, slice(start, start + self.local_batch))
+            inputs = source.network_inputs(x0, generator, self.batch_size,
+                                           slice(start, start + self.local_batch))
         else:
-            cond, level = self.low_res.training_inputs(x0, generator)
-        return {"cond": cond.contiguous(memory_format=self.memory_format), "level": level}
+            inputs = source.network_inputs(x0, generator)
+        return {key: value.contiguous(memory_format=self.memory_format) if value.ndim == 4
+                else value for key, value in inputs.items()}
 
     def train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns device tensors
@@ -262,7 +266,7 @@ class Trainer(CheckpointState, PeriodicWork):
             x_in, t_in, target, t = self._noised(x0, self.noise_generator,
                                                  noise=paired[0] if paired else None)
             y = self._drop_labels(y, self.noise_generator)
-            extra = self._low_res_inputs(x0, self.noise_generator)
+            extra = self._extra_inputs(x0, self.noise_generator)
             last = micro == self.cfg.grad_accum - 1
             # gradients are all-reduced once per optimizer step, not per micro-batch
             sync = (self.ddp.no_sync() if self.ddp is not None and not last
