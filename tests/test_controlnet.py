@@ -120,3 +120,36 @@ def test_bad_settings_are_one_sentence():
     assert math.isfinite(ControlImages("mask").fraction)
     with pytest.raises(ValueError, match="adapts an AttentionUNet"):
         ControlNet(torch.nn.Conv2d(1, 1, 1), control_channels=1)
+
+
+def test_a_controlnet_run_trains_saves_its_part_and_samples(tmp_path, tiny_mnist_root):
+    from omegaconf import OmegaConf
+
+    from diffusion.sampling.pipeline import DiffusionPipeline
+    from diffusion.training import checkpoint as ckpt
+    from test_train import SMALL_MODELS, run_training
+
+    base, _ = run_training(tmp_path, tiny_mnist_root, "model=unet_attn",
+                           *SMALL_MODELS["unet_attn"], name="base")
+    run, summary = run_training(tmp_path, tiny_mnist_root, f"init_from={base}", "control=edges",
+                                "trainer.sample_every=4", name="control")
+    assert summary["step"] == 4
+    saved = OmegaConf.load(run / "config.yaml")
+    assert saved.control.kind == "edges" and saved.control.base.sha256 == ckpt.file_sha256(
+        ckpt.latest_checkpoint(base / "checkpoints"))
+    state = ckpt.load(ckpt.latest_checkpoint(run / "checkpoints"))
+    assert state["model"] and not any(key.startswith("base.") for key in state["model"])
+    assert (run / "samples" / "step_00000004.png").is_file()  # control images above samples
+    pipe = DiffusionPipeline.from_run(run, device="cpu")
+    plain = DiffusionPipeline.from_run(base, device="cpu")
+    images = torch.rand(3, 1, 28, 28) * 2 - 1
+    control = pipe.control(images)
+    kwargs = {"steps": 2, "seed": 0, "output_type": "pt"}
+    off = pipe(3, control=control, control_scale=0.0, **kwargs).images
+    assert torch.equal(off, plain(3, **kwargs).images)  # scale 0: the base model exactly
+    on = pipe(3, control=control, **kwargs).images
+    assert on.shape == (3, 1, 28, 28) and torch.isfinite(on).all()
+    with pytest.raises(ConfigError, match="this run is a ControlNet"):
+        pipe(3, **kwargs)
+    with pytest.raises(ConfigError, match="control= is for a ControlNet run"):
+        plain(3, control=control, **kwargs)

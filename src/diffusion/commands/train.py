@@ -63,7 +63,7 @@ from diffusion.runs.folder import (
     sweep_failures,
     write_env,
 )
-from diffusion.runs.load import not_a_run
+from diffusion.runs.load import control_images, not_a_run
 from diffusion.runs.lock import WriterLock
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import resolve_device
@@ -148,7 +148,8 @@ def _train(cfg: DictConfig, run_dir: Path, progress: dict | None = None) -> dict
         conditional=cfg.model.get("num_classes") is not None,
         on_device=cfg.data.on_device and not pairs, evaluator=evaluator,
         sampler=build_training_sampler(cfg), objective=build_objective(cfg, scheduler),
-        latent=latent, low_res=build_low_res(cfg))
+        latent=latent, low_res=build_low_res(cfg),
+        control=control_images(OmegaConf.to_container(cfg, resolve=True)))
     if resume is not None:
         trainer.resume(resume.checkpoint)
     elif trainer_cfg.init_from and uses_init_weights(cfg):

@@ -60,6 +60,7 @@ class ControlImages:
     low: float = 0.1
     high: float = 0.2
     fraction: float = 0.5
+    scale: float = 1.0  # the control_scale sampling uses unless told otherwise
 
     def __post_init__(self):
         check_choice("control.kind", self.kind, KINDS)
@@ -71,6 +72,7 @@ class ControlImages:
             raise ConfigError(f"control.low={self.low} must not exceed control.high="
                               f"{self.high} (Canny's hysteresis thresholds).")
         check_number("control.fraction", self.fraction, above=0, maximum=1)
+        check_number("control.scale", self.scale, minimum=0)
 
     def channels(self, image_channels: int) -> int:
         """The control image's channels for images of ``image_channels``."""
@@ -128,3 +130,35 @@ class ControlImages:
         inside = ((rows >= top.reshape(-1, 1, 1)) & (rows < (top + bh).reshape(-1, 1, 1))
                   & (cols >= left.reshape(-1, 1, 1)) & (cols < (left + bw).reshape(-1, 1, 1)))
         return inside.unsqueeze(1).float()
+
+    def sampling_inputs(self, control: torch.Tensor | None, scale: float | None, n: int,
+                        image_shape: tuple[int, int, int]) -> ControlInputs:
+        """A draw of ``n`` images of ``image_shape`` under ``control`` (its control images,
+        checked) at ``scale`` (None: ``self.scale``)."""
+        expected = (n, self.channels(image_shape[0]), *image_shape[1:])
+        if control is None or not torch.is_tensor(control) or tuple(control.shape) != expected:
+            got = "none" if control is None else tuple(getattr(control, "shape", ()))
+            raise ConfigError(f"this run is a ControlNet ({self.kind}): pass control, the {n} "
+                              f"control images of shape {expected} (diffusion.sample "
+                              f"control_image=test|<file>|<folder>); got {got}.")
+        scale = self.scale if scale is None else check_number("control_scale", scale, minimum=0)
+        return ControlInputs(control.float(), float(scale))
+
+
+@dataclass
+class ControlInputs:
+    """A ControlNet's inputs for one draw: the control images and the scale."""
+
+    control: torch.Tensor
+    scale: float
+
+    def forward(self, forward, part: slice, device: torch.device):
+        """``forward(x, t, y, control=, control_scale=)`` as ``forward(x, t, y)`` for images
+        ``part`` of the draw (repeated where guidance doubles the batch)."""
+        control = self.control[part].to(device)
+
+        def controlled(x: torch.Tensor, t, y=None) -> torch.Tensor:
+            repeats = x.shape[0] // control.shape[0]
+            return forward(x, t, y, control=control.repeat(repeats, 1, 1, 1),
+                           control_scale=self.scale)
+        return controlled

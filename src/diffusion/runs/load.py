@@ -21,6 +21,8 @@ import yaml
 
 from diffusion.errors import CheckpointError, ConfigError, RunError
 from diffusion.models.adapters import load_saved
+from diffusion.models.control import ControlImages
+from diffusion.models.controlnet import ControlNet
 from diffusion.models.diffusers_unet import weights_follow
 from diffusion.models.latent import LatentSpace
 from diffusion.models.lora import LoRA, add_lora, merge_lora
@@ -122,15 +124,28 @@ def load_run(run: str | Path, checkpoint: str | Path | None = None):
     if "ema" not in state:
         raise CheckpointError(f"{path} holds no EMA weights (not a diffusion.train "
                               "checkpoint): pass a checkpoint from this run's checkpoints/.")
-    lora = lora_record(cfg)
-    if lora is None:
-        load_weights(model, state["ema"]["model"], "network", path)
-    else:  # the base run's weights, the adapter on them, merged
+    lora, control = lora_record(cfg), control_images(cfg)
+    if lora is not None:  # the base run's weights, the adapter on them, merged
         load_base_weights(model, lora, run)
         add_lora(model, lora_spec(lora))
         load_saved(model, state["ema"]["model"], "network", path)
         merge_lora(model)
-    return model, instantiate(cfg["scheduler"]), cfg
+    elif control is not None:  # the base run's weights under the trained ControlNet
+        load_base_weights(model, cfg["control"], run)
+        model = ControlNet(model, control.channels(int(cfg["data"]["channels"])))
+        load_saved(model, state["ema"]["model"], "network", path)
+    else:
+        load_weights(model, state["ema"]["model"], "network", path)
+    return model.eval(), instantiate(cfg["scheduler"]), cfg
+
+
+def control_images(cfg: Mapping) -> ControlImages | None:
+    """A ControlNet run's control images (its ``control`` record); None for any other run."""
+    record = cfg.get("control") or {}
+    if record.get("kind", "none") == "none":
+        return None
+    fields = ("kind", "method", "sigma", "low", "high", "fraction", "scale")
+    return ControlImages(**{key: record[key] for key in fields if key in record})
 
 
 def lora_record(cfg: Mapping) -> dict | None:

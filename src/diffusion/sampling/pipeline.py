@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from diffusion.checks import check_int
 from diffusion.errors import ConfigError
+from diffusion.models.control import ControlImages
 from diffusion.models.latent import LatentSpace
 from diffusion.models.low_res import LowResConditioning
-from diffusion.runs.load import load_latent_space, load_run
+from diffusion.runs.load import control_images, load_latent_space, load_run
 from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import autocast, resolve_device, resolve_precision
 from diffusion.sampling.arguments import (
@@ -108,7 +109,8 @@ class DiffusionPipeline(EditingMethods):
                  device: str | torch.device = "auto", precision: str = "auto",
                  compile: bool | str = False, channels_last: bool = False,
                  num_classes: int | None = FROM_MODEL, sampler: SamplerSpec | None = None,
-                 latent: LatentSpace | None = None, low_res: LowResConditioning | None = None):
+                 latent: LatentSpace | None = None, low_res: LowResConditioning | None = None,
+                 control: ControlImages | None = None):
         if num_classes is FROM_MODEL:
             if not hasattr(model, "num_classes"):
                 raise ValueError(f"{type(model).__name__} has no num_classes: pass "
@@ -130,6 +132,7 @@ class DiffusionPipeline(EditingMethods):
                              "autoencoder.")
         self.image_shape = self.sample_shape if latent is None else tuple(latent.image_shape)
         self.low_res = low_res
+        self.control = control  # a ControlNet run's ControlImages
         if low_res is not None and latent is not None:
             raise ValueError("a super-resolution stage runs in pixels: pass latent or low_res, "
                              "not both.")
@@ -167,6 +170,7 @@ class DiffusionPipeline(EditingMethods):
         model, scheduler, cfg = load_run(run, checkpoint=checkpoint)
         latent = load_latent_space(cfg, run)
         low_res = LowResConditioning(**cfg["low_res"]) if cfg.get("low_res") else None
+        control = control_images(cfg)
         channels, size = int(cfg["data"]["channels"]), int(cfg["data"]["image_size"])
         if channels_last is None:
             channels_last = bool((cfg.get("trainer") or {}).get("channels_last", False))
@@ -174,7 +178,7 @@ class DiffusionPipeline(EditingMethods):
         return cls(model, scheduler, shape, device=device, precision=precision,
                    compile=compile, channels_last=channels_last,
                    sampler=SamplerSpec.of_run(cfg) if sampler is None else sampler,
-                   latent=latent, low_res=low_res)
+                   latent=latent, low_res=low_res, control=control)
 
     # ------------------------------------------------------------------ diffusers' basics
     def to(self, device: str | torch.device) -> DiffusionPipeline:
@@ -236,7 +240,8 @@ class DiffusionPipeline(EditingMethods):
                  num_inference_steps: int | None = None, seed: int | None = None,
                  output_type: str = "pt", return_dict: bool = True,
                  low_res: torch.Tensor | None = None,
-                 low_res_level: float | None = None) -> PipelineOutput | tuple:
+                 low_res_level: float | None = None, control: torch.Tensor | None = None,
+                 control_scale: float | None = None) -> PipelineOutput | tuple:
         """Draw ``n`` samples with ``steps`` (alias ``num_inference_steps``) reverse steps.
 
         ``sampler``: None runs the pipeline's (``pipe.sampler``: its options and spacing, and
@@ -259,7 +264,9 @@ class DiffusionPipeline(EditingMethods):
         ``chain`` of ``return_chain`` stays tensors in [-1, 1]. A super-resolution stage
         (``pipe.low_res``) takes ``low_res``, the n images (N, C, H / factor, W / factor) in
         [-1, 1] it upsamples (a base stage's samples), noised to ``low_res_level`` (None: the
-        run's ``low_res.level``) with noise drawn from ``generator`` after x_T.
+        run's ``low_res.level``) with noise drawn from ``generator`` after x_T. A ControlNet
+        run (``pipe.control``) takes ``control``, the n control images, at ``control_scale``
+        (None: the run's ``control.scale``).
         """
         if n is None:
             raise ConfigError("pass the number of images as n, e.g. pipe(4); batch_size is how "
@@ -276,7 +283,8 @@ class DiffusionPipeline(EditingMethods):
             raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
         if noise is None:  # drawn whole, so x_T does not depend on batch_size
             noise = randn_tensor((n, *self.sample_shape), generator)
-        conditioning = self._low_res_inputs(low_res, low_res_level, n, generator)
+        conditioning = self._conditioning(low_res, low_res_level, control, control_scale, n,
+                                          generator)
         images, chains = [], []
         starts = range(0, n, batch_size)
         for start in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
@@ -308,7 +316,9 @@ class DiffusionPipeline(EditingMethods):
                             progress: bool = False, desc: str = "sampling",
                             guidance: Guidance | None = None,
                             low_res: torch.Tensor | None = None,
-                            low_res_level: float | None = None) -> PipelineOutput:
+                            low_res_level: float | None = None,
+                            control: torch.Tensor | None = None,
+                            control_scale: float | None = None) -> PipelineOutput:
         """Draw ``n`` samples in chunks of ``chunk_size``, the chunks shared out among the
         ranks of the process group (``torchrun``); every rank gets the whole result, in order.
 
@@ -344,7 +354,9 @@ class DiffusionPipeline(EditingMethods):
                            y=None if y is None else y[start:start + b], batch_size=b,
                            return_chain=return_chain, chain_frames=chain_frames,
                            guidance=guidance, low_res_level=low_res_level,
-                           low_res=None if low_res is None else low_res[start:start + b])
+                           low_res=None if low_res is None else low_res[start:start + b],
+                           control=None if control is None else control[start:start + b],
+                           control_scale=control_scale)
                 images = out.images if transform is None else transform(out.images)
                 local[start] = (images, out.chain)
                 bar.update(b)
@@ -358,9 +370,15 @@ class DiffusionPipeline(EditingMethods):
                              if return_chain else None))
 
     # ------------------------------------------------------------------ internals
-    def _low_res_inputs(self, low_res, level, n: int, generator):
-        """A super-resolution stage's inputs for a draw of ``n`` (``StageInputs``), checked;
-        None for a stage that takes none (refusing any given)."""
+    def _conditioning(self, low_res, level, control, scale, n: int, generator):
+        """A super-resolution stage's inputs (``StageInputs``) or a ControlNet's
+        (``ControlInputs``) for a draw of ``n``, checked; None for a run that takes neither
+        (refusing any given)."""
+        if self.control is not None and low_res is None:
+            return self.control.sampling_inputs(control, scale, n, self.image_shape)
+        if control is not None:
+            raise ConfigError("control= is for a ControlNet run (trained with control=edges|"
+                              "blur|mask); this run has none.")
         if self.low_res is None:
             if low_res is not None:
                 raise ConfigError("low_res= is for a cascade's super-resolution stage; this "

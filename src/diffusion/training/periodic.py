@@ -66,7 +66,7 @@ class PeriodicWork:
                 self.ema.model, self.scheduler, self.sample_shape, device=self.device,
                 precision=self.precision, compile=self.cfg.compile,
                 channels_last=self.cfg.channels_last, sampler=self.sampler,
-                latent=self.latent, low_res=self.low_res)
+                latent=self.latent, low_res=self.low_res, control=self.control)
         return self._pipeline
 
     def sample_grid(self) -> Path | None:
@@ -83,12 +83,13 @@ class PeriodicWork:
             scale = self.cfg.sample_guidance_scale
         steps = self.sampler.step_counts(self.num_train_timesteps)[0]
         low = self._grid_low_res(n)
+        control = self._grid_control(n)
         images = self.pipeline().sample_across_ranks(
             n, noise=self.fixed_noise[:n], seed=self.seed, y=y,
             chunk_size=-(-n // self.world_size), steps=steps,
             sampler=self.sampler.build(self.scheduler),
             guidance=Guidance(scale=1.0 if scale is None else scale)
-            if self.conditional else None, low_res=low).images
+            if self.conditional else None, low_res=low, control=control).images
         if not self.is_main:
             return None
         title = f"step {self.step:,} · {self.sampler.name}-{steps} · EMA" + (
@@ -99,10 +100,34 @@ class PeriodicWork:
             columns = columns or max(1, math.ceil(math.sqrt(n)))
             title += (f" · top: validation images at 1/{self.low_res.factor}, bottom: "
                       f"upsampled (level {self.low_res.level:g})")
+        if control is not None:  # a ControlNet: the control images above what it made
+            shown = control[:, :images.shape[1]] if self.control.kind != "edges" else (
+                control.expand(-1, images.shape[1], -1, -1))
+            images = torch.cat([shown.cpu(), images])
+            columns = columns or max(1, math.ceil(math.sqrt(n)))
+            title += (f" · top: control ({self.control.kind}) of validation images, bottom: "
+                      f"generated (scale {self.control.scale:g})")
         return save_labelled_grid(
             images, self.sample_dir / f"step_{self.step:08d}.png",
             columns or max(1, math.ceil(math.sqrt(n))), title=title,
             row_labels=self._class_labels(int(y.max()) + 1) if y is not None else None)
+
+    def _grid_images(self, n: int) -> tuple[torch.Tensor, list[int]]:
+        """The first ``n`` validation images (training images where there is no validation
+        split, unflipped) and their indices."""
+        source = self.val_set if self.val_set is not None else self.train_set
+        indices = [i % len(source) for i in range(n)]
+        keys = (indices if source is self.val_set
+                else [SampleKey(i, self.seed, -1) for i in indices])
+        return torch.stack([source[k][0] for k in keys]), indices
+
+    def _grid_control(self, n: int) -> torch.Tensor | None:
+        """A ControlNet's grid controls: those of the first ``n`` validation images; None for
+        other runs."""
+        if self.control is None:
+            return None
+        images, indices = self._grid_images(n)
+        return self.control(images.float(), torch.tensor(indices))
 
     def _grid_low_res(self, n: int) -> torch.Tensor | None:
         """A super-resolution stage's grid inputs: the first ``n`` validation images (training
@@ -110,12 +135,7 @@ class PeriodicWork:
         other runs."""
         if self.low_res is None:
             return None
-        source = self.val_set if self.val_set is not None else self.train_set
-        indices = [i % len(source) for i in range(n)]
-        keys = (indices if source is self.val_set
-                else [SampleKey(i, self.seed, -1) for i in indices])
-        images = torch.stack([source[k][0] for k in keys])
-        return self.low_res.downsample(images.float())
+        return self.low_res.downsample(self._grid_images(n)[0].float())
 
     def _class_labels(self, count: int) -> list[str]:
         """The first ``count`` classes' names as the training set gives them (an image
