@@ -153,3 +153,23 @@ def test_a_controlnet_run_trains_saves_its_part_and_samples(tmp_path, tiny_mnist
         pipe(3, **kwargs)
     with pytest.raises(ConfigError, match="control= is for a ControlNet run"):
         plain(3, control=control, **kwargs)
+    # the sample command: the test split's controls, at two scales
+    from diffusion.commands.sample import sample
+    from hydra_utils import compose_config
+
+    for scale in (0.0, 1.0):
+        written = sample(compose_config([f"run={run}", "sampler.steps=2", "n=4", "device=cpu",
+                                         "control_image=test", f"control_scale={scale}",
+                                         "save_tensors=true",
+                                         f"out={tmp_path / f'c{scale:g}.png'}"],
+                                        config_name="sample"))
+        assert written["control"].is_file()
+    base_grid = sample(compose_config([f"run={base}", "sampler.steps=2", "n=4", "device=cpu",
+                                       "save_tensors=true", f"out={tmp_path / 'base.png'}"],
+                                      config_name="sample"))
+    assert torch.equal(torch.load(tmp_path / "c0.pt"), torch.load(base_grid["tensors"]))
+    with pytest.raises(ConfigError, match="pass control_image=test"):
+        sample(compose_config([f"run={run}", "n=2", "device=cpu"], config_name="sample"))
+    with pytest.raises(ConfigError, match="control_image= is for a ControlNet run"):
+        sample(compose_config([f"run={base}", "n=2", "control_image=test"],
+                              config_name="sample"))

@@ -20,7 +20,8 @@ from test_train import run_training
 ALL_SAMPLERS = ", ".join(sorted(SAMPLERS))
 
 SAMPLE_KEYS = ("batch_size, chain, chain_frames, chain_rows, checkpoint, classifier, "
-               "classifier_scale, compile, device, guidance_rescale, guidance_scale, labels, "
+               "classifier_scale, compile, control_image, control_scale, device, "
+               "guidance_rescale, guidance_scale, labels, "
                "low_res_level, n, out, precision, run, sampler, save_tensors, seed, upsample")
 STEPS_RANGE = ("sampler.steps must be an integer from 1 to 1000 (the model's "
                "num_train_timesteps)")

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from diffusion.checks import check_image_file, check_writable
 from diffusion.commands.launcher import launch
+from diffusion.config.control import check_control_options, control_batch
 from diffusion.config.guidance import (
     GuidanceOptions,
     build_guidance,
@@ -43,6 +44,7 @@ def check_sample_config(cfg: DictConfig) -> tuple[Path, torch.Tensor | None, Sam
     """
     run, guidance, labels = check_sample_options(cfg)
     check_cascade_options(cfg, run.run_cfg)
+    check_control_options(cfg, run.run_cfg)
     spec, steps = run.spec, run.steps[0]
     grid = (Path(cfg.out) if cfg.out
             else Path(cfg.run) / "samples" / f"{_stem(cfg, spec, steps)}.png")
@@ -94,6 +96,10 @@ def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
         stem += "_up-" + "-".join(Path(stage).name for stage in stages)
         if cfg.get("low_res_level") is not None:
             stem += f"-level{cfg.low_res_level:g}"
+    if cfg.get("control_image") is not None:
+        stem += f"_control-{Path(str(cfg.control_image)).stem}"
+        if cfg.get("control_scale") is not None:
+            stem += f"-s{cfg.control_scale:g}"
     return stem
 
 
@@ -105,12 +111,14 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
                                       compile=cfg.get("compile", False))
     noise = torch.randn((cfg.n, *pipe.sample_shape),
                         generator=torch.Generator().manual_seed(cfg.seed))
+    control = control_batch(cfg, pipe)
     out = pipe.sample_across_ranks(cfg.n, noise=noise, seed=cfg.seed, chunk_size=cfg.batch_size,
                                    steps=steps, sampler=spec.build(pipe.scheduler), y=labels,
                                    return_chain=cfg.chain, chain_frames=cfg.chain_frames,
                                    progress=True, guidance=build_guidance(
                                        options, options.scales[0], options.classifier_scales[0],
-                                       load_options_classifier(options)))
+                                       load_options_classifier(options)),
+                                   control=control, control_scale=cfg.get("control_scale"))
     images = out.images
     stages = [DiffusionPipeline.from_run(stage, device=cfg.device, precision=cfg.precision)
               for stage in stage_list(cfg.get("upsample"))]
@@ -120,6 +128,10 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     if not dist.is_main():
         return {}
     written = {"grid": viz.save_grid(images, grid)}
+    if control is not None:  # the controls, in the grid's order
+        shown = control[:, :images.shape[1]] if pipe.control.kind != "edges" else (
+            control.expand(-1, images.shape[1], -1, -1))
+        written["control"] = viz.save_grid(shown, grid.with_name(f"{grid.stem}_control.png"))
     if cfg.save_tensors:
         written["tensors"] = grid.with_suffix(".pt")
         torch.save(images, written["tensors"])

@@ -1,0 +1,47 @@
+"""``control_image=`` and ``control_scale=`` of the commands that sample a ControlNet run
+(``control=edges|blur|mask``): checked against the run before anything loads, and the batch
+of control images they name."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from diffusion.checks import check_number
+from diffusion.editing.sources import read_input
+from diffusion.errors import ConfigError
+from diffusion.runs.load import control_images
+
+
+def check_control_options(cfg: DictConfig, run_cfg: DictConfig) -> None:
+    """A ControlNet run needs ``control_image``; any other run refuses it and
+    ``control_scale``."""
+    control = control_images(OmegaConf.to_container(run_cfg, resolve=True))
+    image, scale = cfg.get("control_image"), cfg.get("control_scale")
+    if control is None:
+        for key, value in (("control_image", image), ("control_scale", scale)):
+            if value is not None:
+                raise ConfigError(f"{key}= is for a ControlNet run (trained with control=edges|"
+                                  f"blur|mask); run={cfg.run} has none: drop it.")
+        return
+    if image is None:
+        raise ConfigError(f"run={cfg.run} is a ControlNet ({control.kind}): pass control_image="
+                          f"test (the run's test split), an image file or a folder of images.")
+    if cfg.get("upsample"):
+        raise ConfigError("a ControlNet run is no cascade's base: drop upsample=.")
+    if scale is not None:
+        check_number("control_scale", scale, minimum=0)
+
+
+def control_batch(cfg: DictConfig, pipe) -> torch.Tensor | None:
+    """The ``n`` control images of ``control_image`` (its images repeated over n, each with
+    its index, which places a mask's rectangle), or None for a run without a ControlNet."""
+    if pipe.control is None:
+        return None
+    run_cfg = OmegaConf.load(f"{cfg.run}/config.yaml")
+    try:
+        sources = read_input(str(cfg.control_image), cfg.n, 0, run_cfg.data)
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("input", "control_image", 1)) from None
+    index = torch.arange(cfg.n) % len(sources)
+    return pipe.control(sources[index].float(), index)
