@@ -173,3 +173,43 @@ def test_a_controlnet_run_trains_saves_its_part_and_samples(tmp_path, tiny_mnist
     with pytest.raises(ConfigError, match="control_image= is for a ControlNet run"):
         sample(compose_config([f"run={base}", "n=2", "control_image=test"],
                               config_name="sample"))
+    # evaluate: FID and adherence at two scales; scale 0 scores the base model's own draws
+    from diffusion.commands.evaluate import evaluate
+    from diffusion.runs.records import read_eval
+    from test_metrics import EPOCHS
+
+    common = [f"metrics.cache_dir={tmp_path / 'features'}", f"metrics.feature_epochs={EPOCHS}",
+              "metrics.kid_subset_size=8", "batch_size=8", "device=cpu", "n=16",
+              "sampler.steps=2", "plot=false"]
+    results = evaluate(compose_config([f"run={run}", "control_image=test",
+                                       "control_scale=[0,1]", *common],
+                                      config_name="evaluate"))
+    (plain_result,) = evaluate(compose_config([f"run={base}", *common],
+                                              config_name="evaluate"))
+    assert results[0].fid == pytest.approx(plain_result.fid, rel=1e-6)
+    entries = sorted(read_eval(run).values(), key=lambda e: e["control_scale"])
+    assert [e["control_scale"] for e in entries] == [0.0, 1.0]
+    assert all(0 <= e["control_iou"] <= 1 for e in entries)
+    assert "control_image=test" in entries[0]["command"]
+
+
+def test_adherence_is_one_or_zero_for_the_source_itself():
+    from diffusion.sampling.controlled import adherence
+
+    images = torch.zeros(2, 1, 20, 20)
+    images[:, :, 5:15, 5:15] = 1.0
+    shifted = torch.roll(images, 3, dims=-1)
+    index = torch.arange(2)
+    edges = ControlImages("edges")
+    given = edges(images)
+    assert adherence(edges, images, given, index).tolist() == [1.0, 1.0]
+    iou = adherence(edges, shifted, given, index)
+    a, b = edges(shifted) > 0, given > 0
+    expected = (a & b).flatten(1).sum(1) / (a | b).flatten(1).sum(1)
+    torch.testing.assert_close(iou, expected.float())
+    assert float(iou.max()) < 1
+    for kind in ("blur", "mask"):
+        control = ControlImages(kind)
+        given = control(images, index)
+        assert adherence(control, images, given, index).abs().max() < 1e-6
+        assert float(adherence(control, shifted, given, index).min()) > 0

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from diffusion.checks import check_writable
 from diffusion.commands.evaluate_nll import evaluate_nll
 from diffusion.commands.launcher import launch
+from diffusion.config.control import check_control_options, control_batch, control_scales
 from diffusion.config.guidance import (
     GuidanceOptions,
     build_guidance,
@@ -53,6 +54,7 @@ from diffusion.sampling.cascade import (
     check_stages,
     stage_list,
 )
+from diffusion.sampling.controlled import ControlledPipeline, metric_name
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 from diffusion.training.checkpoint import saved_step
@@ -66,6 +68,7 @@ def check_evaluate_config(cfg: DictConfig) -> tuple[DictConfig, SamplerSpec, lis
     run_options, guidance = check_evaluate_options(cfg)
     run = Path(cfg.run)
     check_cascade_options(cfg, run_options.run_cfg)
+    check_control_options(cfg, run_options.run_cfg)
     if is_nll(cfg.metrics):
         check_writable(run / "nll.json", "diffusion.evaluate records its results there: make "
                        "the run folder writable or evaluate a copy of it")
@@ -103,12 +106,16 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     sampler = spec.build(pipe.scheduler)
     classifier = load_options_classifier(guided)
     protocol = _protocol(cfg, spec, sampler, steps_list, checkpoint, pipe)
+    control, index = control_batch(cfg, pipe, with_index=True)
     results, entry, entries = [], None, []
-    for steps, scale, classifier_scale in itertools.product(steps_list, guided.scales,
-                                                            guided.classifier_scales):
+    for steps, scale, classifier_scale, control_scale in itertools.product(
+            steps_list, guided.scales, guided.classifier_scales,
+            control_scales(cfg) if control is not None else [None]):
         start = time.perf_counter()
+        scored = pipe if control is None else ControlledPipeline(
+            pipe, control, index, pipe.control.scale if control_scale is None else control_scale)
         result = scorer.score_pipeline(
-            pipe, cfg.n, sampler=sampler, steps=steps, batch_size=cfg.batch_size,
+            scored, cfg.n, sampler=sampler, steps=steps, batch_size=cfg.batch_size,
             name=spec.name, guidance=build_guidance(guided, scale, classifier_scale, classifier))
         seconds = time.perf_counter() - start
         results.append(result)
@@ -118,6 +125,7 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
             print(f"{result}  [{seconds:.0f} s{nfe}]", flush=True)
             entry = {**result.to_dict(), **protocol, "seconds": round(seconds, 1),
                      **guidance_record(guided, scale, classifier_scale), **measured,
+                     **_control_record(cfg, scored),
                      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             write_eval(run, {entry_key(entry): entry})
             entries.append(entry)
@@ -183,6 +191,14 @@ def _cascade_record(cfg: DictConfig) -> dict:
         return {}
     return {"upsample": [str(Path(stage).resolve()) for stage in stages],
             "low_res_level": cfg.get("low_res_level")}
+
+
+def _control_record(cfg: DictConfig, scored) -> dict:
+    """A ControlNet's part of an entry: the controls, the scale and the adherence to them."""
+    if not isinstance(scored, ControlledPipeline):
+        return {}
+    return {"control_image": str(cfg.control_image), "control_scale": scored.scale,
+            f"control_{metric_name(scored.base.control)}": round(scored.mean_adherence(), 5)}
 
 
 def _precheck(cfg: DictConfig) -> list[Path]:
@@ -251,6 +267,11 @@ def _command(cfg: DictConfig, spec: SamplerSpec, steps: list[int], checkpoint: P
         args.append(f"upsample=[{','.join(stages)}]")
         if cfg.get("low_res_level") is not None:
             args.append(f"low_res_level={cfg.low_res_level}")
+    if cfg.get("control_image") is not None:
+        args.append(f"control_image={cfg.control_image}")
+        scales = [s for s in control_scales(cfg) if s is not None]
+        if scales:
+            args.append("control_scale=" + ",".join(f"{s:g}" for s in scales))
     if cfg.data_root:
         args.append(f"data_root={cfg.data_root}")
     if cfg.precision != "auto":
@@ -266,7 +287,7 @@ def _value(value) -> str:
 
 
 def _list_overrides(argv: list[str], keys: tuple[str, ...] = (
-        "sampler.steps", "guidance_scale", "classifier_scale")) -> list[str]:
+        "sampler.steps", "guidance_scale", "classifier_scale", "control_scale")) -> list[str]:
     """``sampler.steps=10,20,50`` -> ``sampler.steps=[10,20,50]``: a list, not a Hydra
     sweep (so too the guidance scales)."""
     out = []

@@ -29,19 +29,31 @@ def check_control_options(cfg: DictConfig, run_cfg: DictConfig) -> None:
                           f"test (the run's test split), an image file or a folder of images.")
     if cfg.get("upsample"):
         raise ConfigError("a ControlNet run is no cascade's base: drop upsample=.")
-    if scale is not None:
-        check_number("control_scale", scale, minimum=0)
+    for value in control_scales(cfg):
+        if value is not None:
+            check_number("control_scale", value, minimum=0)
 
 
-def control_batch(cfg: DictConfig, pipe) -> torch.Tensor | None:
+def control_scales(cfg: DictConfig) -> list[float | None]:
+    """``control_scale`` as a list: one value or several (``evaluate``); [None]: the run's."""
+    scale = cfg.get("control_scale")
+    if scale is None:
+        return [None]
+    return list(scale) if OmegaConf.is_list(scale) or isinstance(scale, list | tuple) else [scale]
+
+
+def control_batch(cfg: DictConfig, pipe, with_index: bool = False):
     """The ``n`` control images of ``control_image`` (its images repeated over n, each with
-    its index, which places a mask's rectangle), or None for a run without a ControlNet."""
+    its index, which places a mask's rectangle), or None for a run without a ControlNet;
+    ``with_index``: (controls, indices)."""
     if pipe.control is None:
-        return None
+        return (None, None) if with_index else None
     run_cfg = OmegaConf.load(f"{cfg.run}/config.yaml")
     try:
-        sources = read_input(str(cfg.control_image), cfg.n, 0, run_cfg.data)
+        sources = read_input(str(cfg.control_image), cfg.n, 0, run_cfg.data,
+                             cfg.get("data_root"))
     except ValueError as exc:
         raise ConfigError(str(exc).replace("input", "control_image", 1)) from None
     index = torch.arange(cfg.n) % len(sources)
-    return pipe.control(sources[index].float(), index)
+    control = pipe.control(sources[index].float(), index)
+    return (control, index) if with_index else control

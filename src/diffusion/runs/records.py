@@ -88,14 +88,16 @@ def cpu_model() -> str:
 #: What makes two evaluations of a run comparable; an eval.json key holds all of it.
 PROTOCOL = ("sampler", "steps", "n", "eta", "timestep_spacing", "sampler_options", "batch_size",
             "seed", "checkpoint", "step", "feature_id", "reference_n", "guidance_scale",
-            "guidance_rescale", "classifier", "classifier_scale", "upsample", "low_res_level")
+            "guidance_rescale", "classifier", "classifier_scale", "upsample", "low_res_level",
+            "control_image", "control_scale")
 #: Parts of the protocol that an entry may lack: older entries have no timestep_spacing, and
 #: sampler_options (the sampler's options changed from its defaults) is there only when set.
 OPTIONAL = ("timestep_spacing", "sampler_options")
 #: The guidance settings: part of the key where they are set (not None).
 GUIDANCE = ("guidance_scale", "guidance_rescale", "classifier", "classifier_scale")
-#: A cascade's stages and sampling level: part of the key of a cascade's entries alone.
-CASCADE = ("upsample", "low_res_level")
+#: A cascade's stages and sampling level, a ControlNet's controls and scale: part of the key of
+#: those runs' entries alone.
+CASCADE = ("upsample", "low_res_level", "control_image", "control_scale")
 
 
 def entry_key(entry: dict) -> str:
