@@ -213,3 +213,14 @@ def test_adherence_is_one_or_zero_for_the_source_itself():
         given = control(images, index)
         assert adherence(control, images, given, index).abs().max() < 1e-6
         assert float(adherence(control, shifted, given, index).min()) > 0
+
+
+def test_a_controlnet_run_resumes_bit_exactly(tmp_path, tiny_mnist_root):
+    from test_train import SMALL_MODELS, assert_same_state, run_training, straight_and_resumed
+
+    base, _ = run_training(tmp_path, tiny_mnist_root, "model=unet_attn",
+                           *SMALL_MODELS["unet_attn"], name="base")
+    args = (f"init_from={base}", "control=mask", "trainer.ckpt_every=3", "trainer.keep_last=0",
+            "trainer.sample_every=0")
+    straight, resumed = straight_and_resumed(tmp_path, tiny_mnist_root, *args)
+    assert_same_state(straight, resumed)
