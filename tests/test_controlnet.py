@@ -224,3 +224,32 @@ def test_a_controlnet_run_resumes_bit_exactly(tmp_path, tiny_mnist_root):
             "trainer.sample_every=0")
     straight, resumed = straight_and_resumed(tmp_path, tiny_mnist_root, *args)
     assert_same_state(straight, resumed)
+
+
+def test_guidance_and_every_kind_of_sampler_run_under_control():
+    """Classifier-free guidance doubles the batch: the controls are repeated with it, and at
+    scale 0 the guided draw is the base's guided draw exactly."""
+    from diffusion.sampling.guidance import Guidance
+    from diffusion.sampling.pipeline import DiffusionPipeline
+    from diffusion.schedulers import DDPMScheduler
+
+    base = base_unet(16, num_classes=3)
+    net = ControlNet(base, control_channels=1).eval()
+    with torch.no_grad():
+        for name, parameter in net.named_parameters():
+            if name.startswith("zero_"):
+                parameter.normal_(0, 0.1)  # as training leaves them
+    scheduler = DDPMScheduler(num_train_timesteps=50)
+    pipe = DiffusionPipeline(net, scheduler, (1, 16, 16), device="cpu",
+                             control=ControlImages("edges"))
+    plain = DiffusionPipeline(base, scheduler, (1, 16, 16), device="cpu")
+    control = ControlImages("edges")(torch.rand(4, 1, 16, 16) * 2 - 1)
+    y = torch.tensor([0, 1, 2, 0])
+    guided = {"guidance": Guidance(scale=3.0), "y": y, "steps": 3, "seed": 1,
+              "output_type": "pt"}
+    assert torch.equal(pipe(4, control=control, control_scale=0.0, **guided).images,
+                       plain(4, **guided).images)
+    for sampler in ("ddim", "ddpm", "dpmpp_2m", "euler_a", "heun"):
+        out = pipe(4, control=control, sampler=sampler, **guided).images
+        assert torch.isfinite(out).all(), sampler
+        assert not torch.equal(out, plain(4, sampler=sampler, **guided).images), sampler
