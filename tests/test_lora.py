@@ -182,3 +182,7 @@ def test_what_cannot_work_is_refused_in_one_sentence(tmp_path, tiny_mnist_root, 
     ckpt.save_atomic(changed, base_copy / "checkpoints" / source.name)
     with pytest.raises(CheckpointError, match="changed since the run started"):
         load_run(run)
+    # a LoRA run as the base of another: merged first, in one sentence
+    with pytest.raises(ConfigError, match="is itself a LoRA or ControlNet run"):
+        train(compose_config(debug_overrides(tiny_mnist_root, f"init_from={run}",
+                                             "finetune=lora")), tmp_path / "c")

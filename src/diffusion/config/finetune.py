@@ -91,6 +91,10 @@ def prepare_finetune(cfg: DictConfig, resuming: bool) -> None:
     if "model" not in base_cfg:
         raise ConfigError(f"init_from={source} is not a diffusion run (no model in its "
                           f"config): pass a folder that diffusion.train wrote.")
+    if lora_record(base_cfg) is not None or control_images(base_cfg) is not None:
+        raise ConfigError(f"init_from={source} is itself a LoRA or ControlNet run, whose "
+                          f"checkpoints hold only its adapter: merge it first (diffusion.export "
+                          f"run={source} out=<folder> format=run) and start from that folder.")
     if base_cfg.get("latent_space") and not cfg.get("latent"):
         raise ConfigError(f"init_from={source} is a latent run: add latent=<its autoencoder "
                           f"run> ({base_cfg['latent_space'].get('run')}) to fine-tune it.")
