@@ -71,7 +71,7 @@ def test_img2img_starts_at_the_level_strength_selects(pipe, sampler, steps, stre
 def test_img2img_rejects_bad_strength_samplers_and_images(pipe):
     with pytest.raises(ValueError, match=r"^strength must be a number in \[0, 1\]"):
         pipe.img2img(_images(), strength=1.5)
-    with pytest.raises(ValueError, match=r"^sampler must be one of ald, ddim, ddpm"):
+    with pytest.raises(ValueError, match=r"^sampler must be one of ald, corrupt, ddim, ddpm"):
         pipe.img2img(_images(), sampler="euler_b")
     with pytest.raises(ValueError, match=r"^the edits run the discrete samplers; sampler=pc is "
                                          r"a continuous-time one: use one of ddim, ddpm, "
