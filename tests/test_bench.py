@@ -163,8 +163,8 @@ def test_each_sampler_is_paired_with_diffusers_scheduler_of_its_name_and_steps(n
 
 
 def test_bench_sampler_names_are_checked():
-    with pytest.raises(ConfigError, match=r"^bench.sampler must be one of ald, corrupt, ddim, ddpm, .*; "
-                                          r"got 'dpm'.$"):
+    with pytest.raises(ConfigError, match=r"^bench.sampler must be one of ald, corrupt, ddim, "
+                                          r"ddpm, .*; got 'dpm'.$"):
         bench_samplers(OmegaConf.create({"sampler": ["ddim", "dpm"]}))
     with pytest.raises(ConfigError, match="a list of distinct names"):
         bench_samplers(OmegaConf.create({"sampler": ["ddim", "ddim"]}))

@@ -76,8 +76,10 @@ class ContinuousSampler:
         """This sampler over a run's training noise process (see ``as_process``)."""
         process = as_process(noise_process)
         if not cls.zero_terminal_snr and float(process.alpha(process.t_max)) == 0.0:
-            takes = ", ".join(sorted(name for name, c in CONTINUOUS_SAMPLERS.items()
-                                     if c.zero_terminal_snr))
+            # the course's sampler (corrupt) is named for the process that needs it alone
+            own = ("corrupt",) if not getattr(process, "gaussian", True) else ()
+            takes = ", ".join([*own, *sorted(name for name, c in CONTINUOUS_SAMPLERS.items()
+                                             if c.zero_terminal_snr and name != "corrupt")])
             raise ValueError(f"{cls.__name__} steps the SDE or the noise level sigma / alpha, "
                              f"which are infinite at t = 1 for {type(process).__name__} "
                              f"(alpha(1) = 0): sample it with sampler={takes}.")
