@@ -129,9 +129,8 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
         return {}
     written = {"grid": viz.save_grid(images, grid)}
     if control is not None:  # the controls, in the grid's order
-        shown = control[:, :images.shape[1]] if pipe.control.kind != "edges" else (
-            control.expand(-1, images.shape[1], -1, -1))
-        written["control"] = viz.save_grid(shown, grid.with_name(f"{grid.stem}_control.png"))
+        written["control"] = viz.save_grid(pipe.control.preview(control, images.shape[1]),
+                                           grid.with_name(f"{grid.stem}_control.png"))
     if cfg.save_tensors:
         written["tensors"] = grid.with_suffix(".pt")
         torch.save(images, written["tensors"])

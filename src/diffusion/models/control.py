@@ -93,6 +93,13 @@ class ControlImages:
         keep = self.box(index, images.shape[-2], images.shape[-1]).to(images.device)
         return torch.cat([images.float() * keep, keep * 2 - 1], dim=1)
 
+    def preview(self, control: torch.Tensor, channels: int) -> torch.Tensor:
+        """Control images shown as images of ``channels``: an edge map repeated, a blur or a
+        masked image without the mask channel."""
+        if self.kind == "edges":
+            return control.expand(-1, channels, -1, -1)
+        return control[:, :channels]
+
     def network_inputs(self, x0: torch.Tensor, generator: torch.Generator,
                        global_batch: int | None = None, part: slice | None = None) -> dict:
         """What a ControlNet takes beside x in training: ``control``, the control images of

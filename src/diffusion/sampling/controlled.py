@@ -64,8 +64,8 @@ class ControlledPipeline:
         self.scores = []
 
         def measure(images: torch.Tensor) -> torch.Tensor:
-            part = slice(next(mine) * chunk_size, None)
-            part = slice(part.start, part.start + len(images))
+            start = next(mine) * chunk_size
+            part = slice(start, start + len(images))
             self.scores.append(adherence(self.base.control, images, self.control[part],
                                          self.index[part]).cpu())
             return images if transform is None else transform(images)

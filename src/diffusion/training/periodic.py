@@ -101,9 +101,7 @@ class PeriodicWork:
             title += (f" · top: validation images at 1/{self.low_res.factor}, bottom: "
                       f"upsampled (level {self.low_res.level:g})")
         if control is not None:  # a ControlNet: the control images above what it made
-            shown = control[:, :images.shape[1]] if self.control.kind != "edges" else (
-                control.expand(-1, images.shape[1], -1, -1))
-            images = torch.cat([shown.cpu(), images])
+            images = torch.cat([self.control.preview(control, images.shape[1]).cpu(), images])
             columns = columns or max(1, math.ceil(math.sqrt(n)))
             title += (f" · top: control ({self.control.kind}) of validation images, bottom: "
                       f"generated (scale {self.control.scale:g})")
