@@ -13,6 +13,9 @@ from diffusion.data.synthetic import write_tiny_flowers, write_tiny_mnist
 # No test may reach W&B servers or print its banners.
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_SILENT"] = "true"
+# precision=auto is fp32 on every CPU here, so the suite's numbers do not depend on whether
+# this CPU has native bf16 (tests of the bf16 choice itself unset it).
+os.environ["DIFFUSION_CPU_BF16"] = "0"
 
 
 @pytest.fixture(scope="session")

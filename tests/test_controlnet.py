@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from diffusion.editing.sources import read_input
 from diffusion.errors import ConfigError
 from diffusion.models.control import ControlImages, grey
 from diffusion.models.controlnet import ControlNet
 from diffusion.models.unet_attn import AttentionUNet
+from diffusion.reporting.figures import save_grid
 
 
 def base_unet(size: int = 16, **options) -> AttentionUNet:
@@ -120,7 +123,6 @@ def test_bad_settings_are_one_sentence():
 
 
 def test_a_controlnet_run_trains_saves_its_part_and_samples(tmp_path, tiny_mnist_root):
-    from omegaconf import OmegaConf
 
     from diffusion.sampling.pipeline import DiffusionPipeline
     from diffusion.training import checkpoint as ckpt
@@ -161,6 +163,10 @@ def test_a_controlnet_run_trains_saves_its_part_and_samples(tmp_path, tiny_mnist
                                          f"out={tmp_path / f'c{scale:g}.png'}"],
                                         config_name="sample"))
         assert written["control"].is_file()
+        # the images the controls came from: the test split's first four, as one grid
+        sources = read_input("test", 4, 0, OmegaConf.load(run / "config.yaml").data)
+        expected = save_grid(sources, tmp_path / "expected_sources.png")
+        assert written["control_source"].read_bytes() == expected.read_bytes()
     base_grid = sample(compose_config([f"run={base}", "sampler.steps=2", "n=4", "device=cpu",
                                        "save_tensors=true", f"out={tmp_path / 'base.png'}"],
                                       config_name="sample"))

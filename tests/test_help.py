@@ -97,7 +97,7 @@ def test_help_lists_the_options_with_their_comments_and_the_groups(helps):
     sample = helps["sample"]
     assert "  n: 64\n" in sample and "  run: ???              # a run folder" in sample
     assert "hydra:" not in sample and "defaults:" not in sample
-    assert "  sampler=ddim  options: ald, corrupt, ddim, ddpm, dpmpp_2m" in sample
+    assert "  sampler=run  options: ald, corrupt, ddim, ddpm, dpmpp_2m" in sample
     train = helps["train"]
     assert "  name: ${hydra:runtime.choices.model}-${data.name}" in train  # $ kept as written
     assert "  experiment=<none>" in train and "hydra=default" not in train
@@ -220,7 +220,8 @@ def test_train_without_the_slurm_extra_says_what_to_install(tmp_path):
 
 
 def _sample_name(*overrides: str) -> str:
-    cfg = compose_config(["run=runs/x", *overrides], config_name="sample")
+    named = [] if any(o.startswith("sampler=") for o in overrides) else ["sampler=ddim"]
+    cfg = compose_config(["run=runs/x", *named, *overrides], config_name="sample")
     return sample_command._stem(cfg, SamplerSpec.from_config(cfg.sampler), cfg.sampler.steps)
 
 

@@ -207,7 +207,8 @@ def test_eval_entries_keep_every_protocol_and_repeat_exactly(evaluated_run, cach
     older = run_dir / "checkpoints" / "step_00000002.pt"
     for overrides in (["sampler.eta=0"], ["sampler.eta=1"],
                       ["sampler.eta=0", f"checkpoint={older}"]):
-        _evaluate(run_dir, cache, "n=8", "sampler.steps=2", "plot=false", *overrides)
+        _evaluate(run_dir, cache, "n=8", "sampler=ddim", "sampler.steps=2", "plot=false",
+                  *overrides)
     entries = read_eval(run_dir)
     assert sorted((e["eta"], e["step"]) for e in entries.values()) == [(0, 2), (0, 4), (1, 4)]
     stochastic = next(e for e in entries.values() if e["eta"] == 1)
@@ -288,7 +289,7 @@ def test_report_keeps_spacings_apart_and_shows_the_fid_during_training(
     (run_dir / "eval.json").unlink(missing_ok=True)
     scored = len([r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/fid" in r])
     for spacing in ("leading", "trailing"):
-        _evaluate(run_dir, cache, "n=8", "sampler.steps=2", "plot=false",
+        _evaluate(run_dir, cache, "n=8", "sampler=ddim", "sampler.steps=2", "plot=false",
                   f"sampler.timestep_spacing={spacing}")
     _evaluate(run_dir, cache, "n=8", "sampler=ddpm", "sampler.steps=3", "plot=false")
     entries = read_eval(run_dir)

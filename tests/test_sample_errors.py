@@ -17,7 +17,7 @@ from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.schedulers import DDPMScheduler
 from test_train import run_training
 
-ALL_SAMPLERS = ", ".join(sorted(SAMPLERS))
+ALL_SAMPLERS = ", ".join(sorted([*SAMPLERS, "run"]))  # run: the run's own
 
 SAMPLE_KEYS = ("batch_size, chain, chain_frames, chain_rows, checkpoint, classifier, "
                "classifier_scale, compile, control_image, control_scale, device, "
@@ -60,12 +60,16 @@ SAMPLE_CASES = {
     "n-0": (["n=0"], "n must be an integer >= 1; got 0."),
     "batch_size-0": (["batch_size=0", "n=2", "sampler.steps=2"],
                      "batch_size must be an integer >= 1; got 0."),
-    "eta-negative": (["sampler.eta=-0.5", "n=2", "sampler.steps=2"],
+    "eta-negative": (["sampler=ddim", "sampler.eta=-0.5", "n=2", "sampler.steps=2"],
                      "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); got -0.5."),
     "eta-with-ddpm": (["sampler=ddpm", "sampler.eta=0.5", "n=2", "sampler.steps=2"],
                       "sampler.eta is not an option of sampler=ddpm: use one of "
                       "dynamic_thresholding_ratio, name, sample_max_value, steps, thresholding, "
                       "timestep_spacing, variance_type."),
+    "eta-with-run": (["sampler.eta=0.5", "n=2"],
+                     "sampler.eta is not an option of sampler=run (the run's own sampler, whose "
+                     "steps alone change here): name the sampler to set it, e.g. sampler=ddim "
+                     "sampler.eta=<value>."),
     "option-value": (["sampler=dpmpp_2m", "sampler.solver_order=5", "n=2"],
                      "sampler.solver_order must be one of 1, 2, 3; got 5."),
     "steps-list": (["sampler.steps=[2,3]", "n=2"], "sampler.steps must be one step count for "
@@ -130,7 +134,7 @@ def test_unwritable_output_fails_before_sampling(runs, tmp_path):
 EVALUATE_CASES = {
     "sampler": (["sampler=foo"], f"sampler must be one of {ALL_SAMPLERS}; got 'foo'."),
     "steps-above-T": (["sampler.steps=10,2000"], f"{STEPS_RANGE}; got 2000."),
-    "eta": (["sampler.eta=2"], "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); "
+    "eta": (["sampler=ddim", "sampler.eta=2"], "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); "
             "got 2."),
     "n": (["n=1"], "n must be an integer >= 2 (images per FID); got 1."),
     "old-spacing-key": (["timestep_spacing=leading"],

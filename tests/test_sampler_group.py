@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from diffusion.commands.sample import sample
 from diffusion.config.build import build_trainer_config
 from diffusion.config.paths import CONF_DIR
-from diffusion.config.sampler import training_sampler
+from diffusion.config.sampler import RUN_SAMPLER, resolve_run_sampler, training_sampler
+from diffusion.errors import ConfigError
 from diffusion.processes import DiscreteProcess
 from diffusion.runs.records import entry_key
 from diffusion.sampling.checks import SAMPLERS
@@ -29,7 +30,7 @@ from test_train import run_training
 THRESHOLDING = {"thresholding": False, "dynamic_thresholding_ratio": 0.995,
                 "sample_max_value": 1.0}  # what every sampler's file states
 
-FILES = sorted((CONF_DIR / "sampler").glob("*.yaml"))
+FILES = sorted(p for p in (CONF_DIR / "sampler").glob("*.yaml") if p.stem != RUN_SAMPLER)
 DISCRETE = [p for p in FILES if p.stem in NoiseScheduler.SAMPLERS]
 CONTINUOUS = [p for p in FILES if p.stem in CONTINUOUS_SAMPLERS]
 
@@ -117,9 +118,7 @@ def test_one_spec_for_sample_evaluate_and_training():
     sample_cfg = compose_config(["run=x", "sampler=dpmpp_2m", "sampler.steps=10"],
                                 config_name="sample")
     assert SamplerSpec.from_config(sample_cfg.sampler).steps == 10
-    assert SamplerSpec.from_config(compose_config(["run=x"], config_name="sample").sampler) \
-        == SamplerSpec("ddim", 50, "trailing", {"eta": 0.0, "set_alpha_to_one": True,
-                                                **THRESHOLDING})
+    assert compose_config(["run=x", "sampler=ddim"], config_name="sample").sampler.steps == 50
     evaluate_cfg = compose_config(["run=x", "sampler=heun", "sampler.steps=[10,20]"],
                                   config_name="evaluate")
     assert SamplerSpec.from_config(evaluate_cfg.sampler).step_counts(1000) == [10, 20]
@@ -169,3 +168,48 @@ def test_any_trained_run_samples_with_every_sampler(tmp_path, tiny_mnist_root):
             "cosine", "v_prediction")
     torch.testing.assert_close(images["euler"], images["ddim"], atol=1e-4, rtol=0)
     assert not torch.allclose(images["ddpm"], images["ddim"], atol=1e-2)
+
+
+def test_sample_and_evaluate_default_to_the_runs_own_sampler_and_edit_to_ddim():
+    assert OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" / "run.yaml")) == {
+        "name": RUN_SAMPLER, "steps": None}
+    for command in ("sample", "evaluate"):
+        assert compose_config(["run=x"], config_name=command).sampler.name == RUN_SAMPLER
+    assert compose_config(["run=x"], config_name="edit").sampler.name == "ddim"
+
+
+def test_sampler_run_reads_the_run_config_and_keeps_only_the_steps_given():
+    run_cfg = OmegaConf.create({"sampler": {"name": "flow_midpoint", "steps": 5}})
+    cfg = compose_config(["run=x"], config_name="sample")
+    resolve_run_sampler(cfg, run_cfg)
+    assert OmegaConf.to_container(cfg.sampler) == {"name": "flow_midpoint", "steps": 5}
+    cfg = compose_config(["run=x", "sampler.steps=[3,7]"], config_name="evaluate")
+    resolve_run_sampler(cfg, run_cfg)
+    assert SamplerSpec.from_config(cfg.sampler).step_counts(1000) == [3, 7]
+    named = compose_config(["run=x", "sampler=heun", "sampler.steps=4"], config_name="sample")
+    resolve_run_sampler(named, run_cfg)  # a named sampler is left as it is
+    assert (named.sampler.name, named.sampler.steps) == ("heun", 4)
+    # a run folder from before the group: its trainer keys
+    old = OmegaConf.create({"trainer": {"sampler": "ddpm", "sample_steps": 20}})
+    cfg = compose_config(["run=x"], config_name="sample")
+    resolve_run_sampler(cfg, old)
+    assert (cfg.sampler.name, cfg.sampler.steps) == ("ddpm", 20)
+    cfg = compose_config(["run=x", "+sampler.eta=0.5"], config_name="sample")
+    with pytest.raises(ConfigError, match=r"^sampler.eta cannot change sampler=run \(the run's "
+                                          r"own sampler, flow_midpoint\): name it, "
+                                          r"sampler=flow_midpoint sampler.eta=..., to set its "
+                                          r"options.$"):
+        resolve_run_sampler(cfg, run_cfg)
+    with pytest.raises(ConfigError, match=r"^sampler=run is a trained run's own sampler"):
+        training_sampler(compose_config(["sampler=run"]))
+
+
+def test_a_run_samples_with_its_own_sampler_by_default(tmp_path, tiny_mnist_root):
+    run, _ = run_training(tmp_path, tiny_mnist_root, "model=basic", "model.base_channels=8",
+                          "scheduler=flow", "objective=flow", "sampler=flow_midpoint",
+                          "sampler.steps=2", "trainer.sample_every=0", "trainer.val_every=0")
+    written = sample(compose_config([f"run={run}", "n=2", "device=cpu"], config_name="sample"))
+    assert written["grid"].name == "flow_midpoint-2_n2_seed0.png"
+    written = sample(compose_config([f"run={run}", "n=2", "device=cpu", "sampler.steps=3"],
+                                    config_name="sample"))
+    assert written["grid"].name == "flow_midpoint-3_n2_seed0.png"

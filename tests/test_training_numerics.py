@@ -196,8 +196,18 @@ def test_fp16_step_with_a_nan_loss_stops_training(tmp_path):
 def test_auto_precision_on_the_cpu_follows_native_bf16(monkeypatch, avx512_bf16, amx, expected):
     """bf16 autocast only where the CPU multiplies bf16 in hardware: elsewhere autocast's bf16
     convolutions take PyTorch's reference kernels (11x slower than fp32, measured)."""
+    monkeypatch.delenv("DIFFUSION_CPU_BF16")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert resolve_precision("auto", torch.device("cpu")) == expected
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    # DIFFUSION_CPU_BF16 overrides the CPU's answer either way
+    monkeypatch.setenv("DIFFUSION_CPU_BF16", "1" if expected == "fp32" else "0")
+    flipped = "bf16" if expected == "fp32" else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == flipped
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # explicit stays explicit
+    monkeypatch.setenv("DIFFUSION_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match=r"^DIFFUSION_CPU_BF16 must be 0 \(fp32\) or 1 "
+                                         r"\(bf16\), or unset to let the CPU decide; got 'yes'.$"):
+        resolve_precision("auto", torch.device("cpu"))

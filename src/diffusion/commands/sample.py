@@ -28,7 +28,7 @@ from diffusion.config.options import check_sample_options
 from diffusion.reporting import figures as viz
 from diffusion.runtime import distributed as dist
 from diffusion.sampling.cascade import check_cascade_options, stage_list, upsample
-from diffusion.sampling.checks import labels_tag
+from diffusion.sampling.checks import SAMPLERS, labels_tag
 from diffusion.sampling.pipeline import DiffusionPipeline
 from diffusion.sampling.sampler import SamplerSpec
 
@@ -76,7 +76,9 @@ def _stem(cfg: DictConfig, spec: SamplerSpec, steps: int) -> str:
         stem += f"-{key}{value}"
     if spec.eta:
         stem += f"-eta{spec.eta:g}"
-    if spec.timestep_spacing != "trailing":  # the default is left out
+    # the default spacing is left out, and a continuous-time sampler has none to name
+    spaced = "timestep_spacing" in SAMPLERS[spec.name].config_keys()
+    if spaced and spec.timestep_spacing != "trailing":
         stem += f"-{spec.timestep_spacing or 'trained'}"
     if spec.stochastic:  # the step noise is drawn per batch
         stem += f"-b{cfg.batch_size}"
@@ -111,7 +113,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
                                       compile=cfg.get("compile", False))
     noise = torch.randn((cfg.n, *pipe.sample_shape),
                         generator=torch.Generator().manual_seed(cfg.seed))
-    control = control_batch(cfg, pipe)
+    control, sources = control_batch(cfg, pipe, with_sources=True)
     out = pipe.sample_across_ranks(cfg.n, noise=noise, seed=cfg.seed, chunk_size=cfg.batch_size,
                                    steps=steps, sampler=spec.build(pipe.scheduler), y=labels,
                                    return_chain=cfg.chain, chain_frames=cfg.chain_frames,
@@ -128,9 +130,11 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     if not dist.is_main():
         return {}
     written = {"grid": viz.save_grid(images, grid)}
-    if control is not None:  # the controls, in the grid's order
+    if control is not None:  # the controls and the images they come from, in the grid's order
         written["control"] = viz.save_grid(pipe.control.preview(control, images.shape[1]),
                                            grid.with_name(f"{grid.stem}_control.png"))
+        written["control_source"] = viz.save_grid(sources,
+                                                  grid.with_name(f"{grid.stem}_source.png"))
     if cfg.save_tensors:
         written["tensors"] = grid.with_suffix(".pt")
         torch.save(images, written["tensors"])

@@ -22,6 +22,7 @@ from diffusion.config.keys import check_cli_config
 from diffusion.config.metrics import check_metrics, is_nll
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.runs import run_config
+from diffusion.config.sampler import resolve_run_sampler
 from diffusion.editing.img2img import check_strength
 from diffusion.errors import ConfigError
 from diffusion.processes.base import Process
@@ -60,6 +61,7 @@ def check_run_options(cfg: DictConfig, command: str, several_steps: bool = False
     against the run."""
     check_cli_config(cfg, command)
     run_cfg = run_config(cfg.run)
+    resolve_run_sampler(cfg, run_cfg)
     spec = SamplerSpec.from_config(cfg.sampler)
     if not several_steps:
         spec.one_step_count(f"diffusion.{command}")

@@ -47,6 +47,7 @@ from diffusion.config.latent import fit_to_latent
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
 from diffusion.config.paths import CONF_DIR
 from diffusion.config.runs import run_config
+from diffusion.config.sampler import RUN_SAMPLER, RUN_SAMPLER_COMMANDS
 from diffusion.errors import USER_ERRORS, ConfigError
 from diffusion.training.checkpoint import resumable_checkpoint, step_of
 
@@ -248,6 +249,8 @@ def _missing_option(exc: Exception, config_name: str, overrides: list[str]) -> s
     group, option = match.groups()
     options = sorted(set(GlobalHydra.instance().config_loader().get_group_options(
         group, config_name=config_name, overrides=[o for o in overrides if is_searchpath(o)])))
+    if group == "sampler" and config_name not in RUN_SAMPLER_COMMANDS:
+        options = [o for o in options if o != RUN_SAMPLER]  # a trained run's own sampler
     if not options:
         return f"{group} is not a config group: drop the {group}={option} override."
     return (f"{group}={option} is not an option of {group}: choose one of "

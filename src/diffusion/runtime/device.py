@@ -49,16 +49,34 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+CPU_BF16_ENV = "DIFFUSION_CPU_BF16"
+"""``0`` keeps ``precision=auto`` at fp32 on every CPU (the same numbers on every machine, as
+the test suite runs), ``1`` makes it bf16 on any CPU; unset, the CPU decides
+(:func:`cpu_has_native_bf16`)."""
+
+
+def cpu_auto_bf16() -> bool:
+    """Whether ``precision=auto`` is bf16 on this CPU: ``$DIFFUSION_CPU_BF16`` where set, else
+    whether the CPU has native bf16 arithmetic."""
+    setting = os.environ.get(CPU_BF16_ENV, "").strip()
+    if not setting:
+        return cpu_has_native_bf16()
+    if setting not in ("0", "1"):
+        raise ValueError(f"{CPU_BF16_ENV} must be 0 (fp32) or 1 (bf16), or unset to let the "
+                         f"CPU decide; got {setting!r}.")
+    return setting == "1"
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` is bf16 autocast on CUDA and on CPUs with native bf16 arithmetic
-    (:func:`cpu_has_native_bf16`), plain fp32 on other CPUs. fp16 (autocast with a
+    (:func:`cpu_auto_bf16`), plain fp32 on other CPUs. fp16 (autocast with a
     GradScaler) works on both: torch has fp16 CPU kernels and a CPU GradScaler."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
     if precision == "auto":
         if device.type == "cuda":
             return "bf16"
-        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+        return "bf16" if device.type == "cpu" and cpu_auto_bf16() else "fp32"
     return precision
 
 

@@ -17,8 +17,6 @@ way. It takes diffusers' argument names (``num_inference_steps``, ``generator``,
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,6 @@ from diffusion.models.control import ControlImages
 from diffusion.models.latent import LatentSpace
 from diffusion.models.low_res import LowResConditioning
 from diffusion.runs.load import control_images, load_latent_space, load_run
-from diffusion.runtime import distributed as dist
 from diffusion.runtime.device import autocast, resolve_device, resolve_precision
 from diffusion.sampling.arguments import (
     DEFAULT,
@@ -53,13 +50,13 @@ from diffusion.sampling.edits import EditingMethods
 from diffusion.sampling.guidance import Guidance
 from diffusion.sampling.images import PipelineOutput, check_output_type, save_images, to_output
 from diffusion.sampling.sampler import SamplerSpec, make_sampler
+from diffusion.sampling.sharded import ShardedSampling, chunk_seed
 from diffusion.schedulers import NoiseScheduler
 from diffusion.schedulers.base import Generators, randn_tensor
 
 __all__ = ["COMPILE_MODES", "DiffusionPipeline", "PipelineOutput", "chunk_seed", "compile_mode",
            "make_sampler", "save_images"]
 
-NoiseFn = Callable[[int, int], torch.Tensor]  # (start, size) -> x_T of that chunk
 FROM_MODEL = object()  # num_classes default: the model's own attribute
 
 
@@ -77,7 +74,7 @@ def compile_mode(compile: bool | str) -> str | None:
     return None if compile == "default" else compile
 
 
-class DiffusionPipeline(EditingMethods):
+class DiffusionPipeline(EditingMethods, ShardedSampling):
     """Samples and edits images with a denoising ``model`` over the training ``scheduler``'s
     noise process, with any sampler of ``NoiseScheduler.SAMPLERS``.
 
@@ -305,70 +302,6 @@ class DiffusionPipeline(EditingMethods):
             chain_timesteps=self._chain_timesteps(sched, chain_frames) if return_chain else None,
         ), return_dict)
 
-    @torch.no_grad()
-    def sample_across_ranks(self, n: int, *, noise: torch.Tensor | NoiseFn, seed: int,
-                            chunk_size: int = 256, steps: int | None = None,
-                            sampler: SamplerArg = None, eta: float | None = None,
-                            timestep_spacing: str | None = DEFAULT,
-                            y: torch.Tensor | None = None,
-                            transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                            return_chain: bool = False, chain_frames: int = 20,
-                            progress: bool = False, desc: str = "sampling",
-                            guidance: Guidance | None = None,
-                            low_res: torch.Tensor | None = None,
-                            low_res_level: float | None = None,
-                            control: torch.Tensor | None = None,
-                            control_scale: float | None = None) -> PipelineOutput:
-        """Draw ``n`` samples in chunks of ``chunk_size``, the chunks shared out among the
-        ranks of the process group (``torchrun``); every rank gets the whole result, in order.
-
-        ``noise`` is x_T for all ``n``, or ``noise(start, size)`` giving a chunk's x_T; the
-        callable is called for every chunk in order on every rank (so it may read one seeded
-        stream), and only the chunks a rank owns are denoised. The per-step noise of stochastic
-        samplers comes from a generator seeded by (``seed``, chunk index). So the images depend
-        on ``chunk_size`` but not on the number of processes. ``transform`` maps each chunk on
-        the rank that drew it (to FID features, say) before the gather. ``y`` as for
-        ``__call__``: the default labels run 0..K-1 over all ``n``, not per chunk; ``sampler``,
-        ``steps``, ``eta``, ``timestep_spacing``, ``guidance``, ``low_res`` (all ``n``, sliced
-        per chunk) and ``low_res_level`` as for ``__call__``. The images are tensors
-        (``output_type="pt"``).
-        """
-        plan, steps = self._plan(n, steps, sampler, eta, timestep_spacing, chunk_size,
-                                 return_chain, chain_frames)
-        y = check_labels(y, n, (guidance or Guidance()).label_classes(self.num_classes))
-        if not callable(noise) and noise.shape[0] != n:
-            raise ValueError(f"noise has {noise.shape[0]} samples but n={n}.")
-        rank, world = dist.rank(), dist.world_size()
-        starts = list(range(0, n, chunk_size))
-        mine = starts[rank::world]
-        local: dict[int, tuple] = {}
-        with tqdm(total=sum(min(chunk_size, n - s) for s in mine), desc=desc, unit="img",
-                  disable=not progress or not dist.is_main(), dynamic_ncols=True) as bar:
-            for index, start in enumerate(starts):
-                b = min(chunk_size, n - start)
-                x_t = noise(start, b) if callable(noise) else noise[start:start + b]
-                if index % world != rank:
-                    continue
-                out = self(b, steps=steps, sampler=plan, noise=x_t,
-                           generator=torch.Generator().manual_seed(chunk_seed(seed, index)),
-                           y=None if y is None else y[start:start + b], batch_size=b,
-                           return_chain=return_chain, chain_frames=chain_frames,
-                           guidance=guidance, low_res_level=low_res_level,
-                           low_res=None if low_res is None else low_res[start:start + b],
-                           control=None if control is None else control[start:start + b],
-                           control_scale=control_scale)
-                images = out.images if transform is None else transform(out.images)
-                local[start] = (images, out.chain)
-                bar.update(b)
-        merged = {k: v for part in dist.all_gather_object(local) for k, v in part.items()}
-        ordered = [merged[s] for s in starts]
-        chains = [c for _, c in ordered if c is not None]
-        return PipelineOutput(
-            images=torch.cat([images for images, _ in ordered]),
-            chain=torch.cat(chains) if chains else None,
-            chain_timesteps=(self._chain_timesteps(self._build(plan, steps), chain_frames)
-                             if return_chain else None))
-
     # ------------------------------------------------------------------ internals
     def _conditioning(self, low_res, level, control, scale, n: int, generator):
         """A super-resolution stage's inputs (``StageInputs``) or a ControlNet's
@@ -506,7 +439,3 @@ class DiffusionPipeline(EditingMethods):
                 chain.append(x.float().cpu())
         return x, (torch.stack(chain, dim=1) if return_chain else None)
 
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The seed of chunk ``chunk``'s per-step noise: distinct streams for every (seed, chunk)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{chunk}".encode()).digest()[:8], "little") >> 1

@@ -77,6 +77,19 @@ def default_options(name: str) -> dict[str, Any]:
             for key in sorted(sampler_options(name))}
 
 
+def training_sampler_node(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A training config's ``sampler`` node as a dict: its group, or, in a run folder from
+    before the group, ``trainer.sampler``, ``trainer.sample_steps`` and
+    ``trainer.sample_spacing`` (DDIM, 50 steps, trailing, where those are absent too)."""
+    node = cfg.get("sampler")
+    if node is not None:
+        return dict(node)
+    trainer = cfg.get("trainer") or {}
+    return {"name": "ddim", "steps": 50, "timestep_spacing": "trailing",
+            **{new: trainer[old] for old, new in OLD_TRAINER_SAMPLER_KEYS.items()
+               if old in trainer}}
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """``name`` (a key of ``NoiseScheduler.SAMPLERS``), ``steps`` (one count, a list of counts
@@ -111,17 +124,10 @@ class SamplerSpec:
     @classmethod
     def of_run(cls, cfg: Mapping[str, Any]) -> SamplerSpec:
         """The sampler a training config (a run folder's ``config.yaml``) draws its grids and
-        periodic FID with: its ``sampler`` group, one step count. A run folder from before the
-        group states it as ``trainer.sampler``, ``trainer.sample_steps`` and
-        ``trainer.sample_spacing``, which are read instead (DDIM, 50 steps, trailing, where
-        those are absent too)."""
-        node = cfg.get("sampler")
-        if node is None:
-            trainer = cfg.get("trainer") or {}
-            node = {"name": "ddim", "steps": 50, "timestep_spacing": "trailing",
-                    **{new: trainer[old] for old, new in OLD_TRAINER_SAMPLER_KEYS.items()
-                       if old in trainer}}
-        return cls.from_config(node).one_step_count("the training grids and periodic FID")
+        periodic FID with: its ``sampler`` group, one step count (``training_sampler_node``: also
+        of a run folder from before the group)."""
+        return cls.from_config(training_sampler_node(cfg)).one_step_count(
+            "the training grids and periodic FID")
 
     def describe(self) -> str:
         """``ddim, 50 steps (trailing)``: the name, steps, spacing and changed options."""
