@@ -63,6 +63,8 @@ def main(root: Path) -> None:
     if floors:
         print("data floor: " + ", ".join(f"{f:.2f}" for f in sorted(floors)))
     steps = sorted(steps_seen)
+    if not steps:  # a run without the periodic FID (EVAL_EVERY=0)
+        return
     print("| run | " + " | ".join(f"FID @ {s}" for s in steps) + " |")
     print("| --- |" + " --- |" * len(steps))
     for name, by_step in fids.items():
