@@ -134,8 +134,8 @@ def test_unwritable_output_fails_before_sampling(runs, tmp_path):
 EVALUATE_CASES = {
     "sampler": (["sampler=foo"], f"sampler must be one of {ALL_SAMPLERS}; got 'foo'."),
     "steps-above-T": (["sampler.steps=10,2000"], f"{STEPS_RANGE}; got 2000."),
-    "eta": (["sampler=ddim", "sampler.eta=2"], "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); "
-            "got 2."),
+    "eta": (["sampler=ddim", "sampler.eta=2"],
+            "sampler.eta must be a number in [0, 1] (0: deterministic DDIM); got 2."),
     "n": (["n=1"], "n must be an integer >= 2 (images per FID); got 1."),
     "old-spacing-key": (["timestep_spacing=leading"],
                         "timestep_spacing " + MOVED.format(key="timestep_spacing")),

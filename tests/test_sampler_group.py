@@ -195,10 +195,10 @@ def test_sampler_run_reads_the_run_config_and_keeps_only_the_steps_given():
     resolve_run_sampler(cfg, old)
     assert (cfg.sampler.name, cfg.sampler.steps) == ("ddpm", 20)
     cfg = compose_config(["run=x", "+sampler.eta=0.5"], config_name="sample")
-    with pytest.raises(ConfigError, match=r"^sampler.eta cannot change sampler=run \(the run's "
-                                          r"own sampler, flow_midpoint\): name it, "
-                                          r"sampler=flow_midpoint sampler.eta=..., to set its "
-                                          r"options.$"):
+    with pytest.raises(ConfigError, match=r"^sampler.eta is not an option of sampler=run \(the "
+                                          r"run's own sampler, flow_midpoint, whose steps alone "
+                                          r"change here\): name the sampler to set it, e.g. "
+                                          r"sampler=flow_midpoint sampler.eta=<value>.$"):
         resolve_run_sampler(cfg, run_cfg)
     with pytest.raises(ConfigError, match=r"^sampler=run is a trained run's own sampler"):
         training_sampler(compose_config(["sampler=run"]))

@@ -47,9 +47,10 @@ def resolve_run_sampler(cfg: DictConfig, run_cfg: Mapping[str, Any]) -> None:
     extra = sorted(set(cfg.sampler) - {"name", "steps"})
     node = training_sampler_node(run_cfg)
     if extra:
-        raise ConfigError(f"sampler.{extra[0]} cannot change sampler=run (the run's own "
-                          f"sampler, {node.get('name')}): name it, sampler={node.get('name')} "
-                          f"sampler.{extra[0]}=..., to set its options.")
+        raise ConfigError(f"sampler.{extra[0]} is not an option of sampler=run (the run's "
+                          f"own sampler, {node.get('name')}, whose steps alone change here): "
+                          f"name the sampler to set it, e.g. sampler={node.get('name')} "
+                          f"sampler.{extra[0]}=<value>.")
     if cfg.sampler.get("steps") is not None:
         node["steps"] = cfg.sampler.steps
     with open_dict(cfg):
