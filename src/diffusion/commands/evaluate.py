@@ -106,7 +106,7 @@ def evaluate(cfg: DictConfig) -> list[FidResult]:
     sampler = spec.build(pipe.scheduler)
     classifier = load_options_classifier(guided)
     protocol = _protocol(cfg, spec, sampler, steps_list, checkpoint, pipe)
-    control, index = control_batch(cfg, pipe, with_index=True)
+    control, index, _ = control_batch(cfg, pipe)
     results, entry, entries = [], None, []
     for steps, scale, classifier_scale, control_scale in itertools.product(
             steps_list, guided.scales, guided.classifier_scales,

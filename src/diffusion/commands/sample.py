@@ -113,7 +113,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
                                       compile=cfg.get("compile", False))
     noise = torch.randn((cfg.n, *pipe.sample_shape),
                         generator=torch.Generator().manual_seed(cfg.seed))
-    control, sources = control_batch(cfg, pipe, with_sources=True)
+    control, _, sources = control_batch(cfg, pipe)
     out = pipe.sample_across_ranks(cfg.n, noise=noise, seed=cfg.seed, chunk_size=cfg.batch_size,
                                    steps=steps, sampler=spec.build(pipe.scheduler), y=labels,
                                    return_chain=cfg.chain, chain_frames=cfg.chain_frames,

@@ -42,14 +42,13 @@ def control_scales(cfg: DictConfig) -> list[float | None]:
     return list(scale) if OmegaConf.is_list(scale) or isinstance(scale, list | tuple) else [scale]
 
 
-def control_batch(cfg: DictConfig, pipe, with_index: bool = False,
-                  with_sources: bool = False):
-    """The ``n`` control images of ``control_image`` (its images repeated over n, each with
-    its index, which places a mask's rectangle), or None for a run without a ControlNet;
-    ``with_index``: (controls, indices); ``with_sources``: the images they were computed from
-    last (in [-1, 1])."""
+def control_batch(cfg: DictConfig, pipe) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                 torch.Tensor | None]:
+    """(controls, indices, sources) for the ``n`` draws of ``control_image``: its images
+    repeated over n, each with its index (which places a mask's rectangle), and the images
+    the controls were computed from (in [-1, 1]); three Nones for a run without a ControlNet."""
     if pipe.control is None:
-        return (None,) * (1 + with_index + with_sources) if with_index or with_sources else None
+        return None, None, None
     run_cfg = OmegaConf.load(f"{cfg.run}/config.yaml")
     try:
         sources = read_input(str(cfg.control_image), cfg.n, 0, run_cfg.data,
@@ -57,7 +56,4 @@ def control_batch(cfg: DictConfig, pipe, with_index: bool = False,
     except ValueError as exc:
         raise ConfigError(str(exc).replace("input", "control_image", 1)) from None
     index = torch.arange(cfg.n) % len(sources)
-    control = pipe.control(sources[index].float(), index)
-    out = (control, *((index,) if with_index else ()), *((sources[index],) if with_sources
-                                                          else ()))
-    return out if len(out) > 1 else control
+    return pipe.control(sources[index].float(), index), index, sources[index]

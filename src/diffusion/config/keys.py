@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from diffusion.checks import check_choice
 from diffusion.config.legacy import MOVED_KEYS, moved_key_message
 from diffusion.config.paths import CONF_DIR
-from diffusion.config.sampler import RUN_SAMPLER
+from diffusion.config.sampler import RUN_SAMPLER, run_sampler_option_message
 from diffusion.errors import ConfigError
 from diffusion.runs.load import RUN_EXAMPLE
 
@@ -68,9 +68,7 @@ def _check_key(key: str, sub: str | None, known: dict[str, set[str] | None],
     keys = option_keys(key, option) if option is not None else known[key]
     if sub is not None and keys is not None and sub not in keys:
         if (key, option) == ("sampler", RUN_SAMPLER):
-            raise ConfigError(f"sampler.{sub} is not an option of sampler=run (the run's own "
-                              f"sampler, whose steps alone change here): name the sampler to "
-                              f"set it, e.g. sampler=ddim sampler.{sub}=<value>.")
+            raise ConfigError(run_sampler_option_message(sub))
         what = f"an option of {key}={option}" if option is not None else f"a {key} option"
         raise ConfigError(f"{key}.{sub} is not {what}: use one of {', '.join(sorted(keys))}.")
 

@@ -37,6 +37,15 @@ def named_sampler(name: str, key: str = "sampler") -> SamplerSpec:
     return SamplerSpec.from_config(OmegaConf.load(CONF_DIR / "sampler" / f"{name}.yaml"), key)
 
 
+def run_sampler_option_message(option: str, name: str | None = None) -> str:
+    """The sentence refusing ``sampler.<option>`` under ``sampler=run`` (``name``: the run's
+    sampler, where it is known)."""
+    own = f"the run's own sampler, {name}," if name else "the run's own sampler,"
+    return (f"sampler.{option} is not an option of sampler=run ({own} whose steps alone change "
+            f"here): name the sampler to set it, e.g. sampler={name or 'ddim'} "
+            f"sampler.{option}=<value>.")
+
+
 def resolve_run_sampler(cfg: DictConfig, run_cfg: Mapping[str, Any]) -> None:
     """Replace ``sampler=run`` in a command's ``cfg`` by the node of the run's own sampler
     (``run_cfg``: the run folder's config.yaml), keeping ``sampler.steps`` where it is set;
@@ -47,10 +56,7 @@ def resolve_run_sampler(cfg: DictConfig, run_cfg: Mapping[str, Any]) -> None:
     extra = sorted(set(cfg.sampler) - {"name", "steps"})
     node = training_sampler_node(run_cfg)
     if extra:
-        raise ConfigError(f"sampler.{extra[0]} is not an option of sampler=run (the run's "
-                          f"own sampler, {node.get('name')}, whose steps alone change here): "
-                          f"name the sampler to set it, e.g. sampler={node.get('name')} "
-                          f"sampler.{extra[0]}=<value>.")
+        raise ConfigError(run_sampler_option_message(extra[0], node.get("name")))
     if cfg.sampler.get("steps") is not None:
         node["steps"] = cfg.sampler.steps
     with open_dict(cfg):
